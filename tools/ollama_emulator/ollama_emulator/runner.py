@@ -1,0 +1,187 @@
+"""The runner process: holds one model and generates for the server, like Ollama's runner.
+
+Started by the server as `python -m ollama_emulator.runner --model <blob> --port N`, in the
+server's process group and with no parent-death signal, exactly as Ollama starts its runners:
+when the server is SIGKILLed, the runner lives on (orphaned) and keeps the model in memory.
+
+It speaks the subset of llama-server's API that Ollama's newer runners use: GET /health and a
+streamed POST /v1/chat/completions (server-sent events, `timings` on the last chunk). GGUF
+weights are served by llama.cpp itself (xllamacpp's embedded llama-server); scripted weights by
+the small aiohttp app below.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from typing import Dict, Iterator, List, Tuple
+
+from aiohttp import web
+
+from .catalog import GGUF_MAGIC
+
+_TOKEN = re.compile(r'\s*\S+|\s+')
+# Ollama renders the prompt with the model's Modelfile TEMPLATE (plain ChatML for SmolLM2, no
+# default system prompt); llama.cpp would otherwise use the GGUF's own template, which injects
+# a system prompt of its own.
+CHATML_JINJA = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def tokenize(text: str) -> List[str]:
+    """Scripted models' tokens: words with their leading white space."""
+    return _TOKEN.findall(text)
+
+
+def count_prompt_tokens(messages: List[Dict]) -> int:
+    """Tokens a scripted model evaluates for a prompt (a role header costs 3)."""
+    return sum(3 + len(tokenize(str(message.get('content', '')))) for message in messages)
+
+
+def scripted_pieces(script: str, messages: List[Dict], think: bool) -> Iterator[Tuple[str, str]]:
+    """(kind, token) pairs a scripted model generates; kind is 'thinking' or 'content'."""
+    last_user = next((str(m.get('content', '')) for m in reversed(messages)
+                      if m.get('role') == 'user'), '')
+    if script == 'echo':
+        text = ''.join(f"{m.get('role')}: {m.get('content', '')}\n" for m in messages)
+        for token in tokenize(text):
+            yield 'content', token
+    elif script == 'thinker':
+        if think:
+            for token in tokenize(f'Thinking about: {last_user}'):
+                yield 'thinking', token
+        for token in tokenize(f'Answer: {last_user}'):
+            yield 'content', token
+    elif script == 'endless':
+        index = 0
+        while True:
+            yield 'content', f'tok{index} '
+            index += 1
+    else:
+        raise ValueError(f'unknown script {script!r}')
+
+
+class ScriptedRunner:
+    """Generates a scripted model's tokens as llama-server would stream them."""
+
+    def __init__(self, script: Dict, crash_after: int, token_rate: float) -> None:
+        self.script = script['script']
+        self.context_length = int(script['context_length'])
+        self.crash_after = crash_after
+        self.token_interval = 1.0 / token_rate if token_rate > 0 else 0.0
+        self.generated = 0
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({'status': 'ok'})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        messages = body.get('messages', [])
+        think = bool(body.get('chat_template_kwargs', {}).get('enable_thinking', False))
+        stops = [s for s in body.get('stop') or [] if s]
+        prompt_tokens = count_prompt_tokens(messages)
+        limit = self.context_length - prompt_tokens
+        if body.get('max_tokens'):
+            limit = min(limit, int(body['max_tokens']))
+        start = time.monotonic()
+        response = web.StreamResponse(headers={'Content-Type': 'text/event-stream'})
+        await response.prepare(request)
+        prompt_ms = (time.monotonic() - start) * 1000
+        generation_start = time.monotonic()
+        finish_reason = 'stop'
+        produced = 0
+        answer = ''
+        for kind, token in scripted_pieces(self.script, messages, think):
+            if produced >= limit:
+                finish_reason = 'length'
+                break
+            if kind == 'content' and stops:
+                candidate = answer + token
+                hit = min((candidate.find(s) for s in stops if s in candidate), default=-1)
+                if hit >= 0:
+                    token = candidate[:hit][len(answer):]
+                    if token:
+                        await self._send(response, {'content': token})
+                    break
+                answer = candidate
+            if self.token_interval:
+                await asyncio.sleep(self.token_interval)
+            field = 'reasoning_content' if kind == 'thinking' else 'content'
+            await self._send(response, {field: token})
+            produced += 1
+            self.generated += 1
+            if self.crash_after and self.generated >= self.crash_after:
+                print('runner: injected crash', file=sys.stderr, flush=True)
+                os._exit(1)
+        predicted_ms = (time.monotonic() - generation_start) * 1000
+        final = {
+            'choices': [{'index': 0, 'delta': {}, 'finish_reason': finish_reason}],
+            'timings': {'prompt_n': prompt_tokens, 'prompt_ms': prompt_ms,
+                        'predicted_n': produced, 'predicted_ms': predicted_ms},
+        }
+        await response.write(f'data: {json.dumps(final)}\n\ndata: [DONE]\n\n'.encode())
+        return response
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, delta: Dict[str, str]) -> None:
+        chunk = {'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]}
+        await response.write(f'data: {json.dumps(chunk)}\n\n'.encode())
+
+
+def serve_scripted(script: Dict, port: int) -> None:
+    runner = ScriptedRunner(
+        script,
+        crash_after=int(os.environ.get('OLLAMA_EMULATOR_RUNNER_CRASH_AFTER') or 0),
+        token_rate=float(os.environ.get('OLLAMA_EMULATOR_TOKEN_RATE') or 0))
+    app = web.Application()
+    app.router.add_get('/health', runner.health)
+    app.router.add_post('/v1/chat/completions', runner.chat)
+    # handler_cancellation: a client that disconnects stops the generation at once.
+    web.run_app(app, host='127.0.0.1', port=port, print=None, handle_signals=True,
+                handler_cancellation=True, access_log=None)
+
+
+def serve_gguf(path: str, port: int, context_length: int, parallel: int, threads: int) -> None:
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = path
+    params.n_ctx = context_length * parallel
+    params.n_parallel = parallel
+    params.port = port
+    params.chat_template = CHATML_JINJA
+    params.use_jinja = True
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    server = xllamacpp.Server(params)  # noqa: F841 (serves until this process exits)
+    print(f'runner: llama.cpp serving {path} on port {port}', file=sys.stderr, flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog='ollama runner')
+    parser.add_argument('--model', required=True)
+    parser.add_argument('--port', type=int, required=True)
+    parser.add_argument('--ctx-size', type=int, default=4096)
+    parser.add_argument('--parallel', type=int, default=1)
+    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    with open(args.model, 'rb') as weights:
+        head = weights.read(4)
+    if head == GGUF_MAGIC:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        serve_gguf(args.model, args.port, args.ctx_size, args.parallel, args.threads)
+    else:
+        with open(args.model, 'rb') as weights:
+            serve_scripted(json.loads(weights.read()), args.port)
+
+
+if __name__ == '__main__':
+    main()

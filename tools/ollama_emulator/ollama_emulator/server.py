@@ -1,0 +1,446 @@
+"""The HTTP API of `ollama serve`, on aiohttp.
+
+Field names, status codes, error texts, NDJSON streaming and the mid-stream error line follow
+Ollama (see shared/reference/ollama.md). One addition that Ollama does not have:
+GET /emulator/stats reports what the server saw (client disconnects with their CLOCK_MONOTONIC
+time, generations in progress), so tests can check from outside that a cancel reached it.
+"""
+
+import asyncio
+import datetime
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import aiohttp
+from aiohttp import web
+
+from . import VERSION, catalog, runner as runner_module
+from .durations import DurationError, parse_keep_alive
+from .scheduler import FOREVER, LoadError, QueueFull, Runner, Scheduler
+from .settings import Settings
+from .store import (InstalledModel, InvalidName, MEDIA_MODEL, MEDIA_TEMPLATE, ModelName,
+                    ModelNotFound, ModelStore, rfc3339)
+
+log = logging.getLogger('ollama')
+NDJSON = 'application/x-ndjson'
+# Go's encoding/json writes no spaces; neither do we.
+dumps = functools.partial(json.dumps, separators=(',', ':'))
+RUNNER_EOF = 'an error was encountered while running the model: unexpected EOF'
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def now_text() -> str:
+    return rfc3339(datetime.datetime.now(datetime.timezone.utc))
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+class ChunkSink:
+    """Where generation chunks go: NDJSON lines as they come, or one object at the end."""
+
+    def __init__(self, request: web.Request, stream: bool) -> None:
+        self.request = request
+        self.stream = stream
+        self.response: Optional[web.StreamResponse] = None
+        self.collected: List[Dict[str, Any]] = []
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def send(self, chunk: Dict[str, Any]) -> None:
+        if not self.stream:
+            self.collected.append(chunk)
+            return
+        if self.response is None:
+            self.response = web.StreamResponse(headers={'Content-Type': NDJSON})
+            await self.response.prepare(self.request)
+        await self.response.write(dumps(chunk).encode() + b'\n')
+
+    async def finish(self, final: Dict[str, Any], text_field: str) -> web.StreamResponse:
+        if self.stream:
+            await self.send(final)
+            assert self.response is not None
+            await self.response.write_eof()
+            return self.response
+        whole = dict(final)
+        if text_field == 'message':
+            message = dict(final['message'])
+            message['content'] = ''.join(c['message'].get('content', '') for c in self.collected)
+            thinking = ''.join(c['message'].get('thinking', '') for c in self.collected)
+            if thinking:
+                message['thinking'] = thinking
+            whole['message'] = message
+        else:
+            whole['response'] = ''.join(c.get('response', '') for c in self.collected)
+            thinking = ''.join(c.get('thinking', '') for c in self.collected)
+            if thinking:
+                whole['thinking'] = thinking
+        return web.json_response(whole, dumps=dumps)
+
+
+class OllamaApi:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = ModelStore(settings.models_dir)
+        self.scheduler = Scheduler(settings)
+        self.tokens_streamed = 0
+        self.generating = 0
+        self.disconnects: List[Dict[str, Any]] = []
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024 * 1024)
+        app.router.add_route('HEAD', '/', self.root)
+        app.router.add_get('/', self.root, allow_head=False)
+        app.router.add_get('/api/version', self.version)
+        app.router.add_get('/api/tags', self.tags)
+        app.router.add_get('/api/ps', self.ps)
+        app.router.add_post('/api/show', self.show)
+        app.router.add_post('/api/pull', self.pull)
+        app.router.add_delete('/api/delete', self.delete)
+        app.router.add_post('/api/chat', self.chat)
+        app.router.add_post('/api/generate', self.generate)
+        app.router.add_get('/emulator/stats', self.stats)
+        app.on_startup.append(lambda _app: self.scheduler.start())
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            return web.json_response({'error': error.message}, status=error.status, dumps=dumps)
+
+    # ---- helpers -------------------------------------------------------------------------
+    @staticmethod
+    async def _body(request: web.Request) -> Dict[str, Any]:
+        raw = await request.read()
+        if not raw:
+            raise ApiError(400, 'missing request body')
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            raise ApiError(400, f'invalid character in JSON: {error}') from None
+        if not isinstance(body, dict):
+            raise ApiError(400, 'json: cannot unmarshal into Go value of type api.Request')
+        return body
+
+    def _installed(self, text: Any) -> InstalledModel:
+        if not text:
+            raise ApiError(400, 'model is required')
+        try:
+            return self.store.get(ModelName.parse(str(text)))
+        except InvalidName as error:
+            raise ApiError(400, str(error)) from None
+        except ModelNotFound as error:
+            raise ApiError(404, str(error)) from None
+
+    def _config(self, model: InstalledModel) -> Dict[str, Any]:
+        return self.store.read_json_blob(model.manifest['config']['digest'])
+
+    def _details(self, model: InstalledModel) -> Dict[str, Any]:
+        config = self._config(model)
+        return {'parent_model': '', 'format': config.get('model_format', 'gguf'),
+                'family': config.get('model_family', ''),
+                'families': config.get('model_families', []),
+                'parameter_size': config.get('model_type', ''),
+                'quantization_level': config.get('file_type', '')}
+
+    def _capabilities(self, model: InstalledModel) -> List[str]:
+        layer = model.layer(MEDIA_MODEL)
+        assert layer is not None
+        path = self.store.blob_path(layer['digest'])
+        with open(path, 'rb') as weights:
+            if weights.read(4) == catalog.GGUF_MAGIC:
+                entry = catalog.MODELS.get(model.name.short)
+                return list(entry.capabilities) if entry else ['completion']
+        return list(self.store.read_json_blob(layer['digest'])['capabilities'])
+
+    def _trained_context(self, model: InstalledModel) -> int:
+        entry = catalog.MODELS.get(model.name.short)
+        return entry.context_length if entry else self.settings.context_length
+
+    # ---- simple endpoints ----------------------------------------------------------------
+    async def root(self, request: web.Request) -> web.Response:
+        return web.Response(text='Ollama is running')
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({'version': VERSION}, dumps=dumps)
+
+    async def tags(self, request: web.Request) -> web.Response:
+        return web.json_response({'models': [{
+            'name': m.name.short, 'model': m.name.short, 'modified_at': rfc3339(m.modified_at),
+            'size': m.size, 'digest': m.manifest_digest[7:], 'details': self._details(m),
+        } for m in self.store.installed()]}, dumps=dumps)
+
+    async def ps(self, request: web.Request) -> web.Response:
+        models = []
+        for runner in self.scheduler.loaded():
+            m = runner.model
+            if runner.keep_alive is None:
+                expires_at = FOREVER
+            else:
+                expires_at = runner.expires_at or (datetime.datetime.now(datetime.timezone.utc)
+                                                   + datetime.timedelta(seconds=runner.keep_alive))
+            models.append({
+                'name': m.name.short, 'model': m.name.short, 'size': m.size,
+                'digest': m.manifest_digest[7:], 'details': self._details(m),
+                'expires_at': rfc3339(expires_at),
+                'size_vram': 0, 'context_length': runner.context_length,
+            })
+        return web.json_response({'models': models}, dumps=dumps)
+
+    async def show(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        model = self._installed(body.get('model') or body.get('name'))
+        template = model.layer(MEDIA_TEMPLATE)
+        template_text = (self.store.blob_path(template['digest']).read_text()
+                         if template else '')
+        details = self._details(model)
+        family = details['family'] or 'emulated'
+        return web.json_response({
+            'license': 'Apache-2.0',
+            'modelfile': f'# Modelfile generated by "ollama show"\nFROM {model.name.short}\n',
+            'parameters': 'stop "<|im_end|>"',
+            'template': template_text,
+            'details': details,
+            'model_info': {'general.architecture': family,
+                           f'{family}.context_length': self._trained_context(model)},
+            'capabilities': self._capabilities(model),
+            'modified_at': rfc3339(model.modified_at),
+        }, dumps=dumps)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        model = self._installed(body.get('model') or body.get('name'))
+        self.store.delete(model.name)
+        return web.Response(status=200)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({'generating': self.generating,
+                                  'disconnects': self.disconnects,
+                                  'pending': self.scheduler.pending}, dumps=dumps)
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        text = body.get('model') or body.get('name')
+        if not text:
+            raise ApiError(400, 'model is required')
+        try:
+            name = ModelName.parse(str(text))
+        except InvalidName as error:
+            raise ApiError(400, str(error)) from None
+        sink = ChunkSink(request, body.get('stream', True) is not False)
+        last: Dict[str, Any] = {}
+        try:
+            async for progress in self.store.pull(name):
+                last = progress
+                if sink.stream:
+                    await sink.send(progress)
+        except ModelNotFound:
+            failure = {'error': 'pull model manifest: file does not exist'}
+            if not sink.stream:
+                raise ApiError(500, failure['error']) from None
+            await sink.send(failure)
+            assert sink.response is not None
+            await sink.response.write_eof()
+            return sink.response
+        if not sink.stream:
+            return web.json_response(last, dumps=dumps)
+        assert sink.response is not None
+        await sink.response.write_eof()
+        return sink.response
+
+    # ---- generation ----------------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        messages = body.get('messages') or []
+        if not isinstance(messages, list):
+            raise ApiError(400, 'messages must be a list')
+        return await self._generate(request, body, messages, 'message')
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        messages = []
+        if body.get('prompt'):
+            if body.get('system'):
+                messages.append({'role': 'system', 'content': body['system']})
+            messages.append({'role': 'user', 'content': body['prompt']})
+        return await self._generate(request, body, messages, 'response')
+
+    def _chunk(self, model_text: str, field: str, content: str, thinking: str) -> Dict[str, Any]:
+        chunk: Dict[str, Any] = {'model': model_text, 'created_at': now_text()}
+        if field == 'message':
+            message = {'role': 'assistant', 'content': content}
+            if thinking:
+                message['thinking'] = thinking
+            chunk['message'] = message
+        else:
+            chunk['response'] = content
+            if thinking:
+                chunk['thinking'] = thinking
+        chunk['done'] = False
+        return chunk
+
+    async def _generate(self, request: web.Request, body: Dict[str, Any],
+                        messages: List[Dict[str, Any]], field: str) -> web.StreamResponse:
+        started = time.monotonic()
+        model_text = str(body.get('model') or '')
+        model = self._installed(model_text)
+        keep_alive_given = body.get('keep_alive') is not None
+        try:
+            keep_alive = (parse_keep_alive(body['keep_alive']) if keep_alive_given
+                          else self.settings.keep_alive)
+        except DurationError as error:
+            raise ApiError(400, str(error)) from None
+        capabilities = self._capabilities(model)
+        requested_think = body.get('think')
+        if requested_think not in (None, False) and 'thinking' not in capabilities:
+            raise ApiError(400, f'"{model_text}" does not support thinking')
+        think = 'thinking' in capabilities and requested_think is not False
+        options = body.get('options') or {}
+        name = model.name.short
+        if not messages and keep_alive == 0 and keep_alive_given:
+            if name in self.scheduler.runners:
+                self.scheduler.request_unload(name)
+            return web.json_response(self._final(model_text, field, 'unload', started, 0, {}), dumps=dumps)
+        try:
+            self.scheduler.enter_queue()
+        except QueueFull as error:
+            raise ApiError(503, str(error)) from None
+        queued = True
+        try:
+            was_loaded = name in self.scheduler.runners
+            load_started = time.monotonic()
+            try:
+                runner = await self.scheduler.acquire(model, keep_alive, keep_alive_given,
+                                                      options.get('num_ctx'))
+            except LoadError as error:
+                log.error('error loading model: %s', error)
+                raise ApiError(500, str(error)) from None
+            load_seconds = 0.0 if was_loaded else time.monotonic() - load_started
+            try:
+                if not messages:
+                    return web.json_response(
+                        self._final(model_text, field, 'load', started, load_seconds, {}), dumps=dumps)
+                async with runner.slots:
+                    self.scheduler.leave_queue()
+                    queued = False
+                    return await self._stream(request, body, runner, self._fit(messages, runner),
+                                              think, options, field, started, load_seconds)
+            finally:
+                self.scheduler.release(runner)
+        finally:
+            if queued:
+                self.scheduler.leave_queue()
+
+    @staticmethod
+    def _fit(messages: List[Dict[str, Any]], runner: Runner) -> List[Dict[str, Any]]:
+        """Drop the oldest non-system turns until the prompt fits the context, like Ollama."""
+        kept = list(messages)
+        while (len(kept) > 1 and runner_module.count_prompt_tokens(kept) > runner.context_length):
+            index = next((i for i, m in enumerate(kept[:-1]) if m.get('role') != 'system'), None)
+            if index is None:
+                break
+            del kept[index]
+        return kept
+
+    def _final(self, model_text: str, field: str, reason: str, started: float,
+               load_seconds: float, timings: Dict[str, Any]) -> Dict[str, Any]:
+        final = self._chunk(model_text, field, '', '')
+        final.update({'done': True, 'done_reason': reason})
+        if reason in ('load', 'unload'):
+            return final
+        final.update({
+            'total_duration': ns(time.monotonic() - started),
+            'load_duration': ns(load_seconds),
+            'prompt_eval_count': int(timings.get('prompt_n', 0)),
+            'prompt_eval_duration': ns(float(timings.get('prompt_ms', 0)) / 1000),
+            'eval_count': int(timings.get('predicted_n', 0)),
+            'eval_duration': ns(float(timings.get('predicted_ms', 0)) / 1000),
+        })
+        return final
+
+    async def _stream(self, request: web.Request, body: Dict[str, Any], runner: Runner,
+                      messages: List[Dict[str, Any]], think: bool, options: Dict[str, Any],
+                      field: str, started: float, load_seconds: float) -> web.StreamResponse:
+        model_text = str(body.get('model'))
+        payload: Dict[str, Any] = {
+            'messages': [{'role': m.get('role'), 'content': m.get('content', '')}
+                         for m in messages],
+            'stream': True,
+            'chat_template_kwargs': {'enable_thinking': think},
+        }
+        for option, openai_name in (('temperature', 'temperature'), ('top_p', 'top_p'),
+                                    ('top_k', 'top_k'), ('seed', 'seed'), ('stop', 'stop'),
+                                    ('num_predict', 'max_tokens')):
+            if options.get(option) is not None:
+                payload[openai_name] = options[option]
+        if isinstance(payload.get('max_tokens'), int) and payload['max_tokens'] < 0:
+            del payload['max_tokens']
+        sink = ChunkSink(request, body.get('stream', True) is not False)
+        session = self.scheduler.session
+        assert session is not None
+        finish: Optional[str] = None
+        timings: Dict[str, Any] = {}
+        self.generating += 1
+        upstream: Optional[aiohttp.ClientResponse] = None
+        try:
+            upstream = await session.post(runner.url + '/v1/chat/completions', json=payload)
+            if upstream.status != 200:
+                raise ApiError(500, (await upstream.text()) or 'runner error')
+            async for raw in upstream.content:
+                line = raw.strip()
+                if not line.startswith(b'data: ') or line == b'data: [DONE]':
+                    continue
+                chunk = json.loads(line[6:])
+                choice = chunk['choices'][0]
+                delta = choice.get('delta') or {}
+                content = delta.get('content') or ''
+                thinking = delta.get('reasoning_content') or ''
+                if content or thinking:
+                    await sink.send(self._chunk(model_text, field, content, thinking))
+                    self._count_token()
+                if choice.get('finish_reason'):
+                    finish = 'length' if choice['finish_reason'] == 'length' else 'stop'
+                    timings = chunk.get('timings') or {}
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientConnectionError):
+            finish = None
+        except asyncio.CancelledError:
+            self.disconnects.append({'model': model_text, 'at': time.monotonic()})
+            log.info('client disconnected; generation stopped')
+            raise
+        finally:
+            self.generating -= 1
+            if upstream is not None:
+                upstream.close()
+        if finish is None:
+            log.error('runner for %s failed mid-request: %s', runner.model.name.short, RUNNER_EOF)
+            if not sink.started:
+                raise ApiError(500, RUNNER_EOF)
+            await sink.send({'error': RUNNER_EOF})
+            assert sink.response is not None
+            await sink.response.write_eof()
+            return sink.response
+        final = self._final(model_text, field, finish, started, load_seconds, timings)
+        return await sink.finish(final, field)
+
+    def _count_token(self) -> None:
+        self.tokens_streamed += 1
+        limit = self.settings.faults.server_crash_after
+        if limit and self.tokens_streamed >= limit:
+            log.error('injected server crash after %d tokens', self.tokens_streamed)
+            os._exit(2)

@@ -1,0 +1,82 @@
+"""The emulator's settings, read from the environment variables Ollama reads (plus its faults)."""
+
+import dataclasses
+import os
+import pathlib
+import urllib.parse
+from typing import Mapping, Optional, Tuple
+
+from .durations import parse_keep_alive
+
+DEFAULT_PORT = 11434
+
+
+def parse_host(value: str) -> Tuple[str, int]:
+    """Parse OLLAMA_HOST like Ollama: '127.0.0.1:11434', ':11434' (all interfaces), 'http://h:p'."""
+    value = value.strip() or '127.0.0.1'
+    if '://' not in value:
+        value = 'http://' + value
+    parsed = urllib.parse.urlsplit(value)
+    host = parsed.hostname if parsed.hostname is not None else ''
+    port = parsed.port or DEFAULT_PORT
+    return (host or '0.0.0.0', port)
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """Failures to inject, for the node's reliability tests (OLLAMA_EMULATOR_* variables)."""
+
+    start_delay: float = 0.0          # seconds the port accepts TCP before HTTP is served
+    load_delay: float = 0.0           # extra seconds every model load takes
+    load_failure: bool = False        # every load fails with Ollama's out-of-memory message
+    runner_crash_after: int = 0       # the runner exits after this many generated tokens (0: never)
+    server_crash_after: int = 0       # the server exits after streaming this many tokens (0: never)
+    server_crash_on_load: bool = False  # the server exits while loading a model
+    ignore_sigterm: bool = False      # the server ignores SIGTERM and SIGINT
+    token_rate: float = 0.0           # tokens/s of the scripted models (0: as fast as possible)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    models_dir: pathlib.Path
+    keep_alive: Optional[float]        # seconds; None = forever
+    num_parallel: int
+    max_queue: int
+    max_loaded_models: int
+    context_length: int
+    faults: Faults
+
+    @classmethod
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> 'Settings':
+        env = os.environ if environ is None else environ
+        host, port = parse_host(env.get('OLLAMA_HOST', ''))
+        models = env.get('OLLAMA_MODELS') or str(pathlib.Path(env.get('HOME', '/')) / '.ollama'
+                                                 / 'models')
+        keep_alive = parse_keep_alive(env.get('OLLAMA_KEEP_ALIVE') or '5m')
+
+        def number(name: str, default: float) -> float:
+            return float(env.get(name) or default)
+
+        faults = Faults(
+            start_delay=number('OLLAMA_EMULATOR_START_DELAY', 0),
+            load_delay=number('OLLAMA_EMULATOR_LOAD_DELAY', 0),
+            load_failure=env.get('OLLAMA_EMULATOR_LOAD_FAILURE', '') == 'oom',
+            runner_crash_after=int(number('OLLAMA_EMULATOR_RUNNER_CRASH_AFTER', 0)),
+            server_crash_after=int(number('OLLAMA_EMULATOR_SERVER_CRASH_AFTER', 0)),
+            server_crash_on_load=env.get('OLLAMA_EMULATOR_SERVER_CRASH_ON_LOAD', '') == '1',
+            ignore_sigterm=env.get('OLLAMA_EMULATOR_IGNORE_SIGTERM', '') == '1',
+            token_rate=number('OLLAMA_EMULATOR_TOKEN_RATE', 0),
+        )
+        return cls(
+            host=host,
+            port=port,
+            models_dir=pathlib.Path(models),
+            keep_alive=keep_alive,
+            num_parallel=int(number('OLLAMA_NUM_PARALLEL', 1)),
+            max_queue=int(number('OLLAMA_MAX_QUEUE', 512)),
+            max_loaded_models=int(number('OLLAMA_MAX_LOADED_MODELS', 3)),
+            context_length=int(number('OLLAMA_CONTEXT_LENGTH', 4096)),
+            faults=faults,
+        )
