@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import pathlib
+import re
 import urllib.parse
 from typing import Mapping, Optional, Tuple
 
@@ -54,7 +55,10 @@ class Settings:
         host, port = parse_host(env.get('OLLAMA_HOST', ''))
         models = env.get('OLLAMA_MODELS') or str(pathlib.Path(env.get('HOME', '/')) / '.ollama'
                                                  / 'models')
-        keep_alive = parse_keep_alive(env.get('OLLAMA_KEEP_ALIVE') or '5m')
+        keep_alive_text = env.get('OLLAMA_KEEP_ALIVE') or '5m'
+        # Unlike the API's keep_alive, the variable also takes a plain integer of seconds.
+        keep_alive = parse_keep_alive(int(keep_alive_text) if re.fullmatch(r'-?\d+', keep_alive_text)
+                                      else keep_alive_text)
 
         def number(name: str, default: float) -> float:
             return float(env.get(name) or default)

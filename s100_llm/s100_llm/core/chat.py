@@ -1,0 +1,278 @@
+"""One chat turn, ROS-free: goal validation, the Ollama request, streaming with coalescing,
+reasoning kept apart from the answer, cancellation and the generation statistics.
+"""
+
+import dataclasses
+import math
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .config import ChatSettings
+from .engine import ChatCanceled, ChatStream, EngineError, OllamaEngine
+from .sessions import SessionStore
+
+THINK_DEFAULT, THINK_ON, THINK_OFF = 0, 1, 2
+ROLES = ('system', 'user', 'assistant')
+MAX_STOP_STRINGS = 16
+
+
+@dataclasses.dataclass
+class ChatRequest:
+    """The fields of a Chat goal, as plain Python values."""
+
+    prompt: str
+    system_prompt: str = ''
+    session_id: str = ''
+    reset_session: bool = False
+    context: List[Dict[str, str]] = dataclasses.field(default_factory=list)
+    think: int = THINK_DEFAULT
+    temperature: float = -1.0
+    top_p: float = -1.0
+    top_k: int = -1
+    max_tokens: int = 0
+    seed: int = -1
+    stop: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class ChatOutcome:
+    text: str = ''
+    thinking: str = ''
+    done_reason: str = 'error'      # stop | length | canceled | error
+    error_message: str = ''
+    session_turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token: float = 0.0
+    tokens_per_second: float = 0.0
+    total_duration: float = 0.0
+    load_duration: float = 0.0
+    prompt_eval_duration: float = 0.0
+    eval_duration: float = 0.0
+    feedback_messages: int = 0
+
+
+def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
+             capabilities: List[str], model: str) -> str:
+    """The reason to reject the goal, or '' when it is acceptable."""
+    if not request.prompt.strip():
+        return 'prompt is empty'
+    size = (len(request.prompt) + len(request.system_prompt)
+            + sum(len(m.get('content', '')) for m in request.context))
+    if size > settings.max_prompt_chars:
+        return (f'prompt, system prompt and context have {size} characters; the limit '
+                f'(max_prompt_chars) is {settings.max_prompt_chars}')
+    if request.think not in (THINK_DEFAULT, THINK_ON, THINK_OFF):
+        return f'think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not {request.think}'
+    if request.think == THINK_ON and 'thinking' not in capabilities:
+        return (f"model '{model}' cannot think (capabilities: {', '.join(capabilities)}); "
+                'use THINK_DEFAULT or THINK_OFF')
+    for name, value, high in (('temperature', request.temperature, 2.0),
+                              ('top_p', request.top_p, 1.0)):
+        if math.isnan(value) or math.isinf(value):
+            return f'{name} is not a number'
+        if value > high:
+            return f'{name} {value:g} is out of range 0..{high:g} (negative: model default)'
+    if request.top_k > 1000:
+        return f'top_k {request.top_k} is out of range 1..1000 (0 or negative: model default)'
+    if request.max_tokens < 0 or request.max_tokens > settings.max_tokens_limit:
+        return (f'max_tokens {request.max_tokens} is out of range 0..{settings.max_tokens_limit} '
+                '(0: up to max_tokens_limit)')
+    if len(request.stop) > MAX_STOP_STRINGS or any(not s for s in request.stop):
+        return f'stop takes 1..{MAX_STOP_STRINGS} non-empty strings'
+    if request.reset_session and not request.session_id:
+        return 'reset_session needs a session_id'
+    if request.reset_session and request.session_id not in sessions:
+        return f"reset_session: unknown session '{request.session_id}'"
+    if request.context and request.session_id:
+        return 'context is for single-turn goals; a session keeps its own history'
+    for message in request.context:
+        if message.get('role') not in ROLES:
+            return f"context role '{message.get('role')}' must be one of {', '.join(ROLES)}"
+    return ''
+
+
+def ollama_options(request: ChatRequest, settings: ChatSettings) -> Dict[str, Any]:
+    options: Dict[str, Any] = {'num_predict': request.max_tokens or settings.max_tokens_limit}
+    if request.temperature >= 0:
+        options['temperature'] = request.temperature
+    if request.top_p >= 0:
+        options['top_p'] = request.top_p
+    if request.top_k > 0:
+        options['top_k'] = request.top_k
+    if request.seed >= 0:
+        options['seed'] = request.seed
+    if request.stop:
+        options['stop'] = list(request.stop)
+    return options
+
+
+class ThinkTagSplitter:
+    """Moves <think>...</think> found inline in the answer into the reasoning.
+
+    Ollama separates reasoning itself when `think` is set; older servers, and models whose
+    template it does not know, stream the tags inline. Tags may be split across chunks.
+    """
+
+    OPEN, CLOSE = '<think>', '</think>'
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.pending = ''
+
+    def feed(self, text: str) -> Tuple[str, str]:
+        """(answer, thinking) parts of text that are certain; a partial tag is held back."""
+        self.pending += text
+        answer, thinking = [], []
+        while self.pending:
+            tag = self.CLOSE if self.inside else self.OPEN
+            index = self.pending.find(tag)
+            if index >= 0:
+                (thinking if self.inside else answer).append(self.pending[:index])
+                self.pending = self.pending[index + len(tag):]
+                self.inside = not self.inside
+                continue
+            keep = _partial_suffix(self.pending, tag)
+            (thinking if self.inside else answer).append(self.pending[:len(self.pending) - keep])
+            self.pending = self.pending[len(self.pending) - keep:]
+            break
+        return ''.join(answer), ''.join(thinking)
+
+    def flush(self) -> Tuple[str, str]:
+        rest, self.pending = self.pending, ''
+        return ('', rest) if self.inside else (rest, '')
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0
+
+
+FeedbackSink = Callable[[int, str, str], None]   # (seq, delta, thinking_delta)
+
+
+class ChatRun:
+    """Streams one chat into feedback; cancel() (any thread) stops it at once."""
+
+    def __init__(self, engine: OllamaEngine, model: str, request: ChatRequest,
+                 settings: ChatSettings, sessions: SessionStore, context_length: int,
+                 keep_alive: float, publish: FeedbackSink, accepted_at: float) -> None:
+        self.engine = engine
+        self.model = model
+        self.request = request
+        self.settings = settings
+        self.sessions = sessions
+        self.context_length = context_length
+        self.keep_alive = keep_alive
+        self.publish = publish
+        self.accepted_at = accepted_at
+        self._stream: Optional[ChatStream] = None
+        self._cancel_reason = ''
+        self._cancel_is_error = False
+        self._lock = threading.Lock()
+        self.cancel_requested_at: Optional[float] = None
+
+    def cancel(self, reason: str, as_error: bool = False) -> None:
+        """Close the stream now. The outcome is 'canceled', or 'error' when as_error (the node
+        ends the chat because it is deactivating or the server failed)."""
+        with self._lock:
+            if self._cancel_reason:
+                return
+            self._cancel_reason = reason
+            self._cancel_is_error = as_error
+            stream = self._stream
+        if stream is not None:
+            self.cancel_requested_at = stream.cancel()
+
+    def run(self) -> ChatOutcome:
+        request = self.request
+        if request.reset_session:
+            self.sessions.reset(request.session_id)
+        messages = self.sessions.messages(request.session_id, request.system_prompt,
+                                          request.prompt, request.context, self.context_length)
+        think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
+        outcome = ChatOutcome()
+        splitter = ThinkTagSplitter()
+        text: List[str] = []
+        thinking: List[str] = []
+        batch = ['', '']
+        last_publish = 0.0
+        seq = 0
+
+        def flush() -> None:
+            nonlocal seq, last_publish
+            if batch[0] or batch[1]:
+                self.publish(seq, batch[0], batch[1])
+                seq += 1
+                batch[0] = batch[1] = ''
+                last_publish = time.monotonic()
+
+        with self._lock:
+            if self._cancel_reason:
+                return self._canceled(outcome, text, thinking)
+            self._stream = self.engine.chat(
+                self.model, messages, think, ollama_options(request, self.settings),
+                self.keep_alive, self.settings.stream_timeout)
+        try:
+            final = None
+            for chunk in self._stream:
+                answer_part, inline_thinking = splitter.feed(chunk.content)
+                thinking_part = chunk.thinking + inline_thinking
+                if (answer_part or thinking_part) and not outcome.time_to_first_token:
+                    outcome.time_to_first_token = time.monotonic() - self.accepted_at
+                text.append(answer_part)
+                thinking.append(thinking_part)
+                batch[0] += answer_part
+                batch[1] += thinking_part
+                if chunk.done:
+                    final = chunk
+                elif time.monotonic() - last_publish >= self.settings.feedback_min_interval:
+                    flush()
+            answer_part, thinking_part = splitter.flush()
+            text.append(answer_part)
+            thinking.append(thinking_part)
+            batch[0] += answer_part
+            batch[1] += thinking_part
+            flush()
+        except ChatCanceled:
+            flush()
+            outcome.feedback_messages = seq
+            return self._canceled(outcome, text, thinking)
+        except EngineError as error:
+            flush()
+            outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
+            outcome.error_message = str(error)
+            outcome.feedback_messages = seq
+            return outcome
+        outcome.feedback_messages = seq
+        outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
+        if final is None:
+            outcome.error_message = 'chat: the stream ended without a final chunk'
+            return outcome
+        outcome.done_reason = 'length' if final.done_reason == 'length' else 'stop'
+        _fill_stats(outcome, final)
+        if request.session_id:
+            outcome.session_turns = self.sessions.commit(
+                request.session_id, request.system_prompt, request.prompt, outcome.text)
+        return outcome
+
+    def _canceled(self, outcome: ChatOutcome, text: List[str],
+                  thinking: List[str]) -> ChatOutcome:
+        outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
+        outcome.done_reason = 'error' if self._cancel_is_error else 'canceled'
+        outcome.error_message = self._cancel_reason
+        return outcome
+
+
+def _fill_stats(outcome: ChatOutcome, final: Any) -> None:
+    outcome.prompt_tokens = final.prompt_eval_count
+    outcome.completion_tokens = final.eval_count
+    outcome.total_duration = final.total_duration / 1e9
+    outcome.load_duration = final.load_duration / 1e9
+    outcome.prompt_eval_duration = final.prompt_eval_duration / 1e9
+    outcome.eval_duration = final.eval_duration / 1e9
+    if final.eval_duration:
+        outcome.tokens_per_second = final.eval_count / outcome.eval_duration

@@ -1,0 +1,236 @@
+"""OllamaEngine: models and chats on an Ollama server, through the official `ollama` client.
+
+Control calls (list, pull, load, unload, ps) are synchronous. A chat streams on an asyncio loop
+the engine owns, so that cancel() from any thread closes the HTTP connection at once: that is
+how Ollama is told to stop generating (a blocking socket read in another thread could not be
+interrupted that way).
+"""
+
+import asyncio
+import dataclasses
+import math
+import queue
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import httpx
+import ollama
+
+FOREVER = -1
+
+
+class EngineError(RuntimeError):
+    """An Ollama request failed; the message says why in words."""
+
+
+class ChatCanceled(Exception):
+    """The stream was closed by cancel()."""
+
+
+def describe(error: BaseException, what: str) -> str:
+    """Turn the ollama client's many exception types into one sentence naming the cause."""
+    if isinstance(error, ollama.ResponseError):
+        if error.status_code == -1:
+            return f'{what}: Ollama reported an error mid-stream: {error.error}'
+        return f'{what}: Ollama answered {error.status_code}: {error.error}'
+    if isinstance(error, (ConnectionError, httpx.ConnectError)):
+        return f'{what}: the Ollama server is not reachable (connection refused)'
+    if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return f'{what}: the Ollama server closed the connection (did it or its runner die?)'
+    if isinstance(error, httpx.TimeoutException):
+        return f'{what}: the Ollama server did not answer in time'
+    return f'{what}: {type(error).__name__}: {error}'
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    size: int
+    context_length: int
+    expires_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatChunk:
+    content: str
+    thinking: str
+    done: bool
+    done_reason: str = ''
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    total_duration: int = 0        # ns
+    load_duration: int = 0
+    prompt_eval_duration: int = 0
+    eval_duration: int = 0
+
+
+_END = object()
+
+
+class ChatStream:
+    """The chunks of one chat, read in the caller's thread; cancel() works from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: ollama.AsyncClient,
+                 request: Dict[str, Any], idle_timeout: float) -> None:
+        self._chunks: 'queue.SimpleQueue[Any]' = queue.SimpleQueue()
+        self._idle_timeout = idle_timeout
+        self._future = asyncio.run_coroutine_threadsafe(self._pump(client, request), loop)
+
+    async def _pump(self, client: ollama.AsyncClient, request: Dict[str, Any]) -> None:
+        try:
+            async for part in await client.chat(stream=True, **request):
+                message = part.message
+                self._chunks.put(ChatChunk(
+                    content=message.content or '', thinking=message.thinking or '',
+                    done=bool(part.done), done_reason=part.done_reason or '',
+                    prompt_eval_count=part.prompt_eval_count or 0,
+                    eval_count=part.eval_count or 0, total_duration=part.total_duration or 0,
+                    load_duration=part.load_duration or 0,
+                    prompt_eval_duration=part.prompt_eval_duration or 0,
+                    eval_duration=part.eval_duration or 0))
+            self._chunks.put(_END)
+        except asyncio.CancelledError:
+            self._chunks.put(ChatCanceled())
+            raise
+        except Exception as error:  # every failure reaches the reader, named
+            self._chunks.put(EngineError(describe(error, 'chat')))
+
+    def __iter__(self) -> Iterator[ChatChunk]:
+        while True:
+            try:
+                item = self._chunks.get(timeout=self._idle_timeout)
+            except queue.Empty:
+                self.cancel()
+                raise EngineError(f'chat: no output from Ollama for {self._idle_timeout:g} s '
+                                  '(stream_timeout)') from None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self) -> float:
+        """Close the HTTP stream now; returns time.monotonic() of the request."""
+        requested = time.monotonic()
+        self._future.cancel()
+        return requested
+
+
+class OllamaEngine:
+    def __init__(self, base_url: str, request_timeout: float) -> None:
+        self.base_url = base_url
+        self.client = ollama.Client(host=base_url, timeout=request_timeout)
+        # For the diagnostics' once-a-second look at /api/ps: a dead server must not stall it.
+        self.status_client = ollama.Client(host=base_url, timeout=1.0)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name='ollama-stream',
+                                        daemon=True)
+        self._thread.start()
+        # One AsyncClient for every chat; created on the loop it belongs to. No overall timeout:
+        # a chat may run for minutes; silence is bounded by stream_timeout instead.
+        self._async_client = asyncio.run_coroutine_threadsafe(
+            self._make_async_client(base_url), self._loop).result()
+
+    @staticmethod
+    async def _make_async_client(base_url: str) -> ollama.AsyncClient:
+        return ollama.AsyncClient(host=base_url, timeout=httpx.Timeout(None, connect=5.0))
+
+    def close(self) -> None:
+        """Close every connection and stop the streaming loop (chats in progress end)."""
+        async def shutdown() -> None:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await self._async_client._client.aclose()
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        self._loop.close()
+        self.client.close()
+        self.status_client.close()
+
+    def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            raise EngineError(describe(error, what)) from None
+
+    # ---- models --------------------------------------------------------------------------
+    def installed_size(self, model: str) -> Optional[int]:
+        """Bytes of the model's layers per its manifest, or None when it is not pulled."""
+        wanted = _canonical(model)
+        for entry in self._call('list models', self.client.list).models:
+            if _canonical(entry.model or '') == wanted:
+                return int(entry.size or 0)
+        return None
+
+    def show(self, model: str) -> Dict[str, Any]:
+        info = self._call(f'show {model}', self.client.show, model)
+        context = 0
+        for key, value in (info.modelinfo or {}).items():
+            if key.endswith('.context_length'):
+                context = int(value)
+        return {'capabilities': list(info.capabilities or []), 'context_length': context}
+
+    def pull(self, model: str, on_progress: Callable[[float, str], None]) -> None:
+        """Pull with progress (fraction 0..1 of the bytes of all layers, status text)."""
+        totals: Dict[str, int] = {}
+        done: Dict[str, int] = {}
+        try:
+            for progress in self.client.pull(model, stream=True):
+                if progress.digest and progress.total:
+                    totals[progress.digest] = progress.total
+                    done[progress.digest] = progress.completed or 0
+                fraction = (sum(done.values()) / sum(totals.values())) if totals else 0.0
+                on_progress(fraction, progress.status or '')
+        except Exception as error:
+            raise EngineError(describe(error, f'pull {model}')) from None
+
+    def load(self, model: str, keep_alive: float = FOREVER) -> None:
+        """Load the model (blocks until Ollama has it in memory) with the given keep_alive."""
+        reply = self._call(f'load {model}', self.client.generate, model=model,
+                           keep_alive=_keep_alive(keep_alive))
+        if reply.done_reason != 'load':
+            raise EngineError(f'load {model}: unexpected answer done_reason={reply.done_reason}')
+
+    def unload(self, model: str) -> None:
+        """Ask Ollama to unload the model now (it answers before the runner has exited)."""
+        self._call(f'unload {model}', self.client.generate, model=model, keep_alive=0)
+
+    def set_keep_alive(self, model: str, seconds: float) -> None:
+        self.load(model, keep_alive=seconds)
+
+    def loaded(self, quick: bool = False) -> List[LoadedModel]:
+        """/api/ps; quick uses a 1 s timeout (for status reports)."""
+        client = self.status_client if quick else self.client
+        return [LoadedModel(name=m.model or '', size=int(m.size or 0),
+                            context_length=int(getattr(m, 'context_length', 0) or 0),
+                            expires_at=str(m.expires_at or ''))
+                for m in self._call('list loaded models', client.ps).models]
+
+    def loaded_model(self, model: str, quick: bool = False) -> Optional[LoadedModel]:
+        wanted = _canonical(model)
+        return next((m for m in self.loaded(quick) if _canonical(m.name) == wanted), None)
+
+    # ---- chat ----------------------------------------------------------------------------
+    def chat(self, model: str, messages: List[Dict[str, str]], think: Optional[bool],
+             options: Dict[str, Any], keep_alive: float, idle_timeout: float) -> ChatStream:
+        request: Dict[str, Any] = {'model': model, 'messages': messages, 'options': options,
+                                   'keep_alive': _keep_alive(keep_alive)}
+        if think is not None:
+            request['think'] = think
+        return ChatStream(self._loop, self._async_client, request, idle_timeout)
+
+
+def _keep_alive(seconds: float) -> Any:
+    """Ollama reads a number as seconds; negative means forever."""
+    if seconds < 0 or math.isinf(seconds):
+        return -1
+    return int(seconds) if float(seconds).is_integer() else f'{seconds}s'
+
+
+def _canonical(name: str) -> str:
+    return name if ':' in name.rsplit('/', 1)[-1] else name + ':latest'

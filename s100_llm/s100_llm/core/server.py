@@ -1,0 +1,312 @@
+"""OllamaServer: start, adopt, watch and stop `ollama serve`, leaving no process behind.
+
+A managed server runs in its own session (so its process group holds it and the runners it
+spawns) with an explicit environment, dies with the node (PR_SET_PDEATHSIG), and is stopped
+with SIGTERM, a grace period, then SIGKILL of the whole group, then a sweep of orphaned runners
+that serve this models directory (Ollama's runners get no parent-death signal and outlive a
+SIGKILLed server, holding the model in RAM).
+"""
+
+import ctypes
+import dataclasses
+import enum
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Dict, List, Optional
+
+import psutil
+
+from .config import ServerSettings, parse_host
+
+LogSink = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', line)
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+# Variables the server needs from the node's environment; everything else is left out.
+_PASSED_THROUGH = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'LD_LIBRARY_PATH',
+                   'CUDA_VISIBLE_DEVICES', 'HIP_VISIBLE_DEVICES', 'OLLAMA_FLASH_ATTENTION',
+                   'OLLAMA_KV_CACHE_TYPE', 'OLLAMA_DEBUG')
+
+
+class ServerError(RuntimeError):
+    """The server could not be started, adopted or stopped; the message says why."""
+
+
+class PortOwner(enum.Enum):
+    FREE = 'free'
+    OLLAMA = 'ollama'
+    FOREIGN = 'foreign'
+
+
+def probe(base_url: str, timeout: float = 1.0) -> PortOwner:
+    """Who answers on base_url: nobody, Ollama (GET / says so), or something else."""
+    try:
+        with urllib.request.urlopen(base_url + '/', timeout=timeout) as reply:
+            body = reply.read(64)
+        return PortOwner.OLLAMA if body.startswith(b'Ollama is running') else PortOwner.FOREIGN
+    except urllib.error.HTTPError:
+        return PortOwner.FOREIGN
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, 'reason', error)
+        if isinstance(reason, ConnectionRefusedError):
+            return PortOwner.FREE
+        if isinstance(reason, (socket.timeout, TimeoutError, ConnectionResetError)):
+            return PortOwner.FOREIGN
+        return PortOwner.FREE
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def is_runner(process: psutil.Process, models_dir: str) -> bool:
+    """A model runner serving models_dir: `ollama runner --model <dir>/blobs/...` or llama-server."""
+    try:
+        cmdline = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return '--model' in cmdline and any(
+        part.startswith(os.path.join(models_dir, 'blobs') + os.sep) for part in cmdline)
+
+
+def is_ollama_server(process: psutil.Process) -> bool:
+    try:
+        return 'serve' in process.cmdline()[1:]
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+@dataclasses.dataclass
+class ServerStatus:
+    managed: bool
+    pid: Optional[int]
+    running: bool
+    started_at: Optional[float]       # time.monotonic()
+    restarts: int
+    exit_code: Optional[int]
+
+
+class OllamaServer:
+    """One Ollama server: spawned and owned (manage_server), or adopted."""
+
+    def __init__(self, settings: ServerSettings, models_dir: str, log: LogSink) -> None:
+        self.settings = settings
+        self.models_dir = models_dir
+        self.log = log
+        self.base_url = settings.base_url
+        self.host, self.port = parse_host(settings.host)
+        self.process: Optional[subprocess.Popen] = None
+        self.adopted = False
+        self.started_at: Optional[float] = None
+        self.restarts = 0
+        self._log_threads: List[threading.Thread] = []
+
+    # ---- start ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Spawn `ollama serve`, or adopt the server already answering; raise ServerError."""
+        owner = probe(self.base_url)
+        if owner is PortOwner.OLLAMA:
+            if self.settings.adopt_existing or not self.settings.manage_server:
+                self.adopted = True
+                self.started_at = time.monotonic()
+                self.log('info', f'using the Ollama server already running at {self.base_url}')
+                return
+            raise ServerError(
+                f'an Ollama server already answers at {self.base_url} (often the systemd '
+                "ollama.service: 'sudo systemctl disable --now ollama'); set adopt_existing to "
+                'true to use it, or choose another host port')
+        if owner is PortOwner.FOREIGN or not port_is_free(self.host, self.port):
+            raise ServerError(f'port {self.port} on {self.host} is in use by a program that is '
+                              'not Ollama; choose another host port')
+        if not self.settings.manage_server:
+            raise ServerError(f'no Ollama server answers at {self.base_url} and manage_server '
+                              'is false; start one or set manage_server to true')
+        binary = shutil.which(self.settings.ollama_bin)
+        if binary is None:
+            raise ServerError(f"ollama_bin '{self.settings.ollama_bin}' was not found or is not "
+                              'executable (install Ollama: https://ollama.com/download/linux)')
+        swept = self.sweep_orphans()
+        if swept:
+            self.log('warn', f'ended {swept} orphaned runner(s) of {self.models_dir} left by an '
+                             'earlier server')
+        self._spawn(binary)
+        try:
+            self._wait_until_ready()
+        except ServerError:
+            self.stop()
+            raise
+
+    def _environment(self) -> Dict[str, str]:
+        env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+        env.setdefault('HOME', os.path.expanduser('~'))
+        env.update({
+            'OLLAMA_HOST': f'{self.host}:{self.port}' if ':' not in self.host
+            else f'[{self.host}]:{self.port}',
+            'OLLAMA_MODELS': self.models_dir,
+            'OLLAMA_NUM_PARALLEL': str(self.settings.num_parallel),
+            'OLLAMA_CONTEXT_LENGTH': str(self.settings.context_length),
+            'OLLAMA_MAX_QUEUE': str(self.settings.max_queue),
+            # The node decides when the model is unloaded; nothing expires behind its back.
+            'OLLAMA_KEEP_ALIVE': '-1',
+            'OLLAMA_MAX_LOADED_MODELS': '1',
+        })
+        # Fault injection of the development emulator passes through (never set on a robot).
+        env.update({k: v for k, v in os.environ.items() if k.startswith('OLLAMA_EMULATOR_')})
+        return env
+
+    def _spawn(self, binary: str) -> None:
+        command = [binary, 'serve']
+        self.log('info', f"starting '{' '.join(command)}' (OLLAMA_HOST={self.host}:{self.port}, "
+                         f'OLLAMA_MODELS={self.models_dir})')
+        self.process = subprocess.Popen(
+            command, env=self._environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent,
+            close_fds=True)
+        self.started_at = time.monotonic()
+        self._log_threads = [
+            threading.Thread(target=self._pump_log, args=(stream, level), daemon=True,
+                             name=f'ollama-{level}-log')
+            # stdout carries one [GIN] access line per request: debug, not info.
+            for stream, level in ((self.process.stdout, 'debug'), (self.process.stderr, 'info'))]
+        for thread in self._log_threads:
+            thread.start()
+
+    def _pump_log(self, stream, level: str) -> None:
+        for raw in iter(stream.readline, b''):
+            line = raw.decode(errors='replace').rstrip()
+            if line:
+                self.log('error' if ('level=ERROR' in line or line.startswith('Error'))
+                         else level, f'[ollama] {line}')
+        stream.close()
+
+    def _wait_until_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.settings.start_timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self._join_log_threads()
+                raise ServerError(f"'{self.settings.ollama_bin} serve' exited with code {code} "
+                                  'during start (its last log lines are above)')
+            if probe(self.base_url, timeout=0.5) is PortOwner.OLLAMA:
+                self.log('info', f'Ollama server ready at {self.base_url} (pid '
+                                 f'{self.process.pid}, '
+                                 f'{time.monotonic() - self.started_at:.2f} s)')
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(f'the Ollama server did not answer at {self.base_url} within '
+                                  f'start_timeout {self.settings.start_timeout:g} s')
+            try:
+                self.process.wait(0.02)
+            except subprocess.TimeoutExpired:
+                pass
+
+    # ---- watch ---------------------------------------------------------------------------
+    def exit_code(self) -> Optional[int]:
+        """The managed server's exit code once it has died; None while it runs (or adopted)."""
+        return None if self.process is None else self.process.poll()
+
+    def reachable(self) -> bool:
+        return probe(self.base_url, timeout=0.5) is PortOwner.OLLAMA
+
+    def status(self) -> ServerStatus:
+        code = self.exit_code()
+        return ServerStatus(managed=not self.adopted, pid=self.pid, running=(
+            self.process is not None and code is None) or self.adopted,
+            started_at=self.started_at, restarts=self.restarts, exit_code=code)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process is not None else None
+
+    def runners(self) -> List[psutil.Process]:
+        """The runner processes of this models directory (children of the server or orphans)."""
+        found = []
+        for process in psutil.process_iter(['cmdline']):
+            if is_runner(process, self.models_dir):
+                found.append(process)
+        return found
+
+    # ---- stop ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """SIGTERM, grace, SIGKILL of the group, sweep orphans, confirm the port is free.
+
+        An adopted server is not ours to stop: it is left running.
+        """
+        if self.adopted:
+            self.adopted = False
+            return
+        process = self.process
+        if process is not None:
+            if process.poll() is None:
+                self.log('info', f'stopping the Ollama server (pid {process.pid}): SIGTERM')
+                self._signal_group(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(self.settings.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    self.log('warn', f'the Ollama server ignored SIGTERM for '
+                                     f'{self.settings.stop_timeout:g} s: SIGKILL')
+            # The group may still hold runners even when the server exited by itself.
+            self._signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            self._join_log_threads()
+            self.process = None
+        swept = self.sweep_orphans()
+        if swept:
+            self.log('warn', f'ended {swept} runner(s) that outlived the server')
+        self._wait_port_free()
+        self.started_at = None
+
+    @staticmethod
+    def _signal_group(pgid: int, number: int) -> None:
+        try:
+            os.killpg(pgid, number)
+        except ProcessLookupError:
+            pass
+
+    def sweep_orphans(self) -> int:
+        """SIGKILL runners of this models dir whose server is gone (reparented to init)."""
+        orphans = []
+        for process in self.runners():
+            try:
+                parent = process.parent()
+            except psutil.NoSuchProcess:
+                continue
+            if parent is None or not is_ollama_server(parent):
+                orphans.append(process)
+        for process in orphans:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(orphans, timeout=self.settings.stop_timeout)
+        return len(orphans)
+
+    def _wait_port_free(self) -> None:
+        deadline = time.monotonic() + self.settings.stop_timeout
+        while not port_is_free(self.host, self.port):
+            if time.monotonic() > deadline:
+                raise ServerError(f'port {self.port} is still in use after the server stopped')
+            time.sleep(0.02)
+
+    def _join_log_threads(self) -> None:
+        for thread in self._log_threads:
+            thread.join(timeout=1.0)
+        self._log_threads = []

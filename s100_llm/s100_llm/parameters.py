@@ -1,0 +1,151 @@
+"""The node's ROS parameters: declared with descriptors, turned into the core's settings.
+
+Every field of the core's settings dataclasses is one parameter of the same name (the
+diagnostics period is `diagnostics_period`). Values are checked when they are set, so a bad
+`ros2 param set` is refused with the reason; server settings take effect at the next
+configure, model settings at the next activate, chat settings at once.
+"""
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from .core.config import (ChatSettings, ConfigError, DiagnosticsSettings, ModelSettings,
+                          ServerSettings, SupervisionSettings)
+
+DESCRIPTIONS = {
+    'host': 'Ollama address host:port. A managed server binds it; loopback only unless '
+            'allow_remote. Next configure.',
+    'ollama_bin': 'The ollama executable (name on PATH or path). Next configure.',
+    'models_dir': "OLLAMA_MODELS: where models are stored; empty = Ollama's default "
+                  '(~/.ollama/models). Put it on a large partition. Next configure.',
+    'manage_server': 'true: spawn and own `ollama serve`; false: use a server someone else runs.',
+    'adopt_existing': 'When a server already answers on host: true = use it (and leave it '
+                      'running at cleanup), false = fail configure.',
+    'allow_remote': 'Allow a managed server to listen on a non-loopback address.',
+    'start_timeout': 'Seconds for the server to answer HTTP after it was spawned.',
+    'stop_timeout': 'Seconds between SIGTERM and SIGKILL of the server process group.',
+    'num_parallel': 'OLLAMA_NUM_PARALLEL: chats generated at once (each costs KV-cache RAM).',
+    'context_length': 'OLLAMA_CONTEXT_LENGTH: context window in tokens (RAM grows with it).',
+    'max_queue': "OLLAMA_MAX_QUEUE: requests Ollama itself queues.",
+    'model': 'The Ollama model to serve, e.g. deepseek-r1:1.5b. Next activate.',
+    'pull_missing': 'Pull the model on activate when it is not in models_dir.',
+    'load_timeout': 'Seconds a pull step or a model load may take.',
+    'memory_margin_mb': 'RAM that must stay available after the model is loaded; activation '
+                        'is refused otherwise.',
+    'keep_alive_inactive': 'Seconds the model stays loaded after deactivate (0: unload at once).',
+    'restart_on_failure': 'Restart a server (and reload the model) that died while configured.',
+    'max_restarts': 'Restarts allowed within restart_window; one more failure -> ErrorProcessing.',
+    'restart_window': 'Seconds over which restarts are counted.',
+    'restart_backoff': 'Seconds before the first restart; doubled for each further one.',
+    'max_prompt_chars': 'Longest prompt + system prompt + context accepted, in characters.',
+    'max_tokens_limit': 'Most tokens one chat may generate (also the default when a goal '
+                        'sets max_tokens 0).',
+    'concurrency': 'A goal arriving while num_parallel chats run: reject | queue | preempt '
+                   '(cancel the oldest).',
+    'max_queued_goals': 'Goals that may wait with concurrency=queue.',
+    'feedback_min_interval': 'Seconds between feedback messages (0: one per streamed chunk; '
+                             'larger values coalesce chunks).',
+    'session_max_turns': 'Turns a session keeps (older ones are dropped).',
+    'max_sessions': 'Sessions kept; the least recently used is dropped beyond this.',
+    'stream_timeout': 'Seconds without output from Ollama before a chat is aborted.',
+    'diagnostics_period': 'Seconds between /diagnostics messages.',
+    'cpu_warn_percent': 'System CPU usage that turns the CPU status WARN.',
+    'cpu_error_percent': 'System CPU usage that turns the CPU status ERROR.',
+    'memory_warn_percent': 'RAM in use (of total) that turns the memory status WARN.',
+    'memory_error_percent': 'RAM in use (of total) that turns the memory status ERROR.',
+    'temperature_warn_c': 'Hottest sensor temperature that turns WARN (the S100 throttles at 95).',
+    'temperature_error_c': 'Hottest sensor temperature that turns ERROR.',
+    'disk_warn_mb': 'Free MB where models_dir lives below which storage is WARN.',
+    'disk_error_mb': 'Free MB where models_dir lives below which storage is ERROR.',
+    'tts_bridge': 'Bridge /prompt_text (std_msgs/String) to the chat and publish the answer '
+                  'on /tts_text sentence by sentence (D-Robotics speech chain).',
+}
+# The executor's thread count is sized from num_parallel and max_queued_goals at start.
+READ_ONLY = {'diagnostics_period', 'tts_bridge', 'num_parallel', 'max_queued_goals'}
+RANGES: Dict[str, Tuple[float, float]] = {
+    'start_timeout': (0.1, 3600.0), 'stop_timeout': (0.1, 600.0), 'num_parallel': (1, 64),
+    'context_length': (256, 1048576), 'max_queue': (1, 100000), 'load_timeout': (1.0, 86400.0),
+    'memory_margin_mb': (0, 1048576), 'keep_alive_inactive': (0.0, 86400.0),
+    'max_restarts': (0, 1000), 'restart_window': (1.0, 86400.0), 'restart_backoff': (0.0, 600.0),
+    'max_prompt_chars': (1, 10000000), 'max_tokens_limit': (1, 1048576),
+    'max_queued_goals': (0, 1000), 'feedback_min_interval': (0.0, 10.0),
+    'session_max_turns': (1, 10000), 'max_sessions': (1, 100000),
+    'stream_timeout': (1.0, 3600.0), 'diagnostics_period': (0.1, 60.0),
+}
+SETTINGS_CLASSES: Tuple[Type[Any], ...] = (ServerSettings, ModelSettings, SupervisionSettings,
+                                           ChatSettings, DiagnosticsSettings)
+
+
+def parameter_name(settings_class: Type[Any], field: str) -> str:
+    return 'diagnostics_period' if (settings_class, field) == (DiagnosticsSettings, 'period') \
+        else field
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSettings:
+    server: ServerSettings
+    model: ModelSettings
+    supervision: SupervisionSettings
+    chat: ChatSettings
+    diagnostics: DiagnosticsSettings
+    tts_bridge: bool
+
+    @property
+    def models_dir(self) -> str:
+        """OLLAMA_MODELS as the server will use it (Ollama's default when empty)."""
+        return os.path.abspath(os.path.expanduser(self.server.models_dir or '~/.ollama/models'))
+
+
+def names() -> List[str]:
+    return [parameter_name(settings_class, field.name) for settings_class in SETTINGS_CLASSES
+            for field in dataclasses.fields(settings_class)] + ['tts_bridge']
+
+
+def declare(node: Node) -> None:
+    """Declare every parameter with its default and descriptor."""
+    for settings_class in SETTINGS_CLASSES:
+        for field in dataclasses.fields(settings_class):
+            name = parameter_name(settings_class, field.name)
+            node.declare_parameter(name, field.default, _descriptor(name, field.default))
+    node.declare_parameter('tts_bridge', False, _descriptor('tts_bridge', False))
+
+
+def _descriptor(name: str, default: Any) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=DESCRIPTIONS[name], read_only=name in READ_ONLY)
+    if name in RANGES:
+        low, high = RANGES[name]
+        if isinstance(default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                                  to_value=float(high))]
+        else:
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high))]
+    return descriptor
+
+
+def read(node: Node, overrides: Optional[Dict[str, Any]] = None) -> NodeSettings:
+    """Build and validate the settings from the parameters (with overrides); ConfigError."""
+    values = {name: node.get_parameter(name).value for name in names()}
+    values.update(overrides or {})
+    built: List[Any] = []
+    for settings_class in SETTINGS_CLASSES:
+        kwargs = {field.name: values[parameter_name(settings_class, field.name)]
+                  for field in dataclasses.fields(settings_class)}
+        settings = settings_class(**kwargs)
+        settings.validate()
+        built.append(settings)
+    return NodeSettings(*built, tts_bridge=bool(values['tts_bridge']))
+
+
+def validate_change(node: Node, parameters: List[Parameter]) -> SetParametersResult:
+    """on_set_parameters callback: refuse a value that would make the settings invalid."""
+    try:
+        read(node, {p.name: p.value for p in parameters})
+    except ConfigError as error:
+        return SetParametersResult(successful=False, reason=str(error))
+    return SetParametersResult(successful=True)

@@ -1,0 +1,82 @@
+"""Fixtures: each test gets its own DDS domain, Ollama port and models dir, and its teardown
+checks that no Ollama process of that test survived."""
+
+import itertools
+import os
+import random
+import sys
+import pathlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+from harness import (NodeProcess, RosClient, free_port, processes_of,  # noqa: E402
+                     wait_for)
+
+# Discovery stays on this machine (Jazzy and newer; Humble used ROS_LOCALHOST_ONLY=1).
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.pop('ROS_LOCALHOST_ONLY', None)
+_domains = itertools.count(random.Random(os.getpid()).randrange(1, 60))
+EMULATOR = 's100-ollama-emulator'
+
+
+@pytest.fixture
+def domain_id() -> int:
+    return next(_domains) % 100 + 1
+
+
+@pytest.fixture
+def ollama_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def models_dir(tmp_path: pathlib.Path) -> str:
+    return str(tmp_path / 'models')
+
+
+def default_parameters(port: int, models_dir: str) -> Dict[str, Any]:
+    return {'model': 'echo:latest', 'ollama_bin': EMULATOR, 'host': f'127.0.0.1:{port}',
+            'models_dir': models_dir, 'restart_backoff': 0.0, 'diagnostics_period': 0.5}
+
+
+class LlmUnderTest:
+    """One running node and a client, plus what the test needs to check from outside."""
+
+    def __init__(self, node: NodeProcess, client: RosClient, port: int, models_dir: str):
+        self.node = node
+        self.client = client
+        self.port = port
+        self.models_dir = models_dir
+        self.base_url = f'http://127.0.0.1:{port}'
+
+    def leftovers(self) -> List[Any]:
+        return processes_of(self.models_dir, self.port)
+
+    def activate(self) -> None:
+        assert self.client.change_state('configure'), self.node.output()
+        assert self.client.change_state('activate'), self.node.output()
+
+
+@pytest.fixture
+def start_llm(tmp_path: pathlib.Path, domain_id: int, ollama_port: int,
+              models_dir: str) -> Iterator[Callable[..., LlmUnderTest]]:
+    started: List[Tuple[NodeProcess, RosClient]] = []
+
+    def start(env: Optional[Dict[str, str]] = None, **parameters: Any) -> LlmUnderTest:
+        values = default_parameters(ollama_port, models_dir)
+        values.update(parameters)
+        node = NodeProcess(domain_id, tmp_path / f'node{len(started)}.log', values, env)
+        client = RosClient(domain_id)
+        started.append((node, client))
+        client.wait_for_node()
+        return LlmUnderTest(node, client, ollama_port, models_dir)
+
+    yield start
+    for node, client in started:
+        client.close()
+        node.stop()
+    wait_for(lambda: not processes_of(models_dir, ollama_port),
+             'every Ollama process of the test to be gone', timeout=10)

@@ -1,0 +1,262 @@
+"""Test harness: the node as a separate process, talked to over DDS like a robot behaviour.
+
+NodeProcess starts the installed `llm_node` executable (what `ros2 run s100_llm llm_node`
+runs) with its own ROS_DOMAIN_ID, localhost-only discovery, Ollama port and models dir.
+RosClient is an rclpy node in its own context that calls the lifecycle services
+(`ros2 lifecycle set` uses the same), sends Chat goals and listens to /diagnostics and /rosout.
+"""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import psutil
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
+from rcl_interfaces.msg import Log
+from rclpy.action import ActionClient
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+
+from s100_llm.action import Chat
+
+TRANSITIONS = {
+    'configure': Transition.TRANSITION_CONFIGURE,
+    'cleanup': Transition.TRANSITION_CLEANUP,
+    'activate': Transition.TRANSITION_ACTIVATE,
+    'deactivate': Transition.TRANSITION_DEACTIVATE,
+    'unconfigured_shutdown': Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+    'inactive_shutdown': Transition.TRANSITION_INACTIVE_SHUTDOWN,
+    'active_shutdown': Transition.TRANSITION_ACTIVE_SHUTDOWN,
+}
+# Generous bounds for "this must happen", never expectations of speed.
+WAIT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll until condition() is truthy; fail naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout:g} s waiting for {what}')
+        time.sleep(0.02)
+
+
+def install_prefix() -> pathlib.Path:
+    prefix = os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)[0]
+    return pathlib.Path(prefix)
+
+
+def processes_of(models_dir: str, port: int) -> List[psutil.Process]:
+    """Every Ollama (emulator) server or runner of this models dir or port still alive."""
+    found = []
+    for process in psutil.process_iter(['cmdline', 'environ']):
+        try:
+            cmdline = ' '.join(process.info['cmdline'] or [])
+            environ = process.info['environ'] or {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if process.status() == psutil.STATUS_ZOMBIE:
+            continue
+        if (models_dir and models_dir in cmdline) or (
+                environ.get('OLLAMA_MODELS') == models_dir and 'serve' in cmdline):
+            found.append(process)
+        elif environ.get('OLLAMA_HOST', '').endswith(f':{port}') and 'serve' in cmdline:
+            found.append(process)
+    return found
+
+
+class NodeProcess:
+    """The llm_node executable, started with parameters, stopped with a signal."""
+
+    def __init__(self, domain_id: int, log_path: pathlib.Path, parameters: Dict[str, Any],
+                 extra_env: Optional[Dict[str, str]] = None, name: str = 'llm') -> None:
+        self.parameters = parameters
+        executable = install_prefix() / 'lib' / 's100_llm' / 'llm_node'
+        arguments = [str(executable), '--ros-args', '-r', f'__node:={name}']
+        for key, value in parameters.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            arguments += ['-p', f'{key}:={text}']
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED='1',
+                   RCUTILS_LOGGING_BUFFERED_STREAM='0')
+        env.update(extra_env or {})
+        self.log_path = log_path
+        self.log = open(log_path, 'wb')
+        self.process = subprocess.Popen(arguments, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors='replace')
+
+    def stop(self, number: int = signal.SIGINT, timeout: float = WAIT) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(number)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f'llm_node did not exit within {timeout:g} s of {number}')
+        finally:
+            self.log.close()
+
+
+class RosClient:
+    """A robot behaviour's view of the node, in its own rclpy context and DDS domain."""
+
+    def __init__(self, domain_id: int, node_name: str = 'llm') -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = Node('test_client', context=self.context)
+        self.name = node_name
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.node)
+        self.diagnostics: List[DiagnosticArray] = []
+        self.rosout: List[Log] = []
+        self._lock = threading.Lock()
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
+        rosout_qos = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
+                                durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(Log, '/rosout', self._on_rosout, rosout_qos)
+        self.chat_client = ActionClient(self.node, Chat, f'/{node_name}/chat')
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5)
+
+    def _on_diagnostics(self, message: DiagnosticArray) -> None:
+        with self._lock:
+            self.diagnostics.append(message)
+
+    def _on_rosout(self, message: Log) -> None:
+        with self._lock:
+            self.rosout.append(message)
+
+    # ---- services ------------------------------------------------------------------------
+    def _call(self, service_type: Any, name: str, request: Any, timeout: float = WAIT) -> Any:
+        client = self.node.create_client(service_type, name)
+        try:
+            wait_for(lambda: client.wait_for_service(timeout_sec=0.1), f'service {name}')
+            future = client.call_async(request)
+            wait_for(future.done, f'answer of {name}', timeout)
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def state(self) -> str:
+        return self._call(GetState, f'/{self.name}/get_state', GetState.Request()) \
+            .current_state.label
+
+    def available_transitions(self) -> List[str]:
+        reply = self._call(GetAvailableTransitions, f'/{self.name}/get_available_transitions',
+                           GetAvailableTransitions.Request())
+        return [t.transition.label for t in reply.available_transitions]
+
+    def change_state(self, transition: str, timeout: float = 300.0) -> bool:
+        """What `ros2 lifecycle set /llm <transition>` does; True on success."""
+        request = ChangeState.Request()
+        request.transition.id = TRANSITIONS[transition]
+        return self._call(ChangeState, f'/{self.name}/change_state', request, timeout).success
+
+    def wait_for_node(self) -> None:
+        wait_for(lambda: self.state() == 'unconfigured', 'the node to come up unconfigured')
+
+    # ---- chat ----------------------------------------------------------------------------
+    def send_chat(self, goal: Chat.Goal) -> 'GoalRun':
+        assert self.chat_client.wait_for_server(timeout_sec=WAIT), 'no chat action server'
+        return GoalRun(self.chat_client, goal)
+
+    def chat(self, prompt: str = '', **fields: Any) -> 'GoalRun':
+        run = self.send_chat(Chat.Goal(prompt=prompt, **fields))
+        if run.wait_accepted():
+            run.wait_result()
+        return run
+
+    # ---- topics --------------------------------------------------------------------------
+    def log_messages(self) -> List[str]:
+        with self._lock:
+            return [m.msg for m in self.rosout if m.name == self.name]
+
+    def wait_log(self, fragment: str, timeout: float = WAIT) -> str:
+        return wait_for(lambda: next((m for m in self.log_messages() if fragment in m), None),
+                        f'a log line containing {fragment!r}', timeout)
+
+    def statuses(self, after: float = 0.0) -> Dict[str, Any]:
+        """The newest /diagnostics statuses by name, from a message stamped after `after`."""
+        with self._lock:
+            messages = list(self.diagnostics)
+        for message in reversed(messages):
+            stamp = message.header.stamp.sec + message.header.stamp.nanosec * 1e-9
+            if stamp >= after and any(s.name.startswith(f'{self.name}: ')
+                                      for s in message.status):
+                return {s.name: s for s in message.status}
+        return {}
+
+    def fresh_statuses(self, condition: Callable[[Dict[str, Any]], bool] = lambda s: True,
+                       what: str = 'diagnostics') -> Dict[str, Any]:
+        since = time.time()
+        return wait_for(lambda: (lambda s: s if s and condition(s) else None)(
+            self.statuses(since)), what)
+
+
+class GoalRun:
+    """One goal: its acceptance, feedback and result."""
+
+    def __init__(self, client: ActionClient, goal: Chat.Goal) -> None:
+        self.feedback: List[Chat.Feedback] = []
+        self.first_feedback_at: Optional[float] = None
+        self._goal_future = client.send_goal_async(goal, feedback_callback=self._on_feedback)
+        self.handle = None
+        self.result: Optional[Chat.Result] = None
+        self.status: Optional[int] = None
+
+    def _on_feedback(self, message: Any) -> None:
+        if self.first_feedback_at is None:
+            self.first_feedback_at = time.monotonic()
+        self.feedback.append(message.feedback)
+
+    def wait_accepted(self) -> bool:
+        wait_for(self._goal_future.done, 'the goal response')
+        self.handle = self._goal_future.result()
+        return self.handle.accepted
+
+    def wait_result(self, timeout: float = WAIT) -> Chat.Result:
+        future = self.handle.get_result_async()
+        wait_for(future.done, 'the goal result', timeout)
+        self.status = future.result().status
+        self.result = future.result().result
+        return self.result
+
+    def cancel(self) -> None:
+        future = self.handle.cancel_goal_async()
+        wait_for(future.done, 'the cancel response')
+
+    @property
+    def streamed_text(self) -> str:
+        return ''.join(f.delta for f in self.feedback)
