@@ -95,6 +95,23 @@ class ScriptedRunner:
         await response.prepare(request)
         prompt_ms = (time.monotonic() - start) * 1000
         generation_start = time.monotonic()
+        try:
+            produced, finish_reason = await self._generate(response, messages, think, stops,
+                                                           limit)
+        except ConnectionResetError:
+            return response   # the server closed the stream: stop generating
+        predicted_ms = (time.monotonic() - generation_start) * 1000
+        final = {
+            'choices': [{'index': 0, 'delta': {}, 'finish_reason': finish_reason}],
+            'timings': {'prompt_n': prompt_tokens, 'prompt_ms': prompt_ms,
+                        'predicted_n': produced, 'predicted_ms': predicted_ms},
+        }
+        await response.write(f'data: {json.dumps(final)}\n\ndata: [DONE]\n\n'.encode())
+        return response
+
+    async def _generate(self, response: web.StreamResponse, messages: List[Dict], think: bool,
+                        stops: List[str], limit: int) -> Tuple[int, str]:
+        """Stream the script's tokens; returns (tokens produced, finish reason)."""
         finish_reason = 'stop'
         produced = 0
         answer = ''
@@ -120,14 +137,7 @@ class ScriptedRunner:
             if self.crash_after and self.generated >= self.crash_after:
                 print('runner: injected crash', file=sys.stderr, flush=True)
                 os._exit(1)
-        predicted_ms = (time.monotonic() - generation_start) * 1000
-        final = {
-            'choices': [{'index': 0, 'delta': {}, 'finish_reason': finish_reason}],
-            'timings': {'prompt_n': prompt_tokens, 'prompt_ms': prompt_ms,
-                        'predicted_n': produced, 'predicted_ms': predicted_ms},
-        }
-        await response.write(f'data: {json.dumps(final)}\n\ndata: [DONE]\n\n'.encode())
-        return response
+        return produced, finish_reason
 
     @staticmethod
     async def _send(response: web.StreamResponse, delta: Dict[str, str]) -> None:

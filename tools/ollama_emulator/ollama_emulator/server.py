@@ -32,6 +32,10 @@ dumps = functools.partial(json.dumps, separators=(',', ':'))
 RUNNER_EOF = 'an error was encountered while running the model: unexpected EOF'
 
 
+class ClientGone(Exception):
+    """The HTTP client disconnected while we were streaming to it."""
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -411,18 +415,21 @@ class OllamaApi:
                 content = delta.get('content') or ''
                 thinking = delta.get('reasoning_content') or ''
                 if content or thinking:
-                    await sink.send(self._chunk(model_text, field, content, thinking))
+                    try:
+                        await sink.send(self._chunk(model_text, field, content, thinking))
+                    except ConnectionResetError:
+                        raise ClientGone() from None
                     self._count_token()
                 if choice.get('finish_reason'):
                     finish = 'length' if choice['finish_reason'] == 'length' else 'stop'
                     timings = chunk.get('timings') or {}
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientConnectionError):
-            finish = None
-        except asyncio.CancelledError:
+        except (ClientGone, asyncio.CancelledError):
+            # The client closed the connection: closing ours to the runner stops generation.
             self.disconnects.append({'model': model_text, 'at': time.monotonic()})
             log.info('client disconnected; generation stopped')
-            raise
+            raise asyncio.CancelledError() from None
+        except aiohttp.ClientError:
+            finish = None     # the runner died or cut the stream
         finally:
             self.generating -= 1
             if upstream is not None:

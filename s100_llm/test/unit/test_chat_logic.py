@@ -1,0 +1,76 @@
+import math
+
+import pytest
+
+from s100_llm.core.chat import (ChatRequest, ThinkTagSplitter, THINK_ON, ollama_options,
+                                validate)
+from s100_llm.core.config import ChatSettings
+from s100_llm.core.sessions import SessionStore
+from s100_llm.tts_bridge import SentenceSplitter
+
+SETTINGS = ChatSettings(max_prompt_chars=100, max_tokens_limit=50)
+
+
+def reason(**fields):
+    request = ChatRequest(**{'prompt': 'hello', **fields})
+    return validate(request, SETTINGS, SessionStore(5, 5), ['completion'], 'echo:latest')
+
+
+@pytest.mark.parametrize('fields, fragment', [
+    ({'prompt': '  '}, 'prompt is empty'),
+    ({'prompt': 'x' * 101}, 'max_prompt_chars'),
+    ({'think': THINK_ON}, 'cannot think'),
+    ({'think': 7}, 'think must be'),
+    ({'temperature': math.nan}, 'temperature is not a number'),
+    ({'temperature': 3.0}, 'temperature 3 is out of range'),
+    ({'top_p': 1.5}, 'top_p'),
+    ({'top_k': 5000}, 'top_k'),
+    ({'max_tokens': -3}, 'max_tokens'),
+    ({'max_tokens': 51}, 'max_tokens'),
+    ({'stop': ['']}, 'stop'),
+    ({'reset_session': True}, 'needs a session_id'),
+    ({'reset_session': True, 'session_id': 'nope'}, "unknown session 'nope'"),
+    ({'session_id': 's', 'context': [{'role': 'user', 'content': 'x'}]}, 'single-turn'),
+    ({'context': [{'role': 'root', 'content': 'x'}]}, "role 'root'"),
+])
+def test_bad_goals_get_a_reason(fields, fragment):
+    assert fragment in reason(**fields)
+
+
+def test_a_good_goal_has_no_reason():
+    assert reason(temperature=0.0, top_p=0.9, top_k=40, max_tokens=50, seed=1, stop=['x']) == ''
+
+
+def test_options_leave_defaults_to_the_model_and_cap_tokens():
+    assert ollama_options(ChatRequest(prompt='x'), SETTINGS) == {'num_predict': 50}
+    assert ollama_options(ChatRequest(prompt='x', temperature=0.0, seed=3, max_tokens=7,
+                                      stop=['.']), SETTINGS) == {
+        'num_predict': 7, 'temperature': 0.0, 'seed': 3, 'stop': ['.']}
+
+
+@pytest.mark.parametrize('chunks', [
+    ['<think>plan</think>Paris'],
+    ['<thi', 'nk>pl', 'an</th', 'ink>Par', 'is'],
+    ['<think>', 'plan', '</think>', 'Paris'],
+])
+def test_inline_think_tags_never_reach_the_answer(chunks):
+    splitter = ThinkTagSplitter()
+    answer, thinking = '', ''
+    for chunk in chunks:
+        a, t = splitter.feed(chunk)
+        answer, thinking = answer + a, thinking + t
+    a, t = splitter.flush()
+    assert (answer + a, thinking + t) == ('Paris', 'plan')
+
+
+def test_text_without_tags_passes_through_at_once():
+    splitter = ThinkTagSplitter()
+    assert splitter.feed('a < b') == ('a < b', '')
+
+
+def test_sentence_splitter_hands_out_whole_sentences():
+    splitter = SentenceSplitter()
+    assert splitter.feed('Hello there. How') == ['Hello there.']
+    assert splitter.feed(' are you? Fine') == ['How are you?']
+    assert splitter.feed('\nOK') == ['Fine']
+    assert splitter.flush() == ['OK']

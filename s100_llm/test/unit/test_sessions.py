@@ -1,0 +1,54 @@
+from s100_llm.core.sessions import SessionStore
+
+
+def test_single_turn_has_no_memory():
+    store = SessionStore(max_turns=5, max_sessions=5)
+    assert store.messages('', 'be brief', 'hi') == [
+        {'role': 'system', 'content': 'be brief'}, {'role': 'user', 'content': 'hi'}]
+    assert len(store) == 0
+
+
+def test_session_remembers_turns_and_system_prompt():
+    store = SessionStore(max_turns=5, max_sessions=5)
+    assert store.commit('s', 'be brief', 'one', 'first answer') == 1
+    messages = store.messages('s', '', 'two')
+    assert messages == [{'role': 'system', 'content': 'be brief'},
+                        {'role': 'user', 'content': 'one'},
+                        {'role': 'assistant', 'content': 'first answer'},
+                        {'role': 'user', 'content': 'two'}]
+
+
+def test_session_keeps_the_last_max_turns():
+    store = SessionStore(max_turns=2, max_sessions=5)
+    for index in range(5):
+        store.commit('s', '', f'q{index}', f'a{index}')
+    contents = [m['content'] for m in store.messages('s', '', 'next')]
+    assert contents == ['q3', 'a3', 'q4', 'a4', 'next']
+    assert store.turn_count('s') == 2
+
+
+def test_trimming_to_the_context_drops_oldest_turns_first():
+    store = SessionStore(max_turns=50, max_sessions=5)
+    for index in range(10):
+        store.commit('s', '', 'x' * 40, f'answer {index}')
+    messages = store.messages('s', '', 'final', context_tokens=40)   # ~160 characters
+    assert messages[-1]['content'] == 'final'
+    assert sum(len(m['content']) for m in messages) <= 160
+    assert messages[-2]['content'] == 'answer 9'
+
+
+def test_reset_and_least_recently_used_eviction():
+    store = SessionStore(max_turns=5, max_sessions=2)
+    store.commit('a', '', 'q', 'a')
+    store.commit('b', '', 'q', 'a')
+    store.commit('a', '', 'q2', 'a2')      # a is now the most recently used
+    store.commit('c', '', 'q', 'a')
+    assert 'b' not in store and 'a' in store and 'c' in store
+    store.reset('a')
+    assert 'a' not in store
+
+
+def test_caller_context_is_used_for_single_turns():
+    store = SessionStore(max_turns=5, max_sessions=5)
+    context = [{'role': 'user', 'content': 'earlier'}, {'role': 'assistant', 'content': 'ok'}]
+    assert store.messages('', '', 'now', context)[:2] == context
