@@ -271,7 +271,8 @@ class OllamaServer:
         swept = self.sweep_orphans()
         if swept:
             self.log('warn', f'ended {swept} runner(s) that outlived the server')
-        self._wait_port_free()
+        if process is not None:
+            self._wait_port_free()
         self.started_at = None
 
     @staticmethod

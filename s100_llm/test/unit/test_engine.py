@@ -1,0 +1,112 @@
+"""OllamaEngine against the emulator: models, streaming, cancel and errors."""
+
+import os
+import signal
+
+import httpx
+import pytest
+
+from harness import free_port, wait_for
+from s100_llm.core.config import ServerSettings
+from s100_llm.core.engine import ChatCanceled, EngineError, OllamaEngine
+from s100_llm.core.server import OllamaServer
+
+
+@pytest.fixture
+def start(tmp_path, monkeypatch):
+    started = []
+
+    def start_with(token_rate: str):
+        monkeypatch.setenv('OLLAMA_EMULATOR_TOKEN_RATE', token_rate)
+        server = OllamaServer(ServerSettings(host=f'127.0.0.1:{free_port()}',
+                                             ollama_bin='s100-ollama-emulator'),
+                              str(tmp_path / 'models'), lambda level, line: None)
+        server.start()
+        engine = OllamaEngine(server.base_url, 30)
+        started.append((server, engine))
+        return server, engine
+
+    yield start_with
+    for server, engine in started:
+        engine.close()
+        server.stop()
+
+
+@pytest.fixture
+def running(start):
+    return start('500')
+
+
+def test_pull_reports_progress_and_the_size_comes_from_the_manifest(running):
+    _, engine = running
+    assert engine.installed_size('echo') is None
+    fractions = []
+    engine.pull('echo', lambda fraction, status: fractions.append(fraction))
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert engine.installed_size('echo:latest') > 0
+
+
+def test_pull_of_an_unknown_model_names_the_cause(running):
+    _, engine = running
+    with pytest.raises(EngineError, match='pull nosuch: .*file does not exist'):
+        engine.pull('nosuch', lambda *_: None)
+
+
+def test_load_confirm_unload(running):
+    _, engine = running
+    engine.pull('echo', lambda *_: None)
+    engine.load('echo')
+    loaded = engine.loaded_model('echo')
+    assert loaded is not None and loaded.context_length == 4096
+    assert loaded.expires_at.startswith('2318')
+    engine.unload('echo')
+    wait_for(lambda: engine.loaded_model('echo') is None, 'the unload')
+
+
+def test_chat_stream_separates_thinking_and_reports_stats(running):
+    _, engine = running
+    engine.pull('thinker', lambda *_: None)
+    chunks = list(engine.chat('thinker', [{'role': 'user', 'content': 'why'}], True, {}, -1, 30))
+    assert ''.join(c.thinking for c in chunks) == 'Thinking about: why'
+    assert ''.join(c.content for c in chunks) == 'Answer: why'
+    assert chunks[-1].done and chunks[-1].eval_count == len(chunks) - 1
+
+
+def test_cancel_closes_the_connection_at_once(running):
+    server, engine = running
+    engine.pull('endless', lambda *_: None)
+    stream = engine.chat('endless', [{'role': 'user', 'content': 'go'}], None, {}, -1, 30)
+    iterator = iter(stream)
+    next(iterator)
+    canceled_at = stream.cancel()
+    with pytest.raises(ChatCanceled):
+        for _ in iterator:
+            pass
+    stats = wait_for(lambda: httpx.get(server.base_url + '/emulator/stats').json()['disconnects'],
+                     'the server to see the disconnect')
+    assert stats[-1]['at'] >= canceled_at
+
+
+def test_errors_name_their_cause(running):
+    server, engine = running
+    with pytest.raises(EngineError, match="404: model 'ghost:latest' not found"):
+        list(engine.chat('ghost', [{'role': 'user', 'content': 'x'}], None, {}, -1, 30))
+    engine.pull('endless', lambda *_: None)
+    stream = iter(engine.chat('endless', [{'role': 'user', 'content': 'x'}], None, {}, -1, 30))
+    next(stream)
+    os.killpg(server.pid, signal.SIGKILL)
+    with pytest.raises(EngineError, match='closed the connection|not reachable'):
+        for _ in stream:
+            pass
+    server.process.wait()
+    with pytest.raises(EngineError, match='not reachable'):
+        engine.loaded()
+
+
+def test_silence_beyond_the_stream_timeout_aborts(start):
+    _, engine = start('0.1')        # one token every 10 s
+    engine.pull('endless', lambda *_: None)
+    stream = engine.chat('endless', [{'role': 'user', 'content': 'x'}], None, {}, -1,
+                         idle_timeout=0.5)
+    with pytest.raises(EngineError, match='no output from Ollama for 0.5 s'):
+        list(stream)

@@ -1,0 +1,167 @@
+"""OllamaServer against the emulator binary: real processes, signals and ports."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from harness import free_port, wait_for
+from s100_llm.core.config import ServerSettings
+from s100_llm.core.engine import OllamaEngine
+from s100_llm.core.server import OllamaServer, ServerError, port_is_free
+
+EMULATOR = 's100-ollama-emulator'
+
+
+class Log(list):
+    def __call__(self, level: str, line: str) -> None:
+        self.append((level, line))
+
+    def text(self) -> str:
+        return '\n'.join(line for _, line in self)
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    servers = []
+
+    def make(models_dir=None, **settings):
+        values = dict(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR, start_timeout=30,
+                      stop_timeout=2)
+        values.update(settings)
+        server = OllamaServer(ServerSettings(**values), models_dir or str(tmp_path / 'models'),
+                              Log())
+        servers.append(server)
+        return server
+
+    yield make
+    for server in reversed(servers):
+        server.adopted = False
+        server.stop()
+
+
+def test_start_spawns_its_own_session_with_an_explicit_environment(make_server, monkeypatch):
+    monkeypatch.setenv('S100_TEST_SECRET', 'must-not-leak')
+    server = make_server()
+    server.start()
+    process = psutil.Process(server.pid)
+    assert os.getsid(server.pid) == server.pid          # own session and process group
+    assert process.ppid() == os.getpid()                # no shell in between
+    assert process.cmdline()[-1] == 'serve'
+    environ = process.environ()
+    assert 'S100_TEST_SECRET' not in environ
+    assert environ['OLLAMA_HOST'] == f'{server.host}:{server.port}'
+    assert environ['OLLAMA_MODELS'] == server.models_dir
+    assert 'Listening on' in server.log.text()
+
+
+def test_stop_ends_server_and_runner_and_frees_the_port(make_server):
+    server = make_server()
+    server.start()
+    engine = OllamaEngine(server.base_url, 30)
+    engine.pull('echo', lambda *_: None)
+    engine.load('echo')
+    runners = server.runners()
+    assert len(runners) == 1
+    server.stop()
+    engine.close()
+    assert not any(p.is_running() for p in runners)
+    assert port_is_free(server.host, server.port)
+
+
+def test_a_server_ignoring_sigterm_is_killed_with_its_group(make_server, monkeypatch):
+    monkeypatch.setenv('OLLAMA_EMULATOR_IGNORE_SIGTERM', '1')
+    server = make_server(stop_timeout=0.5)
+    server.start()
+    pid = server.pid
+    server.stop()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert 'ignored SIGTERM' in server.log.text()
+
+
+def test_an_existing_server_is_adopted_only_when_allowed(make_server):
+    first = make_server()
+    first.start()
+    refused = make_server(host=first.settings.host)
+    with pytest.raises(ServerError, match='adopt_existing'):
+        refused.start()
+    adopter = make_server(host=first.settings.host, adopt_existing=True)
+    adopter.start()
+    assert adopter.adopted and adopter.pid is None
+    adopter.stop()
+    assert first.reachable()        # an adopted server is left running
+
+
+def test_a_foreign_program_on_the_port_is_named(make_server):
+    with socket.socket() as foreign:
+        foreign.bind(('127.0.0.1', 0))
+        foreign.listen()
+        port = foreign.getsockname()[1]
+        with pytest.raises(ServerError, match='not Ollama'):
+            make_server(host=f'127.0.0.1:{port}').start()
+
+
+def test_missing_binary(make_server):
+    with pytest.raises(ServerError, match="ollama_bin 'no-such-ollama' was not found"):
+        make_server(ollama_bin='no-such-ollama').start()
+
+
+def test_a_server_that_exits_during_start_leaves_nothing(make_server, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    server = make_server(models_dir=str(blocker / 'models'))
+    with pytest.raises(ServerError, match='exited with code 1 during start'):
+        server.start()
+    assert server.process is None and 'Error: mkdir' in server.log.text()
+
+
+def test_a_server_that_never_answers_is_stopped(make_server, monkeypatch):
+    monkeypatch.setenv('OLLAMA_EMULATOR_START_DELAY', '30')
+    server = make_server(start_timeout=0.5)
+    with pytest.raises(ServerError, match='did not answer .* within start_timeout 0.5 s'):
+        server.start()
+    assert server.process is None and port_is_free(server.host, server.port)
+
+
+def test_orphaned_runners_of_a_killed_server_are_swept_on_start(make_server):
+    server = make_server()
+    server.start()
+    engine = OllamaEngine(server.base_url, 30)
+    engine.pull('echo', lambda *_: None)
+    engine.load('echo')
+    engine.close()
+    (runner,) = server.runners()
+    os.kill(server.pid, signal.SIGKILL)
+    server.process.wait()
+    wait_for(lambda: runner.ppid() != server.pid, 'the runner to be orphaned')
+    server.process = None
+    again = make_server(host=server.settings.host, models_dir=server.models_dir)
+    again.start()
+    wait_for(lambda: not runner.is_running(), 'the orphan to be swept')
+    assert 'orphaned runner' in again.log.text()
+
+
+def test_the_server_dies_with_its_owner(tmp_path):
+    port = free_port()
+    owner = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f'''
+        import time
+        from s100_llm.core.config import ServerSettings
+        from s100_llm.core.server import OllamaServer
+        server = OllamaServer(ServerSettings(host='127.0.0.1:{port}', ollama_bin='{EMULATOR}'),
+                              '{tmp_path}/models', lambda level, line: None)
+        server.start()
+        print(server.pid, flush=True)
+        time.sleep(600)
+    ''')], stdout=subprocess.PIPE, text=True)
+    server_pid = int(owner.stdout.readline())
+    owner.kill()
+    owner.wait()
+    wait_for(lambda: not psutil.pid_exists(server_pid)
+             or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE,
+             'the server to die with the process that started it')
+    wait_for(lambda: port_is_free('127.0.0.1', port), 'the port to be free')
