@@ -69,6 +69,7 @@ class LlmNode(LifecycleNode):
         self._failure = ''
         self.runner_processes: List[psutil.Process] = []
         self._restarts: Deque[float] = collections.deque()
+        self._exiting = threading.Event()   # set when the process is going down
         # Transitions and supervision never interleave; the lifecycle services, the chat action
         # and diagnostics each have their own callback group, so none of them waits on this.
         self._lock = threading.RLock()
@@ -283,6 +284,12 @@ class LlmNode(LifecycleNode):
         self.model_loaded = False
         self.runner_processes = []
 
+    def exit(self) -> None:
+        """The process is going down (Ctrl-C, SIGTERM): stop everything without waiting for a
+        restart backoff in progress."""
+        self._exiting.set()
+        self.release_everything()
+
     def release_everything(self) -> None:
         """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
         with self._lock:
@@ -333,7 +340,8 @@ class LlmNode(LifecycleNode):
             self._restarts.append(now)
             self.get_logger().warning(f'restarting in {backoff:g} s (restart '
                                       f'{len(self._restarts)}/{supervision.max_restarts})')
-            time.sleep(backoff)
+            if self._exiting.wait(backoff):
+                return
             try:
                 self._restart()
                 self.get_logger().info('recovered: server running'
@@ -361,9 +369,16 @@ class LlmNode(LifecycleNode):
             self._load_model()
 
     def _log_line(self, level: str, line: str) -> None:
+        # rclpy refuses one call site logging at several severities: one call per level.
         logger = self.get_logger()
-        {'debug': logger.debug, 'info': logger.info, 'warn': logger.warning,
-         'error': logger.error}[level](line)
+        if level == 'error':
+            logger.error(line)
+        elif level == 'warn':
+            logger.warning(line)
+        elif level == 'info':
+            logger.info(line)
+        else:
+            logger.debug(line)
 
 
 def main(args: Optional[List[str]] = None) -> int:
@@ -381,7 +396,7 @@ def main(args: Optional[List[str]] = None) -> int:
         pass
     finally:
         # rclpy runs no shutdown transition on Ctrl-C/SIGTERM: stop the server here.
-        node.release_everything()
+        node.exit()
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()

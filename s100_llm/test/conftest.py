@@ -71,6 +71,9 @@ def start_llm(tmp_path: pathlib.Path, domain_id: int, ollama_port: int,
         node = NodeProcess(domain_id, tmp_path / f'node{len(started)}.log', values, env)
         client = RosClient(domain_id)
         started.append((node, client))
+        wait_for(lambda: node.process.poll() is not None or client.service_ready('get_state'),
+                 'the node to come up')
+        assert node.process.poll() is None, f'llm_node exited:\n{node.output()}'
         client.wait_for_node()
         return LlmUnderTest(node, client, ollama_port, models_dir)
 

@@ -66,20 +66,19 @@ def install_prefix() -> pathlib.Path:
 
 
 def processes_of(models_dir: str, port: int) -> List[psutil.Process]:
-    """Every Ollama (emulator) server or runner of this models dir or port still alive."""
+    """Every Ollama (emulator) server of this models dir or port, or runner of this models dir,
+    still alive."""
     found = []
-    for process in psutil.process_iter(['cmdline', 'environ']):
-        try:
-            cmdline = ' '.join(process.info['cmdline'] or [])
-            environ = process.info['environ'] or {}
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+    for process in psutil.process_iter(['cmdline', 'environ', 'status']):
+        cmdline = process.info['cmdline'] or []
+        environ = process.info['environ'] or {}
+        if process.info['status'] == psutil.STATUS_ZOMBIE:
             continue
-        if process.status() == psutil.STATUS_ZOMBIE:
-            continue
-        if (models_dir and models_dir in cmdline) or (
-                environ.get('OLLAMA_MODELS') == models_dir and 'serve' in cmdline):
-            found.append(process)
-        elif environ.get('OLLAMA_HOST', '').endswith(f':{port}') and 'serve' in cmdline:
+        runner = any(part.startswith(os.path.join(models_dir, 'blobs')) for part in cmdline)
+        server = cmdline[-1:] == ['serve'] and (
+            environ.get('OLLAMA_MODELS') == models_dir
+            or environ.get('OLLAMA_HOST', '').endswith(f':{port}'))
+        if runner or server:
             found.append(process)
     return found
 
@@ -159,23 +158,40 @@ class RosClient:
             self.rosout.append(message)
 
     # ---- services ------------------------------------------------------------------------
-    def _call(self, service_type: Any, name: str, request: Any, timeout: float = WAIT) -> Any:
-        client = self.node.create_client(service_type, name)
+    def _call(self, service_type: Any, name: str, request: Any, timeout: float = WAIT,
+              retry_every: Optional[float] = None) -> Any:
+        """Call a service. retry_every resends an idempotent request that got no answer: DDS
+        may still list a killed node's service, which swallows the first request."""
+        deadline = time.monotonic() + timeout
+        while True:
+            client = self.node.create_client(service_type, name)
+            try:
+                wait_for(lambda: client.wait_for_service(timeout_sec=0.1), f'service {name}')
+                future = client.call_async(request)
+                attempt_end = min(deadline, time.monotonic() + (retry_every or timeout))
+                while not future.done() and time.monotonic() < attempt_end:
+                    time.sleep(0.01)
+                if future.done():
+                    return future.result()
+            finally:
+                self.node.destroy_client(client)
+            if time.monotonic() >= deadline:
+                raise AssertionError(f'no answer from {name} within {timeout:g} s')
+
+    def service_ready(self, service: str) -> bool:
+        client = self.node.create_client(GetState, f'/{self.name}/{service}')
         try:
-            wait_for(lambda: client.wait_for_service(timeout_sec=0.1), f'service {name}')
-            future = client.call_async(request)
-            wait_for(future.done, f'answer of {name}', timeout)
-            return future.result()
+            return client.wait_for_service(timeout_sec=0.1)
         finally:
             self.node.destroy_client(client)
 
     def state(self) -> str:
-        return self._call(GetState, f'/{self.name}/get_state', GetState.Request()) \
-            .current_state.label
+        return self._call(GetState, f'/{self.name}/get_state', GetState.Request(),
+                          retry_every=1.0).current_state.label
 
     def available_transitions(self) -> List[str]:
         reply = self._call(GetAvailableTransitions, f'/{self.name}/get_available_transitions',
-                           GetAvailableTransitions.Request())
+                           GetAvailableTransitions.Request(), retry_every=1.0)
         return [t.transition.label for t in reply.available_transitions]
 
     def change_state(self, transition: str, timeout: float = 300.0) -> bool:
