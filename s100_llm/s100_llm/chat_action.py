@@ -20,6 +20,7 @@ from .core.admission import Admission, Ticket
 from .core.chat import ChatOutcome, ChatRequest, ChatRun, validate
 from .core.config import ChatSettings
 from .core.sessions import SessionStore
+from .qos import FEEDBACK_QOS, SERVICE_QOS
 
 if TYPE_CHECKING:
     from .node import LlmNode
@@ -60,7 +61,9 @@ class ChatActionServer:
         self._server = ActionServer(
             node, Chat, '~/chat', execute_callback=self._execute,
             goal_callback=self._on_goal, cancel_callback=self._on_cancel,
-            callback_group=ReentrantCallbackGroup())
+            callback_group=ReentrantCallbackGroup(), feedback_pub_qos_profile=FEEDBACK_QOS,
+            goal_service_qos_profile=SERVICE_QOS, cancel_service_qos_profile=SERVICE_QOS,
+            result_service_qos_profile=SERVICE_QOS)
 
     def configure(self, settings: 'NodeSettings') -> None:
         """Take the chat settings (at configure and activate); sessions survive."""
@@ -147,6 +150,7 @@ class ChatActionServer:
         result = Chat.Result(
             text=outcome.text, thinking=outcome.thinking, done_reason=outcome.done_reason,
             error_message=outcome.error_message, model=self.node.model,
+            feedback_count=outcome.feedback_messages,
             session_id=goal_handle.request.session_id, session_turns=outcome.session_turns,
             stats=GenerationStats(
                 prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,

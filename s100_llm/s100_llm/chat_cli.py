@@ -20,6 +20,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from s100_llm.action import Chat
+from s100_llm.qos import FEEDBACK_QOS
 
 DIM, RESET = '\x1b[2m', '\x1b[0m'
 THINK = {'default': Chat.Goal.THINK_DEFAULT, 'on': Chat.Goal.THINK_ON,
@@ -30,13 +31,14 @@ class ChatClient:
     def __init__(self, node: Node, action: str, out: TextIO, show_thinking: bool,
                  color: bool) -> None:
         self.node = node
-        self.client = ActionClient(node, Chat, action)
+        self.client = ActionClient(node, Chat, action, feedback_sub_qos_profile=FEEDBACK_QOS)
         self.out = out
         self.show_thinking = show_thinking
         self.color = color
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(node)
         self._in_thinking = False
+        self._printed = ''
 
     def wait_for_server(self, timeout: float) -> bool:
         return self.client.wait_for_server(timeout_sec=timeout)
@@ -59,7 +61,13 @@ class ChatClient:
             self.executor.spin_until_future_complete(cancel)
             self.executor.spin_until_future_complete(result_future)
         self._end_thinking()
-        return result_future.result().result
+        result = result_future.result().result
+        # rclpy drops feedback that arrives after the result: print what it did not show.
+        if result.text.startswith(self._printed):
+            self.out.write(result.text[len(self._printed):])
+            self.out.flush()
+        self._printed = ''
+        return result
 
     def _on_feedback(self, message: Chat.Impl.FeedbackMessage) -> None:
         feedback = message.feedback
@@ -71,6 +79,7 @@ class ChatClient:
         if feedback.delta:
             self._end_thinking()
             self.out.write(feedback.delta)
+            self._printed += feedback.delta
         self.out.flush()
 
     def _end_thinking(self) -> None:

@@ -14,6 +14,8 @@ from std_msgs.msg import String
 
 from s100_llm.action import Chat
 
+from .qos import FEEDBACK_QOS
+
 if TYPE_CHECKING:
     from .node import LlmNode
 
@@ -44,7 +46,8 @@ class TtsBridge:
         self.node = node
         group = ReentrantCallbackGroup()
         self.publisher = node.create_publisher(String, output_topic, 10)
-        self.client = ActionClient(node, Chat, '~/chat', callback_group=group)
+        self.client = ActionClient(node, Chat, '~/chat', callback_group=group,
+                                   feedback_sub_qos_profile=FEEDBACK_QOS)
         node.create_subscription(String, input_topic, self._on_prompt, 10, callback_group=group)
         node.get_logger().info(f'TTS bridge: {input_topic} -> chat -> {output_topic}')
 

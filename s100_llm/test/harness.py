@@ -28,6 +28,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
 from s100_llm.action import Chat
+from s100_llm.qos import FEEDBACK_QOS, SERVICE_QOS
 
 TRANSITIONS = {
     'configure': Transition.TRANSITION_CONFIGURE,
@@ -139,7 +140,16 @@ class RosClient:
         rosout_qos = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
                                 durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(Log, '/rosout', self._on_rosout, rosout_qos)
-        self.chat_client = ActionClient(self.node, Chat, f'/{node_name}/chat')
+        self.chat_client = ActionClient(
+            self.node, Chat, f'/{node_name}/chat', feedback_sub_qos_profile=FEEDBACK_QOS,
+            goal_service_qos_profile=SERVICE_QOS, cancel_service_qos_profile=SERVICE_QOS,
+            result_service_qos_profile=SERVICE_QOS)
+        # rclpy's ActionClient drops feedback that arrives after the goal's result; a test
+        # that checks every chunk the server sent reads the feedback topic itself.
+        self.feedback: Dict[bytes, List[Chat.Feedback]] = {}
+        self.node.create_subscription(Chat.Impl.FeedbackMessage,
+                                      f'/{node_name}/chat/_action/feedback',
+                                      self._on_feedback, FEEDBACK_QOS)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
 
@@ -152,6 +162,10 @@ class RosClient:
     def _on_diagnostics(self, message: DiagnosticArray) -> None:
         with self._lock:
             self.diagnostics.append(message)
+
+    def _on_feedback(self, message: Any) -> None:
+        with self._lock:
+            self.feedback.setdefault(bytes(message.goal_id.uuid), []).append(message.feedback)
 
     def _on_rosout(self, message: Log) -> None:
         with self._lock:
@@ -206,7 +220,7 @@ class RosClient:
     # ---- chat ----------------------------------------------------------------------------
     def send_chat(self, goal: Chat.Goal) -> 'GoalRun':
         assert self.chat_client.wait_for_server(timeout_sec=WAIT), 'no chat action server'
-        return GoalRun(self.chat_client, goal)
+        return GoalRun(self, goal)
 
     def chat(self, prompt: str = '', **fields: Any) -> 'GoalRun':
         run = self.send_chat(Chat.Goal(prompt=prompt, **fields))
@@ -244,10 +258,11 @@ class RosClient:
 class GoalRun:
     """One goal: its acceptance, feedback and result."""
 
-    def __init__(self, client: ActionClient, goal: Chat.Goal) -> None:
-        self.feedback: List[Chat.Feedback] = []
+    def __init__(self, client: RosClient, goal: Chat.Goal) -> None:
+        self.client = client
         self.first_feedback_at: Optional[float] = None
-        self._goal_future = client.send_goal_async(goal, feedback_callback=self._on_feedback)
+        self._goal_future = client.chat_client.send_goal_async(
+            goal, feedback_callback=self._on_feedback)
         self.handle = None
         self.result: Optional[Chat.Result] = None
         self.status: Optional[int] = None
@@ -255,7 +270,14 @@ class GoalRun:
     def _on_feedback(self, message: Any) -> None:
         if self.first_feedback_at is None:
             self.first_feedback_at = time.monotonic()
-        self.feedback.append(message.feedback)
+
+    @property
+    def feedback(self) -> List[Chat.Feedback]:
+        """Every feedback message of this goal received on the feedback topic so far."""
+        if self.handle is None:
+            return []
+        with self.client._lock:
+            return list(self.client.feedback.get(bytes(self.handle.goal_id.uuid), []))
 
     def wait_accepted(self) -> bool:
         wait_for(self._goal_future.done, 'the goal response')

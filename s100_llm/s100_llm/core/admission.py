@@ -64,10 +64,15 @@ class Admission:
         return ticket, ''
 
     def wait_turn(self, ticket: Ticket, abandoned: Callable[[], bool]) -> bool:
-        """Block until the ticket may run; False when abandoned or preempted first."""
-        with self._changed:
-            while True:
-                if ticket.preempted or abandoned():
+        """Block until the ticket may run; False when abandoned or preempted first.
+
+        abandoned() is called without holding the admission lock: it reads the goal handle,
+        whose lock rclpy holds while it calls the goal callback, which takes ours.
+        """
+        while True:
+            gave_up = abandoned()
+            with self._changed:
+                if ticket.preempted or gave_up:
                     self._remove(ticket)
                     return False
                 running = sum(1 for t in self._tickets if t.running)

@@ -150,7 +150,7 @@ def serve_scripted(script: Dict, port: int) -> None:
         script,
         crash_after=int(os.environ.get('OLLAMA_EMULATOR_RUNNER_CRASH_AFTER') or 0),
         token_rate=float(os.environ.get('OLLAMA_EMULATOR_TOKEN_RATE') or 0))
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)   # prompts of many MB, as Ollama
     app.router.add_get('/health', runner.health)
     app.router.add_post('/v1/chat/completions', runner.chat)
     # handler_cancellation: a client that disconnects stops the generation at once.

@@ -1,0 +1,233 @@
+"""Issue: the chat action. Streaming, cancel, concurrency, sessions, thinking, errors, CLI."""
+
+import os
+import signal
+import subprocess
+import threading
+
+import httpx
+import pytest
+from action_msgs.msg import GoalStatus
+from std_msgs.msg import String
+
+from harness import install_prefix, wait_for
+from s100_llm.action import Chat
+from s100_llm.msg import ChatMessage
+
+
+@pytest.fixture
+def active(start_llm):
+    def start(env=None, **parameters):
+        llm = start_llm(env=env, **parameters)
+        llm.activate()
+        return llm
+    return start
+
+
+def assert_contiguous(run):
+    # Feedback and result travel on separate topics: the last feedback may come after it.
+    wait_for(lambda: len(run.feedback) >= run.result.feedback_count, 'every feedback message')
+    assert [f.seq for f in run.feedback] == list(range(len(run.feedback)))
+    assert run.streamed_text == run.result.text
+    assert ''.join(f.thinking_delta for f in run.feedback) == run.result.thinking
+
+
+def test_every_chunk_is_feedback_and_the_result_has_everything(active):
+    llm = active()
+    prompt = ' '.join(f'word{i}' for i in range(200))
+    run = llm.client.chat(prompt, system_prompt='be brief')
+    assert run.status == GoalStatus.STATUS_SUCCEEDED
+    assert run.result.text == f'system: be brief\nuser: {prompt}\n'
+    assert_contiguous(run)
+    assert len(run.feedback) == run.result.stats.completion_tokens   # one chunk, one feedback
+    stats = run.result.stats
+    assert run.result.done_reason == 'stop' and run.result.model == 'echo:latest'
+    assert stats.prompt_tokens > 200 and stats.time_to_first_token > 0
+    assert stats.tokens_per_second > 0 and stats.total_duration >= stats.eval_duration > 0
+
+
+def test_coalesced_feedback_loses_nothing(active):
+    llm = active(feedback_min_interval=0.05, env={'OLLAMA_EMULATOR_TOKEN_RATE': '2000'})
+    run = llm.client.chat('go', max_tokens=400)
+    assert_contiguous(run)
+    assert len(run.feedback) < run.result.stats.completion_tokens
+
+
+def test_goals_are_rejected_while_not_active_with_the_reason(start_llm):
+    llm = start_llm()
+    assert not llm.client.send_chat(Chat.Goal(prompt='hi')).wait_accepted()
+    assert 'not active (state: unconfigured)' in llm.client.wait_log('chat goal rejected')
+    assert llm.client.change_state('configure')
+    assert not llm.client.send_chat(Chat.Goal(prompt='hi')).wait_accepted()
+    llm.client.wait_log('not active (state: inactive)')
+
+
+@pytest.mark.parametrize('fields, reason', [
+    ({'prompt': ''}, 'prompt is empty'),
+    ({'prompt': 'x' * 2000}, 'max_prompt_chars'),
+    ({'prompt': 'x', 'temperature': float('nan')}, 'temperature is not a number'),
+    ({'prompt': 'x', 'top_p': 7.0}, 'top_p 7 is out of range'),
+    ({'prompt': 'x', 'max_tokens': -5}, 'max_tokens -5 is out of range'),
+    ({'prompt': 'x', 'think': Chat.Goal.THINK_ON}, "model 'echo:latest' cannot think"),
+    ({'prompt': 'x', 'session_id': 'ghost', 'reset_session': True}, "unknown session 'ghost'"),
+])
+def test_bad_goals_are_rejected_with_their_reason(active, fields, reason):
+    llm = active(max_prompt_chars=1000)
+    assert not llm.client.send_chat(Chat.Goal(**fields)).wait_accepted()
+    assert reason in llm.client.wait_log('chat goal rejected')
+    assert llm.client.chat('still serving').result.text == 'user: still serving\n'
+
+
+def test_a_huge_non_ascii_prompt_is_served_whole(active):
+    llm = active(max_prompt_chars=2_000_000)
+    prompt = ('héllo wörld ✓ 漢字 \u202e ' * 50000)[:1_000_000]
+    run = llm.client.chat(prompt, max_tokens=8192)
+    # 1 MB is far beyond the 4096-token context: Ollama truncates; the chat still ends well.
+    assert run.status == GoalStatus.STATUS_SUCCEEDED
+    assert run.result.done_reason in ('stop', 'length') and run.result.stats.prompt_tokens > 0
+    assert llm.client.chat('next').result.text == 'user: next\n'
+
+
+def test_cancel_stops_the_model_and_keeps_the_partial_text(active):
+    llm = active(model='endless:latest', env={'OLLAMA_EMULATOR_TOKEN_RATE': '100'})
+    run = llm.client.send_chat(Chat.Goal(prompt='go', max_tokens=8192))
+    assert run.wait_accepted()
+    wait_for(lambda: len(run.feedback) >= 5, 'a few tokens')
+    run.cancel()
+    result = run.wait_result()
+    assert run.status == GoalStatus.STATUS_CANCELED
+    assert result.done_reason == 'canceled' and result.error_message == 'canceled by the client'
+    assert result.text.startswith('tok0 tok1 tok2 tok3 tok4 ')
+    stats = httpx.get(llm.base_url + '/emulator/stats').json()
+    assert len(stats['disconnects']) == 1 and stats['generating'] == 0
+
+
+@pytest.mark.parametrize('policy, accepted', [('reject', 1), ('queue', 1 + 8), ('preempt', 20)])
+def test_concurrency_policy_under_20_simultaneous_goals(active, policy, accepted):
+    llm = active(concurrency=policy, max_queued_goals=8,
+                 env={'OLLAMA_EMULATOR_TOKEN_RATE': '200'})
+    runs = [llm.client.send_chat(Chat.Goal(prompt=f'goal {i}', max_tokens=20))
+            for i in range(20)]
+    acceptance = [run.wait_accepted() for run in runs]
+    assert sum(acceptance) == accepted
+    results = [run.wait_result(120) for run, ok in zip(runs, acceptance) if ok]
+    statuses = [run.status for run, ok in zip(runs, acceptance) if ok]
+    if policy == 'preempt':
+        assert statuses[-1] == GoalStatus.STATUS_SUCCEEDED
+        assert all(r.error_message == 'preempted by a newer goal' for r in results[:-1]
+                   if r.done_reason == 'canceled')
+    else:
+        assert statuses == [GoalStatus.STATUS_SUCCEEDED] * accepted
+        assert all(r.text == f'user: goal {i}\n' for i, r in enumerate(
+            r for r, ok in zip(results, acceptance) if ok))
+    assert llm.client.chat('after').status == GoalStatus.STATUS_SUCCEEDED
+
+
+def test_sessions_remember_and_reset(active):
+    llm = active()
+    first = llm.client.chat('my name is Ada', session_id='s1', system_prompt='be kind')
+    assert first.result.session_turns == 1
+    second = llm.client.chat('what is my name', session_id='s1').result
+    assert second.text == ('system: be kind\nuser: my name is Ada\nassistant: system: be kind\n'
+                           'user: my name is Ada\n\nuser: what is my name\n')
+    assert second.session_turns == 2
+    other = llm.client.chat('hello', session_id='s2').result
+    assert other.text == 'user: hello\n'
+    reset = llm.client.chat('again', session_id='s1', reset_session=True).result
+    assert reset.text == 'user: again\n' and reset.session_turns == 1
+
+
+def test_caller_context_for_single_turns(active):
+    llm = active()
+    context = [ChatMessage(role='user', content='earlier'),
+               ChatMessage(role='assistant', content='noted')]
+    result = llm.client.chat('now', context=context).result
+    assert result.text == 'user: earlier\nassistant: noted\nuser: now\n'
+
+
+def test_thinking_is_separated(active):
+    llm = active(model='thinker:latest')
+    run = llm.client.chat('why', think=Chat.Goal.THINK_ON)
+    assert run.result.thinking == 'Thinking about: why'
+    assert run.result.text == 'Answer: why'
+    assert_contiguous(run)
+    plain = llm.client.chat('why', think=Chat.Goal.THINK_OFF).result
+    assert (plain.thinking, plain.text) == ('', 'Answer: why')
+
+
+def test_a_server_crash_mid_stream_aborts_the_goal_with_the_cause(active):
+    llm = active(restart_on_failure=False, env={'OLLAMA_EMULATOR_SERVER_CRASH_AFTER': '3'})
+    run = llm.client.chat('one two three four five six')
+    assert run.status == GoalStatus.STATUS_ABORTED
+    assert run.result.done_reason == 'error'
+    assert 'closed the connection' in run.result.error_message or \
+        'exited with code' in run.result.error_message
+
+
+def test_deactivate_aborts_running_chats(active):
+    llm = active(model='endless:latest', env={'OLLAMA_EMULATOR_TOKEN_RATE': '50'})
+    run = llm.client.send_chat(Chat.Goal(prompt='go', max_tokens=8192))
+    assert run.wait_accepted()
+    wait_for(lambda: run.feedback, 'streaming to start')
+    assert llm.client.change_state('deactivate')
+    result = run.wait_result()
+    assert run.status == GoalStatus.STATUS_ABORTED
+    assert result.error_message == 'the node is deactivating'
+
+
+def test_real_model_end_to_end(active):
+    llm = active(model='smollm2:135m', env={'OLLAMA_EMULATOR_THREADS': '2'})
+    run = llm.client.chat('What is the capital of France?', temperature=0.0, max_tokens=40)
+    assert run.status == GoalStatus.STATUS_SUCCEEDED
+    assert 'Paris' in run.result.text
+    assert_contiguous(run)
+    assert run.result.stats.completion_tokens > 0
+
+
+def cli(domain_id, *arguments, **kwargs):
+    return subprocess.Popen([str(install_prefix() / 'lib' / 's100_llm' / 'chat'), *arguments],
+                            env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_chat_cli_streams_and_prints_stats(active, domain_id):
+    active()
+    done = cli(domain_id, 'hello robot')
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == 0, err
+    assert out == 'user: hello robot\n'
+    assert '[stop] 4 tokens' in err
+
+
+def test_chat_cli_ctrl_c_cancels(active, domain_id):
+    llm = active(model='endless:latest', env={'OLLAMA_EMULATOR_TOKEN_RATE': '50'})
+    running = cli(domain_id, 'go', '--max-tokens', '8192')
+    wait_for(lambda: httpx.get(llm.base_url + '/emulator/stats').json()['generating'],
+             'the CLI chat to stream')
+    running.send_signal(signal.SIGINT)
+    out, err = running.communicate(timeout=60)
+    assert '[canceled]' in err and running.returncode == 1
+    wait_for(lambda: httpx.get(llm.base_url + '/emulator/stats').json()['disconnects'],
+             'the server to see the cancel')
+
+
+def test_chat_cli_interactive_session(active, domain_id):
+    active()
+    session = cli(domain_id, stdin=subprocess.PIPE)
+    out, err = session.communicate('first\nsecond\n\n', timeout=60)
+    assert session.returncode == 0, err
+    assert 'user: first\nassistant: user: first' in out
+
+
+def test_tts_bridge_speaks_sentence_by_sentence(active):
+    llm = active(tts_bridge=True)
+    spoken = []
+    lock = threading.Lock()
+    node = llm.client.node
+    node.create_subscription(String, '/tts_text', lambda m: spoken.append(m.data), 10)
+    publisher = node.create_publisher(String, '/prompt_text', 10)
+    wait_for(lambda: publisher.get_subscription_count() > 0, 'the bridge to subscribe')
+    publisher.publish(String(data='Hello there. How are you? Fine'))
+    with lock:
+        wait_for(lambda: len(spoken) >= 3, 'three sentences on /tts_text')
+    assert spoken[:3] == ['user: Hello there.', 'How are you?', 'Fine']
