@@ -53,12 +53,19 @@ class TtsBridge:
 
     def _on_prompt(self, message: String) -> None:
         splitter = SentenceSplitter()
+        fed = []   # the answer text given to the splitter so far
 
-        def on_feedback(feedback: Chat.Impl.FeedbackMessage) -> None:
-            for sentence in splitter.feed(feedback.feedback.delta):
+        def speak(text: str) -> None:
+            fed.append(text)
+            for sentence in splitter.feed(text):
                 self.publisher.publish(String(data=sentence))
 
         def on_result(future) -> None:
+            # rclpy drops feedback that arrives after the result: the result has it all.
+            text = future.result().result.text
+            already = ''.join(fed)
+            if text.startswith(already):
+                speak(text[len(already):])
             for sentence in splitter.flush():
                 self.publisher.publish(String(data=sentence))
 
@@ -70,6 +77,7 @@ class TtsBridge:
             handle.get_result_async().add_done_callback(on_result)
 
         # Only the answer is spoken; the reasoning stays out of /tts_text.
-        self.client.send_goal_async(Chat.Goal(prompt=message.data),
-                                    feedback_callback=on_feedback).add_done_callback(
-            on_goal_response)
+        self.client.send_goal_async(
+            Chat.Goal(prompt=message.data),
+            feedback_callback=lambda feedback: speak(feedback.feedback.delta),
+        ).add_done_callback(on_goal_response)

@@ -3,11 +3,10 @@
 import os
 import signal
 import subprocess
-import threading
 
 import httpx
 import pytest
-from action_msgs.msg import GoalStatus
+from action_msgs.msg import GoalStatus, GoalStatusArray
 from std_msgs.msg import String
 
 from harness import install_prefix, wait_for
@@ -221,13 +220,21 @@ def test_chat_cli_interactive_session(active, domain_id):
 
 def test_tts_bridge_speaks_sentence_by_sentence(active):
     llm = active(tts_bridge=True)
-    spoken = []
-    lock = threading.Lock()
+    spoken, goals = [], []
     node = llm.client.node
     node.create_subscription(String, '/tts_text', lambda m: spoken.append(m.data), 10)
+    node.create_subscription(GoalStatusArray, '/llm/chat/_action/status',
+                             lambda m: goals.extend(m.status_list), 10)
     publisher = node.create_publisher(String, '/prompt_text', 10)
     wait_for(lambda: publisher.get_subscription_count() > 0, 'the bridge to subscribe')
-    publisher.publish(String(data='Hello there. How are you? Fine'))
-    with lock:
-        wait_for(lambda: len(spoken) >= 3, 'three sentences on /tts_text')
+    # DDS may drop a message sent while the bridge's reader is still matching the writer:
+    # resend until the bridge has turned the prompt into a goal.
+    for _ in range(10):
+        publisher.publish(String(data='Hello there. How are you? Fine'))
+        try:
+            wait_for(lambda: goals, 'the prompt to become a goal', timeout=5)
+            break
+        except AssertionError:
+            continue
+    wait_for(lambda: len(spoken) >= 3, 'three sentences on /tts_text')
     assert spoken[:3] == ['user: Hello there.', 'How are you?', 'Fine']
