@@ -66,7 +66,8 @@ def start_llm(tmp_path: pathlib.Path, domain_id: int, ollama_port: int,
     started: List[Tuple[NodeProcess, RosClient]] = []
 
     def start(env: Optional[Dict[str, str]] = None, **parameters: Any) -> LlmUnderTest:
-        values = default_parameters(ollama_port, models_dir)
+        values = {} if 'params_file' in parameters else default_parameters(ollama_port,
+                                                                             models_dir)
         values.update(parameters)
         node = NodeProcess(domain_id, tmp_path / f'node{len(started)}.log', values, env)
         client = RosClient(domain_id)

@@ -92,6 +92,9 @@ class NodeProcess:
         self.parameters = parameters
         executable = install_prefix() / 'lib' / 's100_llm' / 'llm_node'
         arguments = [str(executable), '--ros-args', '-r', f'__node:={name}']
+        parameters = dict(parameters)
+        if 'params_file' in parameters:
+            arguments += ['--params-file', parameters.pop('params_file')]
         for key, value in parameters.items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
             arguments += ['-p', f'{key}:={text}']

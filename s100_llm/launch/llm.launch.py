@@ -1,0 +1,78 @@
+"""Bring the LLM up: `ros2 launch s100_llm llm.launch.py [model:=...] [autostart:=true]`.
+
+Starts llm_node as a lifecycle node and, with autostart (the default), drives it to active
+once: configure when the process starts, activate when configuring succeeded. This is the
+event pattern that works on Humble (whose launch_ros has no `autostart`) as well as on Jazzy
+and Kilted. Later manual transitions (`ros2 lifecycle set /llm deactivate`) stick.
+On Ctrl-C, launch sends SIGINT: the node stops the Ollama server before it exits.
+"""
+
+import os
+
+import launch
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessStart
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+ARGUMENTS = {
+    'namespace': ('', 'Namespace of the node (its services become /<ns>/llm/...).'),
+    'params_file': (os.path.join('__share__', 'config', 'llm.yaml'),
+                    'Parameters file; the arguments below override it.'),
+    'model': ('deepseek-r1:1.5b', 'Ollama model to serve.'),
+    'models_dir': ('', "OLLAMA_MODELS; empty = Ollama's default (~/.ollama/models)."),
+    'host': ('127.0.0.1:11434', 'Address of the Ollama server.'),
+    'ollama_bin': ('ollama', 'The ollama executable.'),
+    'autostart': ('true', 'Configure and activate the node once it starts.'),
+    'log_level': ('info', 'Logging level of the node.'),
+    'tts_bridge': ('false', 'Bridge /prompt_text to /tts_text (D-Robotics speech chain).'),
+    'diagnostic_aggregator': ('false', 'Also start diagnostic_aggregator with the LLM analyzers '
+                                       '(needs the diagnostic_aggregator package).'),
+}
+
+
+def generate_launch_description() -> launch.LaunchDescription:
+    share = FindPackageShare('s100_llm')
+    declared = []
+    for name, (default, description) in ARGUMENTS.items():
+        if default.startswith('__share__'):
+            default = [share, default[len('__share__'):]]
+        declared.append(DeclareLaunchArgument(name, default_value=default,
+                                              description=description))
+    node = LifecycleNode(
+        package='s100_llm', executable='llm_node', name='llm',
+        namespace=LaunchConfiguration('namespace'), output='screen',
+        parameters=[LaunchConfiguration('params_file'), {
+            'model': LaunchConfiguration('model'),
+            'models_dir': LaunchConfiguration('models_dir'),
+            'host': LaunchConfiguration('host'),
+            'ollama_bin': LaunchConfiguration('ollama_bin'),
+            'tts_bridge': LaunchConfiguration('tts_bridge'),
+        }],
+        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')])
+    autostart = IfCondition(LaunchConfiguration('autostart'))
+    configure_on_start = RegisterEventHandler(OnProcessStart(
+        target_action=node,
+        on_start=[EmitEvent(event=ChangeState(
+            lifecycle_node_matcher=matches_action(node),
+            transition_id=Transition.TRANSITION_CONFIGURE))]),
+        condition=autostart)
+    activate_once_configured = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, start_state='configuring', goal_state='inactive',
+        entities=[EmitEvent(event=ChangeState(
+            lifecycle_node_matcher=matches_action(node),
+            transition_id=Transition.TRANSITION_ACTIVATE))],
+        handle_once=True), condition=autostart)
+    aggregator = Node(
+        package='diagnostic_aggregator', executable='aggregator_node', output='screen',
+        parameters=[[share, '/config/diagnostic_aggregator.yaml']],
+        condition=IfCondition(LaunchConfiguration('diagnostic_aggregator')))
+    return launch.LaunchDescription(
+        declared + [node, configure_on_start, activate_once_configured, aggregator])
+

@@ -1,0 +1,93 @@
+"""Issue: resource diagnostics on /diagnostics, read from a separate process in every state."""
+
+import os
+import signal
+import socket
+
+from diagnostic_msgs.msg import DiagnosticStatus
+
+TASKS = ('System CPU', 'Memory', 'Temperature', 'Storage', 'Ollama server', 'Model')
+KEYS = {
+    'System CPU': ['usage (%)', 'core 0 (%)', 'load average (1/5/15 min)', 'frequency (MHz)',
+                   'diagnostics sampling CPU (ms)'],
+    'Memory': ['total (MiB)', 'available (MiB)', 'used (%)', 'swap used (MiB)'],
+    'Temperature': ['sensors'],
+    'Storage': ['path', 'free (MiB)', 'total (MiB)'],
+    'Ollama server': ['lifecycle state', 'running', 'reachable'],
+    'Model': ['model', 'loaded', 'chats served', 'chats failed', 'chats canceled',
+              'goals running', 'goals queued', 'last tokens/s', 'last time to first token (s)'],
+}
+SERVER_KEYS = ['managed', 'pid', 'uptime (s)', 'restarts', 'server RSS (MiB)', 'server CPU (%)',
+               'runner RSS (MiB)', 'runner CPU (%)']
+MODEL_KEYS = ['size (MiB)', 'context length', 'expires at']
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+def values(status):
+    return {kv.key: kv.value for kv in status.values}
+
+
+def check_every_status(statuses, state):
+    assert sorted(statuses) == sorted(f'llm: {task}' for task in TASKS)
+    for task, keys in KEYS.items():
+        status = statuses[f'llm: {task}']
+        assert status.hardware_id == socket.gethostname()
+        assert status.message
+        assert set(keys) <= set(values(status)), task
+    assert values(statuses['llm: Ollama server'])['lifecycle state'] == state
+
+
+def test_every_status_in_every_state(start_llm):
+    llm = start_llm()
+    client = llm.client
+    check_every_status(client.fresh_statuses(), 'unconfigured')
+    assert client.change_state('configure')
+    statuses = client.fresh_statuses(
+        lambda s: values(s['llm: Ollama server'])['lifecycle state'] == 'inactive')
+    check_every_status(statuses, 'inactive')
+    server = values(statuses['llm: Ollama server'])
+    assert set(SERVER_KEYS) <= set(server) and server['running'] == 'True'
+    assert statuses['llm: Ollama server'].level == OK
+    assert client.change_state('activate')
+    client.chat('hello')
+    statuses = client.fresh_statuses(
+        lambda s: values(s['llm: Model'])['chats served'] == '1', 'a served chat in the stats')
+    check_every_status(statuses, 'active')
+    model = values(statuses['llm: Model'])
+    assert set(MODEL_KEYS) <= set(model)
+    assert model['loaded'] == 'True' and model['context length'] == '4096'
+    assert model['expires at'].startswith('2318')
+    assert float(model['last tokens/s']) > 0
+    assert int(values(statuses['llm: Ollama server'])['runners']) == 1
+    assert client.change_state('deactivate')
+    statuses = client.fresh_statuses(lambda s: values(s['llm: Model'])['loaded'] == 'False')
+    check_every_status(statuses, 'inactive')
+
+
+def test_levels_follow_the_thresholds(start_llm):
+    llm = start_llm(cpu_warn_percent=0.0, cpu_error_percent=100.0, memory_warn_percent=0.0,
+                    memory_error_percent=0.1, disk_warn_mb=1e12, disk_error_mb=1.0,
+                    temperature_warn_c=-300.0, temperature_error_c=-300.0)
+    llm.activate()       # the thresholds are read at configure
+    statuses = llm.client.fresh_statuses()
+    assert statuses['llm: System CPU'].level == WARN
+    assert statuses['llm: Memory'].level == ERROR
+    assert statuses['llm: Storage'].level == WARN
+    temperature = statuses['llm: Temperature']
+    if values(temperature)['sensors'] == '0':
+        assert (temperature.level, temperature.message) == (OK, 'no sensor')
+    else:
+        assert temperature.level == ERROR
+
+
+def test_a_killed_server_is_an_error(start_llm):
+    # A long restart backoff keeps the dead server visible long enough to be reported.
+    llm = start_llm(restart_backoff=600.0)
+    llm.activate()
+    pid = int(values(llm.client.fresh_statuses()['llm: Ollama server'])['pid'])
+    os.kill(pid, signal.SIGKILL)
+    statuses = llm.client.fresh_statuses(
+        lambda s: s['llm: Ollama server'].level == ERROR, 'the server status to turn ERROR')
+    server = statuses['llm: Ollama server']
+    assert 'exited with code' in server.message
+    assert values(server)['reachable'] == 'False'
