@@ -8,7 +8,7 @@ import ollama
 import psutil
 import pytest
 
-from conftest import runners_of, wait
+from emulator_fixtures import runners_of, wait
 
 
 def test_health_and_version(emulator):

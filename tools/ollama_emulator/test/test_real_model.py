@@ -2,7 +2,7 @@
 
 import time
 
-from conftest import wait
+from emulator_fixtures import wait
 
 QUESTION = [{'role': 'user', 'content': 'What is the capital of France?'}]
 

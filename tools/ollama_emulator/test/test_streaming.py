@@ -7,7 +7,7 @@ import httpx
 import ollama
 import pytest
 
-from conftest import runners_of, wait
+from emulator_fixtures import runners_of, wait
 
 
 def endless_stream(emulator, **options):

@@ -1,0 +1,163 @@
+"""`make demo`: the node end to end on a machine without ROS 2 or Ollama.
+
+Starts llm_node (what `ros2 launch s100_llm llm.launch.py` starts), drives it to active like
+the launch file's autostart, streams one answer through the chat action, prints the
+diagnostics, then deactivates, cleans up and checks that no Ollama process is left.
+It uses a real `ollama` when one is on PATH, otherwise the development emulator with the
+real SmolLM2-135M-Instruct model behind it.
+"""
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+
+from s100_llm.action import Chat
+from s100_llm.qos import FEEDBACK_QOS
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODEL = 'smollm2:135m'
+QUESTION = 'What is the capital of France?'
+LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+class Demo:
+    def __init__(self, domain_id: int) -> None:
+        rclpy.init(domain_id=domain_id)
+        self.node = Node('demo')
+        self.executor = MultiThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.diagnostics = []
+        self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                      self.diagnostics.append, 10)
+        self.chat = ActionClient(self.node, Chat, '/llm/chat',
+                                 feedback_sub_qos_profile=FEEDBACK_QOS)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def call(self, service_type, name, request, timeout=600.0):
+        client = self.node.create_client(service_type, name)
+        if not client.wait_for_service(timeout_sec=60):
+            raise SystemExit(f'demo: {name} did not appear')
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise SystemExit(f'demo: no answer from {name}')
+            time.sleep(0.01)
+        return future.result()
+
+    def transition(self, transition_id: int, label: str) -> None:
+        started = time.monotonic()
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        ok = self.call(ChangeState, '/llm/change_state', request).success
+        state = self.call(GetState, '/llm/get_state', GetState.Request()).current_state.label
+        print(f'  ros2 lifecycle set /llm {label:<10} -> {state} '
+              f'({time.monotonic() - started:.2f} s)', flush=True)
+        if not ok:
+            raise SystemExit(f'demo: {label} failed (see the node log above)')
+
+    def ask(self, question: str) -> Chat.Result:
+        if not self.chat.wait_for_server(timeout_sec=60):
+            raise SystemExit('demo: no /llm/chat action server')
+        print(f'\n> {question}\n', flush=True)
+        printed = []
+
+        def on_feedback(message):
+            printed.append(message.feedback.delta)
+            sys.stdout.write(message.feedback.delta)
+            sys.stdout.flush()
+
+        goal = self.chat.send_goal_async(Chat.Goal(prompt=question, temperature=0.0,
+                                                   max_tokens=64),
+                                         feedback_callback=on_feedback)
+        while not goal.done():
+            time.sleep(0.01)
+        handle = goal.result()
+        if not handle.accepted:
+            raise SystemExit('demo: the goal was rejected')
+        result = handle.get_result_async()
+        while not result.done():
+            time.sleep(0.01)
+        answer = result.result().result
+        sys.stdout.write(answer.text[len(''.join(printed)):] + '\n')
+        stats = answer.stats
+        print(f'\n[{answer.done_reason}] {stats.completion_tokens} tokens at '
+              f'{stats.tokens_per_second:.1f} tokens/s, first token after '
+              f'{stats.time_to_first_token * 1000:.0f} ms', flush=True)
+        return answer
+
+    def print_diagnostics(self) -> None:
+        since = len(self.diagnostics)
+        deadline = time.monotonic() + 10
+        while len(self.diagnostics) <= since and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print('\n/diagnostics:')
+        for status in self.diagnostics[-1].status:
+            level = int.from_bytes(status.level, 'little') if isinstance(status.level, bytes) \
+                else status.level
+            print(f'  {LEVELS[level]:5} {status.name}: {status.message}')
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2)
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def main() -> int:
+    ollama = shutil.which('ollama')
+    binary = ollama or 's100-ollama-emulator'
+    port = free_port()
+    models_dir = ROOT / '.demo' / 'models'
+    domain_id = int(os.environ.get('ROS_DOMAIN_ID') or 42)
+    print(f'demo: {MODEL} on {"Ollama at " + ollama if ollama else "the Ollama emulator"}, '
+          f'models in {models_dir}', flush=True)
+    node = subprocess.Popen(
+        [str(ROOT / 'install' / 's100_llm' / 'lib' / 's100_llm' / 'llm_node'), '--ros-args',
+         '-p', f'model:={MODEL}', '-p', f'ollama_bin:={binary}',
+         '-p', f'host:=127.0.0.1:{port}', '-p', f'models_dir:={models_dir}'],
+        env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
+                 ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', OLLAMA_EMULATOR_THREADS='2'))
+    demo = Demo(domain_id)
+    try:
+        print('\nlifecycle (what the launch file does with autostart:=true):', flush=True)
+        demo.transition(Transition.TRANSITION_CONFIGURE, 'configure')
+        demo.transition(Transition.TRANSITION_ACTIVATE, 'activate')
+        demo.ask(QUESTION)
+        demo.print_diagnostics()
+        print('\nshutting down:')
+        demo.transition(Transition.TRANSITION_DEACTIVATE, 'deactivate')
+        demo.transition(Transition.TRANSITION_CLEANUP, 'cleanup')
+        demo.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN, 'shutdown')
+    finally:
+        demo.close()
+        node.send_signal(signal.SIGINT)
+        node.wait(30)
+    left = [p for p in psutil.process_iter(['cmdline'])
+            if str(models_dir) in ' '.join(p.info['cmdline'] or [])]
+    print(f'\nnothing left running: {not left}' + (f' ({left})' if left else ''))
+    return 1 if left else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
