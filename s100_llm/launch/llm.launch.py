@@ -10,12 +10,15 @@ On Ctrl-C, launch sends SIGINT: the node stops the Ollama server before it exits
 import os
 
 import launch
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument
+from launch.actions import EmitEvent
+from launch.actions import RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessStart
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode, Node
+from launch_ros.actions import LifecycleNode
+from launch_ros.actions import Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
@@ -75,4 +78,3 @@ def generate_launch_description() -> launch.LaunchDescription:
         condition=IfCondition(LaunchConfiguration('diagnostic_aggregator')))
     return launch.LaunchDescription(
         declared + [node, configure_on_start, activate_once_configured, aggregator])
-

@@ -7,20 +7,27 @@ core.admission; each streams through core.chat.ChatRun, whose chunks become feed
 
 import threading
 import time
-from typing import TYPE_CHECKING, Dict
+from typing import Dict, TYPE_CHECKING
 
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import ActionServer
+from rclpy.action import CancelResponse
+from rclpy.action import GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 
 from s100_llm.action import Chat
 from s100_llm.msg import GenerationStats
 
-from .core.admission import Admission, Ticket
-from .core.chat import ChatOutcome, ChatRequest, ChatRun, validate
+from .core.admission import Admission
+from .core.admission import Ticket
+from .core.chat import ChatOutcome
+from .core.chat import ChatRequest
+from .core.chat import ChatRun
+from .core.chat import validate
 from .core.config import ChatSettings
 from .core.sessions import SessionStore
-from .qos import FEEDBACK_QOS, SERVICE_QOS
+from .qos import FEEDBACK_QOS
+from .qos import SERVICE_QOS
 
 if TYPE_CHECKING:
     from .node import LlmNode

@@ -10,8 +10,8 @@ or an empty line / EOF quits. The statistics are printed at the end of each answ
 
 import argparse
 import sys
-import uuid
 from typing import List, Optional, TextIO
+import uuid
 
 import rclpy
 from rclpy.action import ActionClient

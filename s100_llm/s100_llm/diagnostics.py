@@ -8,14 +8,19 @@ it; each status also reports what the sampling itself cost.
 
 import socket
 import time
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import List, Optional, Tuple, TYPE_CHECKING
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticStatus
+from diagnostic_msgs.msg import KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from .core.config import DiagnosticsSettings
-from .core.engine import EngineError, LoadedModel
-from .core.resources import ProcessSample, ResourceSampler, SystemSample
+from .core.engine import EngineError
+from .core.engine import LoadedModel
+from .core.resources import ProcessSample
+from .core.resources import ResourceSampler
+from .core.resources import SystemSample
 
 if TYPE_CHECKING:
     from .node import LlmNode
@@ -146,7 +151,14 @@ class DiagnosticsPublisher:
                                          + [r.pid for r in runners])
         server_sample = next((s for s in samples if s.pid == status.pid), None)
         runner_samples = [s for s in samples if s.pid != status.pid]
-        reachable = server.reachable()
+        # One /api/ps call per period tells both whether the server answers and what it holds.
+        reachable, loaded = False, None
+        if node.engine is not None:
+            try:
+                loaded = node.engine.loaded_model(node.model, quick=True)
+                reachable = True
+            except EngineError:
+                reachable = False
         expected = state in ('inactive', 'active', 'activating', 'deactivating')
         if expected and (not reachable or not status.running):
             level, message = ERROR, node.last_error or 'the Ollama server is not running'
@@ -169,12 +181,6 @@ class DiagnosticsPublisher:
         ]
         server_status = _status(self._name('Ollama server'), level, message, values,
                                 self.hardware_id)
-        loaded = None
-        if reachable and node.engine is not None:
-            try:
-                loaded = node.engine.loaded_model(node.model, quick=True)
-            except EngineError:
-                loaded = None
         return [server_status, self._model_status(loaded, runner_samples, state)]
 
     def _model_status(self, loaded: Optional[LoadedModel], runners: List[ProcessSample],

@@ -19,7 +19,7 @@ shutdown    from any state: everything above that applies. -> finalized.
 on_error    (a transition raised, or the server died beyond the restart policy): stops
             everything. SUCCESS -> unconfigured.
 
-A supervision timer notices within 0.25 s when the server or the model runner dies, aborts the
+A supervision timer notices within 0.5 s when the server or the model runner dies, aborts the
 running chats with the cause, and restarts/reloads per the restart policy or takes the node to
 ErrorProcessing.
 """
@@ -34,18 +34,25 @@ from typing import Callable, Deque, List, Optional
 import psutil
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.executors import ExternalShutdownException
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode
+from rclpy.lifecycle import LifecycleState
+from rclpy.lifecycle import TransitionCallbackReturn
 
 from . import parameters
 from .chat_action import ChatActionServer
 from .core.config import ConfigError
-from .core.engine import FOREVER, EngineError, OllamaEngine
-from .core.server import OllamaServer, ServerError
+from .core.engine import EngineError
+from .core.engine import FOREVER
+from .core.engine import OllamaEngine
+from .core.server import OllamaServer
+from .core.server import ServerError
 from .diagnostics import DiagnosticsPublisher
 from .tts_bridge import TtsBridge
 
-SUPERVISION_PERIOD = 0.25
+# The server's and runner's liveness is checked this often (a poll and a /proc read each).
+SUPERVISION_PERIOD = 0.5
 GiB = 1024 ** 3
 
 
@@ -57,7 +64,8 @@ class LlmNode(LifecycleNode):
     def __init__(self, node_name: str = 'llm', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         parameters.declare(self)
-        self.add_on_set_parameters_callback(lambda params: parameters.validate_change(self, params))
+        self.add_on_set_parameters_callback(
+            lambda changed: parameters.validate_change(self, changed))
         self.settings: Optional[parameters.NodeSettings] = None
         self.server: Optional[OllamaServer] = None
         self.engine: Optional[OllamaEngine] = None
@@ -266,7 +274,7 @@ class LlmNode(LifecycleNode):
             return
         deadline = time.monotonic() + self.settings.server.stop_timeout
         while self.engine.loaded_model(model.model) is not None or any(
-                p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in self.runner_processes):
+                _alive(p) for p in self.runner_processes):
             if time.monotonic() > deadline:
                 raise TransitionFailed(f"'{model.model}' is still loaded "
                                        f'{self.settings.server.stop_timeout:g} s after unloading')
@@ -284,7 +292,7 @@ class LlmNode(LifecycleNode):
         self.model_loaded = False
         self.runner_processes = []
 
-    def exit(self) -> None:
+    def exit_process(self) -> None:
         """The process is going down (Ctrl-C, SIGTERM): stop everything without waiting for a
         restart backoff in progress."""
         self._exiting.set()
@@ -321,7 +329,7 @@ class LlmNode(LifecycleNode):
         if code is not None:
             return f'the Ollama server (pid {self.server.pid}) exited with code {code}'
         for runner in self.runner_processes:
-            if not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE:
+            if not _alive(runner):
                 return f"the runner of '{self.model}' (pid {runner.pid}) died"
         return ''
 
@@ -381,6 +389,13 @@ class LlmNode(LifecycleNode):
             logger.debug(line)
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def main(args: Optional[List[str]] = None) -> int:
     rclpy.init(args=args)
     node = LlmNode()
@@ -396,7 +411,7 @@ def main(args: Optional[List[str]] = None) -> int:
         pass
     finally:
         # rclpy runs no shutdown transition on Ctrl-C/SIGTERM: stop the server here.
-        node.exit()
+        node.exit_process()
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()

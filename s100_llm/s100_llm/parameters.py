@@ -10,13 +10,19 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from rcl_interfaces.msg import FloatingPointRange
+from rcl_interfaces.msg import IntegerRange
+from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from .core.config import (ChatSettings, ConfigError, DiagnosticsSettings, ModelSettings,
-                          ServerSettings, SupervisionSettings)
+from .core.config import ChatSettings
+from .core.config import ConfigError
+from .core.config import DiagnosticsSettings
+from .core.config import ModelSettings
+from .core.config import ServerSettings
+from .core.config import SupervisionSettings
 
 DESCRIPTIONS = {
     'host': 'Ollama address host:port. A managed server binds it; loopback only unless '
@@ -32,7 +38,7 @@ DESCRIPTIONS = {
     'stop_timeout': 'Seconds between SIGTERM and SIGKILL of the server process group.',
     'num_parallel': 'OLLAMA_NUM_PARALLEL: chats generated at once (each costs KV-cache RAM).',
     'context_length': 'OLLAMA_CONTEXT_LENGTH: context window in tokens (RAM grows with it).',
-    'max_queue': "OLLAMA_MAX_QUEUE: requests Ollama itself queues.",
+    'max_queue': 'OLLAMA_MAX_QUEUE: requests Ollama itself queues.',
     'model': 'The Ollama model to serve, e.g. deepseek-r1:1.5b. Next activate.',
     'pull_missing': 'Pull the model on activate when it is not in models_dir.',
     'load_timeout': 'Seconds a pull step or a model load may take.',

@@ -6,7 +6,8 @@ once would lose goal requests in the service queue. Clients that want every chun
 goals in flight pass the same profiles to their ActionClient (see README).
 """
 
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile
+from rclpy.qos import ReliabilityPolicy
 
 FEEDBACK_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 # Goal, cancel and result services: requests from many clients at once are all queued.

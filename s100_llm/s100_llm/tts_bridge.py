@@ -6,7 +6,7 @@ validation, concurrency policy and cancel behaviour as any other goal.
 """
 
 import re
-from typing import TYPE_CHECKING, List
+from typing import List, TYPE_CHECKING
 
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup

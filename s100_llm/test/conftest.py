@@ -3,17 +3,17 @@ checks that no Ollama process of that test survived."""
 
 import itertools
 import os
-import random
-import sys
 import pathlib
+import random
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-
-from harness import (NodeProcess, RosClient, free_port, processes_of,  # noqa: E402
-                     wait_for)
+from harness import free_port
+from harness import NodeProcess
+from harness import processes_of
+from harness import RosClient
+from harness import wait_for
 
 # Discovery stays on this machine (Jazzy and newer; Humble used ROS_LOCALHOST_ONLY=1).
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
@@ -66,8 +66,8 @@ def start_llm(tmp_path: pathlib.Path, domain_id: int, ollama_port: int,
     started: List[Tuple[NodeProcess, RosClient]] = []
 
     def start(env: Optional[Dict[str, str]] = None, **parameters: Any) -> LlmUnderTest:
-        values = {} if 'params_file' in parameters else default_parameters(ollama_port,
-                                                                             models_dir)
+        values = ({} if 'params_file' in parameters
+                  else default_parameters(ollama_port, models_dir))
         values.update(parameters)
         node = NodeProcess(domain_id, tmp_path / f'node{len(started)}.log', values, env)
         client = RosClient(domain_id)

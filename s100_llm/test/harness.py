@@ -15,20 +15,25 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-import psutil
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
+from lifecycle_msgs.srv import ChangeState
+from lifecycle_msgs.srv import GetAvailableTransitions
+from lifecycle_msgs.srv import GetState
+import psutil
 from rcl_interfaces.msg import Log
+import rclpy
 from rclpy.action import ActionClient
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from rclpy.qos import QoSDurabilityPolicy
+from rclpy.qos import QoSProfile
+from rclpy.qos import QoSReliabilityPolicy
 
 from s100_llm.action import Chat
-from s100_llm.qos import FEEDBACK_QOS, SERVICE_QOS
+from s100_llm.qos import FEEDBACK_QOS
+from s100_llm.qos import SERVICE_QOS
 
 TRANSITIONS = {
     'configure': Transition.TRANSITION_CONFIGURE,

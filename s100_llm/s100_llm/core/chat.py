@@ -9,7 +9,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import ChatSettings
-from .engine import ChatCanceled, ChatStream, EngineError, OllamaEngine
+from .engine import ChatCanceled
+from .engine import ChatStream
+from .engine import EngineError
+from .engine import OllamaEngine
 from .sessions import SessionStore
 
 THINK_DEFAULT, THINK_ON, THINK_OFF = 0, 1, 2
@@ -64,7 +67,8 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
         return (f'prompt, system prompt and context have {size} characters; the limit '
                 f'(max_prompt_chars) is {settings.max_prompt_chars}')
     if request.think not in (THINK_DEFAULT, THINK_ON, THINK_OFF):
-        return f'think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not {request.think}'
+        return ('think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not '
+                f'{request.think}')
     if request.think == THINK_ON and 'thinking' not in capabilities:
         return (f"model '{model}' cannot think (capabilities: {', '.join(capabilities)}); "
                 'use THINK_DEFAULT or THINK_OFF')

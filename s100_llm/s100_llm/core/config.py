@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 def validate_model_name(name: str, parameter: str = 'model') -> str:
     if not _MODEL_NAME.match(name) or '..' in name:
         raise ConfigError(f"{parameter} '{name}' is not a valid Ollama model name "
-                          "(expected [namespace/]name[:tag], e.g. deepseek-r1:1.5b)")
+                          '(expected [namespace/]name[:tag], e.g. deepseek-r1:1.5b)')
     return name
 
 

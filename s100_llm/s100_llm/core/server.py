@@ -17,13 +17,14 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Callable, Dict, List, Optional
 import urllib.error
 import urllib.request
-from typing import Callable, Dict, List, Optional
 
 import psutil
 
-from .config import ServerSettings, parse_host
+from .config import parse_host
+from .config import ServerSettings
 
 LogSink = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', line)
 _PR_SET_PDEATHSIG = 1
@@ -77,7 +78,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def is_runner(process: psutil.Process, models_dir: str) -> bool:
-    """A model runner serving models_dir: `ollama runner --model <dir>/blobs/...` or llama-server."""
+    """A runner serving models_dir: `ollama runner --model <dir>/blobs/...` or llama-server."""
     try:
         cmdline = process.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

@@ -4,12 +4,14 @@ import os
 import signal
 import subprocess
 
+from action_msgs.msg import GoalStatus
+from action_msgs.msg import GoalStatusArray
 import httpx
 import pytest
-from action_msgs.msg import GoalStatus, GoalStatusArray
 from std_msgs.msg import String
 
-from harness import install_prefix, wait_for
+from harness import install_prefix
+from harness import wait_for
 from s100_llm.action import Chat
 from s100_llm.msg import ChatMessage
 

@@ -8,11 +8,12 @@ import importlib.util
 import threading
 
 import httpx
+from lifecycle_msgs.msg import TransitionEvent
 import pytest
 import yaml
-from lifecycle_msgs.msg import TransitionEvent
 
-from harness import install_prefix, wait_for
+from harness import install_prefix
+from harness import wait_for
 from s100_llm import parameters
 
 SHARE = install_prefix() / 'share' / 's100_llm'
@@ -91,4 +92,3 @@ def test_launch_description():
     assert {'model', 'models_dir', 'host', 'params_file', 'autostart', 'log_level',
             'namespace'} <= arguments
     assert all(a.description for a in description.get_launch_arguments())
-

@@ -11,7 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from harness import free_port, processes_of, wait_for
+from harness import processes_of
+from harness import wait_for
 
 
 def api_ps(llm):
@@ -94,8 +95,8 @@ def test_configure_fails_on_a_port_owned_by_something_else(start_llm, ollama_por
         assert 'not Ollama' in llm.client.wait_log('configure failed')
 
 
-def test_an_existing_server_is_refused_or_adopted_and_left_running(start_llm, ollama_port,
-                                                                    models_dir):
+def test_an_existing_server_is_refused_or_adopted_and_left_running(
+        start_llm, ollama_port, models_dir):
     env = dict(os.environ, OLLAMA_HOST=f'127.0.0.1:{ollama_port}', OLLAMA_MODELS=models_dir)
     other = subprocess.Popen(['s100-ollama-emulator', 'serve'], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

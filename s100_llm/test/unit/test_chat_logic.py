@@ -2,8 +2,11 @@ import math
 
 import pytest
 
-from s100_llm.core.chat import (ChatRequest, ThinkTagSplitter, THINK_ON, ollama_options,
-                                validate)
+from s100_llm.core.chat import ChatRequest
+from s100_llm.core.chat import ollama_options
+from s100_llm.core.chat import THINK_ON
+from s100_llm.core.chat import ThinkTagSplitter
+from s100_llm.core.chat import validate
 from s100_llm.core.config import ChatSettings
 from s100_llm.core.sessions import SessionStore
 from s100_llm.tts_bridge import SentenceSplitter

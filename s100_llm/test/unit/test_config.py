@@ -2,9 +2,14 @@ import math
 
 import pytest
 
-from s100_llm.core.config import (ChatSettings, ConfigError, DiagnosticsSettings, ModelSettings,
-                                  ServerSettings, SupervisionSettings, parse_host,
-                                  validate_model_name)
+from s100_llm.core.config import ChatSettings
+from s100_llm.core.config import ConfigError
+from s100_llm.core.config import DiagnosticsSettings
+from s100_llm.core.config import ModelSettings
+from s100_llm.core.config import parse_host
+from s100_llm.core.config import ServerSettings
+from s100_llm.core.config import SupervisionSettings
+from s100_llm.core.config import validate_model_name
 
 
 @pytest.mark.parametrize('text, expected', [
@@ -23,8 +28,9 @@ def test_parse_host_rejects(text):
         parse_host(text)
 
 
-@pytest.mark.parametrize('name', ['deepseek-r1:1.5b', 'echo', 'library/qwen2.5:0.5b-instruct-q4_K_M',
-                                  'registry.ollama.ai/library/smollm2:135m'])
+@pytest.mark.parametrize('name', [
+    'deepseek-r1:1.5b', 'echo', 'library/qwen2.5:0.5b-instruct-q4_K_M',
+    'registry.ollama.ai/library/smollm2:135m'])
 def test_valid_model_names(name):
     assert validate_model_name(name) == name
 
@@ -54,7 +60,7 @@ def test_managed_server_on_a_network_address_needs_allow_remote():
 def test_invalid_values_name_their_parameter(settings):
     with pytest.raises(ConfigError) as error:
         settings.validate()
-    field_names = [f for f in vars(settings)] + ['diagnostics_period', 'cpu', 'memory']
+    field_names = list(vars(settings)) + ['diagnostics_period', 'cpu', 'memory']
     assert any(name in str(error.value) for name in field_names)
 
 

@@ -6,9 +6,12 @@ import signal
 import httpx
 import pytest
 
-from harness import free_port, wait_for
+from harness import free_port
+from harness import wait_for
 from s100_llm.core.config import ServerSettings
-from s100_llm.core.engine import ChatCanceled, EngineError, OllamaEngine
+from s100_llm.core.engine import ChatCanceled
+from s100_llm.core.engine import EngineError
+from s100_llm.core.engine import OllamaEngine
 from s100_llm.core.server import OllamaServer
 
 

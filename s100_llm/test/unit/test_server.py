@@ -10,10 +10,13 @@ import textwrap
 import psutil
 import pytest
 
-from harness import free_port, wait_for
+from harness import free_port
+from harness import wait_for
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.engine import OllamaEngine
-from s100_llm.core.server import OllamaServer, ServerError, port_is_free
+from s100_llm.core.server import OllamaServer
+from s100_llm.core.server import port_is_free
+from s100_llm.core.server import ServerError
 
 EMULATOR = 's100-ollama-emulator'
 
@@ -31,8 +34,8 @@ def make_server(tmp_path):
     servers = []
 
     def make(models_dir=None, **settings):
-        values = dict(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR, start_timeout=30,
-                      stop_timeout=2)
+        values = {'host': f'127.0.0.1:{free_port()}', 'ollama_bin': EMULATOR,
+                  'start_timeout': 30, 'stop_timeout': 2}
         values.update(settings)
         server = OllamaServer(ServerSettings(**values), models_dir or str(tmp_path / 'models'),
                               Log())
@@ -148,7 +151,7 @@ def test_orphaned_runners_of_a_killed_server_are_swept_on_start(make_server):
 
 def test_the_server_dies_with_its_owner(tmp_path):
     port = free_port()
-    owner = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f'''
+    owner = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f"""
         import time
         from s100_llm.core.config import ServerSettings
         from s100_llm.core.server import OllamaServer
@@ -157,7 +160,7 @@ def test_the_server_dies_with_its_owner(tmp_path):
         server.start()
         print(server.pid, flush=True)
         time.sleep(600)
-    ''')], stdout=subprocess.PIPE, text=True)
+    """)], stdout=subprocess.PIPE, text=True)
     server_pid = int(owner.stdout.readline())
     owner.kill()
     owner.wait()

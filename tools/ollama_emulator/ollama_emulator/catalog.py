@@ -30,7 +30,7 @@ class CatalogModel:
     quantization_level: str
     context_length: int
     capabilities: Tuple[str, ...]
-    license: str
+    license: str  # noqa: A003 (the manifest layer's name)
     script: Optional[str] = None     # scripted models: the runner's behaviour
     gguf_package: Optional[str] = None  # real models: the Python package that ships the GGUF
     load_failure: bool = False       # a catalog-level fault: loading always runs out of memory
@@ -67,9 +67,10 @@ class CatalogModel:
 
 
 def _scripted(name: str, script: str, **changes: object) -> CatalogModel:
-    fields: Dict[str, object] = dict(
-        name=name, family='emulated', parameter_size='1M', quantization_level='F16',
-        context_length=4096, capabilities=('completion',), license='Apache-2.0', script=script)
+    fields: Dict[str, object] = {
+        'name': name, 'family': 'emulated', 'parameter_size': '1M', 'quantization_level': 'F16',
+        'context_length': 4096, 'capabilities': ('completion',), 'license': 'Apache-2.0',
+        'script': script}
     fields.update(changes)
     return CatalogModel(**fields)  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ log = logging.getLogger('ollama')
 class SlogFormatter(logging.Formatter):
     """Log lines in the shape of Ollama's slog output."""
 
-    def format(self, record: logging.LogRecord) -> str:
+    def format(self, record: logging.LogRecord) -> str:  # noqa: A003 (logging's API)
         moment = datetime.datetime.fromtimestamp(record.created).astimezone()
         return (f'time={moment.isoformat(timespec="milliseconds")} level={record.levelname} '
                 f'source=emulator msg="{record.getMessage()}"')

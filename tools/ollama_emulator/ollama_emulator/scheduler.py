@@ -20,7 +20,8 @@ import aiohttp
 
 from . import catalog
 from .settings import Settings
-from .store import MEDIA_MODEL, InstalledModel
+from .store import InstalledModel
+from .store import MEDIA_MODEL
 
 log = logging.getLogger('ollama')
 FOREVER = datetime.datetime(2318, 1, 1, tzinfo=datetime.timezone.utc)

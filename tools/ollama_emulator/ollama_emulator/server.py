@@ -18,12 +18,25 @@ from typing import Any, Dict, List, Optional
 import aiohttp
 from aiohttp import web
 
-from . import VERSION, catalog, runner as runner_module
-from .durations import DurationError, parse_keep_alive
-from .scheduler import FOREVER, LoadError, QueueFull, Runner, Scheduler
+from . import catalog
+from . import runner as runner_module
+from . import VERSION
+from .durations import DurationError
+from .durations import parse_keep_alive
+from .scheduler import FOREVER
+from .scheduler import LoadError
+from .scheduler import QueueFull
+from .scheduler import Runner
+from .scheduler import Scheduler
 from .settings import Settings
-from .store import (InstalledModel, InvalidName, MEDIA_MODEL, MEDIA_TEMPLATE, ModelName,
-                    ModelNotFound, ModelStore, rfc3339)
+from .store import InstalledModel
+from .store import InvalidName
+from .store import MEDIA_MODEL
+from .store import MEDIA_TEMPLATE
+from .store import ModelName
+from .store import ModelNotFound
+from .store import ModelStore
+from .store import rfc3339
 
 log = logging.getLogger('ollama')
 NDJSON = 'application/x-ndjson'
@@ -319,7 +332,8 @@ class OllamaApi:
         if not messages and keep_alive == 0 and keep_alive_given:
             if name in self.scheduler.runners:
                 self.scheduler.request_unload(name)
-            return web.json_response(self._final(model_text, field, 'unload', started, 0, {}), dumps=dumps)
+            return web.json_response(self._final(model_text, field, 'unload', started, 0, {}),
+                                     dumps=dumps)
         try:
             self.scheduler.enter_queue()
         except QueueFull as error:
@@ -338,7 +352,8 @@ class OllamaApi:
             try:
                 if not messages:
                     return web.json_response(
-                        self._final(model_text, field, 'load', started, load_seconds, {}), dumps=dumps)
+                        self._final(model_text, field, 'load', started, load_seconds, {}),
+                        dumps=dumps)
                 async with runner.slots:
                     self.scheduler.leave_queue()
                     queued = False

@@ -4,8 +4,8 @@ import dataclasses
 import os
 import pathlib
 import re
-import urllib.parse
 from typing import Mapping, Optional, Tuple
+import urllib.parse
 
 from .durations import parse_keep_alive
 
@@ -13,7 +13,7 @@ DEFAULT_PORT = 11434
 
 
 def parse_host(value: str) -> Tuple[str, int]:
-    """Parse OLLAMA_HOST like Ollama: '127.0.0.1:11434', ':11434' (all interfaces), 'http://h:p'."""
+    """Parse OLLAMA_HOST like Ollama: '127.0.0.1:11434', ':11434' (all interfaces), 'http://x'."""
     value = value.strip() or '127.0.0.1'
     if '://' not in value:
         value = 'http://' + value
@@ -30,8 +30,8 @@ class Faults:
     start_delay: float = 0.0          # seconds the port accepts TCP before HTTP is served
     load_delay: float = 0.0           # extra seconds every model load takes
     load_failure: bool = False        # every load fails with Ollama's out-of-memory message
-    runner_crash_after: int = 0       # the runner exits after this many generated tokens (0: never)
-    server_crash_after: int = 0       # the server exits after streaming this many tokens (0: never)
+    runner_crash_after: int = 0       # the runner exits after this many tokens (0: never)
+    server_crash_after: int = 0       # the server exits after streaming this many tokens
     server_crash_on_load: bool = False  # the server exits while loading a model
     ignore_sigterm: bool = False      # the server ignores SIGTERM and SIGINT
     token_rate: float = 0.0           # tokens/s of the scripted models (0: as fast as possible)
@@ -57,8 +57,8 @@ class Settings:
                                                  / 'models')
         keep_alive_text = env.get('OLLAMA_KEEP_ALIVE') or '5m'
         # Unlike the API's keep_alive, the variable also takes a plain integer of seconds.
-        keep_alive = parse_keep_alive(int(keep_alive_text) if re.fullmatch(r'-?\d+', keep_alive_text)
-                                      else keep_alive_text)
+        keep_alive = parse_keep_alive(
+            int(keep_alive_text) if re.fullmatch(r'-?\d+', keep_alive_text) else keep_alive_text)
 
         def number(name: str, default: float) -> float:
             return float(env.get(name) or default)

@@ -151,7 +151,8 @@ class ModelStore:
         yield {'status': 'pulling manifest'}
         entry = catalog.MODELS.get(name.short) if name.host == REGISTRY else None
         if entry is None:
-            raise ModelNotFound(name.short)  # reported as 'pull model manifest: file does not exist'
+            # Reported as 'pull model manifest: file does not exist'.
+            raise ModelNotFound(name.short)
         layers = [
             (MEDIA_MODEL, catalog.weights_of(entry.name)),
             (MEDIA_TEMPLATE, catalog.CHATML_TEMPLATE.encode()),

@@ -5,7 +5,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List
 
 import httpx
 import ollama

@@ -8,7 +8,8 @@ import ollama
 import psutil
 import pytest
 
-from emulator_fixtures import runners_of, wait
+from emulator_fixtures import runners_of
+from emulator_fixtures import wait
 
 
 def test_health_and_version(emulator):

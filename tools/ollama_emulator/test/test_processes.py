@@ -8,7 +8,8 @@ import subprocess
 import httpx
 import psutil
 
-from emulator_fixtures import runners_of, wait
+from emulator_fixtures import runners_of
+from emulator_fixtures import wait
 
 
 def test_runner_is_a_child_in_the_servers_process_group(emulator):

@@ -7,7 +7,8 @@ import httpx
 import ollama
 import pytest
 
-from emulator_fixtures import runners_of, wait
+from emulator_fixtures import runners_of
+from emulator_fixtures import wait
 
 
 def endless_stream(emulator, **options):
