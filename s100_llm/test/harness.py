@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
+import httpx
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from lifecycle_msgs.srv import GetAvailableTransitions
@@ -87,6 +88,20 @@ def processes_of(models_dir: str, port: int) -> List[psutil.Process]:
         if runner or server:
             found.append(process)
     return found
+
+
+def api_ps(llm: Any) -> List[Dict[str, Any]]:
+    """What /api/ps of the node's server lists."""
+    return httpx.get(llm.base_url + '/api/ps', timeout=5).json()['models']
+
+
+def runners(llm: Any) -> List[psutil.Process]:
+    return [p for p in processes_of(llm.models_dir, llm.port)
+            if 'ollama_emulator.runner' in ' '.join(p.cmdline())]
+
+
+def servers(llm: Any) -> List[psutil.Process]:
+    return [p for p in processes_of(llm.models_dir, llm.port) if p.cmdline()[-1] == 'serve']
 
 
 class NodeProcess:

@@ -11,21 +11,11 @@ import httpx
 import psutil
 import pytest
 
+from harness import api_ps
 from harness import processes_of
+from harness import runners
+from harness import servers
 from harness import wait_for
-
-
-def api_ps(llm):
-    return httpx.get(llm.base_url + '/api/ps', timeout=5).json()['models']
-
-
-def runners(llm):
-    return [p for p in processes_of(llm.models_dir, llm.port)
-            if 'ollama_emulator.runner' in ' '.join(p.cmdline())]
-
-
-def servers(llm):
-    return [p for p in processes_of(llm.models_dir, llm.port) if p.cmdline()[-1] == 'serve']
 
 
 def test_node_starts_unconfigured(start_llm):

@@ -1,0 +1,84 @@
+"""Issue: faults and load. Each case: the right terminal state and message, no orphan process
+(checked by the start_llm fixture after every test), and the node still serves."""
+
+import threading
+
+from action_msgs.msg import GoalStatus
+import psutil
+import pytest
+
+from harness import RosClient
+from harness import runners
+from harness import servers
+from harness import wait_for
+from s100_llm.action import Chat
+
+
+def test_100_goals_from_10_clients(start_llm, domain_id):
+    llm = start_llm(concurrency='queue', max_queued_goals=100,
+                    env={'OLLAMA_EMULATOR_TOKEN_RATE': '2000'})
+    llm.activate()
+    clients = [RosClient(domain_id) for _ in range(10)]
+    results = {}
+    lock = threading.Lock()
+
+    def behaviour(index, client):
+        runs = [client.send_chat(Chat.Goal(prompt=f'client {index} goal {n}'))
+                for n in range(10)]
+        for n, run in enumerate(runs):
+            assert run.wait_accepted()
+            run.wait_result(300)
+            with lock:
+                results[(index, n)] = (run.status, run.result.text)
+
+    try:
+        threads = [threading.Thread(target=behaviour, args=(i, c)) for i, c in
+                   enumerate(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+    finally:
+        for client in clients:
+            client.close()
+    assert len(results) == 100
+    for (index, n), (status, text) in results.items():
+        assert status == GoalStatus.STATUS_SUCCEEDED
+        assert text == f'user: client {index} goal {n}\n'
+    assert llm.client.chat('after the storm').status == GoalStatus.STATUS_SUCCEEDED
+
+
+def test_a_server_crash_during_load_fails_activate_with_nothing_left(start_llm):
+    llm = start_llm(restart_on_failure=False,
+                    env={'OLLAMA_EMULATOR_SERVER_CRASH_ON_LOAD': '1'})
+    assert llm.client.change_state('configure')
+    assert not llm.client.change_state('activate')
+    failure = llm.client.wait_log('activate failed')
+    assert 'closed the connection' in failure or 'not reachable' in failure
+    # The server died while loading and orphaned the runner it had started: supervision (no
+    # restarts allowed) takes the node through ErrorProcessing, which sweeps it.
+    wait_for(lambda: llm.client.state() == 'unconfigured', 'ErrorProcessing -> unconfigured')
+    assert 'exited with code 2' in llm.client.wait_log('exited with code')
+    wait_for(lambda: not llm.leftovers(), 'the orphaned runner to be swept')
+    assert llm.client.change_state('configure')
+
+
+def test_a_server_ignoring_sigterm_is_killed_at_cleanup(start_llm):
+    llm = start_llm(stop_timeout=0.5, env={'OLLAMA_EMULATOR_IGNORE_SIGTERM': '1'})
+    llm.activate()
+    assert llm.client.change_state('deactivate')
+    assert llm.client.change_state('cleanup')
+    assert 'ignored SIGTERM' in llm.client.wait_log('ignored SIGTERM')
+    assert not servers(llm) and not runners(llm)
+
+
+@pytest.mark.soak
+def test_500_transition_cycles(start_llm):
+    llm = start_llm()
+    node = psutil.Process(llm.node.pid)
+    for index in range(500):
+        for transition in ('configure', 'activate', 'deactivate', 'cleanup'):
+            assert llm.client.change_state(transition), (index, transition)
+        if index == 20:
+            threads, descriptors = node.num_threads(), node.num_fds()
+    assert node.num_threads() <= threads + 2 and node.num_fds() <= descriptors
