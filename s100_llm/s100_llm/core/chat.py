@@ -177,7 +177,6 @@ class ChatRun:
         self._cancel_reason = ''
         self._cancel_is_error = False
         self._lock = threading.Lock()
-        self.cancel_requested_at: Optional[float] = None
 
     def cancel(self, reason: str, as_error: bool = False) -> None:
         """Close the stream now. The outcome is 'canceled', or 'error' when as_error (the node
@@ -189,7 +188,7 @@ class ChatRun:
             self._cancel_is_error = as_error
             stream = self._stream
         if stream is not None:
-            self.cancel_requested_at = stream.cancel()
+            stream.cancel()
 
     def run(self) -> ChatOutcome:
         request = self.request

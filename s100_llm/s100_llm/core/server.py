@@ -101,7 +101,6 @@ class ServerStatus:
     running: bool
     started_at: Optional[float]       # time.monotonic()
     restarts: int
-    exit_code: Optional[int]
 
 
 class OllamaServer:
@@ -228,10 +227,9 @@ class OllamaServer:
         return probe(self.base_url, timeout=0.5) is PortOwner.OLLAMA
 
     def status(self) -> ServerStatus:
-        code = self.exit_code()
-        return ServerStatus(managed=not self.adopted, pid=self.pid, running=(
-            self.process is not None and code is None) or self.adopted,
-            started_at=self.started_at, restarts=self.restarts, exit_code=code)
+        running = self.adopted or (self.process is not None and self.exit_code() is None)
+        return ServerStatus(managed=not self.adopted, pid=self.pid, running=running,
+                            started_at=self.started_at, restarts=self.restarts)
 
     @property
     def pid(self) -> Optional[int]:
