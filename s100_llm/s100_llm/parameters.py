@@ -3,7 +3,7 @@
 Every field of the core's settings dataclasses is one parameter of the same name (the
 diagnostics period is `diagnostics_period`). Values are checked when they are set, so a bad
 `ros2 param set` is refused with the reason; server settings take effect at the next
-configure, model settings at the next activate, chat settings at once.
+configure, model and chat settings at the next activate.
 """
 
 import dataclasses

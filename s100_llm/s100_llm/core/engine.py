@@ -142,7 +142,7 @@ class OllamaEngine:
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()
-            await self._async_client._client.aclose()
+            await self._async_client.close()
 
         if self._loop.is_running():
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
