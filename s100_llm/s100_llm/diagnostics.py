@@ -161,7 +161,10 @@ class DiagnosticsPublisher:
                 reachable = False
         expected = state in ('inactive', 'active', 'activating', 'deactivating')
         if expected and (not reachable or not status.running):
-            level, message = ERROR, node.last_error or 'the Ollama server is not running'
+            code = server.exit_code()
+            level, message = ERROR, node.last_error or (
+                f'the Ollama server (pid {status.pid}) exited with code {code}'
+                if code is not None else f'the Ollama server at {server.base_url} does not answer')
         elif node.last_error:
             level, message = WARN, node.last_error
         else:

@@ -409,6 +409,11 @@ def main(args: Optional[List[str]] = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # A signal can shut the context down while the executor builds its wait set, which
+        # then raises RCLError "context is not valid": that is a normal exit, anything else not.
+        if rclpy.ok():
+            raise
     finally:
         # rclpy runs no shutdown transition on Ctrl-C/SIGTERM: stop the server here.
         node.exit_process()
