@@ -105,23 +105,33 @@ def test_cancel_stops_the_model_and_keeps_the_partial_text(active):
 
 @pytest.mark.parametrize('policy, accepted', [('reject', 1), ('queue', 1 + 8), ('preempt', 20)])
 def test_concurrency_policy_under_20_simultaneous_goals(active, policy, accepted):
-    llm = active(concurrency=policy, max_queued_goals=8,
+    llm = active(model='endless:latest', concurrency=policy, max_queued_goals=8,
                  env={'OLLAMA_EMULATOR_TOKEN_RATE': '200'})
-    runs = [llm.client.send_chat(Chat.Goal(prompt=f'goal {i}', max_tokens=20))
-            for i in range(20)]
-    acceptance = [run.wait_accepted() for run in runs]
+    # The first goal streams until it is canceled, so the other 19 all arrive while it runs.
+    first = llm.client.send_chat(Chat.Goal(prompt='first', max_tokens=8192))
+    assert first.wait_accepted()
+    wait_for(lambda: first.feedback, 'the first goal to stream')
+    others = [llm.client.send_chat(Chat.Goal(prompt=f'goal {i}', max_tokens=5))
+              for i in range(19)]
+    acceptance = [True] + [run.wait_accepted() for run in others]
     assert sum(acceptance) == accepted
-    results = [run.wait_result(120) for run, ok in zip(runs, acceptance) if ok]
-    statuses = [run.status for run, ok in zip(runs, acceptance) if ok]
+    if policy != 'preempt':
+        first.cancel()
+    first_result = first.wait_result(120)
+    results = [run.wait_result(120) for run, ok in zip(others, acceptance[1:]) if ok]
+    statuses = [run.status for run, ok in zip(others, acceptance[1:]) if ok]
     if policy == 'preempt':
-        assert statuses[-1] == GoalStatus.STATUS_SUCCEEDED
-        assert all(r.error_message == 'preempted by a newer goal' for r in results[:-1]
-                   if r.done_reason == 'canceled')
+        # Each newer goal preempts the oldest one still running or waiting: one survives.
+        assert first.status == GoalStatus.STATUS_ABORTED
+        assert first_result.error_message == 'preempted by a newer goal'
+        assert statuses.count(GoalStatus.STATUS_SUCCEEDED) == 1
+        assert all(r.error_message == 'preempted by a newer goal' for r, status in
+                   zip(results, statuses) if status != GoalStatus.STATUS_SUCCEEDED)
     else:
-        assert statuses == [GoalStatus.STATUS_SUCCEEDED] * accepted
-        assert all(r.text == f'user: goal {i}\n' for i, r in enumerate(
-            r for r, ok in zip(results, acceptance) if ok))
-    assert llm.client.chat('after').status == GoalStatus.STATUS_SUCCEEDED
+        assert first.status == GoalStatus.STATUS_CANCELED
+        assert statuses == [GoalStatus.STATUS_SUCCEEDED] * (accepted - 1)
+        assert all(r.text == 'tok0 tok1 tok2 tok3 tok4 ' for r in results)
+    assert llm.client.chat('after', max_tokens=3).status == GoalStatus.STATUS_SUCCEEDED
 
 
 def test_sessions_remember_and_reset(active):
