@@ -120,11 +120,14 @@ class ChatActionServer:
         request = request_from_goal(goal_handle.request)
         if not self.admission.wait_turn(
                 ticket, lambda: goal_handle.is_cancel_requested or not self.node.active):
-            reason = ('canceled by the client' if goal_handle.is_cancel_requested
-                      else 'preempted by a newer goal' if ticket.preempted
-                      else f'the node stopped serving (state: {self.node.state_label})')
-            return self._finish(goal_handle, ChatOutcome(done_reason='canceled',
-                                                         error_message=reason))
+            if goal_handle.is_cancel_requested or ticket.preempted:
+                outcome = ChatOutcome(done_reason='canceled', error_message=(
+                    'canceled by the client' if goal_handle.is_cancel_requested
+                    else 'preempted by a newer goal'))
+            else:   # deactivated or failed while the goal waited: like the running ones
+                outcome = ChatOutcome(error_message='the node stopped serving (state: '
+                                                    f'{self.node.state_label})')
+            return self._finish(goal_handle, outcome)
         uuid = bytes(goal_handle.goal_id.uuid)
         try:
             engine = self.node.engine
