@@ -6,6 +6,7 @@ RosClient is an rclpy node in its own context that calls the lifecycle services
 (`ros2 lifecycle set` uses the same), sends Chat goals and listens to /diagnostics and /rosout.
 """
 
+import itertools
 import os
 import pathlib
 import signal
@@ -146,13 +147,17 @@ class NodeProcess:
             self.log.close()
 
 
+_client_numbers = itertools.count()
+
+
 class RosClient:
     """A robot behaviour's view of the node, in its own rclpy context and DDS domain."""
 
     def __init__(self, domain_id: int, node_name: str = 'llm') -> None:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = Node('test_client', context=self.context)
+        # Unique names: rclpy shares one /rosout publisher per node name within a process.
+        self.node = Node(f'test_client_{next(_client_numbers)}', context=self.context)
         self.name = node_name
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
@@ -173,14 +178,26 @@ class RosClient:
         self.node.create_subscription(Chat.Impl.FeedbackMessage,
                                       f'/{node_name}/chat/_action/feedback',
                                       self._on_feedback, FEEDBACK_QOS)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._closing = False
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:
+            # rclpy's MultiThreadedExecutor may trip over its own guard condition while it
+            # shuts down ("cannot use Destroyable"): only an error before close() counts.
+            if not self._closing:
+                raise
+
     def close(self) -> None:
+        # Stop spinning before the node and context go away under the spinning thread.
+        self._closing = True
         self.executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=5)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=5)
 
     def _on_diagnostics(self, message: DiagnosticArray) -> None:
         with self._lock:
