@@ -55,8 +55,9 @@ DESCRIPTIONS = {
     'concurrency': 'A goal arriving while num_parallel chats run: reject | queue | preempt '
                    '(cancel the oldest).',
     'max_queued_goals': 'Goals that may wait with concurrency=queue.',
-    'feedback_min_interval': 'Seconds between feedback messages (0: one per streamed chunk; '
-                             'larger values coalesce chunks).',
+    'feedback_min_interval': 'At most one feedback message per this many seconds: faster '
+                             'chunks are joined, none dropped or delayed longer (0: one message '
+                             'per streamed chunk).',
     'session_max_turns': 'Turns a session keeps (older ones are dropped).',
     'max_sessions': 'Sessions kept; the least recently used is dropped beyond this.',
     'stream_timeout': 'Seconds without output from Ollama before a chat is aborted.',

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import ChatSettings
 from .engine import ChatCanceled
+from .engine import ChatChunk
 from .engine import ChatStream
 from .engine import EngineError
 from .engine import OllamaEngine
@@ -158,6 +159,49 @@ def _partial_suffix(text: str, tag: str) -> int:
 FeedbackSink = Callable[[int, str, str], None]   # (seq, delta, thinking_delta)
 
 
+class FeedbackBatch:
+    """Turns streamed text into feedback messages, at most one per `min_interval` seconds.
+
+    Text that arrives after a quiet interval goes out at once, so the first token and a slow
+    model's tokens are never delayed. Text that follows a message within the interval is held
+    and joins the next one, which is due at most `min_interval` after the last: the caller
+    flushes when due_in() says so, even if the model has paused. No text is ever dropped;
+    min_interval 0 sends one message per piece of text.
+    """
+
+    def __init__(self, min_interval: float, publish: FeedbackSink,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.min_interval = min_interval
+        self.publish = publish
+        self.clock = clock
+        self.sent = 0                   # messages published, also the next message's seq
+        self._answer = ''
+        self._thinking = ''
+        self._last_sent: Optional[float] = None
+
+    def add(self, answer: str, thinking: str) -> None:
+        self._answer += answer
+        self._thinking += thinking
+        if self.due_in() == 0.0:
+            self.flush()
+
+    def due_in(self) -> Optional[float]:
+        """Seconds until the held text must go out; None when nothing is held."""
+        if not (self._answer or self._thinking):
+            return None
+        if self._last_sent is None:
+            return 0.0
+        return max(0.0, self._last_sent + self.min_interval - self.clock())
+
+    def flush(self) -> None:
+        """Publish the held text now, if any."""
+        if self._answer or self._thinking:
+            self.publish(self.sent, self._answer, self._thinking)
+            self.sent += 1
+            self._answer = self._thinking = ''
+            self._last_sent = self.clock()
+
+
 class ChatRun:
     """Streams one chat into feedback; cancel() (any thread) stops it at once."""
 
@@ -201,17 +245,12 @@ class ChatRun:
         splitter = ThinkTagSplitter()
         text: List[str] = []
         thinking: List[str] = []
-        batch = ['', '']
-        last_publish = 0.0
-        seq = 0
+        batch = FeedbackBatch(self.settings.feedback_min_interval, self.publish)
 
-        def flush() -> None:
-            nonlocal seq, last_publish
-            if batch[0] or batch[1]:
-                self.publish(seq, batch[0], batch[1])
-                seq += 1
-                batch[0] = batch[1] = ''
-                last_publish = time.monotonic()
+        def take(answer_part: str, thinking_part: str) -> None:
+            text.append(answer_part)
+            thinking.append(thinking_part)
+            batch.add(answer_part, thinking_part)
 
         with self._lock:
             if self._cancel_reason:
@@ -220,43 +259,34 @@ class ChatRun:
                 self.model, messages, think, ollama_options(request, self.settings),
                 self.keep_alive, self.settings.stream_timeout)
         try:
-            final = None
-            for chunk in self._stream:
+            while True:
+                chunk = self._stream.read(batch.due_in())
+                if chunk is None:       # held text is due and the model is quiet: send it
+                    batch.flush()
+                    continue
                 answer_part, inline_thinking = splitter.feed(chunk.content)
                 thinking_part = chunk.thinking + inline_thinking
                 if (answer_part or thinking_part) and not outcome.time_to_first_token:
                     outcome.time_to_first_token = time.monotonic() - self.accepted_at
-                text.append(answer_part)
-                thinking.append(thinking_part)
-                batch[0] += answer_part
-                batch[1] += thinking_part
+                take(answer_part, thinking_part)
                 if chunk.done:
-                    final = chunk
-                elif time.monotonic() - last_publish >= self.settings.feedback_min_interval:
-                    flush()
-            answer_part, thinking_part = splitter.flush()
-            text.append(answer_part)
-            thinking.append(thinking_part)
-            batch[0] += answer_part
-            batch[1] += thinking_part
-            flush()
+                    break
+            take(*splitter.flush())
+            batch.flush()
         except ChatCanceled:
-            flush()
-            outcome.feedback_messages = seq
+            batch.flush()
+            outcome.feedback_messages = batch.sent
             return self._canceled(outcome, text, thinking)
         except EngineError as error:
-            flush()
+            batch.flush()
             outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
             outcome.error_message = str(error)
-            outcome.feedback_messages = seq
+            outcome.feedback_messages = batch.sent
             return outcome
-        outcome.feedback_messages = seq
+        outcome.feedback_messages = batch.sent
         outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
-        if final is None:
-            outcome.error_message = 'chat: the stream ended without a final chunk'
-            return outcome
-        outcome.done_reason = 'length' if final.done_reason == 'length' else 'stop'
-        _fill_stats(outcome, final)
+        outcome.done_reason = 'length' if chunk.done_reason == 'length' else 'stop'
+        _fill_stats(outcome, chunk)
         if request.session_id:
             outcome.session_turns = self.sessions.commit(
                 request.session_id, request.system_prompt, request.prompt, outcome.text)
@@ -270,7 +300,7 @@ class ChatRun:
         return outcome
 
 
-def _fill_stats(outcome: ChatOutcome, final: Any) -> None:
+def _fill_stats(outcome: ChatOutcome, final: ChatChunk) -> None:
     outcome.prompt_tokens = final.prompt_eval_count
     outcome.completion_tokens = final.eval_count
     outcome.total_duration = final.total_duration / 1e9

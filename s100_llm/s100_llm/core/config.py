@@ -132,7 +132,10 @@ class ChatSettings:
     max_tokens_limit: int = 8192
     concurrency: str = 'queue'            # reject | queue | preempt
     max_queued_goals: int = 8
-    feedback_min_interval: float = 0.0    # s between feedback messages (0: one per chunk)
+    # At most one feedback message per this many seconds (0: one per chunk). 10 ms keeps a
+    # Python client's queue from overflowing at hundreds of chunks/s; slower models (every CPU
+    # model on the S100) are unaffected: a token after a quiet interval goes out at once.
+    feedback_min_interval: float = 0.01
     session_max_turns: int = 20
     max_sessions: int = 64
     stream_timeout: float = 120.0         # s without a chunk before the chat is aborted

@@ -108,19 +108,35 @@ class ChatStream:
         except Exception as error:  # every failure reaches the reader, named
             self._chunks.put(EngineError(describe(error, 'chat')))
 
+    def read(self, wait: Optional[float] = None) -> Optional[ChatChunk]:
+        """The next chunk, or None when none came within `wait` seconds (the stream goes on).
+
+        Without `wait`, blocks up to the idle timeout (stream_timeout), then cancels the stream
+        and raises EngineError. Raises ChatCanceled after cancel(), EngineError when the
+        request failed or the stream ended without its final (done) chunk.
+        """
+        try:
+            item = self._chunks.get(timeout=self._idle_timeout if wait is None else wait)
+        except queue.Empty:
+            if wait is not None:
+                return None
+            self.cancel()
+            raise EngineError(f'chat: no output from Ollama for {self._idle_timeout:g} s '
+                              '(stream_timeout)') from None
+        if item is _END:
+            raise EngineError('chat: the stream ended without a final chunk')
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     def __iter__(self) -> Iterator[ChatChunk]:
+        """Every chunk up to and including the final (done) one."""
         while True:
-            try:
-                item = self._chunks.get(timeout=self._idle_timeout)
-            except queue.Empty:
-                self.cancel()
-                raise EngineError(f'chat: no output from Ollama for {self._idle_timeout:g} s '
-                                  '(stream_timeout)') from None
-            if item is _END:
+            chunk = self.read()
+            assert chunk is not None
+            yield chunk
+            if chunk.done:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
     def cancel(self) -> float:
         """Close the HTTP stream now; returns time.monotonic() of the request."""

@@ -34,7 +34,7 @@ def assert_contiguous(run):
 
 
 def test_every_chunk_is_feedback_and_the_result_has_everything(active):
-    llm = active()
+    llm = active(feedback_min_interval=0.0)
     prompt = ' '.join(f'word{i}' for i in range(200))
     run = llm.client.chat(prompt, system_prompt='be brief')
     assert run.status == GoalStatus.STATUS_SUCCEEDED
@@ -52,6 +52,14 @@ def test_coalesced_feedback_loses_nothing(active):
     run = llm.client.chat('go', max_tokens=400)
     assert_contiguous(run)
     assert len(run.feedback) < run.result.stats.completion_tokens
+
+
+def test_by_default_a_model_at_full_speed_streams_every_token_in_fewer_messages(active):
+    llm = active(model='endless:latest')
+    run = llm.client.chat('go', max_tokens=3000)
+    assert_contiguous(run)
+    assert run.streamed_text.split() == [f'tok{i}' for i in range(3000)]
+    assert len(run.feedback) < 3000
 
 
 def test_goals_are_rejected_while_not_active_with_the_reason(start_llm):

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from s100_llm.core.chat import ChatRequest
+from s100_llm.core.chat import FeedbackBatch
 from s100_llm.core.chat import ollama_options
 from s100_llm.core.chat import THINK_ON
 from s100_llm.core.chat import ThinkTagSplitter
@@ -77,3 +78,40 @@ def test_sentence_splitter_hands_out_whole_sentences():
     assert splitter.feed(' are you? Fine') == ['How are you?']
     assert splitter.feed('\nOK') == ['Fine']
     assert splitter.flush() == ['OK']
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_feedback_batch_sends_at_once_after_a_quiet_interval_and_joins_faster_text():
+    clock, sent = Clock(), []
+    batch = FeedbackBatch(0.01, lambda *message: sent.append(message), clock)
+    assert batch.due_in() is None
+    batch.add('a', '')
+    assert sent == [(0, 'a', '')]                  # the first text never waits
+    clock.now += 0.004
+    batch.add('b', 't')
+    batch.add('c', '')
+    assert sent == [(0, 'a', '')]                  # held: the interval has not passed
+    assert batch.due_in() == pytest.approx(0.006)
+    clock.now += 0.006
+    assert batch.due_in() == 0.0                   # due even if nothing else arrives
+    batch.flush()
+    assert sent[1] == (1, 'bc', 't')
+    clock.now += 1.0
+    batch.add('d', '')                             # quiet interval: at once again
+    assert sent[2] == (2, 'd', '') and batch.sent == 3 and batch.due_in() is None
+
+
+def test_feedback_batch_with_no_interval_sends_every_piece_and_skips_empty_ones():
+    sent = []
+    batch = FeedbackBatch(0.0, lambda *message: sent.append(message), Clock())
+    for piece in ('x', '', 'y'):
+        batch.add(piece, '')
+    batch.flush()
+    assert sent == [(0, 'x', ''), (1, 'y', '')]

@@ -113,3 +113,16 @@ def test_silence_beyond_the_stream_timeout_aborts(start):
                          idle_timeout=0.5)
     with pytest.raises(EngineError, match='no output from Ollama for 0.5 s'):
         list(stream)
+
+
+def test_read_with_a_wait_returns_none_while_the_model_is_quiet(start):
+    _, engine = start('0.1')        # one token every 10 s
+    engine.pull('endless', lambda *_: None)
+    stream = engine.chat('endless', [{'role': 'user', 'content': 'x'}], None, {}, -1,
+                         idle_timeout=30)
+    first = stream.read()
+    assert first is not None and not first.done
+    assert stream.read(wait=0.05) is None          # the next token is seconds away
+    stream.cancel()
+    with pytest.raises(ChatCanceled):
+        stream.read()
