@@ -235,7 +235,7 @@ class LlmNode(LifecycleNode):
             else []
         self.model_loaded = True
         self.get_logger().info(
-            f"model '{model.model}' loaded in {time.monotonic() - started:.2f} s "
+            f"model '{model.model}' loaded in {time.monotonic() - started:.3f} s "
             f'({loaded.size / GiB:.2f} GiB, context {self.context_length}, capabilities '
             f"{', '.join(self.capabilities)})")
 
@@ -267,12 +267,15 @@ class LlmNode(LifecycleNode):
             self.get_logger().info(f"model '{model.model}' stays loaded for "
                                    f'{model.keep_alive_inactive:g} s (keep_alive_inactive)')
             return
+        started = time.monotonic()
         try:
             self.engine.unload(model.model)
         except EngineError as error:
             self.get_logger().warning(f'unload: {error}')
             return
         deadline = time.monotonic() + self.settings.server.stop_timeout
+        # Returns as soon as the runners have exited (psutil polls /proc at a fine interval).
+        psutil.wait_procs(self.runner_processes, timeout=self.settings.server.stop_timeout)
         while self.engine.loaded_model(model.model) is not None or any(
                 _alive(p) for p in self.runner_processes):
             if time.monotonic() > deadline:
@@ -280,7 +283,8 @@ class LlmNode(LifecycleNode):
                                        f'{self.settings.server.stop_timeout:g} s after unloading')
             time.sleep(0.02)
         self.runner_processes = []
-        self.get_logger().info(f"model '{model.model}' unloaded; its runner has exited")
+        self.get_logger().info(f"model '{model.model}' unloaded in "
+                               f'{time.monotonic() - started:.3f} s; its runner has exited')
 
     def _stop_server(self) -> None:
         if self.engine is not None:

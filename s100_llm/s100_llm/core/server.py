@@ -208,7 +208,7 @@ class OllamaServer:
             if probe(self.base_url, timeout=0.5) is PortOwner.OLLAMA:
                 self.log('info', f'Ollama server ready at {self.base_url} (pid '
                                  f'{self.process.pid}, '
-                                 f'{time.monotonic() - self.started_at:.2f} s)')
+                                 f'{time.monotonic() - self.started_at:.3f} s)')
                 return
             if time.monotonic() > deadline:
                 raise ServerError(f'the Ollama server did not answer at {self.base_url} within '
@@ -256,9 +256,12 @@ class OllamaServer:
         if process is not None:
             if process.poll() is None:
                 self.log('info', f'stopping the Ollama server (pid {process.pid}): SIGTERM')
+                asked = time.monotonic()
                 self._signal_group(process.pid, signal.SIGTERM)
                 try:
-                    process.wait(self.settings.stop_timeout)
+                    code = process.wait(self.settings.stop_timeout)
+                    self.log('info', f'the Ollama server exited {time.monotonic() - asked:.3f} s '
+                                     f'after SIGTERM (code {code})')
                 except subprocess.TimeoutExpired:
                     self.log('warn', f'the Ollama server ignored SIGTERM for '
                                      f'{self.settings.stop_timeout:g} s: SIGKILL')
