@@ -1,19 +1,24 @@
 """Resource and health diagnostics on /diagnostics, in every lifecycle state.
 
 Six statuses named '<node>: <task>' (the diagnostic_updater convention) with hardware_id =
-the host name: System CPU, Memory, Temperature, Storage, Ollama server, Model. A timer in its
-own callback group samples with psutil (core.resources), so transitions and chats never stall
-it; each status also reports what the sampling itself cost.
+the host name: System CPU, Memory, Temperature, Storage, Ollama server, Model. A thread of its
+own samples with psutil (core.resources), so transitions and chats never stall it; each status
+also reports what the sampling itself cost.
+
+The period is wall-clock time, not an rclpy timer on the node's clock: resource figures are per
+wall-clock second, and a paused simulation clock (use_sim_time) must not stop the health report.
+A plain thread also spares the executor a wake-up and a dispatch per period (about 1.5 ms of CPU
+on a 2-core machine, a sixth of the idle node's cost).
 """
 
 import socket
+import threading
 import time
 from typing import List, Optional, Tuple, TYPE_CHECKING
 
 from diagnostic_msgs.msg import DiagnosticArray
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_msgs.msg import KeyValue
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from .core.config import DiagnosticsSettings
 from .core.engine import EngineError
@@ -47,8 +52,28 @@ class DiagnosticsPublisher:
         self.sampler: Optional[ResourceSampler] = None
         self.sampling_cpu_seconds = 0.0
         self.publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        period = node.get_parameter('diagnostics_period').value
-        node.create_timer(period, self.publish, callback_group=MutuallyExclusiveCallbackGroup())
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._publish_every, args=(node.get_parameter('diagnostics_period').value,),
+            name='diagnostics', daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop publishing (before the node is destroyed)."""
+        self._stopping.set()
+        self._thread.join(timeout=5.0)
+
+    def _publish_every(self, period: float) -> None:
+        deadline = time.monotonic()
+        while True:
+            deadline = max(deadline + period, time.monotonic())
+            if self._stopping.wait(deadline - time.monotonic()):
+                return
+            try:
+                self.publish()
+            except Exception as error:  # keep reporting; say what went wrong
+                self.node.get_logger().error(
+                    f'diagnostics raised {type(error).__name__}: {error}')
 
     def _name(self, task: str) -> str:
         return f'{self.prefix}: {task}'
