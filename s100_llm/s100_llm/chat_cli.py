@@ -9,8 +9,9 @@ or an empty line / EOF quits. The statistics are printed at the end of each answ
 """
 
 import argparse
+import signal
 import sys
-from typing import List, Optional, TextIO
+from typing import Callable, List, Optional, TextIO
 import uuid
 
 import rclpy
@@ -39,27 +40,41 @@ class ChatClient:
         self.executor.add_node(node)
         self._in_thinking = False
         self._printed = ''
+        self.asking = False
+        self.interrupted = False
 
     def wait_for_server(self, timeout: float) -> bool:
         return self.client.wait_for_server(timeout_sec=timeout)
 
+    def on_sigint(self, number: int, frame: object) -> None:
+        """Ctrl-C cancels the goal being asked; at the prompt it quits (KeyboardInterrupt).
+
+        A flag, not an exception: KeyboardInterrupt raised wherever the executor happens to be
+        can leave rclpy's wait set half torn down, and the cancel then never completes.
+        """
+        if not self.asking:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
     def ask(self, goal: Chat.Goal) -> Optional[Chat.Result]:
         """Send the goal, stream it; Ctrl-C cancels it. None when it was rejected."""
-        future = self.client.send_goal_async(goal, feedback_callback=self._on_feedback)
-        self.executor.spin_until_future_complete(future)
-        handle = future.result()
-        if not handle.accepted:
-            print('\n[rejected: the node is not active or the goal is invalid; its log says '
-                  'why]', file=sys.stderr)
-            return None
-        result_future = handle.get_result_async()
+        self.asking, self.interrupted = True, False
         try:
-            self.executor.spin_until_future_complete(result_future)
-        except KeyboardInterrupt:
-            print('\n[canceling]', file=sys.stderr)
-            cancel = handle.cancel_goal_async()
-            self.executor.spin_until_future_complete(cancel)
-            self.executor.spin_until_future_complete(result_future)
+            future = self.client.send_goal_async(goal, feedback_callback=self._on_feedback)
+            self._spin_until(future.done)
+            handle = future.result()
+            if not handle.accepted:
+                print('\n[rejected: the node is not active or the goal is invalid; its log '
+                      'says why]', file=sys.stderr)
+                return None
+            result_future = handle.get_result_async()
+            self._spin_until(lambda: result_future.done() or self.interrupted)
+            if not result_future.done():
+                print('\n[canceling]', file=sys.stderr)
+                handle.cancel_goal_async()
+                self._spin_until(result_future.done)
+        finally:
+            self.asking = False
         self._end_thinking()
         result = result_future.result().result
         # rclpy drops feedback that arrives after the result: print what it did not show.
@@ -68,6 +83,12 @@ class ChatClient:
             self.out.flush()
         self._printed = ''
         return result
+
+    def _spin_until(self, condition: Callable[[], bool]) -> None:
+        # Python runs the SIGINT handler only between bytecodes and rcl_wait is not woken by
+        # signals: wake at least every 0.1 s so that Ctrl-C is seen while the model is quiet.
+        while not condition():
+            self.executor.spin_once(timeout_sec=0.1)
 
     def _on_feedback(self, message: Chat.Impl.FeedbackMessage) -> None:
         feedback = message.feedback
@@ -116,11 +137,12 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    # Ctrl-C must raise KeyboardInterrupt (to cancel the goal), not shut rclpy down.
+    # Ctrl-C cancels the goal (ChatClient.on_sigint); it must not shut rclpy down.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = Node(f'chat_cli_{uuid.uuid4().hex[:8]}')
     client = ChatClient(node, f"{args.node.rstrip('/')}/chat", sys.stdout,
                         show_thinking=not args.hide_thinking, color=sys.stdout.isatty())
+    signal.signal(signal.SIGINT, client.on_sigint)
     try:
         if not client.wait_for_server(args.wait):
             print(f'no chat action server at {args.node}/chat (is the node running?)',
@@ -139,6 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print_stats(result)
             return 0 if result.done_reason in ('stop', 'length') else 1
         return interactive(client, goal_for)
+    except KeyboardInterrupt:   # Ctrl-C while waiting for the server
+        return 130
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
