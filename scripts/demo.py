@@ -24,7 +24,7 @@ from lifecycle_msgs.srv import GetState
 import psutil
 import rclpy
 from rclpy.action import ActionClient
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from s100_llm.action import Chat
@@ -46,7 +46,7 @@ class Demo:
     def __init__(self, domain_id: int) -> None:
         rclpy.init(domain_id=domain_id)
         self.node = Node('demo')
-        self.executor = MultiThreadedExecutor()
+        self.executor = SingleThreadedExecutor()   # keeps up with per-chunk feedback
         self.executor.add_node(self.node)
         self.diagnostics = []
         self.node.create_subscription(DiagnosticArray, '/diagnostics',

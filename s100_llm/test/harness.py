@@ -27,7 +27,7 @@ from rcl_interfaces.msg import Log
 import rclpy
 from rclpy.action import ActionClient
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy
 from rclpy.qos import QoSProfile
@@ -159,7 +159,10 @@ class RosClient:
         # Unique names: rclpy shares one /rosout publisher per node name within a process.
         self.node = Node(f'test_client_{next(_client_numbers)}', context=self.context)
         self.name = node_name
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        # Every callback here only records what arrived. A SingleThreadedExecutor takes a stream
+        # of feedback messages far faster than rclpy's MultiThreadedExecutor, which hands each
+        # one to a thread pool and keeps up with only a few hundred per second.
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.diagnostics: List[DiagnosticArray] = []
         self.rosout: List[Log] = []
@@ -186,8 +189,8 @@ class RosClient:
         try:
             self.executor.spin()
         except Exception:
-            # rclpy's MultiThreadedExecutor may trip over its own guard condition while it
-            # shuts down ("cannot use Destroyable"): only an error before close() counts.
+            # rclpy's executor may trip over its own guard condition while it shuts down
+            # ("cannot use Destroyable"): only an error before close() counts.
             if not self._closing:
                 raise
 
