@@ -72,6 +72,8 @@ class DiagnosticsPublisher:
             try:
                 self.publish()
             except Exception as error:  # keep reporting; say what went wrong
+                if not self.node.context.ok():
+                    return      # Ctrl-C shut rclpy down before the node stopped this thread
                 self.node.get_logger().error(
                     f'diagnostics raised {type(error).__name__}: {error}')
 

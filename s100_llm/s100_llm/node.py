@@ -321,6 +321,8 @@ class LlmNode(LifecycleNode):
             try:
                 self._supervise()
             except Exception as error:  # keep supervising; say what went wrong
+                if not self.context.ok():
+                    return      # Ctrl-C shut rclpy down before the node stopped this thread
                 self.get_logger().error(f'supervision raised {type(error).__name__}: {error}')
 
     def _supervise(self) -> None:
