@@ -2,32 +2,55 @@
 
 Every figure is taken in the same run against the same emulator server (the node's managed
 one, reached directly with the official `ollama` client for the baseline), repeated, and
-reported with its spread. Writes bench/results/results.json and bench/results/summary.md.
-These machines are noisy: ratios say more than absolute times.
+reported with its spread. What the node adds is split from what it cannot change: rclpy's and
+DDS's own cost is measured against bench/floor_server.py (a bare action server), and the
+server's own start/load/unload/stop time is taken from the node's log of that very transition.
+Writes bench/results/results.json, summary.md and bench.png. These machines are noisy: ratios
+say more than absolute times.
 """
 
 import json
 import os
 import pathlib
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import httpx
+from lifecycle_msgs.srv import ChangeState
 import ollama
 import psutil
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
 
-from harness import NodeProcess, RosClient, free_port, wait_for  # noqa: E402,I100,I101
+from harness import free_port  # noqa: E402,I100
+from harness import NodeProcess  # noqa: E402
+from harness import RosClient  # noqa: E402
+from harness import TRANSITIONS  # noqa: E402
+from harness import wait_for  # noqa: E402
 from s100_llm.action import Chat  # noqa: E402
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 REPEATS = int(os.environ.get('BENCH_REPEATS', '20'))
+# The first goals of a new client and server pair still wait on DDS discovery (up to seconds
+# for the floor server, which is measured right after it starts): left out of the figures.
+WARMUP = 3
+FLOOR_WARMUP = 10
+NODE_DOMAIN, FLOOR_DOMAIN = 77, 78
+# The server's own share of each transition, as the node logs it (server.py, node.py).
+OWN_WORK = {
+    'configure': r'Ollama server ready at \S+ \(pid \d+, ([0-9.]+) s\)',
+    'activate': r"model '[^']+' loaded in ([0-9.]+) s",
+    'deactivate': r"model '[^']+' unloaded in ([0-9.]+) s",
+    'cleanup': r'the Ollama server exited ([0-9.]+) s after SIGTERM',
+}
 
 
 def percentile(values: List[float], fraction: float) -> float:
@@ -40,21 +63,30 @@ def spread(values: List[float]) -> Dict[str, float]:
             'min': min(values), 'max': max(values), 'n': len(values)}
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 class Bench:
+    """The node as a process with a client, and a direct `ollama` client to the same server."""
+
     def __init__(self, workdir: pathlib.Path, model: str, env: Dict[str, str],
-                 parameters: Optional[Dict[str, float]] = None) -> None:
+                 parameters: Optional[Dict[str, Any]] = None) -> None:
         self.port = free_port()
-        self.domain = 77
         values = {'model': model, 'ollama_bin': 's100-ollama-emulator',
                   'host': f'127.0.0.1:{self.port}', 'models_dir': str(workdir / 'models'),
                   'diagnostics_period': 1.0, 'max_tokens_limit': 100000}
         values.update(parameters or {})
-        self.node = NodeProcess(self.domain, workdir / f'{model.replace(":", "_")}.log',
+        self.node = NodeProcess(NODE_DOMAIN, workdir / f'{model.replace(":", "_")}.log',
                                 values, env)
-        self.client = RosClient(self.domain)
+        self.client = RosClient(NODE_DOMAIN)
         self.client.wait_for_node()
-        self.url = f'http://127.0.0.1:{self.port}'
-        self.direct = ollama.Client(host=self.url)
+        # One service client for every transition, as a robot's lifecycle manager keeps: a
+        # new one per call would add DDS discovery to each measurement.
+        self._change_state = self.client.node.create_client(ChangeState, '/llm/change_state')
+        wait_for(lambda: self._change_state.wait_for_service(timeout_sec=0.1), 'change_state')
+        self.direct = ollama.Client(host=f'http://127.0.0.1:{self.port}')
         self.model = model
 
     def close(self) -> None:
@@ -62,12 +94,23 @@ class Bench:
         self.node.stop()
 
     def transition(self, name: str) -> float:
+        """Seconds from the ChangeState request to its answer."""
+        request = ChangeState.Request()
+        request.transition.id = TRANSITIONS[name]
+        answered = threading.Event()
         started = time.monotonic()
-        assert self.client.change_state(name), self.node.output()
+        future = self._change_state.call_async(request)
+        future.add_done_callback(lambda _: answered.set())
+        assert answered.wait(300) and future.result().success, self.node.output()
         return time.monotonic() - started
 
-    # ---- chats -----------------------------------------------------------------------------
-    def node_chat(self, prompt: str, **fields) -> Dict[str, float]:
+    def own_work(self, name: str, count: int) -> float:
+        """The server's own time in the count-th `name` transition, from the node's log."""
+        found = wait_for(lambda: (lambda f: f if len(f) >= count else None)(
+            re.findall(OWN_WORK[name], self.node.output())), f'the log of {name} #{count}')
+        return float(found[count - 1])
+
+    def node_chat(self, prompt: str, **fields: Any) -> Dict[str, Any]:
         sent = time.monotonic()
         run = self.client.send_chat(Chat.Goal(prompt=prompt, **fields))
         assert run.wait_accepted()
@@ -79,9 +122,11 @@ class Bench:
             pass   # counted as lost below
         return {'ttft': (run.first_feedback_at or done) - sent, 'total': done - sent,
                 'tokens': result.stats.completion_tokens, 'feedback': len(run.feedback),
-                'feedback_sent': result.feedback_count}
+                'feedback_sent': result.feedback_count,
+                'text_complete': run.streamed_text == result.text}
 
-    def direct_chat(self, prompt: str, options=None) -> Dict[str, float]:
+    def direct_chat(self, prompt: str, options: Optional[Dict[str, Any]] = None
+                    ) -> Dict[str, float]:
         sent = time.monotonic()
         first = None
         tokens = 0
@@ -94,156 +139,155 @@ class Bench:
         return {'ttft': first - sent, 'total': time.monotonic() - sent, 'tokens': tokens}
 
 
-def scripted_figures(workdir: pathlib.Path) -> Dict:
-    figures: Dict = {}
-    # Transitions against the emulator's own start, load and unload, in the same run.
-    emulator_start, emulator_load, emulator_unload = [], [], []
-    node_times: Dict[str, List[float]] = {t: [] for t in
-                                          ('configure', 'activate', 'deactivate', 'cleanup')}
+def transition_figures(workdir: pathlib.Path) -> Dict[str, Any]:
+    """Each transition as a client sees it, minus the server's own part of that transition."""
+    names = ('configure', 'activate', 'deactivate', 'cleanup')
+    seen: Dict[str, List[float]] = {name: [] for name in names}
+    own: Dict[str, List[float]] = {name: [] for name in names}
     bench = Bench(workdir, 'echo:latest', {})
     try:
-        assert bench.client.change_state('configure') and bench.client.change_state('activate')
-        assert bench.client.change_state('deactivate') and bench.client.change_state('cleanup')
-        for _ in range(max(3, REPEATS // 4)):
-            for name in node_times:
-                node_times[name].append(bench.transition(name))
-            emulator_start.append(direct_server_start(workdir))
-            load, unload = direct_load_unload(workdir)
-            emulator_load.append(load)
-            emulator_unload.append(unload)
-        figures['transitions_s'] = {name: spread(v) for name, v in node_times.items()}
-        figures['emulator_own_s'] = {'start': spread(emulator_start),
-                                     'load': spread(emulator_load),
-                                     'unload': spread(emulator_unload)}
-        own = {'configure': emulator_start, 'activate': emulator_load,
-               'deactivate': emulator_unload, 'cleanup': [0.0]}
-        figures['transition_overhead_ms'] = {
-            name: (statistics.median(node_times[name]) - statistics.median(own[name])) * 1000
-            for name in node_times}
+        for cycle in range(1, max(3, REPEATS // 2) + 1):
+            for name in names:
+                seen[name].append(bench.transition(name))
+                own[name].append(bench.own_work(name, cycle))
+    finally:
+        bench.close()
+    overhead = {name: [(s - o) * 1000 for s, o in zip(seen[name], own[name])] for name in names}
+    return {'transition_ms': {name: spread([v * 1000 for v in seen[name]]) for name in names},
+            'server_own_ms': {name: spread([v * 1000 for v in own[name]]) for name in names},
+            'overhead_ms': {name: spread(overhead[name]) for name in names}}
 
-        assert bench.client.change_state('configure') and bench.client.change_state('activate')
-        # Time to first token, node vs direct, interleaved.
+
+def ttft_and_idle_figures(workdir: pathlib.Path) -> Dict[str, Any]:
+    figures: Dict[str, Any] = {}
+    bench = Bench(workdir, 'echo:latest', {})
+    try:
+        bench.transition('configure')
+        bench.transition('activate')
         node_ttft, direct_ttft = [], []
-        for index in range(REPEATS):
-            node_ttft.append(bench.node_chat(f'hello {index}')['ttft'])
-            direct_ttft.append(bench.direct_chat(f'hello {index}')['ttft'])
+        for index in range(WARMUP + REPEATS):     # interleaved, the warm-up left out
+            node = bench.node_chat(f'hello {index}')['ttft']
+            direct = bench.direct_chat(f'hello {index}')['ttft']
+            if index >= WARMUP:
+                node_ttft.append(node * 1000)
+                direct_ttft.append(direct * 1000)
+        floor = floor_ttft_ms()
         added = [n - d for n, d in zip(node_ttft, direct_ttft)]
-        figures['ttft_ms'] = {'node': spread([v * 1000 for v in node_ttft]),
-                              'direct': spread([v * 1000 for v in direct_ttft]),
-                              'added_median': statistics.median(added) * 1000,
-                              'added_p95': percentile(added, 0.95) * 1000}
-        # Idle cost with diagnostics at 1 Hz, active, no chat.
+        figures['ttft_ms'] = {
+            'node': spread(node_ttft), 'direct': spread(direct_ttft), 'rclpy_floor': spread(floor),
+            'added': spread(added),
+            'added_by_the_node_itself': statistics.median(added) - statistics.median(floor)}
+        figures['ttft_samples_ms'] = {'node': node_ttft, 'direct': direct_ttft,
+                                      'rclpy_floor': floor}
+        # Idle with diagnostics at 1 Hz, active, no chat.
         process = psutil.Process(bench.node.pid)
-        cpu_before, wall_before = sum(process.cpu_times()[:2]), time.monotonic()
-        time.sleep(float(os.environ.get('BENCH_IDLE_SECONDS', '20')))
-        cpu = sum(process.cpu_times()[:2]) - cpu_before
+        cpu_before, wall_before = cpu_seconds(process), time.monotonic()
+        time.sleep(float(os.environ.get('BENCH_IDLE_SECONDS', '30')))
+        cpu = cpu_seconds(process) - cpu_before
+        memory = process.memory_full_info()
         figures['idle'] = {'cpu_percent_of_a_core': 100 * cpu / (time.monotonic() - wall_before),
-                           'rss_mb': process.memory_info().rss / 2 ** 20}
+                           'rss_mb': memory.rss / 2 ** 20, 'uss_mb': memory.uss / 2 ** 20,
+                           'threads': process.num_threads()}
         statuses = bench.client.fresh_statuses()
         sampling = {kv.key: kv.value for kv in statuses['llm: System CPU'].values}
         figures['idle']['diagnostics_sampling_cpu_ms'] = float(
             sampling['diagnostics sampling CPU (ms)'])
     finally:
         bench.close()
+    figures['idle']['bare_rclpy_node_rss_mb'] = bare_rclpy_rss_mb()
+    return figures
 
-    # Sustained streaming: one feedback per chunk with the model at 2,000 tokens/s, and
-    # coalesced feedback (feedback_min_interval 5 ms) with the model at full speed.
-    figures['streaming'] = streaming_figures(workdir, {'OLLAMA_EMULATOR_TOKEN_RATE': '2000'},
-                                             {})
-    figures['streaming_coalesced'] = streaming_figures(workdir, {},
-                                                       {'feedback_min_interval': 0.005})
-    bench = Bench(workdir, 'endless:latest', {'OLLAMA_EMULATOR_TOKEN_RATE': '100'})
+
+def floor_ttft_ms() -> List[float]:
+    """Goal sent to first feedback against the bare action server, in ms."""
+    server = subprocess.Popen([sys.executable, str(HERE / 'floor_server.py')],
+                              env=dict(os.environ, ROS_DOMAIN_ID=str(FLOOR_DOMAIN)))
+    client = RosClient(FLOOR_DOMAIN)
     try:
-        assert bench.client.change_state('configure') and bench.client.change_state('activate')
+        delays = []
+        for index in range(FLOOR_WARMUP + REPEATS):
+            sent = time.monotonic()
+            run = client.send_chat(Chat.Goal(prompt='x'))
+            assert run.wait_accepted()
+            run.wait_result()
+            if index >= FLOOR_WARMUP:
+                delays.append((run.first_feedback_at - sent) * 1000)
+        return delays
+    finally:
+        client.close()
+        server.terminate()
+        server.wait()
+
+
+def bare_rclpy_rss_mb() -> float:
+    """RSS of a Python process with an rclpy lifecycle node spinning: what any rclpy node costs."""
+    code = ('import rclpy, psutil\nfrom rclpy.lifecycle import LifecycleNode\n'
+            'from rclpy.executors import MultiThreadedExecutor\nrclpy.init()\n'
+            "node = LifecycleNode('bare')\nexecutor = MultiThreadedExecutor(num_threads=13)\n"
+            'executor.add_node(node)\nexecutor.spin_once(timeout_sec=0.5)\n'
+            'print(psutil.Process().memory_info().rss)')
+    output = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            env=dict(os.environ, ROS_DOMAIN_ID=str(FLOOR_DOMAIN)), check=True)
+    return int(output.stdout.split()[-1]) / 2 ** 20
+
+
+def streaming_figures(workdir: pathlib.Path, env: Dict[str, str],
+                      parameters: Dict[str, Any]) -> Dict[str, Any]:
+    bench = Bench(workdir, 'endless:latest', env, parameters)
+    try:
+        bench.transition('configure')
+        bench.transition('activate')
+        process = psutil.Process(bench.node.pid)
+        node_rates, direct_rates, lost, complete, cpu_per_token = [], [], [], [], []
+        for _ in range(max(3, REPEATS // 4)):
+            cpu_before = cpu_seconds(process)
+            run = bench.node_chat('go', max_tokens=4000)
+            cpu_per_token.append((cpu_seconds(process) - cpu_before) / run['tokens'])
+            node_rates.append(run['tokens'] / run['total'])
+            lost.append(run['feedback_sent'] - run['feedback'])
+            complete.append(run['text_complete'])
+            direct = bench.direct_chat('go', {'num_predict': 4000})
+            direct_rates.append(direct['tokens'] / direct['total'])
+        return {
+            'node_tokens_per_s': spread(node_rates), 'direct_tokens_per_s': spread(direct_rates),
+            'ratio': statistics.median(node_rates) / statistics.median(direct_rates),
+            'feedback_messages_per_goal': run['feedback_sent'], 'tokens_per_goal': run['tokens'],
+            'lost_feedback_messages': max(lost), 'every_token_delivered': all(complete),
+            'node_cpu_ms_per_token': spread([v * 1000 for v in cpu_per_token])}
+    finally:
+        bench.close()
+
+
+def cancel_figures(workdir: pathlib.Path) -> Dict[str, Any]:
+    bench = Bench(workdir, 'endless:latest', {'OLLAMA_EMULATOR_TOKEN_RATE': '100'})
+    url = f'http://127.0.0.1:{bench.port}/emulator/stats'
+    try:
+        bench.transition('configure')
+        bench.transition('activate')
         delays = []
         for _ in range(REPEATS):
-            seen = len(httpx.get(bench.url + '/emulator/stats').json()['disconnects'])
+            seen = len(httpx.get(url).json()['disconnects'])
             run = bench.client.send_chat(Chat.Goal(prompt='go', max_tokens=100000))
             assert run.wait_accepted()
             wait_for(lambda: run.feedback, 'streaming')
             requested = time.monotonic()
             run.cancel()
             stats = wait_for(lambda: (lambda s: s if len(s['disconnects']) > seen else None)(
-                httpx.get(bench.url + '/emulator/stats').json()), 'the disconnect')
-            delays.append(stats['disconnects'][-1]['at'] - requested)
+                httpx.get(url).json()), 'the disconnect')
+            delays.append((stats['disconnects'][-1]['at'] - requested) * 1000)
             run.wait_result()
-        figures['cancel_to_disconnect_ms'] = spread([d * 1000 for d in delays])
-    finally:
-        bench.close()
-    return figures
-
-
-def streaming_figures(workdir: pathlib.Path, env: Dict[str, str],
-                      parameters: Dict[str, float]) -> Dict:
-    bench = Bench(workdir, 'endless:latest', env, parameters)
-    try:
-        assert bench.client.change_state('configure') and bench.client.change_state('activate')
-        process = psutil.Process(bench.node.pid)
-        node_rates, direct_rates, lost, cpu_per_token = [], [], [], []
-        for _ in range(max(3, REPEATS // 4)):
-            cpu_before = sum(process.cpu_times()[:2])
-            run = bench.node_chat('go', max_tokens=5000)
-            cpu_per_token.append((sum(process.cpu_times()[:2]) - cpu_before) / run['tokens'])
-            node_rates.append(run['tokens'] / run['total'])
-            lost.append(run['feedback_sent'] - run['feedback'])
-            direct = bench.direct_chat('go', {'num_predict': 5000})
-            direct_rates.append(direct['tokens'] / direct['total'])
-        return {
-            'node_tokens_per_s': spread(node_rates), 'direct_tokens_per_s': spread(direct_rates),
-            'ratio': statistics.median(node_rates) / statistics.median(direct_rates),
-            'lost_feedback': max(lost), 'feedback_messages_per_goal': run['feedback_sent'],
-            'node_cpu_ms_per_token': spread([v * 1000 for v in cpu_per_token])}
+        return spread(delays)
     finally:
         bench.close()
 
 
-def direct_server_start(workdir: pathlib.Path) -> float:
-    import subprocess
-    port = free_port()
-    started = time.monotonic()
-    process = subprocess.Popen(['s100-ollama-emulator', 'serve'], env=dict(
-        os.environ, OLLAMA_HOST=f'127.0.0.1:{port}', OLLAMA_MODELS=str(workdir / 'direct')),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: _answers(f'http://127.0.0.1:{port}'), 'the emulator')
-    elapsed = time.monotonic() - started
-    process.terminate()
-    process.wait()
-    return elapsed
-
-
-def direct_load_unload(workdir: pathlib.Path) -> tuple:
-    import subprocess
-    port = free_port()
-    process = subprocess.Popen(['s100-ollama-emulator', 'serve'], env=dict(
-        os.environ, OLLAMA_HOST=f'127.0.0.1:{port}', OLLAMA_MODELS=str(workdir / 'direct')),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def real_model_figures(workdir: pathlib.Path, threads: int) -> Dict[str, Any]:
+    """SmolLM2-135M with `threads` llama.cpp threads: with fewer threads than cores the node
+    and its client have a core of their own; with all cores they compete with the model."""
+    bench = Bench(workdir, 'smollm2:135m', {'OLLAMA_EMULATOR_THREADS': str(threads)})
     try:
-        wait_for(lambda: _answers(f'http://127.0.0.1:{port}'), 'the emulator')
-        client = ollama.Client(host=f'http://127.0.0.1:{port}')
-        client.pull('echo')
-        started = time.monotonic()
-        client.generate('echo', keep_alive=-1)
-        load = time.monotonic() - started
-        started = time.monotonic()
-        client.generate('echo', keep_alive=0)
-        wait_for(lambda: not client.ps().models, 'the unload')
-        return load, time.monotonic() - started
-    finally:
-        process.terminate()
-        process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def real_model_figures(workdir: pathlib.Path) -> Dict:
-    bench = Bench(workdir, 'smollm2:135m', {'OLLAMA_EMULATOR_THREADS': '2'})
-    try:
-        assert bench.client.change_state('configure') and bench.client.change_state('activate')
+        bench.transition('configure')
+        bench.transition('activate')
         prompt = 'Write three sentences about robots.'
         node, direct = [], []
         for _ in range(max(3, REPEATS // 5)):
@@ -257,50 +301,104 @@ def real_model_figures(workdir: pathlib.Path) -> Dict:
         bench.close()
 
 
-def machine() -> Dict:
-    return {'cpu': platform.processor() or platform.machine(), 'cores': os.cpu_count(),
+def machine() -> Dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+                   if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return {'cpu': cpu, 'cores': os.cpu_count(),
             'memory_gb': round(psutil.virtual_memory().total / 2 ** 30, 1),
             'python': platform.python_version(), 'ros_distro': os.environ.get('ROS_DISTRO'),
             'kernel': platform.release()}
 
 
-def summary(results: Dict) -> str:
+def summary(results: Dict[str, Any]) -> str:
     s, r = results['scripted'], results['smollm2']
-    t = s['transition_overhead_ms']
+    ttft, idle = s['ttft_ms'], s['idle']
+    overhead = s['transitions']['overhead_ms']
+    default, per_chunk = s['streaming'], s['streaming_per_chunk']
+
+    def streamed(figures: Dict[str, Any]) -> str:
+        return (f"{figures['node_tokens_per_s']['median']:.0f} tokens/s "
+                f"({figures['ratio']:.2f} of direct), "
+                f"{figures['feedback_messages_per_goal']} messages for "
+                f"{figures['tokens_per_goal']} tokens, "
+                f"{figures['lost_feedback_messages']} messages lost, every token delivered: "
+                f"{'yes' if figures['every_token_delivered'] else 'no'}")
     rows = [
-        ('TTFT added by the node (median / p95)',
-         f"{s['ttft_ms']['added_median']:.1f} / {s['ttft_ms']['added_p95']:.1f} ms", '<= 5 ms'),
-        ('Streaming, one feedback per chunk (model at 2,000 tokens/s)',
-         f"{s['streaming']['node_tokens_per_s']['median']:.0f} tokens/s "
-         f"({s['streaming']['ratio']:.2f} of direct), {s['streaming']['lost_feedback']} lost",
+        ('TTFT added over calling Ollama directly (median / p95)',
+         f"{ttft['added']['median']:.1f} / {ttft['added']['p95']:.1f} ms", '<= 5 ms median'),
+        ('... of which rclpy + DDS (bare action server, median / p95)',
+         f"{ttft['rclpy_floor']['median']:.1f} / {ttft['rclpy_floor']['p95']:.1f} ms", ''),
+        ('... of which the node itself (median)',
+         f"{ttft['added_by_the_node_itself']:.1f} ms", ''),
+        ('Streaming, default feedback (10 ms), model at full speed', streamed(default),
          '>= 1000 tokens/s, none lost'),
-        ('Streaming, feedback coalesced every 5 ms (model at full speed)',
-         f"{s['streaming_coalesced']['node_tokens_per_s']['median']:.0f} tokens/s "
-         f"({s['streaming_coalesced']['ratio']:.2f} of direct), "
-         f"{s['streaming_coalesced']['lost_feedback']} lost", ''),
-        ('Node CPU per streamed token',
-         f"{s['streaming']['node_cpu_ms_per_token']['median']:.3f} ms", ''),
+        ('Streaming, one message per chunk, model at 2,000 tokens/s', streamed(per_chunk), ''),
+        ('Node CPU per streamed token (default / per chunk)',
+         f"{default['node_cpu_ms_per_token']['median']:.3f} / "
+         f"{per_chunk['node_cpu_ms_per_token']['median']:.3f} ms", ''),
         ('Cancel to server disconnect (p50 / p95)',
          f"{s['cancel_to_disconnect_ms']['median']:.1f} / "
          f"{s['cancel_to_disconnect_ms']['p95']:.1f} ms", 'p95 <= 50 ms'),
-        ('Transition overhead (configure / activate / deactivate / cleanup)',
-         ' / '.join(f'{t[k]:.0f}' for k in ('configure', 'activate', 'deactivate', 'cleanup'))
-         + ' ms', '<= 100 ms'),
-        ('Idle node (diagnostics at 1 Hz)',
-         f"{s['idle']['cpu_percent_of_a_core']:.2f} % of a core, {s['idle']['rss_mb']:.0f} MB RSS,"
-         f" sampling {s['idle']['diagnostics_sampling_cpu_ms']:.1f} ms CPU/period",
-         '< 1 %, < 100 MB'),
-        ('SmolLM2-135M TTFT node / direct (median)',
-         f"{r['node_ttft_ms']['median']:.0f} / {r['direct_ttft_ms']['median']:.0f} ms", ''),
-        ('SmolLM2-135M tokens/s node / direct (median, incl. prompt)',
-         f"{r['node_tokens_per_s']['median']:.1f} / {r['direct_tokens_per_s']['median']:.1f}", ''),
+        ("Transition overhead over the server's own work (configure / activate / deactivate / "
+         'cleanup, median)',
+         ' / '.join(f"{overhead[k]['median']:.0f}"
+                    for k in ('configure', 'activate', 'deactivate', 'cleanup')) + ' ms',
+         '<= 100 ms'),
+        ('Idle node (active, diagnostics at 1 Hz)',
+         f"{idle['cpu_percent_of_a_core']:.2f} % of a core, {idle['rss_mb']:.0f} MB RSS "
+         f"(a bare rclpy lifecycle node: {idle['bare_rclpy_node_rss_mb']:.0f} MB), sampling "
+         f"{idle['diagnostics_sampling_cpu_ms']:.1f} ms CPU/period", '< 1 %, < 100 MB'),
     ]
+    for label, key in (('1 llama.cpp thread', 'one_thread'),
+                       (f"{results['machine']['cores']} llama.cpp threads (all cores)",
+                        'all_cores')):
+        rows += [
+            (f'SmolLM2-135M, {label}: TTFT node / direct (median)',
+             f"{r[key]['node_ttft_ms']['median']:.0f} / "
+             f"{r[key]['direct_ttft_ms']['median']:.0f} ms", ''),
+            (f'SmolLM2-135M, {label}: tokens/s node / direct (median, incl. prompt)',
+             f"{r[key]['node_tokens_per_s']['median']:.1f} / "
+             f"{r[key]['direct_tokens_per_s']['median']:.1f}", '')]
     m = results['machine']
-    lines = [f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python "
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python "
              f"{m['python']}, ROS 2 {m['ros_distro']} wheels; {results['repeats']} repeats.", '',
              '| figure | measured | target |', '| --- | --- | --- |']
     lines += [f'| {a} | {b} | {c} |' for a, b, c in rows]
     return '\n'.join(lines) + '\n'
+
+
+def plot(results: Dict[str, Any], path: pathlib.Path) -> None:
+    """Time to first token as distributions, and each transition split into server and node."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+
+    s = results['scripted']
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4))
+    for label, key in (('Ollama directly', 'direct'), ('through /llm/chat', 'node'),
+                       ('bare rclpy action (floor)', 'rclpy_floor')):
+        values = sorted(s['ttft_samples_ms'][key])
+        left.step(values, [(i + 1) / len(values) for i in range(len(values))], where='post',
+                  label=label)
+    left.set_xlabel('time to first token (ms)')
+    left.set_ylabel('fraction of goals')
+    left.set_xscale('log')
+    left.legend()
+    names = ['configure', 'activate', 'deactivate', 'cleanup']
+    own = [s['transitions']['server_own_ms'][n]['median'] for n in names]
+    added = [s['transitions']['overhead_ms'][n]['median'] for n in names]
+    right.bar(names, own, label="server's own work")
+    right.bar(names, added, bottom=own, label='node overhead')
+    right.set_ylabel('ms (median)')
+    right.legend()
+    figure.suptitle(f"s100_llm bench, {results['machine']['cpu']}, "
+                    f"{results['machine']['cores']} cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def main() -> int:
@@ -308,14 +406,23 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as directory:
         workdir = pathlib.Path(directory)
-        print('scripted models...', flush=True)
-        scripted = scripted_figures(workdir)
+        print('transitions...', flush=True)
+        scripted: Dict[str, Any] = {'transitions': transition_figures(workdir)}
+        print('time to first token and idle cost...', flush=True)
+        scripted.update(ttft_and_idle_figures(workdir))
+        print('streaming...', flush=True)
+        scripted['streaming'] = streaming_figures(workdir, {}, {})
+        scripted['streaming_per_chunk'] = streaming_figures(
+            workdir, {'OLLAMA_EMULATOR_TOKEN_RATE': '2000'}, {'feedback_min_interval': 0.0})
+        print('cancel...', flush=True)
+        scripted['cancel_to_disconnect_ms'] = cancel_figures(workdir)
         print('SmolLM2-135M...', flush=True)
-        real = real_model_figures(workdir)
-    results = {'machine': machine(), 'repeats': REPEATS, 'scripted': scripted,
-               'smollm2': real}
+        real = {'one_thread': real_model_figures(workdir, 1),
+                'all_cores': real_model_figures(workdir, os.cpu_count() or 1)}
+    results = {'machine': machine(), 'repeats': REPEATS, 'scripted': scripted, 'smollm2': real}
     (out / 'results.json').write_text(json.dumps(results, indent=2))
     (out / 'summary.md').write_text(summary(results))
+    plot(results, out / 'bench.png')
     print(summary(results))
     return 0
 
