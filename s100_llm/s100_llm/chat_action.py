@@ -7,7 +7,7 @@ core.admission; each streams through core.chat.ChatRun, whose chunks become feed
 
 import threading
 import time
-from typing import Dict, TYPE_CHECKING
+from typing import Dict, Set, TYPE_CHECKING
 
 from rclpy.action import ActionServer
 from rclpy.action import CancelResponse
@@ -64,6 +64,7 @@ class ChatActionServer:
         self._tickets: Dict[int, Ticket] = {}      # id(goal message) -> ticket
         self._accepted_at: Dict[int, float] = {}
         self._runs: Dict[bytes, ChatRun] = {}      # goal uuid -> run
+        self._canceled_by_client: Set[bytes] = set()   # uuids of running goals
         self._lock = threading.Lock()
         self._server = ActionServer(
             node, Chat, '~/chat', execute_callback=self._execute,
@@ -104,8 +105,11 @@ class ChatActionServer:
                         self.node.capabilities, self.node.model)
 
     def _on_cancel(self, goal_handle: ServerGoalHandle) -> CancelResponse:
+        uuid = bytes(goal_handle.goal_id.uuid)
         with self._lock:
-            run = self._runs.get(bytes(goal_handle.goal_id.uuid))
+            run = self._runs.get(uuid)
+            if run is not None:
+                self._canceled_by_client.add(uuid)
         if run is not None:
             run.cancel('canceled by the client')
         self.admission.wake()
@@ -154,6 +158,7 @@ class ChatActionServer:
         finally:
             with self._lock:
                 self._runs.pop(uuid, None)
+                self._canceled_by_client.discard(uuid)
             self.admission.release(ticket)
 
     def _finish(self, goal_handle: ServerGoalHandle, outcome: ChatOutcome) -> Chat.Result:
@@ -171,9 +176,9 @@ class ChatActionServer:
                 eval_duration=outcome.eval_duration))
         if outcome.done_reason == 'canceled':
             self.counters.canceled += 1
-            if goal_handle.is_cancel_requested:
+            if self._cancel_acknowledged(goal_handle):
                 goal_handle.canceled()
-            else:
+            else:   # preempted: the server, not the client, ended it
                 goal_handle.abort()
         elif outcome.done_reason == 'error':
             self.counters.failed += 1
@@ -185,6 +190,22 @@ class ChatActionServer:
             self.counters.last_time_to_first_token = outcome.time_to_first_token
             goal_handle.succeed()
         return result
+
+    def _cancel_acknowledged(self, goal_handle: ServerGoalHandle) -> bool:
+        """Whether the client canceled the goal, once rclpy has marked it CANCELING.
+
+        The stream is closed inside the cancel callback, and rclpy marks the goal CANCELING
+        only after that callback returns: the chat can end first, and canceled() is refused
+        before the mark. Waits for it (microseconds; bounded in case rclpy never marks it).
+        """
+        with self._lock:
+            by_client = bytes(goal_handle.goal_id.uuid) in self._canceled_by_client
+        deadline = time.monotonic() + 1.0
+        while not goal_handle.is_cancel_requested:
+            if not by_client or time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
     # ---- for the node --------------------------------------------------------------------
     def abort_all(self, reason: str) -> None:
