@@ -73,6 +73,7 @@ def test_a_server_ignoring_sigterm_is_killed_at_cleanup(start_llm):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_500_transition_cycles(start_llm):
     llm = start_llm()
     node = psutil.Process(llm.node.pid)
@@ -82,3 +83,28 @@ def test_500_transition_cycles(start_llm):
         if index == 20:
             threads, descriptors = node.num_threads(), node.num_fds()
     assert node.num_threads() <= threads + 2 and node.num_fds() <= descriptors
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(3600)
+def test_1000_goals_with_sessions_and_cancels_leak_nothing(start_llm):
+    llm = start_llm(model='endless:latest', max_sessions=50, session_max_turns=5,
+                    env={'OLLAMA_EMULATOR_TOKEN_RATE': '2000'})
+    llm.activate()
+    node = psutil.Process(llm.node.pid)
+    for index in range(1000):
+        if index % 3 == 0:
+            run = llm.client.send_chat(Chat.Goal(prompt='go', max_tokens=8000))
+            assert run.wait_accepted()
+            wait_for(lambda: run.feedback, 'streaming')
+            run.cancel()
+            run.wait_result()
+            assert run.status == GoalStatus.STATUS_CANCELED, index
+        else:
+            run = llm.client.chat('go', max_tokens=20, session_id=f'visitor-{index % 200}')
+            assert run.status == GoalStatus.STATUS_SUCCEEDED, (index, run.result.error_message)
+        if index == 50:
+            threads, descriptors, rss = node.num_threads(), node.num_fds(), node.memory_info().rss
+    # Sessions are bounded (50 kept, 5 turns each): memory must not grow with the goals.
+    assert node.num_threads() <= threads + 2 and node.num_fds() <= descriptors
+    assert node.memory_info().rss < rss + 30 * 2 ** 20
