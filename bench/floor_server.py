@@ -38,7 +38,8 @@ def main() -> None:
     executor = MultiThreadedExecutor(num_threads=THREADS)
     executor.add_node(node)
     try:
-        executor.spin()
+        while rclpy.ok():   # as the node does: a lost shutdown wake-up must not hang the exit
+            executor.spin_once(timeout_sec=1.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -421,7 +421,12 @@ def main(args: Optional[List[str]] = None) -> int:
     executor = MultiThreadedExecutor(num_threads=chat_threads + 4)
     executor.add_node(node)
     try:
-        executor.spin()
+        # Not executor.spin(): a signal can shut the context down while the executor rebuilds
+        # its wait set, and the wake-up is then lost (seen on Jazzy, about 1 exit in 15). With
+        # no timer left to wake it, the process would never exit; waiting in 1 s steps bounds
+        # that, for one executor pass per idle second.
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=1.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
