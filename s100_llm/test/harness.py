@@ -195,6 +195,9 @@ class RosClient:
                 raise
 
     def close(self) -> None:
+        """Idempotent: a test may close a client early; the fixture closes it again."""
+        if self._closing:
+            return
         # Stop spinning before the node and context go away under the spinning thread.
         self._closing = True
         self.executor.shutdown(timeout_sec=2.0)

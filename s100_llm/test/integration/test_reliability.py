@@ -1,12 +1,17 @@
 """Issue: faults and load. Each case: the right terminal state and message, no orphan process
 (checked by the start_llm fixture after every test), and the node still serves."""
 
+import signal
 import threading
 
 from action_msgs.msg import GoalStatus
 import psutil
 import pytest
 
+from conftest import default_parameters
+from harness import free_port
+from harness import NodeProcess
+from harness import processes_of
 from harness import RosClient
 from harness import runners
 from harness import servers
@@ -108,3 +113,28 @@ def test_1000_goals_with_sessions_and_cancels_leak_nothing(start_llm):
     # Sessions are bounded (50 kept, 5 turns each): memory must not grow with the goals.
     assert node.num_threads() <= threads + 2 and node.num_fds() <= descriptors
     assert node.memory_info().rss < rss + 30 * 2 ** 20
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(3600)
+def test_60_node_exits_by_signal_with_a_model_loaded(tmp_path):
+    """A lost shutdown wake-up in rclpy once hung 1 exit in 15: each exit must end the node.
+
+    Each node gets a domain of its own (150..209, above the fixtures' 1..100): dozens of
+    participants created one after another in one domain exhaust localhost discovery.
+    """
+    for index in range(60):
+        port, models_dir = free_port(), str(tmp_path / f'models{index}')
+        node = NodeProcess(150 + index, tmp_path / f'node{index}.log',
+                           default_parameters(port, models_dir))
+        client = RosClient(150 + index)
+        try:
+            client.wait_for_node()
+            assert client.change_state('configure') and client.change_state('activate')
+            client.close()
+            number = signal.SIGINT if index % 2 else signal.SIGTERM
+            assert node.stop(number) == 0, (index, node.output())
+        finally:
+            client.close()
+            node.stop(signal.SIGKILL)      # a no-op once the node has exited
+        wait_for(lambda: not processes_of(models_dir, port), 'the server and runner to be gone')
