@@ -120,8 +120,8 @@ def test_1000_goals_with_sessions_and_cancels_leak_nothing(start_llm):
 def test_60_node_exits_by_signal_with_a_model_loaded(tmp_path):
     """A lost shutdown wake-up in rclpy once hung 1 exit in 15: each exit must end the node.
 
-    Each node gets a domain of its own (150..209, above the fixtures' 1..100): dozens of
-    participants created one after another in one domain exhaust localhost discovery.
+    Each node gets a domain of its own (150..209, above the fixtures' 1..100): with one domain
+    for all, the 33rd node was no longer discovered by its client (localhost discovery).
     """
     for index in range(60):
         port, models_dir = free_port(), str(tmp_path / f'models{index}')
