@@ -7,7 +7,7 @@ core.admission; each streams through core.chat.ChatRun, whose chunks become feed
 
 import threading
 import time
-from typing import Dict, Set, TYPE_CHECKING
+from typing import Dict, TYPE_CHECKING
 
 from rclpy.action import ActionServer
 from rclpy.action import CancelResponse
@@ -64,7 +64,6 @@ class ChatActionServer:
         self._tickets: Dict[int, Ticket] = {}      # id(goal message) -> ticket
         self._accepted_at: Dict[int, float] = {}
         self._runs: Dict[bytes, ChatRun] = {}      # goal uuid -> run
-        self._canceled_by_client: Set[bytes] = set()   # uuids of running goals
         self._lock = threading.Lock()
         self._server = ActionServer(
             node, Chat, '~/chat', execute_callback=self._execute,
@@ -105,11 +104,8 @@ class ChatActionServer:
                         self.node.capabilities, self.node.model)
 
     def _on_cancel(self, goal_handle: ServerGoalHandle) -> CancelResponse:
-        uuid = bytes(goal_handle.goal_id.uuid)
         with self._lock:
-            run = self._runs.get(uuid)
-            if run is not None:
-                self._canceled_by_client.add(uuid)
+            run = self._runs.get(bytes(goal_handle.goal_id.uuid))
         if run is not None:
             run.cancel('canceled by the client')
         self.admission.wake()
@@ -131,7 +127,7 @@ class ChatActionServer:
             else:   # deactivated or failed while the goal waited: like the running ones
                 outcome = ChatOutcome(error_message='the node stopped serving (state: '
                                                     f'{self.node.state_label})')
-            return self._finish(goal_handle, outcome)
+            return self._finish(goal_handle, outcome, ticket.preempted)
         uuid = bytes(goal_handle.goal_id.uuid)
         try:
             engine = self.node.engine
@@ -154,14 +150,14 @@ class ChatActionServer:
             if goal_handle.is_cancel_requested:
                 run.cancel('canceled by the client')
             outcome = run.run()
-            return self._finish(goal_handle, outcome)
+            return self._finish(goal_handle, outcome, ticket.preempted)
         finally:
             with self._lock:
                 self._runs.pop(uuid, None)
-                self._canceled_by_client.discard(uuid)
             self.admission.release(ticket)
 
-    def _finish(self, goal_handle: ServerGoalHandle, outcome: ChatOutcome) -> Chat.Result:
+    def _finish(self, goal_handle: ServerGoalHandle, outcome: ChatOutcome,
+                preempted: bool = False) -> Chat.Result:
         result = Chat.Result(
             text=outcome.text, thinking=outcome.thinking, done_reason=outcome.done_reason,
             error_message=outcome.error_message, model=self.node.model,
@@ -176,7 +172,7 @@ class ChatActionServer:
                 eval_duration=outcome.eval_duration))
         if outcome.done_reason == 'canceled':
             self.counters.canceled += 1
-            if self._cancel_acknowledged(goal_handle):
+            if self._cancel_acknowledged(goal_handle, preempted):
                 goal_handle.canceled()
             else:   # preempted: the server, not the client, ended it
                 goal_handle.abort()
@@ -191,18 +187,18 @@ class ChatActionServer:
             goal_handle.succeed()
         return result
 
-    def _cancel_acknowledged(self, goal_handle: ServerGoalHandle) -> bool:
+    @staticmethod
+    def _cancel_acknowledged(goal_handle: ServerGoalHandle, preempted: bool) -> bool:
         """Whether the client canceled the goal, once rclpy has marked it CANCELING.
 
-        The stream is closed inside the cancel callback, and rclpy marks the goal CANCELING
-        only after that callback returns: the chat can end first, and canceled() is refused
-        before the mark. Waits for it (microseconds; bounded in case rclpy never marks it).
+        A canceled chat that was not preempted was canceled by the client. Its stream is
+        closed inside the cancel callback, and rclpy marks the goal CANCELING only after that
+        callback returns: the chat can end first, and canceled() is refused before the mark.
+        Waits for it (microseconds; bounded in case rclpy never marks it).
         """
-        with self._lock:
-            by_client = bytes(goal_handle.goal_id.uuid) in self._canceled_by_client
         deadline = time.monotonic() + 1.0
         while not goal_handle.is_cancel_requested:
-            if not by_client or time.monotonic() > deadline:
+            if preempted or time.monotonic() > deadline:
                 return False
             time.sleep(0.001)
         return True
