@@ -18,13 +18,18 @@ from harness import wait_for
 # Discovery stays on this machine (Jazzy and newer; Humble used ROS_LOCALHOST_ONLY=1).
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.pop('ROS_LOCALHOST_ONLY', None)
-_domains = itertools.count(random.Random(os.getpid()).randrange(1, 60))
+# Test runs that share a machine (and so DDS discovery) stay apart with disjoint domain ranges:
+# S100_LLM_TEST_DOMAINS=FIRST-LAST (default 1-100; FastDDS accepts 0..232).
+_FIRST_DOMAIN, _LAST_DOMAIN = (int(x) for x in
+                               os.environ.get('S100_LLM_TEST_DOMAINS', '1-100').split('-'))
+_domains = itertools.count(random.Random(os.getpid()).randrange(
+    0, _LAST_DOMAIN - _FIRST_DOMAIN + 1))
 EMULATOR = 's100-ollama-emulator'
 
 
 @pytest.fixture
 def domain_id() -> int:
-    return next(_domains) % 100 + 1
+    return _FIRST_DOMAIN + next(_domains) % (_LAST_DOMAIN - _FIRST_DOMAIN + 1)
 
 
 @pytest.fixture
