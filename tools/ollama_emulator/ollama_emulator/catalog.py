@@ -86,6 +86,10 @@ MODELS: Dict[str, CatalogModel] = {model.name: model for model in (
     _scripted('endless:latest', 'endless'),
     # echo with a 64-token context: long conversations get truncated like Ollama truncates them.
     _scripted('tiny:latest', 'echo', context_length=64),
+    # Calls the offered tools named in the prompt, then answers with their results (see
+    # structured.py).
+    _scripted('tooler:latest', 'tooler', family='qwen2',
+              capabilities=('completion', 'tools')),
     # Every load fails with Ollama's out-of-memory error.
     _scripted('oom:latest', 'echo', load_failure=True),
     CatalogModel(

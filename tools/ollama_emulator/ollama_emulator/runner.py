@@ -18,10 +18,11 @@ import re
 import signal
 import sys
 import time
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from aiohttp import web
 
+from . import structured
 from .catalog import GGUF_MAGIC
 
 _TOKEN = re.compile(r'\s*\S+|\s+')
@@ -45,27 +46,42 @@ def count_prompt_tokens(messages: List[Dict]) -> int:
     return sum(3 + len(tokenize(str(message.get('content', '')))) for message in messages)
 
 
-def scripted_pieces(script: str, messages: List[Dict], think: bool) -> Iterator[Tuple[str, str]]:
-    """(kind, token) pairs a scripted model generates; kind is 'thinking' or 'content'."""
+def scripted_pieces(script: str, messages: List[Dict], think: bool,
+                    runner_format: Optional[Dict] = None,
+                    tools: Optional[List[Dict]] = None) -> Iterator[Tuple[str, Any]]:
+    """(kind, piece) pairs a scripted model generates: kind 'thinking' or 'content' with a
+    token, or 'tool_call' with {'name', 'arguments'} (see structured.py for format and tools)."""
     last_user = next((str(m.get('content', '')) for m in reversed(messages)
                       if m.get('role') == 'user'), '')
-    if script == 'echo':
-        text = ''.join(f"{m.get('role')}: {m.get('content', '')}\n" for m in messages)
-        for token in tokenize(text):
-            yield 'content', token
-    elif script == 'thinker':
-        if think:
-            for token in tokenize(f'Thinking about: {last_user}'):
-                yield 'thinking', token
-        for token in tokenize(f'Answer: {last_user}'):
-            yield 'content', token
-    elif script == 'endless':
+    if script == 'endless':
         index = 0
         while True:
             yield 'content', f'tok{index} '
             index += 1
+    if script == 'thinker' and think:
+        for token in tokenize(f'Thinking about: {last_user}'):
+            yield 'thinking', token
+    if script == 'tooler':
+        last = messages[-1] if messages else {}
+        if last.get('role') == 'tool':
+            text = f"{last.get('name', '')} returned: {last.get('content', '')}"
+        else:
+            calls = structured.tool_calls(tools or [], last_user)
+            for call in calls:
+                yield 'tool_call', call
+            if calls:
+                return
+            text = f'No tool for: {last_user}'
+    elif script == 'echo':
+        text = ''.join(f"{m.get('role')}: {m.get('content', '')}\n" for m in messages)
+    elif script == 'thinker':
+        text = f'Answer: {last_user}'
     else:
         raise ValueError(f'unknown script {script!r}')
+    if runner_format is not None:
+        text = structured.formatted(text, runner_format)
+    for token in tokenize(text):
+        yield 'content', token
 
 
 class ScriptedRunner:
@@ -86,6 +102,14 @@ class ScriptedRunner:
         messages = body.get('messages', [])
         think = bool(body.get('chat_template_kwargs', {}).get('enable_thinking', False))
         stops = [s for s in body.get('stop') or [] if s]
+        runner_format = body.get('response_format')
+        if runner_format and runner_format.get('type') == 'json_schema':
+            try:
+                structured.check_schema(runner_format['json_schema']['schema'])
+            except structured.FormatError as error:   # llama-server's answer to a bad schema
+                return web.json_response({'error': {'code': 400, 'message': str(error),
+                                                    'type': 'invalid_request_error'}},
+                                         status=400)
         prompt_tokens = count_prompt_tokens(messages)
         limit = self.context_length - prompt_tokens
         if body.get('max_tokens'):
@@ -96,8 +120,9 @@ class ScriptedRunner:
         prompt_ms = (time.monotonic() - start) * 1000
         generation_start = time.monotonic()
         try:
-            produced, finish_reason = await self._generate(response, messages, think, stops,
-                                                           limit)
+            produced, finish_reason = await self._generate(
+                response, scripted_pieces(self.script, messages, think, runner_format,
+                                          body.get('tools')), stops, limit)
         except ConnectionResetError:
             return response   # the server closed the stream: stop generating
         predicted_ms = (time.monotonic() - generation_start) * 1000
@@ -109,16 +134,26 @@ class ScriptedRunner:
         await response.write(f'data: {json.dumps(final)}\n\ndata: [DONE]\n\n'.encode())
         return response
 
-    async def _generate(self, response: web.StreamResponse, messages: List[Dict], think: bool,
+    async def _generate(self, response: web.StreamResponse, pieces: Iterator[Tuple[str, Any]],
                         stops: List[str], limit: int) -> Tuple[int, str]:
-        """Stream the script's tokens; returns (tokens produced, finish reason)."""
+        """Stream the script's pieces; returns (tokens produced, finish reason)."""
         finish_reason = 'stop'
         produced = 0
         answer = ''
-        for kind, token in scripted_pieces(self.script, messages, think):
+        calls = 0
+        for kind, token in pieces:
             if produced >= limit:
                 finish_reason = 'length'
                 break
+            if kind == 'tool_call':
+                # llama-server streams a call as OpenAI deltas: arguments are a JSON text.
+                await self._send(response, {'tool_calls': [{
+                    'index': calls, 'id': f'call_{calls:08d}', 'type': 'function',
+                    'function': {'name': token['name'],
+                                 'arguments': json.dumps(token['arguments'])}}]})
+                calls += 1
+                produced += len(tokenize(json.dumps(token)))
+                continue
             if kind == 'content' and stops:
                 candidate = answer + token
                 hit = min((candidate.find(s) for s in stops if s in candidate), default=-1)
@@ -140,7 +175,7 @@ class ScriptedRunner:
         return produced, finish_reason
 
     @staticmethod
-    async def _send(response: web.StreamResponse, delta: Dict[str, str]) -> None:
+    async def _send(response: web.StreamResponse, delta: Dict[str, Any]) -> None:
         chunk = {'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]}
         await response.write(f'data: {json.dumps(chunk)}\n\n'.encode())
 

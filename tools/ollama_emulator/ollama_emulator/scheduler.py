@@ -67,7 +67,10 @@ class Scheduler:
         self.session: Optional[aiohttp.ClientSession] = None
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        # A new connection per runner request: llama-server closes a kept-alive connection
+        # after a few requests, and a request sent on it just then fails at once.
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
+                                             connector=aiohttp.TCPConnector(force_close=True))
 
     # ---- queue ---------------------------------------------------------------------------
     def enter_queue(self) -> None:

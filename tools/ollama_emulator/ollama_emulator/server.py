@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import catalog
 from . import runner as runner_module
+from . import structured
 from . import VERSION
 from .durations import DurationError
 from .durations import parse_keep_alive
@@ -99,6 +100,9 @@ class ChunkSink:
             thinking = ''.join(c['message'].get('thinking', '') for c in self.collected)
             if thinking:
                 message['thinking'] = thinking
+            calls = [call for c in self.collected for call in c['message'].get('tool_calls', [])]
+            if calls:
+                message['tool_calls'] = calls
             whole['message'] = message
         else:
             whole['response'] = ''.join(c.get('response', '') for c in self.collected)
@@ -297,12 +301,15 @@ class OllamaApi:
             messages.append({'role': 'user', 'content': body['prompt']})
         return await self._generate(request, body, messages, 'response')
 
-    def _chunk(self, model_text: str, field: str, content: str, thinking: str) -> Dict[str, Any]:
+    def _chunk(self, model_text: str, field: str, content: str, thinking: str,
+               tool_calls: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
         chunk: Dict[str, Any] = {'model': model_text, 'created_at': now_text()}
         if field == 'message':
-            message = {'role': 'assistant', 'content': content}
+            message: Dict[str, Any] = {'role': 'assistant', 'content': content}
             if thinking:
                 message['thinking'] = thinking
+            if tool_calls:
+                message['tool_calls'] = tool_calls
             chunk['message'] = message
         else:
             chunk['response'] = content
@@ -327,6 +334,14 @@ class OllamaApi:
         if requested_think not in (None, False) and 'thinking' not in capabilities:
             raise ApiError(400, f'"{model_text}" does not support thinking')
         think = 'thinking' in capabilities and requested_think is not False
+        if body.get('tools') and 'tools' not in capabilities:
+            full = model.name
+            raise ApiError(400, f'{full.host}/{full.namespace}/{full.model}:{full.tag} does not '
+                                'support tools')
+        try:
+            structured.response_format(body.get('format'))
+        except structured.FormatError as error:
+            raise ApiError(500, str(error)) from None
         options = body.get('options') or {}
         name = model.name.short
         if not messages and keep_alive == 0 and keep_alive_given:
@@ -397,11 +412,15 @@ class OllamaApi:
                       field: str, started: float, load_seconds: float) -> web.StreamResponse:
         model_text = str(body.get('model'))
         payload: Dict[str, Any] = {
-            'messages': [{'role': m.get('role'), 'content': m.get('content', '')}
-                         for m in messages],
+            'messages': [_runner_message(m) for m in messages],
             'stream': True,
             'chat_template_kwargs': {'enable_thinking': think},
         }
+        runner_format = structured.response_format(body.get('format'))
+        if runner_format is not None:
+            payload['response_format'] = runner_format
+        if body.get('tools'):
+            payload['tools'] = body['tools']
         for option, openai_name in (('temperature', 'temperature'), ('top_p', 'top_p'),
                                     ('top_k', 'top_k'), ('seed', 'seed'), ('stop', 'stop'),
                                     ('num_predict', 'max_tokens')):
@@ -414,12 +433,13 @@ class OllamaApi:
         assert session is not None
         finish: Optional[str] = None
         timings: Dict[str, Any] = {}
+        calls = ToolCallCollector()
         self.generating += 1
         upstream: Optional[aiohttp.ClientResponse] = None
         try:
             upstream = await session.post(runner.url + '/v1/chat/completions', json=payload)
             if upstream.status != 200:
-                raise ApiError(500, (await upstream.text()) or 'runner error')
+                raise ApiError(500, _runner_error(await upstream.text()))
             async for raw in upstream.content:
                 line = raw.strip()
                 if not line.startswith(b'data: ') or line == b'data: [DONE]':
@@ -429,6 +449,8 @@ class OllamaApi:
                 delta = choice.get('delta') or {}
                 content = delta.get('content') or ''
                 thinking = delta.get('reasoning_content') or ''
+                for part in delta.get('tool_calls') or []:
+                    calls.add(part)
                 if content or thinking:
                     try:
                         await sink.send(self._chunk(model_text, field, content, thinking))
@@ -438,6 +460,9 @@ class OllamaApi:
                 if choice.get('finish_reason'):
                     finish = 'length' if choice['finish_reason'] == 'length' else 'stop'
                     timings = chunk.get('timings') or {}
+            if calls.complete():
+                # Ollama emits tool calls whole, in a chunk of their own before the final one.
+                await sink.send(self._chunk(model_text, field, '', '', calls.complete()))
         except (ClientGone, asyncio.CancelledError):
             # The client closed the connection: closing ours to the runner stops generation.
             self.disconnects.append({'model': model_text, 'at': time.monotonic()})
@@ -466,3 +491,53 @@ class OllamaApi:
         if limit and self.tokens_streamed >= limit:
             log.error('injected server crash after %d tokens', self.tokens_streamed)
             os._exit(2)
+
+
+class ToolCallCollector:
+    """Joins llama-server's streamed tool-call deltas into Ollama's whole calls."""
+
+    def __init__(self) -> None:
+        self._calls: Dict[int, Dict[str, str]] = {}
+
+    def add(self, part: Dict[str, Any]) -> None:
+        call = self._calls.setdefault(int(part.get('index', 0)),
+                                      {'id': '', 'name': '', 'arguments': ''})
+        function = part.get('function') or {}
+        call['id'] = part.get('id') or call['id']
+        call['name'] += function.get('name') or ''
+        call['arguments'] += function.get('arguments') or ''
+
+    def complete(self) -> List[Dict[str, Any]]:
+        """Ollama's tool_calls: arguments as a JSON object, index always, id when known."""
+        return [{'id': call['id'], 'function': {
+                    'index': index, 'name': call['name'],
+                    'arguments': json.loads(call['arguments'] or '{}')}}
+                for index, call in sorted(self._calls.items())]
+
+
+def _runner_message(message: Dict[str, Any]) -> Dict[str, Any]:
+    """An Ollama chat message in the OpenAI shape llama-server reads."""
+    converted: Dict[str, Any] = {'role': message.get('role'),
+                                 'content': message.get('content', '')}
+    if message.get('tool_calls'):
+        converted['tool_calls'] = [{
+            'id': call.get('id') or f'call_{index:08d}', 'type': 'function',
+            'function': {'name': call['function']['name'],
+                         'arguments': json.dumps(call['function'].get('arguments') or {})}}
+            for index, call in enumerate(message['tool_calls'])]
+    if message.get('role') == 'tool':
+        converted['name'] = message.get('tool_name', '')
+        if message.get('tool_call_id'):
+            converted['tool_call_id'] = message['tool_call_id']
+    return converted
+
+
+def _runner_error(text: str) -> str:
+    """The message of a runner's error answer ({"error": {"message": ...}} from llama-server)."""
+    try:
+        error = json.loads(text).get('error')
+    except (ValueError, AttributeError):
+        return text or 'runner error'
+    if isinstance(error, dict):
+        return str(error.get('message') or text)
+    return str(error or text)

@@ -1,6 +1,11 @@
 """The real model: SmolLM2-135M-Instruct served by llama.cpp behind the emulator."""
 
+import json
 import time
+
+import jsonschema
+import ollama
+import pytest
 
 from emulator_fixtures import wait
 
@@ -34,3 +39,26 @@ def test_closing_a_real_stream_stops_llama_cpp(start_emulator):
     reply = emulator.client.chat('smollm2:135m', QUESTION,
                                  options={'temperature': 0, 'num_predict': 8})
     assert reply.done and time.monotonic() > closed_at
+
+
+PLACE = {'type': 'object', 'properties': {
+    'place': {'type': 'string', 'maxLength': 40}, 'confidence': {'type': 'number'},
+    'door_open': {'type': 'boolean'}}, 'required': ['place', 'confidence', 'door_open']}
+
+
+def test_smollm2_output_is_constrained_to_the_schema(start_emulator):
+    """llama.cpp's grammar-constrained sampling: every answer parses and matches."""
+    emulator = start_emulator(OLLAMA_EMULATOR_THREADS='2')
+    emulator.pull('smollm2:135m')
+    prompts = ['Where is the robot? Answer in JSON.', 'Is the kitchen door open?',
+               'Name a room of a house.']
+    for prompt in prompts:
+        for seed in (1, 2):
+            reply = emulator.client.chat('smollm2:135m', [{'role': 'user', 'content': prompt}],
+                                         format=PLACE, options={'seed': seed, 'num_predict': 200})
+            assert reply.done_reason == 'stop', reply.message.content
+            jsonschema.validate(json.loads(reply.message.content), PLACE)
+    with pytest.raises(ollama.ResponseError) as error:
+        emulator.client.chat('smollm2:135m', [{'role': 'user', 'content': 'x'}],
+                             format={'type': 'bogus'})
+    assert error.value.status_code == 500 and 'bogus' in error.value.error

@@ -1,0 +1,129 @@
+"""Structured output (`format`) and tool calls (`tools`) of the scripted models.
+
+Both are as deterministic as the scripted models' text, so tests know what to expect:
+
+format      A scripted model's answer becomes a JSON document: `{"response": <text>}` in JSON
+            mode, an instance of the schema otherwise (object: its required properties, all of
+            them when none are required; string: the text the model would have answered;
+            integer/number: that text's word count; boolean: true; array: one item; enum and
+            const: the first value). It is streamed token by token like any answer, so a
+            num_predict cut leaves an unfinished document, as it does with a real model.
+tools       The `tooler` script calls every offered tool whose name appears in the last user
+            message, in the order they appear, with arguments taken from `key=value` words of
+            that message for the parameters the tool declares, and type defaults for the other
+            required ones. After a tool result (a last message with role `tool`) it answers
+            "<tool name> returned: <content>". Without a named tool it answers in plain text.
+
+The real model gets `format` as llama.cpp's `response_format` (grammar-constrained sampling).
+"""
+
+import json
+import re
+from typing import Any, Dict, List, Optional
+
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+
+_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|\S+)')
+_DEFAULTS: Dict[str, Any] = {'string': '', 'integer': 0, 'number': 0, 'boolean': False,
+                             'array': [], 'object': {}, 'null': None}
+
+
+class FormatError(ValueError):
+    """The requested format is neither "json" nor a valid JSON Schema (llama.cpp's 400)."""
+
+
+def response_format(value: Any) -> Optional[Dict[str, Any]]:
+    """Ollama's `format` as llama-server's `response_format`; None for free text.
+
+    Raises FormatError for a value that is not "json" or a JSON object (Ollama's message).
+    """
+    if value is None or value == '':
+        return None
+    if value == 'json':
+        return {'type': 'json_object'}
+    if isinstance(value, dict):
+        return {'type': 'json_schema', 'json_schema': {'schema': value}}
+    raise FormatError(f'invalid format: {json.dumps(value)}; expected "json" or a valid JSON '
+                      'Schema object')
+
+
+def check_schema(schema: Dict[str, Any]) -> None:
+    """FormatError when the schema is not valid under its own meta-schema."""
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as error:
+        raise FormatError(f'JSON schema error: {error.message}') from None
+
+
+def formatted(text: str, runner_format: Dict[str, Any]) -> str:
+    """The JSON document a scripted model answers instead of `text`."""
+    if runner_format['type'] == 'json_object':
+        return json.dumps({'response': text})
+    return json.dumps(_instance(runner_format['json_schema']['schema'], text), indent=1)
+
+
+def _instance(schema: Any, text: str) -> Any:
+    if not isinstance(schema, dict):
+        return text
+    if 'const' in schema:
+        return schema['const']
+    if schema.get('enum'):
+        return schema['enum'][0]
+    for combinator in ('anyOf', 'oneOf', 'allOf'):
+        if schema.get(combinator):
+            return _instance(schema[combinator][0], text)
+    kind = schema.get('type', 'object' if 'properties' in schema else 'string')
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != 'null'), 'null')
+    if kind == 'object':
+        properties = schema.get('properties') or {}
+        names = schema.get('required') or list(properties)
+        return {name: _instance(properties.get(name, {}), text) for name in names}
+    if kind == 'array':
+        return [_instance(schema.get('items', {}), text)]
+    if kind in ('integer', 'number'):
+        return len(text.split())
+    if kind == 'boolean':
+        return True
+    if kind == 'null':
+        return None
+    return text
+
+
+def tool_calls(tools: List[Dict[str, Any]], prompt: str) -> List[Dict[str, Any]]:
+    """The calls the `tooler` script makes: [{'name', 'arguments'}] in order of mention."""
+    given = {key: value.strip('"') for key, value in _KEY_VALUE.findall(prompt)}
+    mentioned = []
+    for tool in tools:
+        function = tool.get('function') or {}
+        name = str(function.get('name', ''))
+        position = prompt.find(name) if name else -1
+        if position >= 0:
+            mentioned.append((position, function))
+    calls = []
+    for _, function in sorted(mentioned, key=lambda item: item[0]):
+        parameters = function.get('parameters') or {}
+        properties = parameters.get('properties') or {}
+        arguments: Dict[str, Any] = {}
+        for key, schema in properties.items():
+            kind = (schema or {}).get('type', 'string')
+            if key in given:
+                arguments[key] = _typed(given[key], kind)
+            elif key in (parameters.get('required') or []):
+                arguments[key] = _DEFAULTS.get(kind if isinstance(kind, str) else 'string')
+        calls.append({'name': function['name'], 'arguments': arguments})
+    return calls
+
+
+def _typed(text: str, kind: Any) -> Any:
+    try:
+        if kind == 'integer':
+            return int(text)
+        if kind == 'number':
+            return float(text)
+    except ValueError:
+        return text
+    if kind == 'boolean':
+        return text.lower() == 'true'
+    return text

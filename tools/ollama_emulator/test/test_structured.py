@@ -1,0 +1,104 @@
+"""Conformance of `format` (structured output) and `tools` (tool calls), as Ollama answers them."""
+
+import json
+
+import httpx
+import jsonschema
+import ollama
+import pytest
+
+SCHEMA = {'type': 'object', 'properties': {
+    'answer': {'type': 'string'}, 'words': {'type': 'integer'},
+    'sure': {'type': 'boolean'}, 'mood': {'enum': ['calm', 'happy']}},
+    'required': ['answer', 'words', 'sure', 'mood']}
+NAVIGATE = {'type': 'function', 'function': {
+    'name': 'navigate_to', 'description': 'Drive to a named place.',
+    'parameters': {'type': 'object', 'properties': {
+        'place': {'type': 'string'}, 'speed': {'type': 'number'}}, 'required': ['place']}}}
+BATTERY = {'type': 'function', 'function': {
+    'name': 'report_battery', 'description': 'Battery level in percent.',
+    'parameters': {'type': 'object', 'properties': {}}}}
+
+
+@pytest.fixture
+def tooler(emulator):
+    emulator.pull('tooler')
+    return emulator
+
+
+def test_json_mode_streams_a_document_in_pieces(emulator):
+    parts = list(emulator.client.chat('thinker', [{'role': 'user', 'content': 'door open?'}],
+                                      format='json', think=True, stream=True))
+    content = ''.join(p.message.content for p in parts)
+    assert len([p for p in parts if p.message.content]) > 1
+    assert json.loads(content) == {'response': 'Answer: door open?'}
+    # The reasoning stays free text; only the answer is constrained.
+    assert ''.join(p.message.thinking or '' for p in parts) == 'Thinking about: door open?'
+
+
+def test_schema_output_is_an_instance_of_the_schema(emulator):
+    reply = emulator.client.chat('echo', [{'role': 'user', 'content': 'is it raining'}],
+                                 format=SCHEMA)
+    document = json.loads(reply.message.content)
+    jsonschema.validate(document, SCHEMA)
+    assert document == {'answer': 'user: is it raining\n', 'words': 4, 'sure': True,
+                        'mood': 'calm'}
+
+
+def test_num_predict_cuts_the_document(emulator):
+    reply = emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}], format=SCHEMA,
+                                 options={'num_predict': 3})
+    assert reply.done_reason == 'length'
+    with pytest.raises(ValueError):
+        json.loads(reply.message.content)
+
+
+@pytest.mark.parametrize('value, message', [
+    ('xml', 'invalid format: "xml"; expected "json" or a valid JSON Schema object'),
+    (['json'], 'invalid format: ["json"]; expected "json" or a valid JSON Schema object'),
+    ({'type': 'bogus'}, "JSON schema error: 'bogus' is not valid under any of the given schemas"),
+])
+def test_invalid_formats_are_refused(emulator, value, message):
+    reply = httpx.post(emulator.url + '/api/chat', json={
+        'model': 'echo', 'messages': [{'role': 'user', 'content': 'x'}], 'format': value})
+    assert (reply.status_code, reply.json()) == (500, {'error': message})
+
+
+def test_tools_on_a_model_without_them(emulator):
+    with pytest.raises(ollama.ResponseError) as error:
+        emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}], tools=[NAVIGATE])
+    assert (error.value.status_code, error.value.error) == (
+        400, 'registry.ollama.ai/library/echo:latest does not support tools')
+
+
+def test_tool_calls_are_emitted_whole_in_a_chunk_of_their_own(tooler):
+    lines = [json.loads(line) for line in httpx.post(tooler.url + '/api/chat', json={
+        'model': 'tooler', 'tools': [NAVIGATE, BATTERY], 'messages': [{
+            'role': 'user',
+            'content': 'report_battery, then navigate_to place=kitchen speed=0.5'}]},
+        timeout=30).text.splitlines()]
+    calls = [line for line in lines if line['message'].get('tool_calls')]
+    assert len(calls) == 1 and not calls[0]['done'] and calls[0]['message']['content'] == ''
+    assert calls[0]['message']['tool_calls'] == [
+        {'id': 'call_00000000', 'function': {'index': 0, 'name': 'report_battery',
+                                             'arguments': {}}},
+        {'id': 'call_00000001', 'function': {'index': 1, 'name': 'navigate_to',
+                                             'arguments': {'place': 'kitchen', 'speed': 0.5}}}]
+    assert lines[-1]['done'] and lines[-1]['done_reason'] == 'stop'
+    assert lines[-1]['eval_count'] > 0
+
+
+def test_a_tool_exchange_through_the_official_client(tooler):
+    messages = [{'role': 'user', 'content': 'Please navigate_to the dock.'}]
+    first = tooler.client.chat('tooler', messages, tools=[NAVIGATE])
+    (call,) = first.message.tool_calls
+    assert (call.function.name, dict(call.function.arguments)) == ('navigate_to', {'place': ''})
+    messages += [first.message, {'role': 'tool', 'content': 'arrived', 'tool_name': 'navigate_to'}]
+    final = tooler.client.chat('tooler', messages, tools=[NAVIGATE])
+    assert (final.message.content, final.message.tool_calls) == ('navigate_to returned: arrived',
+                                                                 None)
+
+
+def test_no_tool_named_is_a_plain_answer(tooler):
+    reply = tooler.client.chat('tooler', [{'role': 'user', 'content': 'hello'}], tools=[BATTERY])
+    assert (reply.message.content, reply.message.tool_calls) == ('No tool for: hello', None)
