@@ -90,6 +90,12 @@ MODELS: Dict[str, CatalogModel] = {model.name: model for model in (
     # structured.py).
     _scripted('tooler:latest', 'tooler', family='qwen2',
               capabilities=('completion', 'tools')),
+    # Can see: describes the images of the last user message (see perception.py).
+    _scripted('seer:latest', 'seer', family='gemma3',
+              capabilities=('completion', 'vision')),
+    # Embeds only (no chat): word-hashing unit vectors, 512-token context (see perception.py).
+    _scripted('embedder:latest', 'embed', family='bert', context_length=512,
+              capabilities=('embedding',)),
     # Every load fails with Ollama's out-of-memory error.
     _scripted('oom:latest', 'echo', load_failure=True),
     CatalogModel(

@@ -12,6 +12,7 @@ the small aiohttp app below.
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from aiohttp import web
 
+from . import perception
 from . import structured
 from .catalog import GGUF_MAGIC
 
@@ -41,9 +43,28 @@ def tokenize(text: str) -> List[str]:
     return _TOKEN.findall(text)
 
 
+def text_of(message: Dict) -> str:
+    """A message's text: its content, or the text parts of an OpenAI multimodal content."""
+    content = message.get('content', '')
+    if isinstance(content, list):
+        return ''.join(part.get('text', '') for part in content if part.get('type') == 'text')
+    return str(content)
+
+
+def images_of(message: Dict) -> List[str]:
+    """The images of a message: Ollama's `images` (base64) or the data URLs of an OpenAI
+    multimodal content."""
+    content = message.get('content')
+    if not isinstance(content, list):
+        return list(message.get('images') or [])
+    return [part['image_url']['url'] for part in content if part.get('type') == 'image_url']
+
+
 def count_prompt_tokens(messages: List[Dict]) -> int:
-    """Tokens a scripted model evaluates for a prompt (a role header costs 3)."""
-    return sum(3 + len(tokenize(str(message.get('content', '')))) for message in messages)
+    """Tokens a scripted model evaluates for a prompt (a role header costs 3, an image
+    perception.IMAGE_TOKENS)."""
+    return sum(3 + len(tokenize(text_of(message)))
+               + perception.IMAGE_TOKENS * len(images_of(message)) for message in messages)
 
 
 def scripted_pieces(script: str, messages: List[Dict], think: bool,
@@ -51,8 +72,8 @@ def scripted_pieces(script: str, messages: List[Dict], think: bool,
                     tools: Optional[List[Dict]] = None) -> Iterator[Tuple[str, Any]]:
     """(kind, piece) pairs a scripted model generates: kind 'thinking' or 'content' with a
     token, or 'tool_call' with {'name', 'arguments'} (see structured.py for format and tools)."""
-    last_user = next((str(m.get('content', '')) for m in reversed(messages)
-                      if m.get('role') == 'user'), '')
+    last_user_message = next((m for m in reversed(messages) if m.get('role') == 'user'), {})
+    last_user = text_of(last_user_message)
     if script == 'endless':
         index = 0
         while True:
@@ -73,9 +94,12 @@ def scripted_pieces(script: str, messages: List[Dict], think: bool,
                 return
             text = f'No tool for: {last_user}'
     elif script == 'echo':
-        text = ''.join(f"{m.get('role')}: {m.get('content', '')}\n" for m in messages)
+        text = ''.join(f"{m.get('role')}: {text_of(m)}\n" for m in messages)
     elif script == 'thinker':
         text = f'Answer: {last_user}'
+    elif script == 'seer':
+        images = images_of(last_user_message)
+        text = perception.describe_images(images) if images else f'I see no image. {last_user}'
     else:
         raise ValueError(f'unknown script {script!r}')
     if runner_format is not None:
@@ -110,6 +134,11 @@ class ScriptedRunner:
                 return web.json_response({'error': {'code': 400, 'message': str(error),
                                                     'type': 'invalid_request_error'}},
                                          status=400)
+        pieces = scripted_pieces(self.script, messages, think, runner_format, body.get('tools'))
+        try:
+            first = next(pieces, None)
+        except perception.ImageError as error:
+            return web.json_response({'error': {'code': 500, 'message': str(error)}}, status=500)
         prompt_tokens = count_prompt_tokens(messages)
         limit = self.context_length - prompt_tokens
         if body.get('max_tokens'):
@@ -121,8 +150,7 @@ class ScriptedRunner:
         generation_start = time.monotonic()
         try:
             produced, finish_reason = await self._generate(
-                response, scripted_pieces(self.script, messages, think, runner_format,
-                                          body.get('tools')), stops, limit)
+                response, itertools.chain([first] if first else [], pieces), stops, limit)
         except ConnectionResetError:
             return response   # the server closed the stream: stop generating
         predicted_ms = (time.monotonic() - generation_start) * 1000
@@ -174,6 +202,22 @@ class ScriptedRunner:
                 os._exit(1)
         return produced, finish_reason
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """The embedder's vectors (OpenAI's /v1/embeddings shape)."""
+        body = await request.json()
+        data, used = [], 0
+        for index, text in enumerate(body.get('input') or []):
+            tokens = tokenize(text)
+            if len(tokens) > self.context_length:
+                if not body.get('truncate', True):
+                    return web.json_response({'error': {
+                        'code': 400, 'message': 'the input length exceeds the context length'}},
+                        status=400)
+                tokens = tokens[:self.context_length]
+            used += len(tokens)
+            data.append({'index': index, 'embedding': perception.embed(''.join(tokens))})
+        return web.json_response({'data': data, 'usage': {'prompt_tokens': used}})
+
     @staticmethod
     async def _send(response: web.StreamResponse, delta: Dict[str, Any]) -> None:
         chunk = {'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]}
@@ -188,6 +232,7 @@ def serve_scripted(script: Dict, port: int) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)   # prompts of many MB, as Ollama
     app.router.add_get('/health', runner.health)
     app.router.add_post('/v1/chat/completions', runner.chat)
+    app.router.add_post('/v1/embeddings', runner.embeddings)
     # handler_cancellation: a client that disconnects stops the generation at once.
     web.run_app(app, host='127.0.0.1', port=port, print=None, handle_signals=True,
                 handler_cancellation=True, access_log=None)

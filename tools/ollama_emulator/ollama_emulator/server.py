@@ -7,18 +7,20 @@ time, generations in progress), so tests can check from outside that a cancel re
 """
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import aiohttp
 from aiohttp import web
 
 from . import catalog
+from . import perception
 from . import runner as runner_module
 from . import structured
 from . import VERSION
@@ -133,6 +135,7 @@ class OllamaApi:
         app.router.add_delete('/api/delete', self.delete)
         app.router.add_post('/api/chat', self.chat)
         app.router.add_post('/api/generate', self.generate)
+        app.router.add_post('/api/embed', self.embed)
         app.router.add_get('/emulator/stats', self.stats)
         app.on_startup.append(lambda _app: self.scheduler.start())
         return app
@@ -298,7 +301,8 @@ class OllamaApi:
         if body.get('prompt'):
             if body.get('system'):
                 messages.append({'role': 'system', 'content': body['system']})
-            messages.append({'role': 'user', 'content': body['prompt']})
+            messages.append({'role': 'user', 'content': body['prompt'],
+                             'images': body.get('images') or []})
         return await self._generate(request, body, messages, 'response')
 
     def _chunk(self, model_text: str, field: str, content: str, thinking: str,
@@ -349,36 +353,100 @@ class OllamaApi:
                 self.scheduler.request_unload(name)
             return web.json_response(self._final(model_text, field, 'unload', started, 0, {}),
                                      dumps=dumps)
+        if 'completion' not in capabilities:
+            raise ApiError(400, f'"{model_text}" does not support '
+                                f"{'chat' if field == 'message' else 'generate'}")
+        if 'vision' not in capabilities:
+            # Older Ollama runners ignore images sent to a model that cannot see.
+            messages = [{k: v for k, v in m.items() if k != 'images'} for m in messages]
+        async with self._runner(model, keep_alive, keep_alive_given, options.get('num_ctx'),
+                                slot=bool(messages)) as (runner, load_seconds):
+            if not messages:
+                return web.json_response(
+                    self._final(model_text, field, 'load', started, load_seconds, {}),
+                    dumps=dumps)
+            return await self._stream(request, body, runner, self._fit(messages, runner),
+                                      think, options, field, started, load_seconds)
+
+    @contextlib.asynccontextmanager
+    async def _runner(self, model: InstalledModel, keep_alive: Optional[float],
+                      keep_alive_given: bool, num_ctx: Optional[int],
+                      slot: bool) -> AsyncIterator[Tuple[Runner, float]]:
+        """The model's runner, loaded if needed, and the seconds its load took; with `slot`,
+        one of its OLLAMA_NUM_PARALLEL slots too. The request counts against OLLAMA_MAX_QUEUE
+        until it has what it waits for."""
         try:
             self.scheduler.enter_queue()
         except QueueFull as error:
             raise ApiError(503, str(error)) from None
         queued = True
         try:
-            was_loaded = name in self.scheduler.runners
+            was_loaded = model.name.short in self.scheduler.runners
             load_started = time.monotonic()
             try:
                 runner = await self.scheduler.acquire(model, keep_alive, keep_alive_given,
-                                                      options.get('num_ctx'))
+                                                      num_ctx)
             except LoadError as error:
                 log.error('error loading model: %s', error)
                 raise ApiError(500, str(error)) from None
             load_seconds = 0.0 if was_loaded else time.monotonic() - load_started
             try:
-                if not messages:
-                    return web.json_response(
-                        self._final(model_text, field, 'load', started, load_seconds, {}),
-                        dumps=dumps)
+                if not slot:
+                    yield runner, load_seconds
+                    return
                 async with runner.slots:
                     self.scheduler.leave_queue()
                     queued = False
-                    return await self._stream(request, body, runner, self._fit(messages, runner),
-                                              think, options, field, started, load_seconds)
+                    yield runner, load_seconds
             finally:
                 self.scheduler.release(runner)
         finally:
             if queued:
                 self.scheduler.leave_queue()
+
+    async def embed(self, request: web.Request) -> web.Response:
+        """/api/embed: L2-normalized vectors of one text or a list of texts."""
+        started = time.monotonic()
+        body = await self._body(request)
+        given = body.get('input')
+        if isinstance(given, str):
+            inputs = [given] if given else []
+        elif isinstance(given, list) and all(isinstance(text, str) for text in given):
+            inputs = given
+        elif given is None:
+            inputs = []
+        else:
+            raise ApiError(400, 'invalid input type')
+        model_text = str(body.get('model') or '')
+        model = self._installed(model_text)
+        keep_alive_given = body.get('keep_alive') is not None
+        try:
+            keep_alive = (parse_keep_alive(body['keep_alive']) if keep_alive_given
+                          else self.settings.keep_alive)
+        except DurationError as error:
+            raise ApiError(400, str(error)) from None
+        async with self._runner(model, keep_alive, keep_alive_given, None,
+                                slot=bool(inputs)) as (runner, load_seconds):
+            if not inputs:
+                return web.json_response({'model': model_text, 'embeddings': []}, dumps=dumps)
+            if 'embedding' not in self._capabilities(model):
+                raise ApiError(501, 'this model does not support embeddings')
+            session = self.scheduler.session
+            assert session is not None
+            truncate = body.get('truncate', True) is not False
+            async with session.post(runner.url + '/v1/embeddings',
+                                    json={'input': inputs, 'truncate': truncate}) as reply:
+                answer = await reply.json()
+            if reply.status != 200:
+                raise ApiError(reply.status, answer['error']['message'])
+        vectors = [item['embedding'] for item in answer['data']]
+        dimensions = int(body.get('dimensions') or 0)
+        if 0 < dimensions < len(vectors[0]):
+            vectors = [perception.normalized(vector[:dimensions]) for vector in vectors]
+        return web.json_response({
+            'model': model_text, 'embeddings': vectors,
+            'total_duration': ns(time.monotonic() - started), 'load_duration': ns(load_seconds),
+            'prompt_eval_count': answer['usage']['prompt_tokens']}, dumps=dumps)
 
     @staticmethod
     def _fit(messages: List[Dict[str, Any]], runner: Runner) -> List[Dict[str, Any]]:
@@ -519,6 +587,10 @@ def _runner_message(message: Dict[str, Any]) -> Dict[str, Any]:
     """An Ollama chat message in the OpenAI shape llama-server reads."""
     converted: Dict[str, Any] = {'role': message.get('role'),
                                  'content': message.get('content', '')}
+    if message.get('images'):
+        converted['content'] = [{'type': 'text', 'text': converted['content']}] + [
+            {'type': 'image_url', 'image_url': {'url': f'data:image/jpeg;base64,{image}'}}
+            for image in message['images']]
     if message.get('tool_calls'):
         converted['tool_calls'] = [{
             'id': call.get('id') or f'call_{index:08d}', 'type': 'function',
