@@ -52,7 +52,9 @@ class Runner:
     context_length: int
     slots: asyncio.Semaphore
     keep_alive: Optional[float]             # seconds; None = forever
+    threads: int                            # llama.cpp threads (num_thread of the load)
     references: int = 0
+    idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     expires_at: Optional[datetime.datetime] = None
     expiry: Optional[asyncio.TimerHandle] = None
     unloading: bool = False
@@ -83,33 +85,53 @@ class Scheduler:
 
     # ---- loading -------------------------------------------------------------------------
     async def acquire(self, model: InstalledModel, keep_alive: Optional[float],
-                      keep_alive_given: bool, num_ctx: Optional[int]) -> Runner:
-        """The model's runner, loaded if needed, with one reference held by the caller."""
+                      keep_alive_given: bool, num_ctx: Optional[int],
+                      num_thread: Optional[int] = None) -> Runner:
+        """The model's runner, loaded if needed, with one reference held by the caller.
+
+        Like Ollama, a request whose runner options differ from the loaded runner's (here
+        num_thread; omitted means the default) reloads the model once its requests are done.
+        """
         name = model.name.short
+        threads = num_thread if num_thread and num_thread > 0 else self.default_threads()
         while True:
             runner = self.runners.get(name)
             if runner is not None and not runner.unloading and runner.process.returncode is None:
-                break
+                if runner.threads == threads:
+                    break
+                log.info('reloading %s: num_thread %d -> %d', name, runner.threads, threads)
+                if runner.references:
+                    await runner.idle.wait()
+                await self.unload(runner)
+                continue
             task = self.loading.get(name)
             if task is None:
-                task = asyncio.ensure_future(self._load(model, keep_alive, num_ctx))
+                task = asyncio.ensure_future(self._load(model, keep_alive, num_ctx, threads))
                 self.loading[name] = task
                 task.add_done_callback(lambda _t, n=name: self.loading.pop(n, None))
             await asyncio.shield(task)
         if keep_alive_given:
             runner.keep_alive = keep_alive
         runner.references += 1
+        runner.idle.clear()
         self._cancel_expiry(runner)
         return runner
 
     def release(self, runner: Runner) -> None:
         """The caller's request ended: start the keep-alive countdown when it was the last."""
         runner.references -= 1
-        if runner.references == 0 and not runner.unloading:
-            self._schedule_expiry(runner)
+        if runner.references == 0:
+            runner.idle.set()
+            if not runner.unloading:
+                self._schedule_expiry(runner)
+
+    @staticmethod
+    def default_threads() -> int:
+        """llama.cpp threads when a request does not say (Ollama: the performance cores)."""
+        return max(1, int(os.environ.get('OLLAMA_EMULATOR_THREADS') or os.cpu_count() or 1))
 
     async def _load(self, model: InstalledModel, keep_alive: Optional[float],
-                    num_ctx: Optional[int]) -> None:
+                    num_ctx: Optional[int], threads: int) -> None:
         name = model.name.short
         entry = catalog.MODELS.get(name)
         faults = self.settings.faults
@@ -127,7 +149,6 @@ class Scheduler:
         trained = entry.context_length if entry else self.settings.context_length
         context_length = min(num_ctx or self.settings.context_length, trained)
         port = _free_port()
-        threads = max(1, int(os.environ.get('OLLAMA_EMULATOR_THREADS') or os.cpu_count() or 1))
         process = await asyncio.create_subprocess_exec(
             sys.executable, '-m', 'ollama_emulator.runner', '--model', blob,
             '--port', str(port), '--ctx-size', str(context_length),
@@ -140,7 +161,7 @@ class Scheduler:
         await self._wait_healthy(process, url)
         runner = Runner(model=model, process=process, url=url, context_length=context_length,
                         slots=asyncio.Semaphore(self.settings.num_parallel),
-                        keep_alive=keep_alive)
+                        keep_alive=keep_alive, threads=threads)
         self.runners[name] = runner
         asyncio.ensure_future(self._watch(runner))
         log.info('llama runner started in %s', name)

@@ -359,7 +359,7 @@ class OllamaApi:
         if 'vision' not in capabilities:
             # Older Ollama runners ignore images sent to a model that cannot see.
             messages = [{k: v for k, v in m.items() if k != 'images'} for m in messages]
-        async with self._runner(model, keep_alive, keep_alive_given, options.get('num_ctx'),
+        async with self._runner(model, keep_alive, keep_alive_given, options,
                                 slot=bool(messages)) as (runner, load_seconds):
             if not messages:
                 return web.json_response(
@@ -370,7 +370,7 @@ class OllamaApi:
 
     @contextlib.asynccontextmanager
     async def _runner(self, model: InstalledModel, keep_alive: Optional[float],
-                      keep_alive_given: bool, num_ctx: Optional[int],
+                      keep_alive_given: bool, options: Dict[str, Any],
                       slot: bool) -> AsyncIterator[Tuple[Runner, float]]:
         """The model's runner, loaded if needed, and the seconds its load took; with `slot`,
         one of its OLLAMA_NUM_PARALLEL slots too. The request counts against OLLAMA_MAX_QUEUE
@@ -385,7 +385,8 @@ class OllamaApi:
             load_started = time.monotonic()
             try:
                 runner = await self.scheduler.acquire(model, keep_alive, keep_alive_given,
-                                                      num_ctx)
+                                                      options.get('num_ctx'),
+                                                      options.get('num_thread'))
             except LoadError as error:
                 log.error('error loading model: %s', error)
                 raise ApiError(500, str(error)) from None
@@ -425,7 +426,7 @@ class OllamaApi:
                           else self.settings.keep_alive)
         except DurationError as error:
             raise ApiError(400, str(error)) from None
-        async with self._runner(model, keep_alive, keep_alive_given, None,
+        async with self._runner(model, keep_alive, keep_alive_given, body.get('options') or {},
                                 slot=bool(inputs)) as (runner, load_seconds):
             if not inputs:
                 return web.json_response({'model': model_text, 'embeddings': []}, dumps=dumps)

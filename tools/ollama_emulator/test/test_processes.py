@@ -88,3 +88,25 @@ def test_unwritable_models_dir_fails_at_start(tmp_path):
                             env=dict(os.environ, OLLAMA_HOST='127.0.0.1:1',
                                      OLLAMA_MODELS=str(blocker / 'models')), timeout=60)
     assert result.returncode == 1 and result.stderr.startswith('Error: mkdir')
+
+
+def threads_of(runner: psutil.Process) -> int:
+    cmdline = runner.cmdline()
+    return int(cmdline[cmdline.index('--threads') + 1])
+
+
+def test_num_thread_of_the_load_starts_the_runner_and_a_different_one_reloads(start_emulator):
+    emulator = start_emulator(OLLAMA_EMULATOR_THREADS='2')
+    emulator.pull('echo')
+    emulator.client.generate('echo', options={'num_thread': 1})
+    (first,) = runners_of(emulator)
+    assert threads_of(first) == 1
+    emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}], options={'num_thread': 1})
+    assert runners_of(emulator) == [first]
+    # Omitted means the default, which differs: Ollama reloads the model with it.
+    emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}])
+    (second,) = wait(lambda: [r for r in runners_of(emulator) if r.pid != first.pid],
+                     'the model to be reloaded')
+    assert threads_of(second) == 2
+    wait(lambda: not first.is_running() or first.status() == psutil.STATUS_ZOMBIE,
+         'the first runner to exit')
