@@ -113,6 +113,8 @@ class LlmNode(LifecycleNode):
         # Counts transitions: supervision acts on what it saw only if no transition ran since.
         self._epoch = 0
         self._exiting = threading.Event()   # set when the process is going down (ends supervision)
+        # Set by every transition and by the exit: ends a restart backoff that it makes moot.
+        self._wake = threading.Event()
         # Threads and locks. The executor runs lifecycle services (change_state in a group of its
         # own), parameter services, the chat action (its own reentrant group) and the TTS bridge;
         # supervision and diagnostics are plain threads. _transitions: one lifecycle transition at
@@ -278,6 +280,7 @@ class LlmNode(LifecycleNode):
         started = time.monotonic()
         with self._lock:
             self._epoch += 1
+            self._wake.set()
             self.recovering = ''
             if self._failure:
                 self.server_error = self._failure
@@ -460,6 +463,7 @@ class LlmNode(LifecycleNode):
         lock: the managed server is told to stop at once, which fails its request, and the
         transition gives way."""
         self._exiting.set()
+        self._wake.set()
         self.diagnostics.stop()
         locked = self._lock.acquire(blocking=False)
         if not locked and self.server is not None:
@@ -587,7 +591,8 @@ class LlmNode(LifecycleNode):
                 self.recovering = f'{problem}; restarting the server'
                 self.log.warning(f'restarting in {decision.backoff:g} s (restart '
                                  f'{decision.attempt}/{supervision.max_restarts})')
-            if self._exiting.wait(decision.backoff):
+                self._wake.clear()
+            if self._wake.wait(decision.backoff) and self._exiting.is_set():
                 return
             with self._lock:
                 if self._epoch != failure.epoch:

@@ -66,10 +66,6 @@ class RestartBudget:
     def clear(self) -> None:
         self._restarts.clear()
 
-    @property
-    def used(self) -> int:
-        return len(self._restarts)
-
     def decide(self, settings: SupervisionSettings, now: float) -> RestartDecision:
         """Spend one restart when the policy allows it (the caller then restarts)."""
         while self._restarts and now - self._restarts[0] > settings.restart_window:
