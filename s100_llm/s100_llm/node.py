@@ -464,6 +464,9 @@ class LlmNode(LifecycleNode):
         transition gives way."""
         self._exiting.set()
         self._wake.set()
+        # rclpy's own lifecycle code logs through the node's logger too (e.g. a transition it
+        # can no longer complete): from now on that logger writes to the console only.
+        self._logger = self._exit_logger
         self.diagnostics.stop()
         locked = self._lock.acquire(blocking=False)
         if not locked and self.server is not None:
