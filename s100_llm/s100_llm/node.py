@@ -551,7 +551,7 @@ class LlmNode(LifecycleNode):
         server, or its runner crashed): load it again. Not a server failure, so the restart
         budget is not spent; a reload that fails is one (returned for _restart_server)."""
         with self._lock:
-            if self._epoch != failure.epoch or not self.active:
+            if self._epoch != failure.epoch or not self.active or self._exiting.is_set():
                 return None     # a transition ran meanwhile and decided what happens
             self.log.warning(f'{failure.problem} while active (the model was unloaded or its '
                              'runner crashed): reloading it (not a server failure, no restart '
@@ -577,7 +577,7 @@ class LlmNode(LifecycleNode):
         problem = failure.problem
         while True:
             with self._lock:
-                if self._epoch != failure.epoch or self.server is None:
+                if self._epoch != failure.epoch or self.server is None or self._exiting.is_set():
                     return
                 self.log.error(problem)
                 self.server_error = problem
@@ -595,9 +595,10 @@ class LlmNode(LifecycleNode):
                 self.log.warning(f'restarting in {decision.backoff:g} s (restart '
                                  f'{decision.attempt}/{supervision.max_restarts})')
                 self._wake.clear()
-            if self._wake.wait(decision.backoff) and self._exiting.is_set():
-                return
+            self._wake.wait(decision.backoff)
             with self._lock:
+                if self._exiting.is_set():
+                    return
                 if self._epoch != failure.epoch:
                     self.log.info('restart abandoned: a lifecycle transition ran meanwhile')
                     return

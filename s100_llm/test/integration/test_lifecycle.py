@@ -14,26 +14,15 @@ from lifecycle_msgs.srv import ChangeState
 import psutil
 import pytest
 from rcl_interfaces.msg import Log
-from rcl_interfaces.srv import SetParameters
-from rclpy.parameter import Parameter
 
 from harness import api_ps
 from harness import processes_of
 from harness import runners
 from harness import servers
 from harness import TRANSITIONS
-from harness import wait_for
 from harness import WAIT
+from harness import wait_for
 from s100_llm.action import Chat
-
-
-def set_parameters(client, **values):
-    """What `ros2 param set` does; asserts every value was taken."""
-    request = SetParameters.Request(
-        parameters=[Parameter(name, value=value).to_parameter_msg()
-                    for name, value in values.items()])
-    results = client._call(SetParameters, f'/{client.name}/set_parameters', request).results
-    assert all(result.successful for result in results), [r.reason for r in results]
 
 
 def warnings(client):
@@ -278,7 +267,7 @@ POOL_SLACK = 2     # a leak of one thread per cycle would show 90
 def test_model_and_chat_settings_apply_at_the_next_activate(start_llm):
     llm = start_llm()
     llm.activate()
-    set_parameters(llm.client, model='thinker:latest', max_prompt_chars=5)
+    llm.client.set_parameters(model='thinker:latest', max_prompt_chars=5)
     assert llm.client.chat('hello there').result.model == 'echo:latest'   # until then: as before
     assert llm.client.change_state('deactivate') and llm.client.change_state('activate')
     assert [model['name'] for model in api_ps(llm)] == ['thinker:latest']
@@ -293,7 +282,7 @@ def test_a_failed_activate_is_fixed_by_setting_the_model(start_llm):
     assert llm.client.change_state('configure')
     assert not llm.client.change_state('activate')
     assert 'nosuch:latest' in llm.client.wait_log('activate failed')
-    set_parameters(llm.client, model='echo:latest')
+    llm.client.set_parameters(model='echo:latest')
     assert llm.client.change_state('activate')
     assert llm.client.chat('again').result.text == 'user: again\n'
     # Nothing was loaded, so nothing is unloaded (no warning about it).
@@ -401,8 +390,8 @@ def test_lifecycle_services_answer_during_a_long_load(start_llm):
 
 @pytest.mark.parametrize('label, transition', [('', 'activate'), ('deactivate', None),
                                                ('', 'active_shutdown')])
-def test_an_invalid_transition_request_is_refused_and_the_node_lives_on(start_llm, label,
-                                                                          transition):
+def test_an_invalid_transition_request_is_refused_and_the_node_lives_on(
+        start_llm, label, transition):
     llm = start_llm()
     request = ChangeState.Request()
     request.transition.label = label
