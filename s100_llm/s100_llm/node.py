@@ -174,8 +174,8 @@ class LlmNode(LifecycleNode):
                 return response
             try:
                 return handle_request(request, response)
-            except RCLError as error:   # rclpy's state machine refused it after all
-                self.log.warning(f"change_state '{wanted}' refused: {error}")
+            except RCLError as error:   # e.g. the context went away (Ctrl-C) during it
+                self.log.warning(f"change_state '{wanted}' could not complete: {error}")
                 response.success = False
                 return response
 
