@@ -98,8 +98,9 @@ class ChatActionServer:
         return GoalResponse.ACCEPT
 
     def _rejection(self, goal: Chat.Goal) -> str:
-        if not self.node.active:
-            return f'the node is not active (state: {self.node.state_label})'
+        reason = self.node.not_serving_reason()
+        if reason:
+            return reason
         return validate(request_from_goal(goal), self.settings, self.sessions,
                         self.node.capabilities, self.node.model)
 

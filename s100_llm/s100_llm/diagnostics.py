@@ -11,6 +11,7 @@ A plain thread also spares the executor a wake-up and a dispatch per period: on 
 the idle node went from 1.07 % to 0.77 % of a core with diagnostics at 1 Hz.
 """
 
+import dataclasses
 import socket
 import threading
 import time
@@ -26,6 +27,8 @@ from .core.engine import LoadedModel
 from .core.resources import ProcessSample
 from .core.resources import ResourceSampler
 from .core.resources import SystemSample
+from .parameters import expand_models_dir
+from .parameters import parameter_name
 
 if TYPE_CHECKING:
     from .node import LlmNode
@@ -82,7 +85,7 @@ class DiagnosticsPublisher:
 
     def publish(self) -> None:
         started = time.thread_time()
-        settings = self.node.settings.diagnostics if self.node.settings else DiagnosticsSettings()
+        settings = self._thresholds()
         models_dir = self._models_dir()
         if self.sampler is None or self.sampler.disk_path != models_dir:
             self.sampler = ResourceSampler(models_dir)
@@ -95,10 +98,18 @@ class DiagnosticsPublisher:
         self.publisher.publish(array)
         self.sampling_cpu_seconds = time.thread_time() - started
 
+    def _thresholds(self) -> DiagnosticsSettings:
+        """The thresholds apply at once: read from the parameters every period."""
+        return DiagnosticsSettings(**{
+            field.name: self.node.get_parameter(parameter_name(DiagnosticsSettings,
+                                                               field.name)).value
+            for field in dataclasses.fields(DiagnosticsSettings)})
+
     def _models_dir(self) -> str:
+        """Where models are (configured) or will be (before configure: the parameter)."""
         if self.node.settings is not None:
             return self.node.settings.models_dir
-        return self.node.get_parameter('models_dir').value or '~/.ollama/models'
+        return expand_models_dir(self.node.get_parameter('models_dir').value)
 
     # ---- system ----------------------------------------------------------------------------
     def _cpu(self, system: SystemSample, settings: DiagnosticsSettings) -> DiagnosticStatus:
@@ -165,8 +176,8 @@ class DiagnosticsPublisher:
         state = node.state_label
         server = node.server
         if server is None:
-            level = WARN if node.last_error else OK
-            message = node.last_error or f'not running ({state})'
+            level = WARN if node.server_error else OK
+            message = node.server_error or f'not running ({state})'
             server_status = _status(self._name('Ollama server'), level, message, [
                 ('lifecycle state', state), ('running', False), ('reachable', False)],
                 self.hardware_id)
@@ -189,11 +200,11 @@ class DiagnosticsPublisher:
         expected = state in ('inactive', 'active', 'activating', 'deactivating')
         if expected and (not reachable or not status.running):
             code = server.exit_code()
-            level, message = ERROR, node.last_error or (
+            level, message = ERROR, node.server_error or (
                 f'the Ollama server (pid {status.pid}) exited with code {code}'
                 if code is not None else f'the Ollama server at {server.base_url} does not answer')
-        elif node.last_error:
-            level, message = WARN, node.last_error
+        elif node.server_error:
+            level, message = WARN, node.server_error
         else:
             level, message = OK, (f"{'adopted' if server.adopted else 'managed'} server "
                                   f'running ({state})')
@@ -221,6 +232,11 @@ class DiagnosticsPublisher:
         model = node.model or node.get_parameter('model').value
         if node.pull_progress is not None:
             level, message = OK, f'pulling {model}: {node.pull_progress * 100:.0f} %'
+        elif state == 'active' and node.recovering:
+            level, message = WARN, f'recovering: {node.recovering}'
+        elif node.model_error:
+            level = ERROR if state == 'active' and loaded is None else WARN
+            message = node.model_error
         elif loaded is not None:
             level, message = OK, f'{model} loaded ({loaded.size / MiB / 1024:.2f} GiB)'
         elif state == 'active':

@@ -7,11 +7,13 @@
 configure   validates the parameters, starts `ollama serve` (or adopts a running server) and
             waits until it answers HTTP. SUCCESS -> inactive; FAILURE (bad parameter, missing
             binary, port taken, server died or timed out) -> unconfigured, nothing left running.
-activate    pulls the model if it is missing, checks that it fits in the available RAM, loads it
-            (kept loaded for as long as the node is active) and confirms it in /api/ps.
+activate    takes the model and chat parameters as they are now, pulls the model if it is
+            missing, checks that it fits in the available RAM, loads it (kept loaded for as
+            long as the node is active) and confirms it in /api/ps.
             SUCCESS -> active, chats are accepted; FAILURE -> inactive, model not loaded.
 deactivate  stops accepting chats, aborts the running ones, unloads the model and confirms the
-            runner has exited. SUCCESS -> inactive.
+            runner has exited (an unload not confirmed in time is a warning: the node has
+            stopped serving either way). SUCCESS -> inactive.
 cleanup     stops the server (SIGTERM, grace, SIGKILL of its process group, sweep of orphaned
             runners) and confirms its port is free; an adopted server is left running.
             SUCCESS -> unconfigured.
@@ -19,22 +21,30 @@ shutdown    from any state: everything above that applies. -> finalized.
 on_error    (a transition raised, or the server died beyond the restart policy): stops
             everything. SUCCESS -> unconfigured.
 
-A supervision thread notices within 0.5 s when the server or the model runner dies, aborts the
-running chats with the cause, and restarts/reloads per the restart policy or takes the node to
-ErrorProcessing.
+A supervision thread notices within 0.5 s when the server dies, and within seconds when it
+hangs (alive, not answering HTTP); it aborts the running chats with the cause and restarts
+the server per the restart policy (backoff waited without holding the node's lock) or takes
+the node to ErrorProcessing. A model runner that exits while active (the model was unloaded
+by anyone, or crashed) is reloaded without spending the restart budget; while inactive its
+exit is an unload, not a failure. Only the runners of the server this node started (its
+process tree) are watched.
 """
 
-import collections
+import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
-from typing import Callable, Deque, List, Optional
+from typing import Any, Callable, List, Optional
 
 import psutil
 import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -42,21 +52,34 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from . import parameters
 from .chat_action import ChatActionServer
 from .core.config import ConfigError
+from .core.config import SupervisionSettings
 from .core.engine import EngineError
 from .core.engine import FOREVER
 from .core.engine import OllamaEngine
 from .core.server import OllamaServer
 from .core.server import ServerError
+from .core.supervision import HealthCheck
+from .core.supervision import RestartBudget
 from .diagnostics import DiagnosticsPublisher
 from .tts_bridge import TtsBridge
 
 # The server's and runner's liveness is checked this often (a poll and a /proc read each).
 SUPERVISION_PERIOD = 0.5
 GiB = 1024 ** 3
+RCLError = _rclpy.RCLError
 
 
 class TransitionFailed(Exception):
     """A transition step failed for a reason the user can fix; the message says which."""
+
+
+@dataclasses.dataclass
+class Failure:
+    """What supervision saw go wrong, and the transition epoch it saw it in."""
+
+    problem: str
+    epoch: int
+    model_only: bool = False      # the model's runner went away; the server is fine
 
 
 class LlmNode(LifecycleNode):
@@ -65,21 +88,42 @@ class LlmNode(LifecycleNode):
         parameters.declare(self)
         self.add_on_set_parameters_callback(
             lambda changed: parameters.validate_change(self, changed))
+        # After Ctrl-C/SIGTERM the context is gone and the node's logger can no longer publish
+        # to /rosout (rcl says so on stderr for every line): the last lines go to this one,
+        # which only writes to the console.
+        self._exit_logger = rclpy.logging.get_logger(f'{self.get_name()}.exit')
         self.settings: Optional[parameters.NodeSettings] = None
         self.server: Optional[OllamaServer] = None
         self.engine: Optional[OllamaEngine] = None
+        self._engine_timeout = 0.0
         self.capabilities: List[str] = []
         self.context_length = 0
         self.model_loaded = False
         self.pull_progress: Optional[float] = None
-        self.last_error = ''
+        # What is wrong, for /diagnostics: with the server, with the model; '' when nothing is.
+        self.server_error = ''
+        self.model_error = ''
+        # The cause of a supervised restart or reload in progress ('' when none is).
+        self.recovering = ''
         self._failure = ''
+        self._load_requested = False
         self.runner_processes: List[psutil.Process] = []
-        self._restarts: Deque[float] = collections.deque()
+        self._budget = RestartBudget()
+        self._health: Optional[HealthCheck] = None
+        # Counts transitions: supervision acts on what it saw only if no transition ran since.
+        self._epoch = 0
         self._exiting = threading.Event()   # set when the process is going down (ends supervision)
-        # Transitions and supervision never interleave. The chat action (its own callback group)
-        # and diagnostics (its own thread) never take this lock: a long transition stalls neither.
+        # Set by every transition and by the exit: ends a restart backoff that it makes moot.
+        self._wake = threading.Event()
+        # Threads and locks. The executor runs lifecycle services (change_state in a group of its
+        # own), parameter services, the chat action (its own reentrant group) and the TTS bridge;
+        # supervision and diagnostics are plain threads. _transitions: one lifecycle transition at
+        # a time, whether a client or supervision asks for it. _lock: transitions and supervision
+        # never change the server, engine or model at the same time; nobody sleeps or waits for a
+        # restart backoff while holding it. The chat action and diagnostics never take either.
+        self._transitions = threading.Lock()
         self._lock = threading.RLock()
+        self._decouple_lifecycle_services()
         self.chat = ChatActionServer(self)
         self.diagnostics = DiagnosticsPublisher(self)
         # Supervision is a plain thread, not an rclpy timer: a timer costs the executor a wake-up
@@ -87,7 +131,53 @@ class LlmNode(LifecycleNode):
         # the idle node's CPU; the check itself is a waitpid and a /proc read.
         threading.Thread(target=self._supervision_loop, name='supervision', daemon=True).start()
         self.tts_bridge = TtsBridge(self) if self.get_parameter('tts_bridge').value else None
-        self.get_logger().info('ready (unconfigured): configure starts the Ollama server')
+        self.log.info('ready (unconfigured): configure starts the Ollama server')
+
+    @property
+    def log(self) -> RcutilsLogger:
+        return self.get_logger() if self.context.ok() else self._exit_logger
+
+    # ---- lifecycle services --------------------------------------------------------------
+    def _decouple_lifecycle_services(self) -> None:
+        """Let status queries answer during a transition, and refuse invalid requests.
+
+        rclpy creates all five lifecycle services in one mutually exclusive callback group (the
+        node's default on Humble and Jazzy; Kilted takes a group argument, still one for all),
+        so get_state waited for a whole pull or load. change_state gets a group of its own:
+        get_state, the other lifecycle services and the parameter services answer at once.
+
+        On Humble and Jazzy, a transition id not valid in the current state makes rclpy raise
+        RCLError out of the service callback, which ends the executor and the node (rclpy#1209;
+        Kilted catches it). The request is checked first and answered success=false.
+        """
+        service = self._service_change_state
+        group = MutuallyExclusiveCallbackGroup()
+        service.callback_group = group
+        group.add_entity(service)
+        handle_request = service.callback
+        service.callback = lambda request, response: self._on_change_state(
+            handle_request, request, response)
+
+    def _on_change_state(self, handle_request: Callable[[Any, Any], Any], request: Any,
+                         response: Any) -> Any:
+        with self._transitions:
+            wanted = request.transition.label or request.transition.id
+            available = self._state_machine.available_transitions
+            valid = [(t[0], t[1]) for t in available]
+            if not any(label == request.transition.label if request.transition.label
+                       else number == request.transition.id for number, label in valid):
+                self.log.warning(
+                    f"change_state refused: transition '{wanted}' is not valid in state "
+                    f"'{self.state_label}' (valid: "
+                    f"{', '.join(f'{label} ({number})' for number, label in valid)})")
+                response.success = False
+                return response
+            try:
+                return handle_request(request, response)
+            except RCLError as error:   # e.g. the context went away (Ctrl-C) during it
+                self.log.warning(f"change_state '{wanted}' could not complete: {error}")
+                response.success = False
+                return response
 
     # ---- state ---------------------------------------------------------------------------
     @property
@@ -99,6 +189,18 @@ class LlmNode(LifecycleNode):
     def active(self) -> bool:
         return self.state_label == 'active' and self.model_loaded
 
+    def not_serving_reason(self) -> str:
+        """Why a chat cannot be served now ('' when it can), as a client should read it."""
+        state = self.state_label
+        if state != 'active':
+            return f'the node is not active (state: {state})'
+        if self.recovering:
+            return f'the node is recovering (state: active): {self.recovering}'
+        if not self.model_loaded:
+            cause = self._failure or self.server_error or self.model_error
+            return 'the model is not loaded (state: active)' + (f': {cause}' if cause else '')
+        return ''
+
     @property
     def model(self) -> str:
         return self.settings.model.model if self.settings else ''
@@ -107,6 +209,7 @@ class LlmNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate the parameters and start (or adopt) the Ollama server."""
         def configure() -> None:
+            self.model_error = ''
             try:
                 self.settings = parameters.read(self)
             except ConfigError as error:
@@ -119,18 +222,21 @@ class LlmNode(LifecycleNode):
             except ServerError as error:
                 self.server = None
                 raise TransitionFailed(str(error)) from None
-            self.engine = OllamaEngine(self.settings.server.base_url,
-                                       self.settings.model.load_timeout)
+            self._engine_timeout = self.settings.model.load_timeout
+            self.engine = OllamaEngine(self.settings.server.base_url, self._engine_timeout)
             self.chat.configure(self.settings)
-            self._restarts.clear()
+            self._budget.clear()
+            self._health = HealthCheck(time.monotonic())
         return self._transition('configure', configure, on_failure=self._stop_server)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Make sure the model is present and fits, load it, confirm it in /api/ps."""
+        """Take the model and chat settings, make sure the model is present and fits, load it,
+        confirm it in /api/ps."""
         def activate() -> None:
+            self._take_activate_settings()
             self._load_model()
-            self.chat.configure(self.settings)
-        result = self._transition('activate', activate, on_failure=self._unload_model)
+        result = self._transition('activate', activate, on_failure=self._unload_after_failure,
+                                  about_model=True)
         return super().on_activate(state) if result is TransitionCallbackReturn.SUCCESS \
             else result
 
@@ -139,7 +245,7 @@ class LlmNode(LifecycleNode):
         def deactivate() -> None:
             self.chat.abort_all('the node is deactivating')
             self._unload_model()
-        result = self._transition('deactivate', deactivate)
+        result = self._transition('deactivate', deactivate, about_model=True)
         return super().on_deactivate(state) if result is TransitionCallbackReturn.SUCCESS \
             else result
 
@@ -156,38 +262,59 @@ class LlmNode(LifecycleNode):
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Leave nothing behind; SUCCESS takes the node to unconfigured, ready to configure."""
-        self.get_logger().error(f'error processing (from {state.label}): stopping the server'
-                                + (f'; cause: {self.last_error}' if self.last_error else ''))
+        cause = self.server_error or self.model_error
+        self.log.error(f'error processing (from {state.label}): stopping the server'
+                       + (f'; cause: {cause}' if cause else ''))
         try:
             self.release_everything()
         except Exception as error:  # on_error must not raise: that would finalize the node
-            self.get_logger().error(f'error processing: cleanup failed: {error}')
+            self.log.error(f'error processing: cleanup failed: {error}')
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 
     def _transition(self, name: str, step: Callable[[], None],
-                    on_failure: Optional[Callable[[], None]] = None) -> TransitionCallbackReturn:
+                    on_failure: Optional[Callable[[], None]] = None,
+                    about_model: bool = False) -> TransitionCallbackReturn:
+        """Run one transition's step under the lock; its failure is the server's or (activate,
+        deactivate) the model's, and is reported as such on /diagnostics."""
         started = time.monotonic()
         with self._lock:
+            self._epoch += 1
+            self._wake.set()
+            self.recovering = ''
             if self._failure:
-                self.last_error = self._failure
+                self.server_error = self._failure
                 self._failure = ''
                 return TransitionCallbackReturn.ERROR
+            if self._exiting.is_set():
+                return TransitionCallbackReturn.FAILURE
+            if about_model:
+                self.model_error = ''
+            else:
+                self.server_error = ''
             try:
                 step()
             except (TransitionFailed, EngineError, ServerError) as error:
-                self.last_error = f'{name} failed: {error}'
-                self.get_logger().error(self.last_error)
-                if on_failure is not None:
+                message = f'{name} failed: {error}'
+                if self._exiting.is_set():
+                    message += ' (the node is exiting)'
+                elif on_failure is not None:
                     on_failure()
+                if about_model:
+                    self.model_error = message
+                else:
+                    self.server_error = message
+                self.log.error(message)
                 return TransitionCallbackReturn.FAILURE
             except Exception as error:
                 # rclpy turns an exception into ERROR without a word: say what it was.
-                self.last_error = f'{name} raised {type(error).__name__}: {error}'
-                self.get_logger().error(self.last_error)
+                self.server_error = f'{name} raised {type(error).__name__}: {error}'
+                self.log.error(self.server_error)
                 return TransitionCallbackReturn.ERROR
-        self.last_error = ''
-        self.get_logger().info(f'{name}: done in {time.monotonic() - started:.3f} s')
+            finally:
+                # No probes ran during the transition: the server's silence starts now.
+                self._health = HealthCheck(time.monotonic()) if self.server else None
+        self.log.info(f'{name}: done in {time.monotonic() - started:.3f} s')
         return TransitionCallbackReturn.SUCCESS
 
     # ---- steps ---------------------------------------------------------------------------
@@ -202,9 +329,26 @@ class LlmNode(LifecycleNode):
         if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
             raise TransitionFailed(f"models_dir '{path}' is not a writable directory")
 
+    def _take_activate_settings(self) -> None:
+        """Model and chat settings apply at every activate (server settings at configure)."""
+        assert self.settings is not None and self.engine is not None
+        try:
+            current = parameters.read(self)
+        except ConfigError as error:
+            raise TransitionFailed(f'invalid parameter: {error}') from None
+        self.settings = dataclasses.replace(self.settings, model=current.model,
+                                            chat=current.chat)
+        if current.model.load_timeout != self._engine_timeout:
+            # The engine's HTTP clients carry the timeout: new ones for the new value.
+            self.engine.close()
+            self._engine_timeout = current.model.load_timeout
+            self.engine = OllamaEngine(self.settings.server.base_url, self._engine_timeout)
+        self.chat.configure(self.settings)
+
     def _load_model(self) -> None:
         assert self.settings is not None and self.engine is not None
         model = self.settings.model
+        self._load_requested = False
         size = self.engine.installed_size(model.model)
         if size is None:
             if not model.pull_missing:
@@ -227,22 +371,22 @@ class LlmNode(LifecycleNode):
         info = self.engine.show(model.model)
         self.capabilities = info['capabilities']
         started = time.monotonic()
+        self._load_requested = True
         self.engine.load(model.model, FOREVER)
         loaded = self.engine.loaded_model(model.model)
         if loaded is None:
             raise TransitionFailed(f"'{model.model}' was loaded but /api/ps does not list it")
         self.context_length = loaded.context_length or info['context_length']
-        self.runner_processes = self.server.runners() if self.server and not self.server.adopted \
-            else []
+        self.runner_processes = self.server.runners() if self.server else []
         self.model_loaded = True
-        self.get_logger().info(
+        self.log.info(
             f"model '{model.model}' loaded in {time.monotonic() - started:.3f} s "
             f'({loaded.size / GiB:.2f} GiB, context {self.context_length}, capabilities '
             f"{', '.join(self.capabilities)})")
 
     def _pull(self, model: str) -> None:
         assert self.engine is not None
-        self.get_logger().info(f"model '{model}' is not in models_dir: pulling it")
+        self.log.info(f"model '{model}' is not in models_dir: pulling it")
         logged = [-1]
 
         def progress(fraction: float, status: str) -> None:
@@ -250,42 +394,58 @@ class LlmNode(LifecycleNode):
             decile = int(fraction * 10)
             if decile > logged[0]:
                 logged[0] = decile
-                self.get_logger().info(f"pulling '{model}': {fraction * 100:.0f} % ({status})")
+                self.log.info(f"pulling '{model}': {fraction * 100:.0f} % ({status})")
         try:
             self.engine.pull(model, progress)
         finally:
             self.pull_progress = None
-        self.get_logger().info(f"pulled '{model}'")
+        self.log.info(f"pulled '{model}'")
+
+    def _unload_after_failure(self) -> None:
+        """After a failed activate: unload what the load may have left (nothing to unload when
+        it failed before the load request, e.g. a model that could not be pulled)."""
+        if self._load_requested:
+            self._unload_model()
 
     def _unload_model(self) -> None:
-        """Unload (or keep for keep_alive_inactive) and confirm the runner is gone."""
+        """Unload (or keep for keep_alive_inactive) and confirm the runner is gone.
+
+        The node stops serving whatever happens: a failure to unload is a warning (on the
+        Model status), never a deactivate that leaves the node 'active' without a model.
+        Runners still tracked afterwards (kept alive, or not yet gone) are only watched to
+        report their exit: while inactive that is an unload, not a crash.
+        """
         if self.engine is None or self.settings is None:
             return
         self.model_loaded = False
         model = self.settings.model
-        if model.keep_alive_inactive > 0:
-            self.engine.set_keep_alive(model.model, model.keep_alive_inactive)
-            self.get_logger().info(f"model '{model.model}' stays loaded for "
-                                   f'{model.keep_alive_inactive:g} s (keep_alive_inactive)')
-            return
-        started = time.monotonic()
         try:
+            if model.keep_alive_inactive > 0:
+                self.engine.set_keep_alive(model.model, model.keep_alive_inactive)
+                self.log.info(f"model '{model.model}' stays loaded for "
+                              f'{model.keep_alive_inactive:g} s (keep_alive_inactive)')
+                return
+            started = time.monotonic()
             self.engine.unload(model.model)
         except EngineError as error:
-            self.get_logger().warning(f'unload: {error}')
+            self.model_error = f'unload: {error}'
+            self.log.warning(self.model_error)
             return
-        deadline = time.monotonic() + self.settings.server.stop_timeout
+        stop_timeout = self.settings.server.stop_timeout
+        deadline = time.monotonic() + stop_timeout
         # Returns as soon as the runners have exited (psutil polls /proc at a fine interval).
-        psutil.wait_procs(self.runner_processes, timeout=self.settings.server.stop_timeout)
+        psutil.wait_procs(self.runner_processes, timeout=stop_timeout)
         while self.engine.loaded_model(model.model) is not None or any(
                 _alive(p) for p in self.runner_processes):
             if time.monotonic() > deadline:
-                raise TransitionFailed(f"'{model.model}' is still loaded "
-                                       f'{self.settings.server.stop_timeout:g} s after unloading')
+                self.model_error = (f"'{model.model}' is still loaded {stop_timeout:g} s after "
+                                    'unloading (the server ends it, or cleanup stops it)')
+                self.log.warning(self.model_error)
+                return
             time.sleep(0.02)
         self.runner_processes = []
-        self.get_logger().info(f"model '{model.model}' unloaded in "
-                               f'{time.monotonic() - started:.3f} s; its runner has exited')
+        self.log.info(f"model '{model.model}' unloaded in "
+                      f'{time.monotonic() - started:.3f} s; its runner has exited')
 
     def _stop_server(self) -> None:
         if self.engine is not None:
@@ -298,102 +458,191 @@ class LlmNode(LifecycleNode):
         self.runner_processes = []
 
     def exit_process(self) -> None:
-        """The process is going down (Ctrl-C, SIGTERM): stop everything without waiting for a
-        restart backoff in progress."""
+        """The process is going down (Ctrl-C, SIGTERM): stop everything within seconds, whatever
+        runs. A transition or recovery in progress (a pull or load can take minutes) holds the
+        lock: the managed server is told to stop at once, which fails its request, and the
+        transition gives way."""
         self._exiting.set()
+        self._wake.set()
+        # rclpy's own lifecycle code logs through the node's logger too (e.g. a transition it
+        # can no longer complete): from now on that logger writes to the console only.
+        self._logger = self._exit_logger
         self.diagnostics.stop()
-        self.release_everything()
+        locked = self._lock.acquire(blocking=False)
+        if not locked and self.server is not None:
+            server = self.server
+            stop_timeout = server.settings.stop_timeout
+            self.log.info('exiting during a transition: stopping the Ollama server now')
+            server.signal_group(signal.SIGTERM)
+            locked = self._lock.acquire(timeout=stop_timeout)
+            if not locked:
+                server.signal_group(signal.SIGKILL)
+                locked = self._lock.acquire(timeout=stop_timeout)
+        try:
+            self._release()
+        finally:
+            if locked:
+                self._lock.release()
 
     def release_everything(self) -> None:
         """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
         with self._lock:
-            self.chat.abort_all('the node is shutting down')
-            if self.server is not None and self.server.adopted and self.model_loaded:
-                try:
-                    self._unload_model()
-                except (TransitionFailed, EngineError) as error:
-                    self.get_logger().warning(str(error))
-            self._stop_server()
+            self._release()
+
+    def _release(self) -> None:
+        self.chat.abort_all('the node is shutting down')
+        if self.server is not None and self.server.adopted and self.model_loaded:
+            self._unload_model()
+        self._stop_server()
 
     # ---- supervision ---------------------------------------------------------------------
     def _supervision_loop(self) -> None:
         while not self._exiting.wait(SUPERVISION_PERIOD):
             try:
-                self._supervise()
+                failure = self._check()
+                if failure is not None and failure.model_only:
+                    failure = self._reload_model(failure)
+                if failure is not None:
+                    self._restart_server(failure)
             except Exception as error:  # keep supervising; say what went wrong
                 if not self.context.ok():
                     return      # Ctrl-C shut rclpy down before the node stopped this thread
-                self.get_logger().error(f'supervision raised {type(error).__name__}: {error}')
+                self.log.error(f'supervision raised {type(error).__name__}: {error}')
 
-    def _supervise(self) -> None:
-        if self.server is None or not self._lock.acquire(blocking=False):
-            return
+    def _check(self) -> Optional[Failure]:
+        """What went wrong since the last check; None when all is well or a transition runs."""
+        if not self._lock.acquire(blocking=False):
+            return None     # a transition runs: it owns the server for now
         try:
-            problem = self._detect_failure()
-            if problem:
-                self._handle_failure(problem)
+            server, health, epoch = self.server, self._health, self._epoch
+            if server is None:
+                return None
+            code = server.exit_code()
+            if code is not None:
+                return Failure(f'the Ollama server (pid {server.pid}) exited with code {code}',
+                               epoch)
+            for runner in self.runner_processes:
+                if _alive(runner):
+                    continue
+                if self.state_label == 'active' and self.model_loaded:
+                    return Failure(f"the runner of '{self.model}' (pid {runner.pid}) exited",
+                                   epoch, model_only=True)
+                # Inactive: the model was unloaded (keep_alive_inactive ran out, a slow
+                # unload finished, or someone asked Ollama): not a failure.
+                self.log.info(f"model '{self.model}' unloaded: its runner (pid {runner.pid}) "
+                              'exited while the node was inactive')
+                self.runner_processes = []
+                self.model_error = ''
+                return None
+            if health is None or not health.due(time.monotonic()):
+                return None
         finally:
             self._lock.release()
+        # An HTTP probe: up to its timeout on a hung server, so not under the lock.
+        if not health.observe(server.reachable(), time.monotonic()):
+            return None
+        silent = time.monotonic() - health.last_answer
+        where = f'(pid {server.pid}) ' if server.pid else ''
+        return Failure(f'the Ollama server {where}at {server.base_url} has not answered for '
+                       f'{silent:.0f} s (hung)', epoch)
 
-    def _detect_failure(self) -> str:
-        assert self.server is not None
-        if self.server.adopted:
-            return '' if self.server.reachable() else \
-                f'the Ollama server at {self.server.base_url} stopped answering'
-        code = self.server.exit_code()
-        if code is not None:
-            return f'the Ollama server (pid {self.server.pid}) exited with code {code}'
-        for runner in self.runner_processes:
-            if not _alive(runner):
-                return f"the runner of '{self.model}' (pid {runner.pid}) died"
-        return ''
-
-    def _handle_failure(self, problem: str) -> None:
-        self.get_logger().error(problem)
-        self.last_error = problem
-        self.chat.abort_all(problem)
-        supervision = self.settings.supervision if self.settings else None
-        now = time.monotonic()
-        while self._restarts and now - self._restarts[0] > (supervision.restart_window
-                                                            if supervision else 0):
-            self._restarts.popleft()
-        if supervision and supervision.restart_on_failure and \
-                len(self._restarts) < supervision.max_restarts:
-            backoff = supervision.restart_backoff * 2 ** len(self._restarts)
-            self._restarts.append(now)
-            self.get_logger().warning(f'restarting in {backoff:g} s (restart '
-                                      f'{len(self._restarts)}/{supervision.max_restarts})')
-            if self._exiting.wait(backoff):
-                return
+    def _reload_model(self, failure: Failure) -> Optional[Failure]:
+        """The model went away while active (unloaded by keep_alive or by any client of the
+        server, or its runner crashed): load it again. Not a server failure, so the restart
+        budget is not spent; a reload that fails is one (returned for _restart_server)."""
+        with self._lock:
+            if self._epoch != failure.epoch or not self.active or self._exiting.is_set():
+                return None     # a transition ran meanwhile and decided what happens
+            self.log.warning(f'{failure.problem} while active (the model was unloaded or its '
+                             'runner crashed): reloading it (not a server failure, no restart '
+                             'counted)')
+            self.recovering = f'{failure.problem}; reloading the model'
+            self.model_loaded = False
+            self.runner_processes = []
+            self.chat.abort_all(failure.problem)
             try:
-                self._restart()
-                self.get_logger().info('recovered: server running'
-                                       + (' and model loaded' if self.model_loaded else ''))
-                return
+                self._load_model()
             except (TransitionFailed, EngineError, ServerError) as error:
-                self.get_logger().error(f'restart failed: {error}')
-                self.last_error = f'{problem}; restart failed: {error}'
-        self._failure = self.last_error
-        self.get_logger().error('giving up: going to ErrorProcessing')
-        if self.state_label == 'active':
-            self.trigger_deactivate()
-        elif self.state_label == 'inactive':
-            self.trigger_cleanup()
+                return Failure(f'{failure.problem}; reloading it failed: {error}',
+                               failure.epoch)
+            self.recovering = ''
+            self.model_error = ''
+            self.log.info(f"recovered: model '{self.model}' reloaded")
+            return None
 
-    def _restart(self) -> None:
+    def _restart_server(self, failure: Failure) -> None:
+        """Restart the server per the restart policy (and reload the model when active), or
+        give up: ErrorProcessing. The backoff is waited without the lock, so transitions
+        requested meanwhile run; one that did makes this restart moot."""
+        problem = failure.problem
+        while True:
+            with self._lock:
+                if self._epoch != failure.epoch or self.server is None or self._exiting.is_set():
+                    return
+                self.log.error(problem)
+                self.server_error = problem
+                self.model_loaded = False
+                self.runner_processes = []
+                self.chat.abort_all(problem)
+                supervision = self._supervision_settings()
+                decision = self._budget.decide(supervision, time.monotonic())
+                if not decision.restart:
+                    self.log.error(f'giving up ({decision.reason}): going to ErrorProcessing')
+                    self._failure = problem
+                    self.recovering = ''
+                    break
+                self.recovering = f'{problem}; restarting the server'
+                self.log.warning(f'restarting in {decision.backoff:g} s (restart '
+                                 f'{decision.attempt}/{supervision.max_restarts})')
+                self._wake.clear()
+            self._wake.wait(decision.backoff)
+            with self._lock:
+                if self._exiting.is_set():
+                    return
+                if self._epoch != failure.epoch:
+                    self.log.info('restart abandoned: a lifecycle transition ran meanwhile')
+                    return
+                try:
+                    self._restart(reload=self.state_label == 'active')
+                except (TransitionFailed, EngineError, ServerError) as error:
+                    self.log.error(f'restart failed: {error}')
+                    problem = f'{failure.problem}; restart failed: {error}'
+                    continue
+                self.recovering = ''
+                self.server_error = ''
+                self.log.info('recovered: server running'
+                              + (' and model loaded' if self.model_loaded else ''))
+                return
+        with self._transitions:     # not while a client's transition runs
+            if self._epoch != failure.epoch:
+                return
+            if self.state_label == 'active':
+                self.trigger_deactivate()
+            elif self.state_label == 'inactive':
+                self.trigger_cleanup()
+
+    def _restart(self, reload: bool) -> None:
         assert self.server is not None and self.settings is not None
-        was_active = self.model_loaded
-        self.model_loaded = False
-        if self.server.exit_code() is not None:
-            self.server.stop()
-            self.server.start()
-            self.server.restarts += 1
-        if was_active:
+        server = self.server
+        if server.adopted:
+            if not server.reachable():
+                raise ServerError(f'the Ollama server at {server.base_url} still does not answer')
+        else:
+            server.stop()       # what is left of it: a hung one gets SIGTERM, then SIGKILL
+            server.start()
+            server.restarts += 1
+        self._health = HealthCheck(time.monotonic())
+        if reload:
             self._load_model()
+
+    def _supervision_settings(self) -> SupervisionSettings:
+        """The restart policy applies at once: read from the parameters at each failure."""
+        return SupervisionSettings(**{field.name: self.get_parameter(field.name).value
+                                      for field in dataclasses.fields(SupervisionSettings)})
 
     def _log_line(self, level: str, line: str) -> None:
         # rclpy refuses one call site logging at several severities: one call per level.
-        logger = self.get_logger()
+        logger = self.log
         if level == 'error':
             logger.error(line)
         elif level == 'warn':

@@ -2,8 +2,9 @@
 
 Every field of the core's settings dataclasses is one parameter of the same name (the
 diagnostics period is `diagnostics_period`). Values are checked when they are set, so a bad
-`ros2 param set` is refused with the reason; server settings take effect at the next
-configure, model and chat settings at the next activate.
+`ros2 param set` is refused with the reason. When a value takes effect ends its description:
+server settings at the next configure, model and chat settings at the next activate,
+supervision and diagnostics thresholds at once, the rest (read-only) at start.
 """
 
 import dataclasses
@@ -30,48 +31,60 @@ DESCRIPTIONS = {
     'ollama_bin': 'The ollama executable (name on PATH or path). Next configure.',
     'models_dir': "OLLAMA_MODELS: where models are stored; empty = Ollama's default "
                   '(~/.ollama/models). Put it on a large partition. Next configure.',
-    'manage_server': 'true: spawn and own `ollama serve`; false: use a server someone else runs.',
+    'manage_server': 'true: spawn and own `ollama serve`; false: use a server someone else runs. '
+                     'Next configure.',
     'adopt_existing': 'When a server already answers on host: true = use it (and leave it '
-                      'running at cleanup), false = fail configure.',
-    'allow_remote': 'Allow a managed server to listen on a non-loopback address.',
-    'start_timeout': 'Seconds for the server to answer HTTP after it was spawned.',
-    'stop_timeout': 'Seconds between SIGTERM and SIGKILL of the server process group.',
-    'num_parallel': 'OLLAMA_NUM_PARALLEL: chats generated at once (each costs KV-cache RAM).',
-    'context_length': 'OLLAMA_CONTEXT_LENGTH: context window in tokens (RAM grows with it).',
-    'max_queue': 'OLLAMA_MAX_QUEUE: requests Ollama itself queues.',
+                      'running at cleanup), false = fail configure. Next configure.',
+    'allow_remote': 'Allow a managed server to listen on a non-loopback address. Next configure.',
+    'start_timeout': 'Seconds for the server to answer HTTP after it was spawned. Next configure.',
+    'stop_timeout': 'Seconds between SIGTERM and SIGKILL of the server process group. Next '
+                    'configure.',
+    'num_parallel': 'OLLAMA_NUM_PARALLEL: chats generated at once (each costs KV-cache RAM). '
+                    'Set at start.',
+    'context_length': 'OLLAMA_CONTEXT_LENGTH: context window in tokens (RAM grows with it). '
+                      'Next configure.',
+    'max_queue': 'OLLAMA_MAX_QUEUE: requests Ollama itself queues. Next configure.',
     'model': 'The Ollama model to serve, e.g. deepseek-r1:1.5b. Next activate.',
-    'pull_missing': 'Pull the model on activate when it is not in models_dir.',
-    'load_timeout': 'Seconds a pull step or a model load may take.',
+    'pull_missing': 'Pull the model on activate when it is not in models_dir. Next activate.',
+    'load_timeout': 'Seconds a pull step or a model load may take. Next activate.',
     'memory_margin_mb': 'RAM that must stay available after the model is loaded; activation '
-                        'is refused otherwise.',
-    'keep_alive_inactive': 'Seconds the model stays loaded after deactivate (0: unload at once).',
-    'restart_on_failure': 'Restart a server (and reload the model) that died while configured.',
-    'max_restarts': 'Restarts allowed within restart_window; one more failure -> ErrorProcessing.',
-    'restart_window': 'Seconds over which restarts are counted.',
-    'restart_backoff': 'Seconds before the first restart; doubled for each further one.',
-    'max_prompt_chars': 'Longest prompt + system prompt + context accepted, in characters.',
+                        'is refused otherwise. Next activate.',
+    'keep_alive_inactive': 'Seconds the model stays loaded after deactivate (0: unload at once). '
+                           'Next activate.',
+    'restart_on_failure': 'Restart a server that died or hangs while configured (and reload the '
+                          'model). At once.',
+    'max_restarts': 'Server restarts allowed within restart_window; one more failure -> '
+                    'ErrorProcessing. At once.',
+    'restart_window': 'Seconds over which restarts are counted. At once.',
+    'restart_backoff': 'Seconds before the first restart; doubled for each further one. At once.',
+    'max_prompt_chars': 'Longest prompt + system prompt + context accepted, in characters. '
+                        'Next activate.',
     'max_tokens_limit': 'Most tokens one chat may generate (also the default when a goal '
-                        'sets max_tokens 0).',
+                        'sets max_tokens 0). Next activate.',
     'concurrency': 'A goal arriving while num_parallel chats run: reject | queue | preempt '
-                   '(cancel the oldest).',
-    'max_queued_goals': 'Goals that may wait with concurrency=queue.',
+                   '(cancel the oldest). Next activate.',
+    'max_queued_goals': 'Goals that may wait with concurrency=queue. Set at start.',
     'feedback_min_interval': 'At most one feedback message per this many seconds: faster '
                              'chunks are joined, none dropped or delayed longer (0: one message '
-                             'per streamed chunk).',
-    'session_max_turns': 'Turns a session keeps (older ones are dropped).',
-    'max_sessions': 'Sessions kept; the least recently used is dropped beyond this.',
-    'stream_timeout': 'Seconds without output from Ollama before a chat is aborted.',
-    'diagnostics_period': 'Seconds between /diagnostics messages.',
-    'cpu_warn_percent': 'System CPU usage that turns the CPU status WARN.',
-    'cpu_error_percent': 'System CPU usage that turns the CPU status ERROR.',
-    'memory_warn_percent': 'RAM in use (of total) that turns the memory status WARN.',
-    'memory_error_percent': 'RAM in use (of total) that turns the memory status ERROR.',
-    'temperature_warn_c': 'Hottest sensor temperature that turns WARN (the S100 throttles at 95).',
-    'temperature_error_c': 'Hottest sensor temperature that turns ERROR.',
-    'disk_warn_mb': 'Free MB where models_dir lives below which storage is WARN.',
-    'disk_error_mb': 'Free MB where models_dir lives below which storage is ERROR.',
+                             'per streamed chunk). Next activate.',
+    'session_max_turns': 'Turns a session keeps (older ones are dropped). Next activate.',
+    'max_sessions': 'Sessions kept; the least recently used is dropped beyond this. Next '
+                    'activate.',
+    'stream_timeout': 'Seconds without output from Ollama before a chat is aborted. Next '
+                      'activate.',
+    'diagnostics_period': 'Seconds between /diagnostics messages. Set at start.',
+    'cpu_warn_percent': 'System CPU usage that turns the CPU status WARN. At once.',
+    'cpu_error_percent': 'System CPU usage that turns the CPU status ERROR. At once.',
+    'memory_warn_percent': 'RAM in use (of total) that turns the memory status WARN. At once.',
+    'memory_error_percent': 'RAM in use (of total) that turns the memory status ERROR. At '
+                            'once.',
+    'temperature_warn_c': 'Hottest sensor temperature that turns WARN (the S100 throttles at '
+                          '95). At once.',
+    'temperature_error_c': 'Hottest sensor temperature that turns ERROR. At once.',
+    'disk_warn_mb': 'Free MB where models_dir lives below which storage is WARN. At once.',
+    'disk_error_mb': 'Free MB where models_dir lives below which storage is ERROR. At once.',
     'tts_bridge': 'Bridge /prompt_text (std_msgs/String) to the chat and publish the answer '
-                  'on /tts_text sentence by sentence (D-Robotics speech chain).',
+                  'on /tts_text sentence by sentence (D-Robotics speech chain). Set at start.',
 }
 # The executor's thread count is sized from num_parallel and max_queued_goals at start.
 READ_ONLY = {'diagnostics_period', 'tts_bridge', 'num_parallel', 'max_queued_goals'}
@@ -106,7 +119,12 @@ class NodeSettings:
     @property
     def models_dir(self) -> str:
         """OLLAMA_MODELS as the server will use it (Ollama's default when empty)."""
-        return os.path.abspath(os.path.expanduser(self.server.models_dir or '~/.ollama/models'))
+        return expand_models_dir(self.server.models_dir)
+
+
+def expand_models_dir(value: str) -> str:
+    """The models_dir parameter as an absolute path (Ollama's default when empty)."""
+    return os.path.abspath(os.path.expanduser(value or '~/.ollama/models'))
 
 
 def names() -> List[str]:

@@ -24,11 +24,13 @@ from lifecycle_msgs.srv import GetAvailableTransitions
 from lifecycle_msgs.srv import GetState
 import psutil
 from rcl_interfaces.msg import Log
+from rcl_interfaces.srv import SetParameters
 import rclpy
 from rclpy.action import ActionClient
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import QoSReliabilityPolicy
@@ -253,6 +255,13 @@ class RosClient:
         reply = self._call(GetAvailableTransitions, f'/{self.name}/get_available_transitions',
                            GetAvailableTransitions.Request(), retry_every=1.0)
         return [t.transition.label for t in reply.available_transitions]
+
+    def set_parameters(self, **values: Any) -> None:
+        """What `ros2 param set` does; asserts that the node took every value."""
+        request = SetParameters.Request(parameters=[
+            Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+        results = self._call(SetParameters, f'/{self.name}/set_parameters', request).results
+        assert all(result.successful for result in results), [r.reason for r in results]
 
     def change_state(self, transition: str, timeout: float = 300.0) -> bool:
         """What `ros2 lifecycle set /llm <transition>` does; True on success."""

@@ -4,7 +4,8 @@ A managed server runs in its own session (so its process group holds it and the 
 spawns) with an explicit environment, dies with the node (PR_SET_PDEATHSIG), and is stopped
 with SIGTERM, a grace period, then SIGKILL of the whole group, then a sweep of orphaned runners
 that serve this models directory (Ollama's runners get no parent-death signal and outlive a
-SIGKILLed server, holding the model in RAM).
+SIGKILLed server, holding the model in RAM). Runners are told apart by the process tree: a
+server's runners are its descendants, an orphan's parent is init or a subreaper.
 """
 
 import ctypes
@@ -236,12 +237,26 @@ class OllamaServer:
         return self.process.pid if self.process is not None else None
 
     def runners(self) -> List[psutil.Process]:
-        """The runner processes of this models directory (children of the server or orphans)."""
-        found = []
-        for process in psutil.process_iter(['cmdline']):
-            if is_runner(process, self.models_dir):
-                found.append(process)
-        return found
+        """The runners this server started: its descendants serving models_dir.
+
+        Only its own process tree: another server sharing the models directory (a second node
+        on the default ~/.ollama/models) has runners of its own that this one must never count,
+        watch or kill.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return []
+        try:
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [process for process in descendants if is_runner(process, self.models_dir)]
+
+    def signal_group(self, number: int) -> None:
+        """Send a signal to the managed server's process group (it and its runners) now, from
+        any thread: how a node that is going down ends a pull or load in progress."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            self._signal_group(process.pid, number)
 
     # ---- stop ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -285,14 +300,23 @@ class OllamaServer:
             pass
 
     def sweep_orphans(self) -> int:
-        """SIGKILL runners of this models dir whose server is gone (reparented to init)."""
+        """SIGKILL runners of this models dir whose server is gone.
+
+        Ollama's runners get no parent-death signal: when their server dies they are
+        re-parented to init or to the nearest subreaper above it (systemd --user, a container's
+        init), which is an ancestor of this process too. Only such runners are taken; a runner
+        whose parent is alive (another node's server, a program a user started) is left alone.
+        """
+        adopters = {1} | {parent.pid for parent in psutil.Process().parents()}
         orphans = []
-        for process in self.runners():
+        for process in psutil.process_iter(['ppid']):
+            if process.info['ppid'] not in adopters or not is_runner(process, self.models_dir):
+                continue
             try:
-                parent = process.parent()
+                parent = psutil.Process(process.info['ppid'])
             except psutil.NoSuchProcess:
                 continue
-            if parent is None or not is_ollama_server(parent):
+            if not is_ollama_server(parent):
                 orphans.append(process)
         for process in orphans:
             try:

@@ -6,6 +6,8 @@ import socket
 
 from diagnostic_msgs.msg import DiagnosticStatus
 
+from harness import servers
+
 TASKS = ('System CPU', 'Memory', 'Temperature', 'Storage', 'Ollama server', 'Model')
 KEYS = {
     'System CPU': ['usage (%)', 'core 0 (%)', 'load average (1/5/15 min)', 'frequency (MHz)',
@@ -95,3 +97,41 @@ def test_a_killed_server_is_an_error(start_llm):
         'the server status to turn ERROR and name the exit')
     server = statuses['llm: Ollama server']
     assert values(server)['reachable'] == 'False'
+
+
+def test_a_recovered_server_clears_its_error(start_llm):
+    llm = start_llm()
+    llm.activate()
+    (server,) = servers(llm)
+    server.kill()
+    llm.client.wait_log('recovered: server running and model loaded')
+    statuses = llm.client.fresh_statuses(
+        lambda s: s['llm: Ollama server'].level == OK and s['llm: Model'].level == OK,
+        'the statuses to turn OK once recovered')
+    assert values(statuses['llm: Ollama server'])['restarts'] == '1'
+
+
+def test_storage_is_measured_where_models_go_before_configure(start_llm):
+    llm = start_llm(models_dir='~/.ollama/models')
+    statuses = llm.client.fresh_statuses()
+    assert values(statuses['llm: Storage'])['path'] == os.path.expanduser('~/.ollama/models')
+
+
+def test_a_model_that_cannot_be_loaded_shows_on_the_model_status(start_llm):
+    llm = start_llm(model='nosuch:latest')
+    assert llm.client.change_state('configure')
+    assert not llm.client.change_state('activate')
+    statuses = llm.client.fresh_statuses(lambda s: s['llm: Model'].level != OK,
+                                         'the Model status to report the failure')
+    model = statuses['llm: Model']
+    assert model.level == WARN
+    assert 'activate failed' in model.message and 'nosuch:latest' in model.message
+    assert statuses['llm: Ollama server'].level == OK
+
+
+def test_thresholds_apply_at_once(start_llm):
+    llm = start_llm(disk_warn_mb=2.0, disk_error_mb=1.0)
+    llm.client.fresh_statuses(lambda s: s['llm: Storage'].level == OK, 'storage OK')
+    llm.client.set_parameters(disk_warn_mb=1e12)
+    llm.client.fresh_statuses(lambda s: s['llm: Storage'].level == WARN,
+                              'the new threshold to turn storage WARN before configure')

@@ -6,16 +6,43 @@ import os
 import signal
 import socket
 import subprocess
+import time
 
+from action_msgs.msg import GoalStatus
 import httpx
+from lifecycle_msgs.srv import ChangeState
 import psutil
 import pytest
+from rcl_interfaces.msg import Log
 
 from harness import api_ps
 from harness import processes_of
 from harness import runners
 from harness import servers
+from harness import TRANSITIONS
+from harness import WAIT
 from harness import wait_for
+from s100_llm.action import Chat
+
+
+def warnings(client):
+    with client._lock:
+        return [m.msg for m in client.rosout if m.name == client.name and m.level >= Log.WARN]
+
+
+def change_state_async(client, transition):
+    """Ask for a transition without waiting for it: the future of its ChangeState answer."""
+    service = client.node.create_client(ChangeState, f'/{client.name}/change_state')
+    assert service.wait_for_service(timeout_sec=WAIT)
+    request = ChangeState.Request()
+    request.transition.id = TRANSITIONS[transition]
+    return service.call_async(request)
+
+
+def unload_behind_the_nodes_back(llm):
+    """What any local process may ask Ollama (no authentication needed)."""
+    httpx.post(llm.base_url + '/api/generate', json={'model': 'echo:latest', 'keep_alive': 0},
+               timeout=WAIT).raise_for_status()
 
 
 def test_node_starts_unconfigured(start_llm):
@@ -185,6 +212,9 @@ def test_node_exit_with_a_model_loaded_leaves_nothing(start_llm, number):
     assert runners(llm)
     assert llm.node.stop(number) == 0
     assert not processes_of(llm.models_dir, llm.port)
+    # What is logged after the signal goes to the console only, not to a /rosout gone invalid.
+    assert 'Failed to publish log message to rosout' not in llm.node.output()
+    assert 'stopping the Ollama server' in llm.node.output()
 
 
 def test_a_sigkilled_node_takes_its_server_along_and_the_next_configure_sweeps(start_llm):
@@ -232,3 +262,164 @@ def test_cycles_leave_no_process_thread_or_descriptor(start_llm):
 CYCLES = 100
 WARM_UP = 10
 POOL_SLACK = 2     # a leak of one thread per cycle would show 90
+
+
+def test_model_and_chat_settings_apply_at_the_next_activate(start_llm):
+    llm = start_llm()
+    llm.activate()
+    llm.client.set_parameters(model='thinker:latest', max_prompt_chars=5)
+    assert llm.client.chat('hello there').result.model == 'echo:latest'   # until then: as before
+    assert llm.client.change_state('deactivate') and llm.client.change_state('activate')
+    assert [model['name'] for model in api_ps(llm)] == ['thinker:latest']
+    assert llm.client.chat('hi').result.model == 'thinker:latest'
+    too_long = llm.client.send_chat(Chat.Goal(prompt='hello there'))
+    assert not too_long.wait_accepted()
+    assert 'max_prompt_chars' in llm.client.wait_log('chat goal rejected')
+
+
+def test_a_failed_activate_is_fixed_by_setting_the_model(start_llm):
+    llm = start_llm(model='nosuch:latest')
+    assert llm.client.change_state('configure')
+    assert not llm.client.change_state('activate')
+    assert 'nosuch:latest' in llm.client.wait_log('activate failed')
+    llm.client.set_parameters(model='echo:latest')
+    assert llm.client.change_state('activate')
+    assert llm.client.chat('again').result.text == 'user: again\n'
+    # Nothing was loaded, so nothing is unloaded (no warning about it).
+    assert not [m for m in warnings(llm.client) if 'unload' in m]
+
+
+def test_a_model_expiring_after_deactivate_is_not_a_failure(start_llm):
+    llm = start_llm(keep_alive_inactive=1.0)
+    llm.activate()
+    (runner,) = runners(llm)
+    assert llm.client.change_state('deactivate')
+    assert str(runner.pid) in llm.client.wait_log('exited while the node was inactive')
+    assert llm.client.state() == 'inactive'
+    assert not [m for m in llm.client.log_messages() if 'restart' in m or 'error processing' in m]
+    assert llm.client.change_state('activate')
+    assert llm.client.chat('again').result.text == 'user: again\n'
+
+
+def test_a_model_unloaded_by_another_client_while_active_is_reloaded(start_llm):
+    # One restart allowed: reloads must not spend it, or the second would end the node.
+    llm = start_llm(max_restarts=1)
+    llm.activate()
+    for attempt in range(1, 4):
+        (runner,) = runners(llm)
+        unload_behind_the_nodes_back(llm)
+        wait_for(lambda: len([m for m in llm.client.log_messages()
+                              if m.startswith("recovered: model 'echo:latest' reloaded")])
+                 == attempt, f'reload {attempt}')
+        assert runner.pid not in [r.pid for r in runners(llm)]
+    assert 'no restart counted' in llm.client.wait_log('reloading it')
+    assert llm.client.state() == 'active'
+    assert llm.client.chat('again').result.text == 'user: again\n'
+
+
+def test_a_reload_in_progress_is_reported_as_such(start_llm):
+    llm = start_llm(env={'OLLAMA_EMULATOR_LOAD_DELAY': '8'})
+    llm.activate()
+    unload_behind_the_nodes_back(llm)
+    llm.client.fresh_statuses(lambda s: 'recovering' in s['llm: Model'].message,
+                              'the Model status to say it is recovering')
+    during = llm.client.send_chat(Chat.Goal(prompt='during'))
+    assert not during.wait_accepted()
+    reason = llm.client.wait_log('chat goal rejected')
+    assert 'recovering (state: active)' in reason and 'reloading the model' in reason
+    llm.client.wait_log("recovered: model 'echo:latest' reloaded")
+    assert llm.client.chat('after').result.text == 'user: after\n'
+
+
+def test_a_deactivate_that_cannot_reach_the_server_still_stops_serving(start_llm):
+    # The server is frozen: deactivate's keep-alive request times out.
+    llm = start_llm(keep_alive_inactive=600.0, load_timeout=1.0, stop_timeout=0.5)
+    llm.activate()
+    (server,) = servers(llm)
+    server.suspend()
+    assert llm.client.change_state('deactivate')
+    assert llm.client.state() == 'inactive'
+    assert 'unload: ' in llm.client.wait_log('unload: ')
+    refused = llm.client.send_chat(Chat.Goal(prompt='after'))
+    assert not refused.wait_accepted()
+    assert 'not active (state: inactive)' in llm.client.wait_log('chat goal rejected')
+
+
+def test_transitions_run_during_a_restart_backoff(start_llm):
+    llm = start_llm(restart_backoff=600.0)
+    llm.activate()
+    (server,) = servers(llm)
+    server.kill()
+    llm.client.wait_log('restarting in 600 s')
+    assert llm.client.change_state('deactivate', timeout=WAIT)
+    assert llm.client.change_state('cleanup', timeout=WAIT)
+    assert llm.client.state() == 'unconfigured'
+    assert llm.client.change_state('configure', timeout=WAIT)
+    llm.client.wait_log('restart abandoned')
+
+
+@pytest.mark.parametrize('number', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_long_load_stops_the_node_at_once(start_llm, number):
+    llm = start_llm(env={'OLLAMA_EMULATOR_LOAD_DELAY': '600'})
+    assert llm.client.change_state('configure')
+    activating = change_state_async(llm.client, 'activate')
+    llm.client.wait_log("pulled 'echo:latest'")
+    asked = time.monotonic()
+    assert llm.node.stop(number) == 0
+    print(f'exit {time.monotonic() - asked:.2f} s after {signal.Signals(number).name} '
+          'during a load')
+    assert not activating.done() or not activating.result().success
+    assert not processes_of(llm.models_dir, llm.port)
+    assert 'Failed to publish log message to rosout' not in llm.node.output()
+
+
+def test_lifecycle_services_answer_during_a_long_load(start_llm):
+    llm = start_llm(env={'OLLAMA_EMULATOR_LOAD_DELAY': '20'})
+    assert llm.client.change_state('configure')
+    activating = change_state_async(llm.client, 'activate')
+    llm.client.wait_log("pulled 'echo:latest'")
+    asked = time.monotonic()
+    assert llm.client.state() == 'activating'
+    answered = time.monotonic()
+    assert 'transition_success' in llm.client.available_transitions()
+    assert not activating.done()        # the load is still in progress
+    print(f'get_state answered in {(answered - asked) * 1000:.1f} ms during a load')
+    wait_for(activating.done, 'the activate answer')
+    assert activating.result().success and llm.client.state() == 'active'
+
+
+@pytest.mark.parametrize('label, transition', [('', 'activate'), ('deactivate', None),
+                                               ('', 'active_shutdown')])
+def test_an_invalid_transition_request_is_refused_and_the_node_lives_on(
+        start_llm, label, transition):
+    llm = start_llm()
+    request = ChangeState.Request()
+    request.transition.label = label
+    if transition:
+        request.transition.id = TRANSITIONS[transition]
+    reply = llm.client._call(ChangeState, '/llm/change_state', request)
+    assert not reply.success
+    assert 'not valid in state' in llm.client.wait_log('change_state refused')
+    assert llm.node.process.poll() is None
+    assert llm.client.state() == 'unconfigured'
+    assert llm.client.change_state('configure')
+
+
+def test_a_hung_server_fails_running_goals_and_is_restarted(start_llm):
+    llm = start_llm(model='endless:latest', stop_timeout=0.5, stream_timeout=600.0,
+                    env={'OLLAMA_EMULATOR_TOKEN_RATE': '50'})
+    llm.activate()
+    (server,) = servers(llm)
+    run = llm.client.send_chat(Chat.Goal(prompt='go', max_tokens=8000))
+    assert run.wait_accepted()
+    wait_for(lambda: run.feedback, 'streaming')
+    server.suspend()
+    frozen = time.monotonic()
+    result = run.wait_result()
+    print(f'goal aborted {time.monotonic() - frozen:.1f} s after the server froze')
+    assert run.status == GoalStatus.STATUS_ABORTED
+    assert 'has not answered' in result.error_message and '(hung)' in result.error_message
+    llm.client.wait_log('recovered: server running and model loaded')
+    assert server.pid not in [s.pid for s in servers(llm)]
+    assert llm.client.state() == 'active'
+    assert llm.client.chat('again', max_tokens=3).result.text == 'tok0 tok1 tok2 '

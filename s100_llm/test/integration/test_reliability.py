@@ -53,6 +53,37 @@ def test_100_goals_from_10_clients(start_llm, domain_id):
     assert llm.client.chat('after the storm').status == GoalStatus.STATUS_SUCCEEDED
 
 
+def test_two_nodes_sharing_a_models_dir_leave_each_other_alone(
+        start_llm, domain_id, models_dir, tmp_path):
+    first = start_llm()
+    other = NodeProcess(domain_id, tmp_path / 'other.log',
+                        dict(default_parameters(free_port(), models_dir),
+                             model='endless:latest'),
+                        {'OLLAMA_EMULATOR_TOKEN_RATE': '50'}, name='other')
+    client = RosClient(domain_id, node_name='other')
+    try:
+        client.wait_for_node()
+        first.activate()
+        assert client.change_state('configure') and client.change_state('activate')
+        run = client.send_chat(Chat.Goal(prompt='go', max_tokens=8000))
+        assert run.wait_accepted()
+        wait_for(lambda: run.feedback, 'the other node streaming')
+        # The first node unloads its model and stops its server: the other's runner and
+        # chat are not its own.
+        assert first.client.change_state('deactivate')
+        assert first.client.change_state('cleanup')
+        streamed = len(run.feedback)
+        wait_for(lambda: len(run.feedback) > streamed + 3, 'the other node still streaming')
+        run.cancel()
+        run.wait_result()
+        assert run.status == GoalStatus.STATUS_CANCELED
+        assert not [m for m in client.log_messages() if 'exited' in m or 'restart' in m]
+        assert client.change_state('deactivate') and client.change_state('cleanup')
+    finally:
+        client.close()
+        other.stop()
+
+
 def test_a_server_crash_during_load_fails_activate_with_nothing_left(start_llm):
     llm = start_llm(restart_on_failure=False,
                     env={'OLLAMA_EMULATOR_SERVER_CRASH_ON_LOAD': '1'})

@@ -168,3 +168,40 @@ def test_the_server_dies_with_its_owner(tmp_path):
              or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE,
              'the server to die with the process that started it')
     wait_for(lambda: port_is_free('127.0.0.1', port), 'the port to be free')
+
+
+def test_servers_sharing_a_models_dir_count_and_stop_only_their_own_runners(make_server,
+                                                                            tmp_path):
+    models_dir = str(tmp_path / 'shared')
+    first, second = make_server(models_dir=models_dir), make_server(models_dir=models_dir)
+    first.start()
+    second.start()
+    for server in (first, second):
+        engine = OllamaEngine(server.base_url, 30)
+        engine.pull('echo', lambda *_: None)
+        engine.load('echo')
+        engine.close()
+    (first_runner,), (second_runner,) = first.runners(), second.runners()
+    assert first_runner.pid != second_runner.pid
+    assert first_runner.ppid() == first.pid and second_runner.ppid() == second.pid
+    first.stop()
+    assert not first_runner.is_running() or first_runner.status() == psutil.STATUS_ZOMBIE
+    assert second_runner.is_running() and second.runners() == [second_runner]
+    # Starting again sweeps orphans only: the other server's runner is not one.
+    first.start()
+    assert second_runner.is_running() and 'orphaned' not in first.log.text()
+
+
+def test_the_sweep_leaves_a_runner_whose_parent_is_alive(make_server, tmp_path):
+    """A process serving the models dir that some live program started (not an orphan)."""
+    models_dir = tmp_path / 'models'
+    blob = models_dir / 'blobs' / 'sha256-0000'
+    not_orphaned = subprocess.Popen(
+        [sys.executable, '-c', 'import time; time.sleep(600)', '--model', str(blob)])
+    try:
+        server = make_server(models_dir=str(models_dir))
+        assert server.sweep_orphans() == 0
+        assert not_orphaned.poll() is None
+    finally:
+        not_orphaned.kill()
+        not_orphaned.wait()
