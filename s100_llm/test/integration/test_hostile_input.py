@@ -1,0 +1,82 @@
+"""Issue 12: hostile and heavy input to the chat action: goal size limits, goal bursts, proxy
+variables, server output without line ends, literal think tags, the TTS bridge under load."""
+
+import math
+
+from action_msgs.msg import GoalStatus
+import pytest
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.msg import ParameterValue
+from rcl_interfaces.srv import DescribeParameters
+from rcl_interfaces.srv import SetParameters
+
+from harness import RosClient
+from harness import wait_for
+from harness import WAIT
+from s100_llm.action import Chat
+from s100_llm.core.config import RANGES
+
+
+@pytest.fixture
+def active(start_llm):
+    def start(env=None, **parameters):
+        llm = start_llm(env=env, **parameters)
+        llm.activate()
+        return llm
+    return start
+
+
+def test_a_burst_of_goals_from_five_clients_gets_an_answer_for_every_goal(active, domain_id):
+    llm = active()
+    clients = [llm.client] + [RosClient(domain_id) for _ in range(4)]
+    try:
+        for client in clients:
+            assert client.chat_client.wait_for_server(timeout_sec=WAIT)
+        futures = [client.chat_client.send_goal_async(Chat.Goal(prompt=f'goal {i}'))
+                   for client in clients for i in range(100)]
+        wait_for(lambda: all(f.done() for f in futures), f"an answer to every goal request ({sum(f.done() for f in futures)} of 500)",
+                 timeout=120)
+        handles = [f.result() for f in futures]
+        accepted = [h for h in handles if h.accepted]
+        assert accepted, 'the node took none of the burst'
+        results = [h.get_result_async() for h in accepted]
+        wait_for(lambda: all(r.done() for r in results), 'every accepted goal to end', 120)
+        assert all(r.result().status == GoalStatus.STATUS_SUCCEEDED for r in results)
+        assert llm.client.chat('after the burst').result.text == 'user: after the burst\n'
+    finally:
+        for client in clients[1:]:
+            client.close()
+
+
+def set_parameter(llm, name, value):
+    """What `ros2 param set /llm NAME VALUE` sends: an int for 95, a double for nan or 95.0."""
+    if isinstance(value, int):
+        parameter_value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    else:
+        parameter_value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+    reply = llm.client._call(SetParameters, '/llm/set_parameters', SetParameters.Request(
+        parameters=[ParameterMsg(name=name, value=parameter_value)]))
+    return reply.results[0]
+
+
+def test_numeric_parameters_take_integers_refuse_nan_and_show_their_range(start_llm):
+    # An integer for a float parameter at startup (it used to crash the node).
+    llm = start_llm(start_timeout=5, cpu_warn_percent=80)
+    assert set_parameter(llm, 'cpu_warn_percent', 95).successful
+    assert set_parameter(llm, 'cpu_error_percent', 99.5).successful
+    for name, value, reason in (('temperature_error_c', math.nan, 'temperature_error_c'),
+                                ('disk_warn_mb', math.inf, 'disk_warn_mb'),
+                                ('memory_warn_percent', -math.inf, 'memory_warn_percent'),
+                                ('cpu_error_percent', 500, 'cpu_error_percent must be in 0..100'),
+                                ('start_timeout', 0, 'start_timeout must be in 0.1..3600')):
+        result = set_parameter(llm, name, value)
+        assert not result.successful and reason in result.reason, (name, result.reason)
+    described = llm.client._call(DescribeParameters, '/llm/describe_parameters',
+                                 DescribeParameters.Request(names=sorted(RANGES))).descriptors
+    for descriptor in described:
+        low, high = RANGES[descriptor.name]
+        ranges = list(descriptor.floating_point_range) + list(descriptor.integer_range)
+        assert [(r.from_value, r.to_value) for r in ranges] == [(low, high)], descriptor.name
+    # The integers reached the settings: configure reads them.
+    assert llm.client.change_state('configure'), llm.node.output()
