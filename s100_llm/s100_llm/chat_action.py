@@ -38,7 +38,8 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
     return ChatRequest(
         prompt=goal.prompt, system_prompt=goal.system_prompt, session_id=goal.session_id,
         reset_session=goal.reset_session,
-        context=[{'role': m.role, 'content': m.content} for m in goal.context],
+        context=[{'role': m.role, 'content': m.content, 'thinking': m.thinking}
+                 for m in goal.context],
         think=goal.think, temperature=goal.temperature, top_p=goal.top_p, top_k=goal.top_k,
         max_tokens=goal.max_tokens, seed=goal.seed, stop=list(goal.stop))
 

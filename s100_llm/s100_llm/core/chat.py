@@ -18,7 +18,12 @@ from .sessions import SessionStore
 
 THINK_DEFAULT, THINK_ON, THINK_OFF = 0, 1, 2
 ROLES = ('system', 'user', 'assistant')
+# Limits of the goal fields that max_prompt_chars does not cover: every field of a goal is
+# bounded, so what the node holds per goal (and in a session) is bounded whatever clients send.
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256            # per stop string
+MAX_SESSION_ID_CHARS = 128
+MAX_CONTEXT_MESSAGES = 1000     # context[] entries (their text counts in max_prompt_chars)
 
 
 @dataclasses.dataclass
@@ -59,14 +64,34 @@ class ChatOutcome:
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
              capabilities: List[str], model: str) -> str:
-    """The reason to reject the goal, or '' when it is acceptable."""
+    """The reason to reject the goal, or '' when it is acceptable.
+
+    Sizes are checked first, so that no reason quotes an unbounded field.
+    """
+    if len(request.context) > MAX_CONTEXT_MESSAGES:
+        return (f'context has {len(request.context)} messages; at most '
+                f'{MAX_CONTEXT_MESSAGES} are accepted')
+    size = (len(request.prompt) + len(request.system_prompt)
+            + sum(len(m.get('content', '')) + len(m.get('thinking', ''))
+                  for m in request.context))
+    if size > settings.max_prompt_chars:
+        return (f'prompt, system prompt and context (with its thinking) have {size} '
+                f'characters; the limit (max_prompt_chars) is {settings.max_prompt_chars}')
+    if len(request.session_id) > MAX_SESSION_ID_CHARS:
+        return (f'session_id has {len(request.session_id)} characters; at most '
+                f'{MAX_SESSION_ID_CHARS} are accepted')
+    if not request.session_id.isprintable():
+        return 'session_id must be printable text (no control characters or line breaks)'
+    if len(request.stop) > MAX_STOP_STRINGS or any(
+            not 0 < len(s) <= MAX_STOP_CHARS for s in request.stop):
+        return (f'stop takes 1..{MAX_STOP_STRINGS} non-empty strings of at most '
+                f'{MAX_STOP_CHARS} characters')
+    for message in request.context:
+        if message.get('role') not in ROLES:
+            return (f"context role {message.get('role', '')[:20]!r} must be one of "
+                    f"{', '.join(ROLES)}")
     if not request.prompt.strip():
         return 'prompt is empty'
-    size = (len(request.prompt) + len(request.system_prompt)
-            + sum(len(m.get('content', '')) for m in request.context))
-    if size > settings.max_prompt_chars:
-        return (f'prompt, system prompt and context have {size} characters; the limit '
-                f'(max_prompt_chars) is {settings.max_prompt_chars}')
     if request.think not in (THINK_DEFAULT, THINK_ON, THINK_OFF):
         return ('think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not '
                 f'{request.think}')
@@ -84,17 +109,12 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
     if request.max_tokens < 0 or request.max_tokens > settings.max_tokens_limit:
         return (f'max_tokens {request.max_tokens} is out of range 0..{settings.max_tokens_limit} '
                 '(0: up to max_tokens_limit)')
-    if len(request.stop) > MAX_STOP_STRINGS or any(not s for s in request.stop):
-        return f'stop takes 1..{MAX_STOP_STRINGS} non-empty strings'
     if request.reset_session and not request.session_id:
         return 'reset_session needs a session_id'
     if request.reset_session and request.session_id not in sessions:
         return f"reset_session: unknown session '{request.session_id}'"
     if request.context and request.session_id:
         return 'context is for single-turn goals; a session keeps its own history'
-    for message in request.context:
-        if message.get('role') not in ROLES:
-            return f"context role '{message.get('role')}' must be one of {', '.join(ROLES)}"
     return ''
 
 

@@ -16,6 +16,7 @@ from harness import wait_for
 from harness import WAIT
 from s100_llm.action import Chat
 from s100_llm.core.config import RANGES
+from s100_llm.msg import ChatMessage
 
 
 @pytest.fixture
@@ -80,3 +81,17 @@ def test_numeric_parameters_take_integers_refuse_nan_and_show_their_range(start_
         assert [(r.from_value, r.to_value) for r in ranges] == [(low, high)], descriptor.name
     # The integers reached the settings: configure reads them.
     assert llm.client.change_state('configure'), llm.node.output()
+
+
+@pytest.mark.parametrize('fields, reason', [
+    ({'stop': ['x' * 1_000_000] * 16}, 'stop takes 1..16 non-empty strings of at most 256'),
+    ({'session_id': 's' * 4_000_000}, 'session_id has 4000000 characters; at most 128'),
+    ({'context': [ChatMessage(role='user')] * 100_000}, 'context has 100000 messages'),
+    ({'context': [ChatMessage(role='assistant', content='x', thinking='y' * 1_000_000)]},
+     'context (with its thinking) have 1000003 characters'),
+])
+def test_oversized_goal_fields_are_rejected_with_their_limit(active, fields, reason):
+    llm = active()
+    assert not llm.client.send_chat(Chat.Goal(prompt='hi', **fields)).wait_accepted()
+    assert reason in llm.client.wait_log('chat goal rejected')
+    assert llm.client.chat('still serving').result.text == 'user: still serving\n'
