@@ -142,7 +142,8 @@ class ChatActionServer:
 
             run = ChatRun(engine, self.node.model, request, self.settings, self.sessions,
                           self.node.context_length, keep_alive=-1, publish=publish,
-                          accepted_at=accepted_at)
+                          accepted_at=accepted_at,
+                          inline_think='thinking' in self.node.capabilities)
             with self._lock:
                 self._runs[uuid] = run
             ticket.on_preempt = lambda: run.cancel('preempted by a newer goal')

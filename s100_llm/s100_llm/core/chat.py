@@ -134,39 +134,50 @@ def ollama_options(request: ChatRequest, settings: ChatSettings) -> Dict[str, An
 
 
 class ThinkTagSplitter:
-    """Moves <think>...</think> found inline in the answer into the reasoning.
+    """Moves a <think>...</think> block that opens the answer into the reasoning.
 
     Ollama separates reasoning itself when `think` is set; older servers, and models whose
-    template it does not know, stream the tags inline. Tags may be split across chunks.
+    template it does not know, stream the reasoning inline, as reasoning models emit it: one
+    block at the very start of the answer (after white space at most). Only that block is
+    taken, and only for a model that thinks (`enabled`); "<think>" anywhere else, or from any
+    other model, is answer text. Tags may be split across chunks.
     """
 
     OPEN, CLOSE = '<think>', '</think>'
+    START, INSIDE, ANSWER = 'start', 'inside', 'answer'
 
-    def __init__(self) -> None:
-        self.inside = False
+    def __init__(self, enabled: bool = True) -> None:
+        self.state = self.START if enabled else self.ANSWER
         self.pending = ''
 
     def feed(self, text: str) -> Tuple[str, str]:
-        """(answer, thinking) parts of text that are certain; a partial tag is held back."""
+        """(answer, thinking) parts of text that are certain; a possible tag is held back."""
+        if self.state == self.ANSWER:
+            return text, ''
         self.pending += text
-        answer, thinking = [], []
-        while self.pending:
-            tag = self.CLOSE if self.inside else self.OPEN
-            index = self.pending.find(tag)
-            if index >= 0:
-                (thinking if self.inside else answer).append(self.pending[:index])
-                self.pending = self.pending[index + len(tag):]
-                self.inside = not self.inside
-                continue
-            keep = _partial_suffix(self.pending, tag)
-            (thinking if self.inside else answer).append(self.pending[:len(self.pending) - keep])
-            self.pending = self.pending[len(self.pending) - keep:]
-            break
-        return ''.join(answer), ''.join(thinking)
+        if self.state == self.START:
+            opening = self.pending.lstrip()
+            if self.OPEN.startswith(opening):       # white space or part of the tag so far
+                return '', ''
+            if not opening.startswith(self.OPEN):   # the answer starts without reasoning
+                self.state = self.ANSWER
+                answer, self.pending = self.pending, ''
+                return answer, ''
+            self.state = self.INSIDE
+            self.pending = opening[len(self.OPEN):]
+        index = self.pending.find(self.CLOSE)
+        if index >= 0:
+            thinking, answer = self.pending[:index], self.pending[index + len(self.CLOSE):]
+            self.state, self.pending = self.ANSWER, ''
+            return answer, thinking
+        keep = _partial_suffix(self.pending, self.CLOSE)
+        thinking, self.pending = (self.pending[:len(self.pending) - keep],
+                                  self.pending[len(self.pending) - keep:])
+        return '', thinking
 
     def flush(self) -> Tuple[str, str]:
         rest, self.pending = self.pending, ''
-        return ('', rest) if self.inside else (rest, '')
+        return ('', rest) if self.state == self.INSIDE else (rest, '')
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -227,7 +238,8 @@ class ChatRun:
 
     def __init__(self, engine: OllamaEngine, model: str, request: ChatRequest,
                  settings: ChatSettings, sessions: SessionStore, context_length: int,
-                 keep_alive: float, publish: FeedbackSink, accepted_at: float) -> None:
+                 keep_alive: float, publish: FeedbackSink, accepted_at: float,
+                 inline_think: bool = False) -> None:
         self.engine = engine
         self.model = model
         self.request = request
@@ -237,6 +249,7 @@ class ChatRun:
         self.keep_alive = keep_alive
         self.publish = publish
         self.accepted_at = accepted_at
+        self.inline_think = inline_think      # the model thinks: parse a leading <think> block
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
         self._cancel_is_error = False
@@ -262,7 +275,7 @@ class ChatRun:
                                           request.prompt, request.context, self.context_length)
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
         outcome = ChatOutcome()
-        splitter = ThinkTagSplitter()
+        splitter = ThinkTagSplitter(self.inline_think)
         text: List[str] = []
         thinking: List[str] = []
         batch = FeedbackBatch(self.settings.feedback_min_interval, self.publish)

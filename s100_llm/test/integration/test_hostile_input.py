@@ -95,3 +95,13 @@ def test_oversized_goal_fields_are_rejected_with_their_limit(active, fields, rea
     assert not llm.client.send_chat(Chat.Goal(prompt='hi', **fields)).wait_accepted()
     assert reason in llm.client.wait_log('chat goal rejected')
     assert llm.client.chat('still serving').result.text == 'user: still serving\n'
+
+
+@pytest.mark.parametrize('model, think, answer', [
+    ('echo:latest', Chat.Goal.THINK_DEFAULT, 'user: <think>literal</think> tags\n'),
+    ('thinker:latest', Chat.Goal.THINK_OFF, 'Answer: <think>literal</think> tags'),
+])
+def test_literal_think_tags_inside_an_answer_stay_in_the_answer(active, model, think, answer):
+    llm = active(model=model)
+    result = llm.client.chat('<think>literal</think> tags', think=think).result
+    assert (result.text, result.thinking) == (answer, '')

@@ -87,6 +87,29 @@ def test_text_without_tags_passes_through_at_once():
     assert splitter.feed('a < b') == ('a < b', '')
 
 
+def split(chunks, enabled=True):
+    splitter = ThinkTagSplitter(enabled)
+    parts = [splitter.feed(chunk) for chunk in chunks] + [splitter.flush()]
+    return ''.join(a for a, _ in parts), ''.join(t for _, t in parts)
+
+
+@pytest.mark.parametrize('chunks, expected', [
+    # Only a block that opens the answer is reasoning; later tags are answer text.
+    (['Use the ', '<think>', ' tag.'], ('Use the <think> tag.', '')),
+    (['\n <think>plan</think>A <think>x</think>'], ('A <think>x</think>', 'plan')),
+    (['<', 'b>bold</b>'], ('<b>bold</b>', '')),
+    (['<think>never closed'], ('', 'never closed')),
+    (['<thi'], ('<thi', '')),
+])
+def test_only_a_leading_think_block_is_reasoning(chunks, expected):
+    assert split(chunks) == expected
+
+
+def test_a_model_that_does_not_think_keeps_its_think_tags():
+    assert split(['<think>plan</think>Paris']) == ('Paris', 'plan')
+    assert split(['<think>plan</think>Paris'], enabled=False) == ('<think>plan</think>Paris', '')
+
+
 def test_sentence_splitter_hands_out_whole_sentences():
     splitter = SentenceSplitter()
     assert splitter.feed('Hello there. How') == ['Hello there.']
