@@ -137,7 +137,7 @@ class LlmNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop accepting chats, abort the running ones, unload the model."""
         def deactivate() -> None:
-            self.chat.abort_all('the node is deactivating')
+            self.chat.abort_all('the node is deactivating', failure=False)
             self._unload_model()
         result = self._transition('deactivate', deactivate)
         return super().on_deactivate(state) if result is TransitionCallbackReturn.SUCCESS \
@@ -307,7 +307,7 @@ class LlmNode(LifecycleNode):
     def release_everything(self) -> None:
         """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
         with self._lock:
-            self.chat.abort_all('the node is shutting down')
+            self.chat.abort_all('the node is shutting down', failure=False)
             if self.server is not None and self.server.adopted and self.model_loaded:
                 try:
                     self._unload_model()

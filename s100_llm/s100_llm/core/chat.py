@@ -60,6 +60,8 @@ class ChatOutcome:
     prompt_eval_duration: float = 0.0
     eval_duration: float = 0.0
     feedback_messages: int = 0
+    # The node ended the chat on purpose (deactivate, shutdown), not because something failed.
+    ended_on_purpose: bool = False
 
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
@@ -253,16 +255,18 @@ class ChatRun:
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
         self._cancel_is_error = False
+        self._ended_on_purpose = False
         self._lock = threading.Lock()
 
-    def cancel(self, reason: str, as_error: bool = False) -> None:
+    def cancel(self, reason: str, as_error: bool = False, on_purpose: bool = False) -> None:
         """Close the stream now. The outcome is 'canceled', or 'error' when as_error (the node
-        ends the chat because it is deactivating or the server failed)."""
+        ends the chat because it is deactivating (on_purpose) or the server failed)."""
         with self._lock:
             if self._cancel_reason:
                 return
             self._cancel_reason = reason
             self._cancel_is_error = as_error
+            self._ended_on_purpose = on_purpose
             stream = self._stream
         if stream is not None:
             stream.cancel()
@@ -275,6 +279,9 @@ class ChatRun:
                                           request.prompt, request.context, self.context_length)
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
         outcome = ChatOutcome()
+        # Chunks that carried text: Ollama streams one token per chunk, so this is the number
+        # of tokens generated when the stream ends without Ollama's final statistics.
+        streamed = 0
         splitter = ThinkTagSplitter(self.inline_think)
         text: List[str] = []
         thinking: List[str] = []
@@ -297,6 +304,8 @@ class ChatRun:
                 if chunk is None:       # held text is due and the model is quiet: send it
                     batch.flush()
                     continue
+                if chunk.content or chunk.thinking:
+                    streamed += 1
                 answer_part, inline_thinking = splitter.feed(chunk.content)
                 thinking_part = chunk.thinking + inline_thinking
                 if (answer_part or thinking_part) and not outcome.time_to_first_token:
@@ -309,9 +318,11 @@ class ChatRun:
         except ChatCanceled:
             batch.flush()
             outcome.feedback_messages = batch.sent
+            outcome.completion_tokens = streamed
             return self._canceled(outcome, text, thinking)
         except EngineError as error:
             batch.flush()
+            outcome.completion_tokens = streamed
             outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
             outcome.error_message = str(error)
             outcome.feedback_messages = batch.sent
@@ -330,6 +341,7 @@ class ChatRun:
         outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
         outcome.done_reason = 'error' if self._cancel_is_error else 'canceled'
         outcome.error_message = self._cancel_reason
+        outcome.ended_on_purpose = self._ended_on_purpose
         return outcome
 
 

@@ -2,9 +2,12 @@
 variables, server output without line ends, literal think tags, the TTS bridge under load."""
 
 import math
+import socket
+import threading
 
 from action_msgs.msg import GoalStatus
 import pytest
+from rcl_interfaces.msg import Log
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.msg import ParameterValue
@@ -12,6 +15,7 @@ from rcl_interfaces.srv import DescribeParameters
 from rcl_interfaces.srv import SetParameters
 
 from harness import RosClient
+from harness import runners
 from harness import wait_for
 from harness import WAIT
 from s100_llm.action import Chat
@@ -105,3 +109,92 @@ def test_literal_think_tags_inside_an_answer_stay_in_the_answer(active, model, t
     llm = active(model=model)
     result = llm.client.chat('<think>literal</think> tags', think=think).result
     assert (result.text, result.thinking) == (answer, '')
+
+
+class ProxyStandIn:
+    """A loopback TCP listener in place of an HTTP proxy: it records every connection."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(('127.0.0.1', 0))
+        self.connections = []
+        self.url = f'http://127.0.0.1:{self.socket.getsockname()[1]}'
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, address = self.socket.accept()
+            except OSError:
+                return
+            self.connections.append(address)
+            connection.close()
+
+
+def test_proxy_variables_do_not_capture_the_nodes_ollama_traffic(active):
+    proxy = ProxyStandIn()
+    environment = {name: proxy.url for name in (
+        'http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY')}
+    environment.update(no_proxy='', NO_PROXY='')
+    try:
+        llm = active(env=environment)      # configure probes the port, activate loads
+        run = llm.client.chat('private prompt')
+        assert run.status == GoalStatus.STATUS_SUCCEEDED
+        assert run.result.text == 'user: private prompt\n'
+        llm.client.fresh_statuses(lambda s: s['llm: Model'].level == b'\x00', 'model status OK')
+        assert proxy.connections == []
+    finally:
+        proxy.socket.close()
+
+
+def peak_rss_mb(pid):
+    with open(f'/proc/{pid}/status') as status:
+        line = next(line for line in status if line.startswith('VmHWM:'))
+    return int(line.split()[1]) / 1024
+
+
+def test_server_output_without_line_breaks_does_not_grow_the_node(start_llm, tmp_path):
+    chatty = tmp_path / 'chatty-ollama'
+    chatty.write_text("#!/bin/sh\nhead -c 200000000 /dev/zero | tr '\\0' x >&2\n"
+                      'printf "\\nafter\\n" >&2\nexit 3\n')
+    chatty.chmod(0o755)
+    llm = start_llm(ollama_bin=str(chatty))
+    before = peak_rss_mb(llm.node.pid)
+    assert not llm.client.change_state('configure')
+    llm.client.wait_log('exited with code 3 during start')
+    assert 'the rest of the line is dropped' in llm.client.wait_log('[line cut')
+    llm.client.wait_log('[ollama] after')
+    # 200 MB went through the reader; what it held stays far below that.
+    assert peak_rss_mb(llm.node.pid) - before < 50
+
+
+def test_an_intentional_deactivate_is_a_warning_and_streamed_tokens_are_counted(active):
+    llm = active(model='endless:latest', env={'OLLAMA_EMULATOR_TOKEN_RATE': '100'})
+    canceled = llm.client.send_chat(Chat.Goal(prompt='go', max_tokens=8192))
+    assert canceled.wait_accepted()
+    wait_for(lambda: len(canceled.feedback) >= 3, 'a few tokens')
+    canceled.cancel()
+    result = canceled.wait_result()
+    assert result.stats.completion_tokens == len(result.text.split()) > 0
+    aborted = llm.client.send_chat(Chat.Goal(prompt='go', max_tokens=8192))
+    assert aborted.wait_accepted()
+    wait_for(lambda: len(aborted.feedback) >= 3, 'a few tokens')
+    assert llm.client.change_state('deactivate')
+    result = aborted.wait_result()
+    assert aborted.status == GoalStatus.STATUS_ABORTED
+    assert result.stats.completion_tokens == len(result.text.split()) > 0
+    llm.client.wait_log('the node is deactivating')
+    with llm.client._lock:
+        levels = {m.level for m in llm.client.rosout if 'the node is deactivating' in m.msg}
+    assert levels == {Log.WARN}
+
+
+def test_the_runners_per_request_lines_are_not_logged_at_info(active):
+    llm = active(model='smollm2:135m', env={'OLLAMA_EMULATOR_THREADS': '2'})
+    for _ in range(2):
+        assert llm.client.chat('Hi', max_tokens=3).status == GoalStatus.STATUS_SUCCEEDED
+    assert llm.client.change_state('deactivate')
+    wait_for(lambda: not runners(llm), 'the runner to exit')
+    llm.client.wait_log('its runner has exited')
+    forwarded = [m for m in llm.client.log_messages() if m.startswith('[ollama]')]
+    assert any('load_model' in m for m in forwarded)      # the runner's other lines still are
+    assert not [m for m in forwarded if '| task ' in m or 'print_timing' in m]
