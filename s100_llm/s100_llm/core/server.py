@@ -113,8 +113,9 @@ def log_level(line: str, default: str) -> str:
         letter, module, function = match.groups()
         if letter == 'E':
             return 'error'
-        if letter in 'IDW' and (module == 'slot' or function in _PER_REQUEST_FUNCTIONS
-                               or '| task ' in line):
+        per_request = (module == 'slot' or function in _PER_REQUEST_FUNCTIONS
+                       or '| task ' in line)
+        if letter in 'IDW' and per_request:
             return 'debug'
     return default
 
