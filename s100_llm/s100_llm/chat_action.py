@@ -38,7 +38,8 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
     return ChatRequest(
         prompt=goal.prompt, system_prompt=goal.system_prompt, session_id=goal.session_id,
         reset_session=goal.reset_session,
-        context=[{'role': m.role, 'content': m.content} for m in goal.context],
+        context=[{'role': m.role, 'content': m.content, 'thinking': m.thinking}
+                 for m in goal.context],
         think=goal.think, temperature=goal.temperature, top_p=goal.top_p, top_k=goal.top_k,
         max_tokens=goal.max_tokens, seed=goal.seed, stop=list(goal.stop))
 
@@ -61,6 +62,9 @@ class ChatActionServer:
         self.sessions = SessionStore(self.settings.session_max_turns, self.settings.max_sessions)
         self.admission = Admission('queue', 1, 0)
         self.counters = ChatCounters()
+        # Whether the last abort_all() was on purpose: goals still waiting for their turn then
+        # end the same way as the running ones.
+        self._stopped_on_purpose = False
         self._tickets: Dict[int, Ticket] = {}      # id(goal message) -> ticket
         self._accepted_at: Dict[int, float] = {}
         self._runs: Dict[bytes, ChatRun] = {}      # goal uuid -> run
@@ -127,7 +131,8 @@ class ChatActionServer:
                     else 'preempted by a newer goal'))
             else:   # deactivated or failed while the goal waited: like the running ones
                 outcome = ChatOutcome(error_message='the node stopped serving (state: '
-                                                    f'{self.node.state_label})')
+                                                    f'{self.node.state_label})',
+                                      ended_on_purpose=self._stopped_on_purpose)
             return self._finish(goal_handle, outcome, ticket.preempted)
         uuid = bytes(goal_handle.goal_id.uuid)
         try:
@@ -142,7 +147,8 @@ class ChatActionServer:
 
             run = ChatRun(engine, self.node.model, request, self.settings, self.sessions,
                           self.node.context_length, keep_alive=-1, publish=publish,
-                          accepted_at=accepted_at)
+                          accepted_at=accepted_at,
+                          inline_think='thinking' in self.node.capabilities)
             with self._lock:
                 self._runs[uuid] = run
             ticket.on_preempt = lambda: run.cancel('preempted by a newer goal')
@@ -179,7 +185,10 @@ class ChatActionServer:
                 goal_handle.abort()
         elif outcome.done_reason == 'error':
             self.counters.failed += 1
-            self.node.get_logger().error(f'chat aborted: {outcome.error_message}')
+            if outcome.ended_on_purpose:    # a deactivate or shutdown: not a failure
+                self.node.get_logger().warning(f'chat ended by the node: {outcome.error_message}')
+            else:
+                self.node.get_logger().error(f'chat aborted: {outcome.error_message}')
             goal_handle.abort()
         else:
             self.counters.served += 1
@@ -205,12 +214,14 @@ class ChatActionServer:
         return True
 
     # ---- for the node --------------------------------------------------------------------
-    def abort_all(self, reason: str) -> None:
-        """End every running or waiting chat (deactivate, failures, shutdown) and wait for them."""
+    def abort_all(self, reason: str, failure: bool = True) -> None:
+        """End every running or waiting chat and wait for them: because something failed, or
+        on purpose (failure=False: deactivate, shutdown), which is logged as a warning."""
+        self._stopped_on_purpose = not failure
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
-            run.cancel(reason, as_error=True)
+            run.cancel(reason, as_error=True, on_purpose=not failure)
         self.admission.wake()
         deadline = time.monotonic() + 5.0
         while self.admission.running and time.monotonic() < deadline:

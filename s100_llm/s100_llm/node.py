@@ -243,7 +243,7 @@ class LlmNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop accepting chats, abort the running ones, unload the model."""
         def deactivate() -> None:
-            self.chat.abort_all('the node is deactivating')
+            self.chat.abort_all('the node is deactivating', failure=False)
             self._unload_model()
         result = self._transition('deactivate', deactivate, about_model=True)
         return super().on_deactivate(state) if result is TransitionCallbackReturn.SUCCESS \
@@ -490,7 +490,7 @@ class LlmNode(LifecycleNode):
             self._release()
 
     def _release(self) -> None:
-        self.chat.abort_all('the node is shutting down')
+        self.chat.abort_all('the node is shutting down', failure=False)
         if self.server is not None and self.server.adopted and self.model_loaded:
             self._unload_model()
         self._stop_server()

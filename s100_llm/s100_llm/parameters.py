@@ -22,6 +22,8 @@ from .core.config import ChatSettings
 from .core.config import ConfigError
 from .core.config import DiagnosticsSettings
 from .core.config import ModelSettings
+from .core.config import parameter_name
+from .core.config import RANGES
 from .core.config import ServerSettings
 from .core.config import SupervisionSettings
 
@@ -88,23 +90,8 @@ DESCRIPTIONS = {
 }
 # The executor's thread count is sized from num_parallel and max_queued_goals at start.
 READ_ONLY = {'diagnostics_period', 'tts_bridge', 'num_parallel', 'max_queued_goals'}
-RANGES: Dict[str, Tuple[float, float]] = {
-    'start_timeout': (0.1, 3600.0), 'stop_timeout': (0.1, 600.0), 'num_parallel': (1, 64),
-    'context_length': (256, 1048576), 'max_queue': (1, 100000), 'load_timeout': (1.0, 86400.0),
-    'memory_margin_mb': (0, 1048576), 'keep_alive_inactive': (0.0, 86400.0),
-    'max_restarts': (0, 1000), 'restart_window': (1.0, 86400.0), 'restart_backoff': (0.0, 600.0),
-    'max_prompt_chars': (1, 10000000), 'max_tokens_limit': (1, 1048576),
-    'max_queued_goals': (0, 1000), 'feedback_min_interval': (0.0, 10.0),
-    'session_max_turns': (1, 10000), 'max_sessions': (1, 100000),
-    'stream_timeout': (1.0, 3600.0), 'diagnostics_period': (0.1, 60.0),
-}
 SETTINGS_CLASSES: Tuple[Type[Any], ...] = (ServerSettings, ModelSettings, SupervisionSettings,
                                            ChatSettings, DiagnosticsSettings)
-
-
-def parameter_name(settings_class: Type[Any], field: str) -> str:
-    return 'diagnostics_period' if (settings_class, field) == (DiagnosticsSettings, 'period') \
-        else field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +129,20 @@ def declare(node: Node) -> None:
 
 
 def _descriptor(name: str, default: Any) -> ParameterDescriptor:
+    """The description, read-only flag and range (from core.config.RANGES) of a parameter.
+
+    A float parameter is declared with dynamic typing so that it also takes an integer, at
+    startup (`-p start_timeout:=5`, a YAML `95`) and from `ros2 param set` (which sends `95` as
+    an integer): rclpy refuses a statically typed double parameter an integer ("Wrong
+    parameter type"), and a pre-set callback that could convert it exists only from Iron on
+    and is not run for startup overrides. The node's own validation (core.config) checks the
+    type and range of every value instead, and read() turns integers into floats.
+    """
     descriptor = ParameterDescriptor(description=DESCRIPTIONS[name], read_only=name in READ_ONLY)
     if name in RANGES:
         low, high = RANGES[name]
         if isinstance(default, float):
+            descriptor.dynamic_typing = True
             descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
                                                                   to_value=float(high))]
         else:
@@ -159,12 +156,21 @@ def read(node: Node, overrides: Optional[Dict[str, Any]] = None) -> NodeSettings
     values.update(overrides or {})
     built: List[Any] = []
     for settings_class in SETTINGS_CLASSES:
-        kwargs = {field.name: values[parameter_name(settings_class, field.name)]
+        kwargs = {field.name: _as_declared(field, values[parameter_name(settings_class,
+                                                                        field.name)])
                   for field in dataclasses.fields(settings_class)}
         settings = settings_class(**kwargs)
         settings.validate()
         built.append(settings)
     return NodeSettings(*built, tts_bridge=bool(values['tts_bridge']))
+
+
+def _as_declared(field: 'dataclasses.Field[Any]', value: Any) -> Any:
+    """An integer given for a float setting, as a float (anything else is validated as is)."""
+    if isinstance(field.default, float) and isinstance(value, int) \
+            and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def validate_change(node: Node, parameters: List[Parameter]) -> SetParametersResult:

@@ -18,7 +18,12 @@ from .sessions import SessionStore
 
 THINK_DEFAULT, THINK_ON, THINK_OFF = 0, 1, 2
 ROLES = ('system', 'user', 'assistant')
+# Limits of the goal fields that max_prompt_chars does not cover: every field of a goal is
+# bounded, so what the node holds per goal (and in a session) is bounded whatever clients send.
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256            # per stop string
+MAX_SESSION_ID_CHARS = 128
+MAX_CONTEXT_MESSAGES = 1000     # context[] entries (their text counts in max_prompt_chars)
 
 
 @dataclasses.dataclass
@@ -55,18 +60,40 @@ class ChatOutcome:
     prompt_eval_duration: float = 0.0
     eval_duration: float = 0.0
     feedback_messages: int = 0
+    # The node ended the chat on purpose (deactivate, shutdown), not because something failed.
+    ended_on_purpose: bool = False
 
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
              capabilities: List[str], model: str) -> str:
-    """The reason to reject the goal, or '' when it is acceptable."""
+    """The reason to reject the goal, or '' when it is acceptable.
+
+    Sizes are checked first, so that no reason quotes an unbounded field.
+    """
+    if len(request.context) > MAX_CONTEXT_MESSAGES:
+        return (f'context has {len(request.context)} messages; at most '
+                f'{MAX_CONTEXT_MESSAGES} are accepted')
+    size = (len(request.prompt) + len(request.system_prompt)
+            + sum(len(m.get('content', '')) + len(m.get('thinking', ''))
+                  for m in request.context))
+    if size > settings.max_prompt_chars:
+        return (f'prompt, system prompt and context (with its thinking) have {size} '
+                f'characters; the limit (max_prompt_chars) is {settings.max_prompt_chars}')
+    if len(request.session_id) > MAX_SESSION_ID_CHARS:
+        return (f'session_id has {len(request.session_id)} characters; at most '
+                f'{MAX_SESSION_ID_CHARS} are accepted')
+    if not request.session_id.isprintable():
+        return 'session_id must be printable text (no control characters or line breaks)'
+    if len(request.stop) > MAX_STOP_STRINGS or any(
+            not 0 < len(s) <= MAX_STOP_CHARS for s in request.stop):
+        return (f'stop takes 1..{MAX_STOP_STRINGS} non-empty strings of at most '
+                f'{MAX_STOP_CHARS} characters')
+    for message in request.context:
+        if message.get('role') not in ROLES:
+            return (f"context role {message.get('role', '')[:20]!r} must be one of "
+                    f"{', '.join(ROLES)}")
     if not request.prompt.strip():
         return 'prompt is empty'
-    size = (len(request.prompt) + len(request.system_prompt)
-            + sum(len(m.get('content', '')) for m in request.context))
-    if size > settings.max_prompt_chars:
-        return (f'prompt, system prompt and context have {size} characters; the limit '
-                f'(max_prompt_chars) is {settings.max_prompt_chars}')
     if request.think not in (THINK_DEFAULT, THINK_ON, THINK_OFF):
         return ('think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not '
                 f'{request.think}')
@@ -84,17 +111,12 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
     if request.max_tokens < 0 or request.max_tokens > settings.max_tokens_limit:
         return (f'max_tokens {request.max_tokens} is out of range 0..{settings.max_tokens_limit} '
                 '(0: up to max_tokens_limit)')
-    if len(request.stop) > MAX_STOP_STRINGS or any(not s for s in request.stop):
-        return f'stop takes 1..{MAX_STOP_STRINGS} non-empty strings'
     if request.reset_session and not request.session_id:
         return 'reset_session needs a session_id'
     if request.reset_session and request.session_id not in sessions:
         return f"reset_session: unknown session '{request.session_id}'"
     if request.context and request.session_id:
         return 'context is for single-turn goals; a session keeps its own history'
-    for message in request.context:
-        if message.get('role') not in ROLES:
-            return f"context role '{message.get('role')}' must be one of {', '.join(ROLES)}"
     return ''
 
 
@@ -114,39 +136,50 @@ def ollama_options(request: ChatRequest, settings: ChatSettings) -> Dict[str, An
 
 
 class ThinkTagSplitter:
-    """Moves <think>...</think> found inline in the answer into the reasoning.
+    """Moves a <think>...</think> block that opens the answer into the reasoning.
 
     Ollama separates reasoning itself when `think` is set; older servers, and models whose
-    template it does not know, stream the tags inline. Tags may be split across chunks.
+    template it does not know, stream the reasoning inline, as reasoning models emit it: one
+    block at the very start of the answer (after white space at most). Only that block is
+    taken, and only for a model that thinks (`enabled`); "<think>" anywhere else, or from any
+    other model, is answer text. Tags may be split across chunks.
     """
 
     OPEN, CLOSE = '<think>', '</think>'
+    START, INSIDE, ANSWER = 'start', 'inside', 'answer'
 
-    def __init__(self) -> None:
-        self.inside = False
+    def __init__(self, enabled: bool = True) -> None:
+        self.state = self.START if enabled else self.ANSWER
         self.pending = ''
 
     def feed(self, text: str) -> Tuple[str, str]:
-        """(answer, thinking) parts of text that are certain; a partial tag is held back."""
+        """(answer, thinking) parts of text that are certain; a possible tag is held back."""
+        if self.state == self.ANSWER:
+            return text, ''
         self.pending += text
-        answer, thinking = [], []
-        while self.pending:
-            tag = self.CLOSE if self.inside else self.OPEN
-            index = self.pending.find(tag)
-            if index >= 0:
-                (thinking if self.inside else answer).append(self.pending[:index])
-                self.pending = self.pending[index + len(tag):]
-                self.inside = not self.inside
-                continue
-            keep = _partial_suffix(self.pending, tag)
-            (thinking if self.inside else answer).append(self.pending[:len(self.pending) - keep])
-            self.pending = self.pending[len(self.pending) - keep:]
-            break
-        return ''.join(answer), ''.join(thinking)
+        if self.state == self.START:
+            opening = self.pending.lstrip()
+            if self.OPEN.startswith(opening):       # white space or part of the tag so far
+                return '', ''
+            if not opening.startswith(self.OPEN):   # the answer starts without reasoning
+                self.state = self.ANSWER
+                answer, self.pending = self.pending, ''
+                return answer, ''
+            self.state = self.INSIDE
+            self.pending = opening[len(self.OPEN):]
+        index = self.pending.find(self.CLOSE)
+        if index >= 0:
+            thinking, answer = self.pending[:index], self.pending[index + len(self.CLOSE):]
+            self.state, self.pending = self.ANSWER, ''
+            return answer, thinking
+        keep = _partial_suffix(self.pending, self.CLOSE)
+        thinking, self.pending = (self.pending[:len(self.pending) - keep],
+                                  self.pending[len(self.pending) - keep:])
+        return '', thinking
 
     def flush(self) -> Tuple[str, str]:
         rest, self.pending = self.pending, ''
-        return ('', rest) if self.inside else (rest, '')
+        return ('', rest) if self.state == self.INSIDE else (rest, '')
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -207,7 +240,8 @@ class ChatRun:
 
     def __init__(self, engine: OllamaEngine, model: str, request: ChatRequest,
                  settings: ChatSettings, sessions: SessionStore, context_length: int,
-                 keep_alive: float, publish: FeedbackSink, accepted_at: float) -> None:
+                 keep_alive: float, publish: FeedbackSink, accepted_at: float,
+                 inline_think: bool = False) -> None:
         self.engine = engine
         self.model = model
         self.request = request
@@ -217,19 +251,22 @@ class ChatRun:
         self.keep_alive = keep_alive
         self.publish = publish
         self.accepted_at = accepted_at
+        self.inline_think = inline_think      # the model thinks: parse a leading <think> block
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
         self._cancel_is_error = False
+        self._ended_on_purpose = False
         self._lock = threading.Lock()
 
-    def cancel(self, reason: str, as_error: bool = False) -> None:
+    def cancel(self, reason: str, as_error: bool = False, on_purpose: bool = False) -> None:
         """Close the stream now. The outcome is 'canceled', or 'error' when as_error (the node
-        ends the chat because it is deactivating or the server failed)."""
+        ends the chat because it is deactivating (on_purpose) or the server failed)."""
         with self._lock:
             if self._cancel_reason:
                 return
             self._cancel_reason = reason
             self._cancel_is_error = as_error
+            self._ended_on_purpose = on_purpose
             stream = self._stream
         if stream is not None:
             stream.cancel()
@@ -242,7 +279,10 @@ class ChatRun:
                                           request.prompt, request.context, self.context_length)
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
         outcome = ChatOutcome()
-        splitter = ThinkTagSplitter()
+        # Chunks that carried text: Ollama streams one token per chunk, so this is the number
+        # of tokens generated when the stream ends without Ollama's final statistics.
+        streamed = 0
+        splitter = ThinkTagSplitter(self.inline_think)
         text: List[str] = []
         thinking: List[str] = []
         batch = FeedbackBatch(self.settings.feedback_min_interval, self.publish)
@@ -264,6 +304,8 @@ class ChatRun:
                 if chunk is None:       # held text is due and the model is quiet: send it
                     batch.flush()
                     continue
+                if chunk.content or chunk.thinking:
+                    streamed += 1
                 answer_part, inline_thinking = splitter.feed(chunk.content)
                 thinking_part = chunk.thinking + inline_thinking
                 if (answer_part or thinking_part) and not outcome.time_to_first_token:
@@ -276,9 +318,11 @@ class ChatRun:
         except ChatCanceled:
             batch.flush()
             outcome.feedback_messages = batch.sent
+            outcome.completion_tokens = streamed
             return self._canceled(outcome, text, thinking)
         except EngineError as error:
             batch.flush()
+            outcome.completion_tokens = streamed
             outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
             outcome.error_message = str(error)
             outcome.feedback_messages = batch.sent
@@ -297,6 +341,7 @@ class ChatRun:
         outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
         outcome.done_reason = 'error' if self._cancel_is_error else 'canceled'
         outcome.error_message = self._cancel_reason
+        outcome.ended_on_purpose = self._ended_on_purpose
         return outcome
 
 

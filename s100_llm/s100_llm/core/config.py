@@ -4,7 +4,7 @@ import dataclasses
 import ipaddress
 import math
 import re
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 DEFAULT_PORT = 11434
 # What Ollama accepts as a model reference: [host/][namespace/]model[:tag].
@@ -12,6 +12,23 @@ _MODEL_NAME = re.compile(
     r'^(?:[A-Za-z0-9.-]+(?::\d+)?/)?(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,79}/)?'
     r'[A-Za-z0-9][A-Za-z0-9_.-]{0,79}(?::[A-Za-z0-9][A-Za-z0-9_.-]{0,79})?$')
 CONCURRENCY_POLICIES = ('reject', 'queue', 'preempt')
+# The one table of allowed ranges (inclusive) of every numeric setting, by parameter name: the
+# validation below and the parameter descriptors (`ros2 param describe`) both read it. NaN and
+# infinities are outside every range.
+RANGES: Dict[str, Tuple[float, float]] = {
+    'start_timeout': (0.1, 3600.0), 'stop_timeout': (0.1, 600.0), 'num_parallel': (1, 64),
+    'context_length': (256, 1 << 20), 'max_queue': (1, 100000), 'load_timeout': (1.0, 86400.0),
+    'memory_margin_mb': (0, 1 << 20), 'keep_alive_inactive': (0.0, 86400.0),
+    'max_restarts': (0, 1000), 'restart_window': (1.0, 86400.0), 'restart_backoff': (0.0, 600.0),
+    'max_prompt_chars': (1, 10_000_000), 'max_tokens_limit': (1, 1 << 20),
+    'max_queued_goals': (0, 1000), 'feedback_min_interval': (0.0, 10.0),
+    'session_max_turns': (1, 10000), 'max_sessions': (1, 100000),
+    'stream_timeout': (1.0, 3600.0), 'diagnostics_period': (0.1, 60.0),
+    'cpu_warn_percent': (0.0, 100.0), 'cpu_error_percent': (0.0, 100.0),
+    'memory_warn_percent': (0.0, 100.0), 'memory_error_percent': (0.0, 100.0),
+    'temperature_warn_c': (-50.0, 200.0), 'temperature_error_c': (-50.0, 200.0),
+    'disk_warn_mb': (0.0, 1e9), 'disk_error_mb': (0.0, 1e9),
+}
 
 
 class ConfigError(ValueError):
@@ -78,11 +95,7 @@ class ServerSettings:
                               'would listen on the network; set allow_remote to true to allow it')
         if not self.ollama_bin.strip():
             raise ConfigError('ollama_bin is empty')
-        _positive('start_timeout', self.start_timeout)
-        _positive('stop_timeout', self.stop_timeout)
-        _in_range('num_parallel', self.num_parallel, 1, 64)
-        _in_range('context_length', self.context_length, 256, 1 << 20)
-        _in_range('max_queue', self.max_queue, 1, 100000)
+        check_numbers(self)
 
     @property
     def base_url(self) -> str:
@@ -102,10 +115,7 @@ class ModelSettings:
 
     def validate(self) -> None:
         validate_model_name(self.model)
-        _positive('load_timeout', self.load_timeout)
-        _in_range('memory_margin_mb', self.memory_margin_mb, 0, 1 << 20)
-        if math.isnan(self.keep_alive_inactive) or self.keep_alive_inactive < 0:
-            raise ConfigError('keep_alive_inactive must be >= 0 seconds')
+        check_numbers(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +128,7 @@ class SupervisionSettings:
     restart_backoff: float = 1.0          # s before the first restart, doubled each time
 
     def validate(self) -> None:
-        _in_range('max_restarts', self.max_restarts, 0, 1000)
-        _positive('restart_window', self.restart_window)
-        if math.isnan(self.restart_backoff) or self.restart_backoff < 0:
-            raise ConfigError('restart_backoff must be >= 0 seconds')
+        check_numbers(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,27 +148,35 @@ class ChatSettings:
     stream_timeout: float = 120.0         # s without a chunk before the chat is aborted
 
     def validate(self) -> None:
-        _in_range('max_prompt_chars', self.max_prompt_chars, 1, 10_000_000)
-        _in_range('max_tokens_limit', self.max_tokens_limit, 1, 1 << 20)
         if self.concurrency not in CONCURRENCY_POLICIES:
             raise ConfigError(f"concurrency '{self.concurrency}' must be one of "
                               f"{', '.join(CONCURRENCY_POLICIES)}")
-        _in_range('max_queued_goals', self.max_queued_goals, 0, 1000)
-        if math.isnan(self.feedback_min_interval) or self.feedback_min_interval < 0:
-            raise ConfigError('feedback_min_interval must be >= 0 seconds')
-        _in_range('session_max_turns', self.session_max_turns, 1, 10000)
-        _in_range('max_sessions', self.max_sessions, 1, 100000)
-        _positive('stream_timeout', self.stream_timeout)
+        check_numbers(self)
 
 
-def _positive(name: str, value: float) -> None:
-    if math.isnan(value) or value <= 0:
-        raise ConfigError(f'{name} must be > 0 (got {value})')
+def parameter_name(settings_class: type, field: str) -> str:
+    """The parameter a settings field is set by (the diagnostics period is renamed)."""
+    return 'diagnostics_period' if (settings_class, field) == (DiagnosticsSettings, 'period') \
+        else field
 
 
-def _in_range(name: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f'{name} must be in {low}..{high} (got {value})')
+def check_numbers(settings: Any) -> None:
+    """Every numeric field is a number of its type, finite, within its RANGES entry.
+
+    A float setting also takes an integer (`ros2 param set /llm cpu_warn_percent 95`).
+    """
+    for field in dataclasses.fields(settings):
+        name = parameter_name(type(settings), field.name)
+        if name not in RANGES:
+            continue
+        value = getattr(settings, field.name)
+        integer = isinstance(field.default, int)
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'} "
+                              f'(got {value!r})')
+        low, high = RANGES[name]
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f'{name} must be in {low:g}..{high:g} (got {value:g})')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,11 +194,11 @@ class DiagnosticsSettings:
     disk_error_mb: float = 512.0
 
     def validate(self) -> None:
-        _positive('diagnostics_period', self.period)
+        check_numbers(self)
         for name in ('cpu', 'memory', 'temperature'):
             warn = getattr(self, f'{name}_warn_' + ('c' if name == 'temperature' else 'percent'))
             error = getattr(self, f'{name}_error_' + ('c' if name == 'temperature' else 'percent'))
-            if math.isnan(warn) or math.isnan(error) or warn > error:
+            if warn > error:
                 raise ConfigError(f'{name} thresholds: warn ({warn:g}) must not exceed error '
                                   f'({error:g})')
         if self.disk_error_mb > self.disk_warn_mb:

@@ -32,6 +32,11 @@ def _no_tls() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
+# Every client is made with trust_env=False: the engine talks only to the configured Ollama
+# host, never through a proxy named by http_proxy, ALL_PROXY, ... in the node's environment
+# (the proxy would see the prompts, and answer instead of Ollama).
+
+
 class EngineError(RuntimeError):
     """An Ollama request failed; the message says why in words."""
 
@@ -148,9 +153,11 @@ class ChatStream:
 class OllamaEngine:
     def __init__(self, base_url: str, request_timeout: float) -> None:
         self.base_url = base_url
-        self.client = ollama.Client(host=base_url, timeout=request_timeout, verify=_no_tls())
+        self.client = ollama.Client(host=base_url, timeout=request_timeout, verify=_no_tls(),
+                                    trust_env=False)
         # For the diagnostics' once-a-second look at /api/ps: a dead server must not stall it.
-        self.status_client = ollama.Client(host=base_url, timeout=1.0, verify=_no_tls())
+        self.status_client = ollama.Client(host=base_url, timeout=1.0, verify=_no_tls(),
+                                           trust_env=False)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name='ollama-stream',
                                         daemon=True)
@@ -163,7 +170,7 @@ class OllamaEngine:
     @staticmethod
     async def _make_async_client(base_url: str) -> ollama.AsyncClient:
         return ollama.AsyncClient(host=base_url, timeout=httpx.Timeout(None, connect=5.0),
-                                  verify=_no_tls())
+                                  verify=_no_tls(), trust_env=False)
 
     def close(self) -> None:
         """Close every connection and stop the streaming loop (chats in progress end)."""

@@ -12,13 +12,14 @@ import ctypes
 import dataclasses
 import enum
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 import urllib.error
 import urllib.request
 
@@ -29,6 +30,8 @@ from .config import ServerSettings
 
 LogSink = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', line)
 _PR_SET_PDEATHSIG = 1
+# Longest line of the server's output that is logged; the rest of a longer line is dropped.
+MAX_LOG_LINE_BYTES = 16384
 _libc = ctypes.CDLL(None, use_errno=True)
 # Variables the server needs from the node's environment; everything else is left out.
 _PASSED_THROUGH = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'LD_LIBRARY_PATH',
@@ -46,10 +49,15 @@ class PortOwner(enum.Enum):
     FOREIGN = 'foreign'
 
 
+# The probe talks to the Ollama host directly: proxy variables in the node's environment
+# (http_proxy, ALL_PROXY, ...) would send it to the proxy, which answers instead of Ollama.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def probe(base_url: str, timeout: float = 1.0) -> PortOwner:
     """Who answers on base_url: nobody, Ollama (GET / says so), or something else."""
     try:
-        with urllib.request.urlopen(base_url + '/', timeout=timeout) as reply:
+        with _DIRECT.open(base_url + '/', timeout=timeout) as reply:
             body = reply.read(64)
         return PortOwner.OLLAMA if body.startswith(b'Ollama is running') else PortOwner.FOREIGN
     except urllib.error.HTTPError:
@@ -61,6 +69,56 @@ def probe(base_url: str, timeout: float = 1.0) -> PortOwner:
         if isinstance(reason, (socket.timeout, TimeoutError, ConnectionResetError)):
             return PortOwner.FOREIGN
         return PortOwner.FREE
+
+
+def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[Tuple[bytes, bool]]:
+    """The lines of stream as (at most `limit` bytes, cut), holding at most `limit` bytes.
+
+    A longer line is handed out once, cut to its first `limit` bytes (cut=True), and the rest
+    of it is read in bounded pieces and dropped: a server printing without line breaks cannot
+    grow the node.
+    """
+    dropping = False
+    while True:
+        piece = stream.readline(limit)
+        if not piece:
+            return
+        complete = piece.endswith(b'\n')
+        if dropping:
+            dropping = not complete
+            continue
+        if not complete and len(piece) >= limit:
+            dropping = True
+            yield piece, True
+        else:
+            yield piece, False
+
+
+# A llama.cpp log line (the runner's): "[time ]L module function: text", L in I W E D.
+_LLAMA_CPP_LINE = re.compile(r'^(?:[\d.]+ )?([IWED]) (\w+)\s+(\S+?):')
+# What llama.cpp's server logs for every request (slot use, timings, the HTTP request).
+_PER_REQUEST_FUNCTIONS = ('log_server_r', 'params_from_', 'update_slots')
+
+
+def log_level(line: str, default: str) -> str:
+    """The node's log level for one line of the server's output ('debug'|'info'|'error').
+
+    Errors stay errors. The runner's per-request lines (llama.cpp's slot lines and timings,
+    several per chat, also its per-request notices such as prompt cache reuse) are debug: at
+    info every chat would flood /rosout.
+    """
+    if 'level=ERROR' in line or line.startswith('Error'):
+        return 'error'
+    match = _LLAMA_CPP_LINE.match(line)
+    if match:
+        letter, module, function = match.groups()
+        if letter == 'E':
+            return 'error'
+        per_request = (module == 'slot' or function in _PER_REQUEST_FUNCTIONS
+                       or '| task ' in line)
+        if letter in 'IDW' and per_request:
+            return 'debug'
+    return default
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -189,12 +247,15 @@ class OllamaServer:
         for thread in self._log_threads:
             thread.start()
 
-    def _pump_log(self, stream, level: str) -> None:
-        for raw in iter(stream.readline, b''):
+    def _pump_log(self, stream: BinaryIO, level: str) -> None:
+        for raw, cut in bounded_lines(stream, MAX_LOG_LINE_BYTES):
             line = raw.decode(errors='replace').rstrip()
-            if line:
-                self.log('error' if ('level=ERROR' in line or line.startswith('Error'))
-                         else level, f'[ollama] {line}')
+            if cut:
+                self.log('warn', f'[ollama] {line} [line cut: the server wrote more than '
+                                 f'{MAX_LOG_LINE_BYTES} bytes without a line break; the rest '
+                                 'of the line is dropped]')
+            elif line:
+                self.log(log_level(line, level), f'[ollama] {line}')
         stream.close()
 
     def _wait_until_ready(self) -> None:

@@ -54,7 +54,9 @@ class SessionStore:
         with self._lock:
             session = self._sessions.get(session_id) if session_id else None
             system = system_prompt or (session.system_prompt if session else '')
-            history = list(session.turns) if session else list(context or [])
+            # A caller's context is sent without its reasoning, like a session's turns.
+            history = list(session.turns) if session else [
+                {'role': m['role'], 'content': m['content']} for m in context or []]
         messages: List[Message] = [{'role': 'system', 'content': system}] if system else []
         user = {'role': 'user', 'content': prompt}
         if context_tokens > 0:

@@ -36,6 +36,15 @@ def reason(**fields):
     ({'reset_session': True, 'session_id': 'nope'}, "unknown session 'nope'"),
     ({'session_id': 's', 'context': [{'role': 'user', 'content': 'x'}]}, 'single-turn'),
     ({'context': [{'role': 'root', 'content': 'x'}]}, "role 'root'"),
+    ({'context': [{'role': 'r' * 10**6, 'content': 'x'}]}, "role 'rrrrrrrrrrrrrrrrrrrr' must"),
+    ({'stop': ['x'] * 17}, 'stop takes 1..16'),
+    ({'stop': ['x' * 257]}, 'of at most 256 characters'),
+    ({'session_id': 's' * 129}, 'session_id has 129 characters; at most 128'),
+    ({'session_id': 'a\nb'}, 'session_id must be printable'),
+    ({'session_id': 'bell\x07'}, 'session_id must be printable'),
+    ({'context': [{'role': 'user', 'content': ''}] * 1001}, 'context has 1001 messages'),
+    ({'context': [{'role': 'assistant', 'content': 'x', 'thinking': 'y' * 100}]},
+     'context (with its thinking) have 106 characters'),
 ])
 def test_bad_goals_get_a_reason(fields, fragment):
     assert fragment in reason(**fields)
@@ -43,6 +52,12 @@ def test_bad_goals_get_a_reason(fields, fragment):
 
 def test_a_good_goal_has_no_reason():
     assert reason(temperature=0.0, top_p=0.9, top_k=40, max_tokens=50, seed=1, stop=['x']) == ''
+
+
+def test_goals_at_every_limit_are_accepted():
+    assert reason(stop=['s' * 256] * 16, session_id='Zoë visitor-1 ' + 'x' * 114,
+                  prompt='p' * 50) == ''
+    assert reason(context=[{'role': 'user', 'content': ''}] * 1000) == ''
 
 
 def test_options_leave_defaults_to_the_model_and_cap_tokens():
@@ -70,6 +85,29 @@ def test_inline_think_tags_never_reach_the_answer(chunks):
 def test_text_without_tags_passes_through_at_once():
     splitter = ThinkTagSplitter()
     assert splitter.feed('a < b') == ('a < b', '')
+
+
+def split(chunks, enabled=True):
+    splitter = ThinkTagSplitter(enabled)
+    parts = [splitter.feed(chunk) for chunk in chunks] + [splitter.flush()]
+    return ''.join(a for a, _ in parts), ''.join(t for _, t in parts)
+
+
+@pytest.mark.parametrize('chunks, expected', [
+    # Only a block that opens the answer is reasoning; later tags are answer text.
+    (['Use the ', '<think>', ' tag.'], ('Use the <think> tag.', '')),
+    (['\n <think>plan</think>A <think>x</think>'], ('A <think>x</think>', 'plan')),
+    (['<', 'b>bold</b>'], ('<b>bold</b>', '')),
+    (['<think>never closed'], ('', 'never closed')),
+    (['<thi'], ('<thi', '')),
+])
+def test_only_a_leading_think_block_is_reasoning(chunks, expected):
+    assert split(chunks) == expected
+
+
+def test_a_model_that_does_not_think_keeps_its_think_tags():
+    assert split(['<think>plan</think>Paris']) == ('Paris', 'plan')
+    assert split(['<think>plan</think>Paris'], enabled=False) == ('<think>plan</think>Paris', '')
 
 
 def test_sentence_splitter_hands_out_whole_sentences():

@@ -1,4 +1,6 @@
+import dataclasses
 import math
+import re
 
 import pytest
 
@@ -6,7 +8,9 @@ from s100_llm.core.config import ChatSettings
 from s100_llm.core.config import ConfigError
 from s100_llm.core.config import DiagnosticsSettings
 from s100_llm.core.config import ModelSettings
+from s100_llm.core.config import parameter_name
 from s100_llm.core.config import parse_host
+from s100_llm.core.config import RANGES
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.config import SupervisionSettings
 from s100_llm.core.config import validate_model_name
@@ -68,3 +72,33 @@ def test_defaults_are_valid():
     for settings in (ServerSettings(), ModelSettings(), SupervisionSettings(), ChatSettings(),
                      DiagnosticsSettings()):
         settings.validate()
+
+
+@pytest.mark.parametrize('settings, message', [
+    (DiagnosticsSettings(disk_warn_mb=math.nan), 'disk_warn_mb must be in 0..1e+09 (got nan)'),
+    (DiagnosticsSettings(memory_warn_percent=math.inf, memory_error_percent=math.inf),
+     'memory_warn_percent must be in 0..100 (got inf)'),
+    (DiagnosticsSettings(temperature_error_c=math.nan), 'temperature_error_c must be in'),
+    (DiagnosticsSettings(cpu_error_percent=500.0), 'cpu_error_percent must be in 0..100'),
+    (DiagnosticsSettings(period=-math.inf), 'diagnostics_period must be in 0.1..60'),
+    (ServerSettings(start_timeout='5'), "start_timeout must be a number (got '5')"),
+    (ServerSettings(start_timeout=True), 'start_timeout must be a number (got True)'),
+    (ServerSettings(num_parallel=2.0), 'num_parallel must be an integer (got 2.0)'),
+    (ChatSettings(stream_timeout=math.inf), 'stream_timeout must be in 1..3600 (got inf)'),
+])
+def test_numbers_must_be_finite_of_their_type_and_in_range(settings, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings.validate()
+
+
+def test_float_settings_take_integers():
+    ServerSettings(start_timeout=5, stop_timeout=1).validate()
+    DiagnosticsSettings(cpu_warn_percent=95, cpu_error_percent=100, disk_error_mb=0).validate()
+
+
+def test_every_numeric_setting_has_a_range():
+    for settings_class in (ServerSettings, ModelSettings, SupervisionSettings, ChatSettings,
+                           DiagnosticsSettings):
+        for field in dataclasses.fields(settings_class):
+            if isinstance(field.default, (int, float)) and not isinstance(field.default, bool):
+                assert parameter_name(settings_class, field.name) in RANGES, field.name

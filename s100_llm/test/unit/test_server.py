@@ -14,6 +14,8 @@ from harness import free_port
 from harness import wait_for
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.engine import OllamaEngine
+from s100_llm.core.server import bounded_lines
+from s100_llm.core.server import log_level
 from s100_llm.core.server import OllamaServer
 from s100_llm.core.server import port_is_free
 from s100_llm.core.server import ServerError
@@ -205,3 +207,27 @@ def test_the_sweep_leaves_a_runner_whose_parent_is_alive(make_server, tmp_path):
     finally:
         not_orphaned.kill()
         not_orphaned.wait()
+
+
+def test_bounded_lines_cut_a_long_line_and_drop_its_rest(tmp_path):
+    path = tmp_path / 'output'
+    path.write_bytes(b'short\n' + b'x' * 100 + b'\nnext\n' + b'y' * 25)
+    with open(path, 'rb') as stream:
+        assert list(bounded_lines(stream, 10)) == [
+            (b'short\n', False), (b'x' * 10, True), (b'next\n', False), (b'y' * 10, True)]
+
+
+@pytest.mark.parametrize('line, level', [
+    ('0.01.839.525 I slot print_timing: id  0 | task 0 | prompt eval time = 103.43 ms', 'debug'),
+    ('0.00.547.379 I slot get_availabl: id  0 | task -1 | selected slot by LRU', 'debug'),
+    ('0.00.900.000 I srv  log_server_r: request: POST /completion 127.0.0.1 200', 'debug'),
+    ('0.02.816.263 W slot   operator(): id  0 | task 4 | n_past was set to 9', 'debug'),
+    ('0.00.007.115 I srv    load_model: loading model', 'info'),
+    ('I srv          init: model loaded', 'info'),
+    ('0.00.100.000 E slot launch_slot_: failed to process task', 'error'),
+    ('time=2026 level=ERROR source=sched.go msg="runner exited"', 'error'),
+    ('Error: listen tcp 127.0.0.1:11434: bind: address already in use', 'error'),
+    ('time=2026 level=INFO source=emulator msg="llama runner started"', 'info'),
+])
+def test_per_request_runner_lines_are_debug_and_errors_stay_errors(line, level):
+    assert log_level(line, 'info') == level
