@@ -1,17 +1,25 @@
 """Bring the LLM up: `ros2 launch s100_llm llm.launch.py [model:=...] [autostart:=true]`.
 
 Starts llm_node as a lifecycle node and, with autostart (the default), drives it to active
-once: configure when the process starts, activate when configuring succeeded. This is the
-event pattern that works on Humble (whose launch_ros has no `autostart`) as well as on Jazzy
-and Kilted. Later manual transitions (`ros2 lifecycle set /llm deactivate`) stick.
-On Ctrl-C, launch sends SIGINT: the node stops the Ollama server before it exits.
+once: configure when the process starts, activate when that first configure succeeded. This is
+the event pattern that works on Humble (whose launch_ros has no `autostart`) as well as on Jazzy
+and Kilted. Autostart is spent on the first configure whatever its outcome: later manual
+transitions (`ros2 lifecycle set /llm deactivate`, a configure after a failed one) stick.
+On Ctrl-C, launch sends SIGINT: the node stops the Ollama server before it exits; when launch
+dies without that (SIGTERM kills it at once), the node notices and does the same.
 """
 
 import os
+from typing import Callable, List
 
+from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError
 import launch
+from launch import Action
+from launch import LaunchContext
 from launch.actions import DeclareLaunchArgument
 from launch.actions import EmitEvent
+from launch.actions import OpaqueFunction
 from launch.actions import RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessStart
@@ -40,6 +48,29 @@ ARGUMENTS = {
 }
 
 
+def require_aggregator_package(context: LaunchContext) -> List[Action]:
+    """Fail the launch before anything starts when the aggregator is asked for but missing
+    (launch would otherwise fail only after it started llm_node)."""
+    try:
+        get_package_share_directory('diagnostic_aggregator')
+    except PackageNotFoundError:
+        raise RuntimeError(
+            "diagnostic_aggregator:=true needs the package 'diagnostic_aggregator', which is not "
+            'installed (apt install ros-$ROS_DISTRO-diagnostic-aggregator); nothing was started')
+    return []
+
+
+def activate_if_configured(node: LifecycleNode) -> Callable[[LaunchContext], List[Action]]:
+    """Autostart's second step, run when the first configure ended whatever its outcome:
+    activate if it succeeded, otherwise leave the node to the user's transitions."""
+    def step(context: LaunchContext) -> List[Action]:
+        if context.locals.event.goal_state != 'inactive':
+            return []
+        return [EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                            transition_id=Transition.TRANSITION_ACTIVATE))]
+    return step
+
+
 def generate_launch_description() -> launch.LaunchDescription:
     share = FindPackageShare('s100_llm')
     declared = []
@@ -66,15 +97,18 @@ def generate_launch_description() -> launch.LaunchDescription:
             lifecycle_node_matcher=matches_action(node),
             transition_id=Transition.TRANSITION_CONFIGURE))]),
         condition=autostart)
+    # Any end of the first configure (inactive, unconfigured, errorprocessing) disarms this.
     activate_once_configured = RegisterEventHandler(OnStateTransition(
-        target_lifecycle_node=node, start_state='configuring', goal_state='inactive',
-        entities=[EmitEvent(event=ChangeState(
-            lifecycle_node_matcher=matches_action(node),
-            transition_id=Transition.TRANSITION_ACTIVATE))],
+        target_lifecycle_node=node, start_state='configuring',
+        entities=[OpaqueFunction(function=activate_if_configured(node))],
         handle_once=True), condition=autostart)
+    aggregator_check = OpaqueFunction(
+        function=require_aggregator_package,
+        condition=IfCondition(LaunchConfiguration('diagnostic_aggregator')))
     aggregator = Node(
         package='diagnostic_aggregator', executable='aggregator_node', output='screen',
         parameters=[[share, '/config/diagnostic_aggregator.yaml']],
         condition=IfCondition(LaunchConfiguration('diagnostic_aggregator')))
     return launch.LaunchDescription(
-        declared + [node, configure_on_start, activate_once_configured, aggregator])
+        declared + [aggregator_check, node, configure_on_start, activate_once_configured,
+                    aggregator])

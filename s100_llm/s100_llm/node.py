@@ -25,7 +25,9 @@ ErrorProcessing.
 """
 
 import collections
+import ctypes
 import os
+import signal
 import sys
 import threading
 import time
@@ -411,7 +413,26 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
+def exit_with_parent() -> None:
+    """Have the kernel send SIGTERM to this process when the process that started it dies.
+
+    `ros2 launch` dies at once on SIGTERM (launch installs no handler for it), `ros2 run` and a
+    shell die on it too; the node would then live on without a parent, keeping the server and
+    the model's RAM. SIGTERM takes the normal exit path (rclpy's handler: the node stops its
+    server). A node whose parent never goes away (systemd, PID 1) is not affected. The
+    kernel's notice covers only a parent death after prctl(): one between reading the parent
+    here and prctl() is caught by checking the parent again.
+    """
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
+    if os.getppid() != parent:
+        sys.exit('llm_node: the process that started it exited; not starting')
+
+
 def main(args: Optional[List[str]] = None) -> int:
+    exit_with_parent()
     rclpy.init(args=args)
     node = LlmNode()
     chat_threads = node.get_parameter('num_parallel').value + \
