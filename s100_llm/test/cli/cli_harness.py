@@ -17,8 +17,8 @@ from typing import Dict, List, Optional
 import psutil
 
 from harness import processes_of
-from harness import wait_for
 from harness import WAIT
+from harness import wait_for
 
 EMULATOR = 's100-ollama-emulator'
 # A CLI call that does not end within this is hung (they take 1-3 s here).
@@ -66,11 +66,26 @@ class Ros2:
             log.close()    # the child holds its own copy
 
     def lifecycle_state(self, node: str = '/llm') -> str:
-        """`ros2 lifecycle get`'s answer without the id: 'active [3]' -> 'active'."""
-        return self('lifecycle', 'get', node).stdout.split()[0]
+        """`ros2 lifecycle get`'s answer without the id: 'active [3]' -> 'active'. Asked again
+        while it says "Node not found": the daemon has not discovered a new node yet."""
+        def ask() -> Optional[str]:
+            answer = self('lifecycle', 'get', node, check=False)
+            if answer.returncode != 0 and 'Node not found' in answer.stderr + answer.stdout:
+                return None
+            assert answer.returncode == 0, answer
+            return answer.stdout.split()[0]
+        return wait_for(ask, f'the ros2 daemon to discover {node}')
 
     def close(self) -> None:
         self('daemon', 'stop')
+
+
+def is_alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (an orphan's new parent may reap it late)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def stop_process(process: subprocess.Popen, number: int = signal.SIGINT,
@@ -125,8 +140,7 @@ class Launch:
     def leftovers(self) -> List[psutil.Process]:
         """The launched node, Ollama servers and runners of this launch still alive."""
         alive = processes_of(self.models_dir, self.port)
-        if self._node is not None and self._node.is_running() \
-                and self._node.status() != psutil.STATUS_ZOMBIE:
+        if self._node is not None and is_alive(self._node):
             alive.append(self._node)
         return alive
 
