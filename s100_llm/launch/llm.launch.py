@@ -35,17 +35,22 @@ from lifecycle_msgs.msg import Transition
 ARGUMENTS = {
     'namespace': ('', 'Namespace of the node (its services become /<ns>/llm/...).'),
     'params_file': (os.path.join('__share__', 'config', 'llm.yaml'),
-                    'Parameters file; the arguments below override it.'),
-    'model': ('deepseek-r1:1.5b', 'Ollama model to serve.'),
-    'models_dir': ('', "OLLAMA_MODELS; empty = Ollama's default (~/.ollama/models)."),
-    'host': ('127.0.0.1:11434', 'Address of the Ollama server.'),
-    'ollama_bin': ('ollama', 'The ollama executable.'),
+                    'Parameters file; the five arguments below override it when given.'),
+    'model': ('', "Ollama model to serve; empty: params_file's (deepseek-r1:1.5b in llm.yaml)."),
+    'models_dir': ('', "OLLAMA_MODELS; empty: params_file's (llm.yaml: Ollama's default, "
+                       '~/.ollama/models).'),
+    'host': ('', "Address of the Ollama server; empty: params_file's (127.0.0.1:11434 in "
+                 'llm.yaml).'),
+    'ollama_bin': ('', "The ollama executable; empty: params_file's (ollama in llm.yaml)."),
     'autostart': ('true', 'Configure and activate the node once it starts.'),
     'log_level': ('info', 'Logging level of the node.'),
-    'tts_bridge': ('false', 'Bridge /prompt_text to /tts_text (D-Robotics speech chain).'),
+    'tts_bridge': ('', 'true: bridge /prompt_text to /tts_text (D-Robotics speech chain); '
+                       "empty: params_file's (false in llm.yaml)."),
     'diagnostic_aggregator': ('false', 'Also start diagnostic_aggregator with the LLM analyzers '
                                        '(needs the diagnostic_aggregator package).'),
 }
+# Parameters the arguments above set; an argument left empty leaves the params file's value.
+OVERRIDING_ARGUMENTS = ('model', 'models_dir', 'host', 'ollama_bin', 'tts_bridge')
 
 
 def require_aggregator_package(context: LaunchContext) -> List[Action]:
@@ -71,24 +76,14 @@ def activate_if_configured(node: LifecycleNode) -> Callable[[LaunchContext], Lis
     return step
 
 
-def generate_launch_description() -> launch.LaunchDescription:
-    share = FindPackageShare('s100_llm')
-    declared = []
-    for name, (default, description) in ARGUMENTS.items():
-        if default.startswith('__share__'):
-            default = [share, default[len('__share__'):]]
-        declared.append(DeclareLaunchArgument(name, default_value=default,
-                                              description=description))
+def llm_node_with_autostart(context: LaunchContext) -> List[Action]:
+    """llm_node with the given arguments over the params file, and autostart's two steps."""
+    overrides = {name: LaunchConfiguration(name) for name in OVERRIDING_ARGUMENTS
+                 if LaunchConfiguration(name).perform(context) != ''}
     node = LifecycleNode(
         package='s100_llm', executable='llm_node', name='llm',
         namespace=LaunchConfiguration('namespace'), output='screen',
-        parameters=[LaunchConfiguration('params_file'), {
-            'model': LaunchConfiguration('model'),
-            'models_dir': LaunchConfiguration('models_dir'),
-            'host': LaunchConfiguration('host'),
-            'ollama_bin': LaunchConfiguration('ollama_bin'),
-            'tts_bridge': LaunchConfiguration('tts_bridge'),
-        }],
+        parameters=[LaunchConfiguration('params_file'), overrides],
         arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')])
     autostart = IfCondition(LaunchConfiguration('autostart'))
     configure_on_start = RegisterEventHandler(OnProcessStart(
@@ -102,6 +97,17 @@ def generate_launch_description() -> launch.LaunchDescription:
         target_lifecycle_node=node, start_state='configuring',
         entities=[OpaqueFunction(function=activate_if_configured(node))],
         handle_once=True), condition=autostart)
+    return [node, configure_on_start, activate_once_configured]
+
+
+def generate_launch_description() -> launch.LaunchDescription:
+    share = FindPackageShare('s100_llm')
+    declared = []
+    for name, (default, description) in ARGUMENTS.items():
+        if default.startswith('__share__'):
+            default = [share, default[len('__share__'):]]
+        declared.append(DeclareLaunchArgument(name, default_value=default,
+                                              description=description))
     aggregator_check = OpaqueFunction(
         function=require_aggregator_package,
         condition=IfCondition(LaunchConfiguration('diagnostic_aggregator')))
@@ -110,5 +116,5 @@ def generate_launch_description() -> launch.LaunchDescription:
         parameters=[[share, '/config/diagnostic_aggregator.yaml']],
         condition=IfCondition(LaunchConfiguration('diagnostic_aggregator')))
     return launch.LaunchDescription(
-        declared + [aggregator_check, node, configure_on_start, activate_once_configured,
+        declared + [aggregator_check, OpaqueFunction(function=llm_node_with_autostart),
                     aggregator])

@@ -106,14 +106,19 @@ class Launch:
 
     def __init__(self, ros2: Ros2, log_path: pathlib.Path, port: int, models_dir: str,
                  *arguments: str, model: str = 'echo:latest',
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 env: Optional[Dict[str, str]] = None, emulator_arguments: bool = True) -> None:
+        """emulator_arguments: pass ollama_bin, model, host and models_dir (the port and models
+        dir are this launch's in any case: a params file given instead must use them)."""
         self.ros2 = ros2
         self.port = port
         self.models_dir = models_dir
         self.base_url = f'http://127.0.0.1:{port}'
         self.log_path = log_path
+        # The last of repeated arguments wins: the test's own come last.
         self.arguments = [f'ollama_bin:={EMULATOR}', f'model:={model}',
-                          f'host:=127.0.0.1:{port}', f'models_dir:={models_dir}', *arguments]
+                          f'host:=127.0.0.1:{port}', f'models_dir:={models_dir}'
+                          ] if emulator_arguments else []
+        self.arguments += arguments
         self.process = ros2.start('launch', 's100_llm', 'llm.launch.py', *self.arguments,
                                   log_path=log_path, env=env)
         self._node: Optional[psutil.Process] = None

@@ -44,7 +44,8 @@ def launch(ros2: Ros2, tmp_path: pathlib.Path, ollama_port: int,
         return launched
 
     yield start
-    for launched in started:
+    # The newest first: an earlier launch of the test checks for leftovers on the same port.
+    for launched in reversed(started):
         launched.close()
 
 
@@ -62,6 +63,6 @@ def shared_launch(shared_ros2: Ros2, tmp_path_factory: pytest.TempPathFactory
     workdir = tmp_path_factory.mktemp('shared_launch')
     launched = Launch(shared_ros2, workdir / 'launch.log', free_port(),
                       str(workdir / 'models'))
-    launched.wait_output('activate: done')
+    launched.wait_state('active')
     yield launched
     launched.close()

@@ -66,7 +66,7 @@ def test_stopping_launch_with_a_model_loaded_leaves_nothing(launch, number):
 
 def test_ctrl_c_of_send_goal_cancels_the_generation(launch, ros2: Ros2, tmp_path):
     llm = launch(model='endless:latest', env={'OLLAMA_EMULATOR_TOKEN_RATE': '20'})
-    llm.wait_output('activate: done')
+    llm.wait_state('active')
     sent_log = tmp_path / 'send_goal.log'
     send_goal = ros2.start('action', 'send_goal', '/llm/chat', 's100_llm/action/Chat',
                            "{prompt: 'count'}", '--feedback', log_path=sent_log)
@@ -92,7 +92,7 @@ def test_ctrl_c_of_send_goal_cancels_the_generation(launch, ros2: Ros2, tmp_path
 
 def test_param_set_shows_the_reason_for_a_refused_value(launch, ros2: Ros2):
     llm = launch()
-    llm.wait_output('activate: done')
+    llm.wait_state('active')
 
     def param_set(name: str, value: str) -> str:
         return ros2('param', 'set', '/llm', name, value).stdout.strip()
@@ -113,7 +113,7 @@ def test_param_set_shows_the_reason_for_a_refused_value(launch, ros2: Ros2):
 def test_runtime_model_switch_with_param_set_and_lifecycle_set(launch, ros2: Ros2):
     """Issue 12 item 1: the model setting applies at the next activate."""
     llm = launch()
-    llm.wait_output('activate: done')
+    llm.wait_state('active')
     assert ros2('param', 'set', '/llm', 'model', 'thinker:latest').stdout.strip() == \
         'Set parameter successful'
     assert [m['name'] for m in api_ps(llm)] == ['echo:latest']   # nothing changes while active

@@ -19,7 +19,7 @@ def test_an_unknown_model_fails_activate_with_the_reason(launch, ros2: Ros2):
     llm.wait_output('activate failed')
     assert 'pull nosuch:latest' in llm.output() and 'file does not exist' in llm.output(), \
         llm.output()
-    assert ros2.lifecycle_state() == 'inactive'
+    llm.wait_state('inactive')
     assert len(servers(llm)) == 1 and runners(llm) == []
 
 
@@ -30,7 +30,7 @@ def test_a_missing_ollama_bin_fails_configure_and_a_fixed_one_configures_without
     llm = launch('ollama_bin:=/nonexistent/ollama')
     llm.wait_output('configure failed')
     assert '/nonexistent/ollama' in llm.output(), llm.output()
-    assert ros2.lifecycle_state() == 'unconfigured'
+    llm.wait_state('unconfigured')
     assert servers(llm) == []
     assert ros2('param', 'set', '/llm', 'ollama_bin', 's100-ollama-emulator').stdout.strip() \
         == 'Set parameter successful'
@@ -76,7 +76,7 @@ def test_a_port_taken_by_another_program_fails_configure_and_spares_it(
         llm.wait_output('configure failed')
         assert f'port {ollama_port} on 127.0.0.1 is in use by a program that is not Ollama' \
             in llm.output(), llm.output()
-        assert ros2.lifecycle_state() == 'unconfigured'
+        llm.wait_state('unconfigured')
         assert servers(llm) == [] and other.poll() is None
     finally:
         stop_process(other)
