@@ -60,8 +60,11 @@ def test_diagnostic_aggregator_without_the_package_starts_nothing(launch, ros2: 
     assert llm.process.wait(WAIT) != 0
     assert "diagnostic_aggregator:=true needs the package 'diagnostic_aggregator'" \
         in llm.output(), llm.output()
+    left = launched_nodes(ros2.domain_id)
+    for node in left:
+        node.kill()
     assert 'llm_node' not in llm.output(), llm.output()
-    assert launched_nodes(ros2.domain_id) == [] and llm.leftovers() == []
+    assert left == [] and llm.leftovers() == []
 
 
 def test_a_port_taken_by_another_program_fails_configure_and_spares_it(
