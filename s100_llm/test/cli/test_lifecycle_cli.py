@@ -24,7 +24,8 @@ def lifecycle_set(ros2: Ros2, transition: str) -> str:
     return printed
 
 
-def test_each_lifecycle_set_leaves_what_the_readme_says(launch, ros2: Ros2):
+def test_autostart_once_then_each_lifecycle_set_leaves_what_the_readme_says(launch, ros2: Ros2):
+    """The launch file's autostart activates once; the user's transitions after it stick."""
     llm = launch()
     llm.wait_state('active')
     lifecycle_set(ros2, 'deactivate')
@@ -39,6 +40,7 @@ def test_each_lifecycle_set_leaves_what_the_readme_says(launch, ros2: Ros2):
     lifecycle_set(ros2, 'configure')
     assert ros2.lifecycle_state() == 'inactive'
     assert len(servers(llm)) == 1 and runners(llm) == [] and api_ps(llm) == []
+    assert llm.output().count('[llm]: activate: done') == 1, llm.output()
     lifecycle_set(ros2, 'activate')
     assert ros2.lifecycle_state() == 'active'
     assert [m['name'] for m in api_ps(llm)] == ['echo:latest'] and len(runners(llm)) == 1

@@ -39,7 +39,7 @@ def test_a_missing_ollama_bin_fails_configure_and_a_fixed_one_configures_without
     # A re-armed autostart asks for activate as soon as launch hears of the transition, well
     # before a new `ros2` process has started and answered.
     assert ros2.lifecycle_state() == 'inactive'
-    assert 'activate: done' not in llm.output() and runners(llm) == []
+    assert '[llm]: activate: done' not in llm.output() and runners(llm) == []
 
 
 def launched_nodes(domain_id: int) -> list:
