@@ -6,9 +6,9 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from cli_harness import Launch
-from cli_harness import Ros2
-from cli_harness import ros2_cli_missing
+from cli.cli_harness import Launch
+from cli.cli_harness import Ros2
+from cli.cli_harness import ros2_cli_missing
 from harness import free_port
 
 HERE = pathlib.Path(__file__).resolve().parent

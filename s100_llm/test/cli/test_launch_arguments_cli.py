@@ -6,8 +6,8 @@ import signal
 
 import yaml
 
-from cli_harness import Ros2
-from cli_harness import stop_process
+from cli.cli_harness import Ros2
+from cli.cli_harness import stop_process
 from harness import api_ps
 from harness import install_prefix
 from harness import runners

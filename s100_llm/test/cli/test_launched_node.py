@@ -8,9 +8,9 @@ from typing import List
 
 import yaml
 
-from cli_harness import Launch
-from cli_harness import Ros2
-from cli_harness import stop_process
+from cli.cli_harness import Launch
+from cli.cli_harness import Ros2
+from cli.cli_harness import stop_process
 from harness import api_ps
 from harness import install_prefix
 from harness import runners

@@ -3,13 +3,17 @@ checked against what runs on the machine (server, runner, port) as the README de
 
 import re
 import signal
+import types
 
 import httpx
+import psutil
 import pytest
 
-from cli_harness import is_alive
-from cli_harness import Ros2
+from cli.cli_harness import is_alive
+from cli.cli_harness import Ros2
+from cli.cli_harness import stop_process
 from harness import api_ps
+from harness import processes_of
 from harness import runners
 from harness import servers
 from harness import wait_for
@@ -124,3 +128,32 @@ def test_runtime_model_switch_with_param_set_and_lifecycle_set(launch, ros2: Ros
     assert [m['name'] for m in api_ps(llm)] == ['thinker:latest']
     answer = ros2('run', 's100_llm', 'chat', 'Hello')
     assert 'Answer: Hello' in answer.stdout, answer
+
+
+def test_sigterm_to_ros2_run_stops_the_node_and_its_server(
+        ros2: Ros2, tmp_path, ollama_port, models_dir):
+    """`ros2 run` dies on SIGTERM and passes nothing on; the node, its child, must still stop
+    its server and exit."""
+    run = ros2.start('run', 's100_llm', 'llm_node', '--ros-args',
+                     '-p', 'ollama_bin:=s100-ollama-emulator', '-p', 'model:=echo:latest',
+                     '-p', f'host:=127.0.0.1:{ollama_port}', '-p', f'models_dir:={models_dir}',
+                     log_path=tmp_path / 'run.log')
+    machine = types.SimpleNamespace(models_dir=models_dir, port=ollama_port)
+    node = wait_for(lambda: next((p for p in psutil.Process(run.pid).children()
+                                  if 'llm_node' in ' '.join(p.cmdline())), None),
+                    'ros2 run to start llm_node')
+    try:
+        assert ros2.lifecycle_state() == 'unconfigured'
+        lifecycle_set(ros2, 'configure')
+        lifecycle_set(ros2, 'activate')
+        assert len(servers(machine)) == 1 and len(runners(machine)) == 1
+        assert stop_process(run, signal.SIGTERM) == -signal.SIGTERM
+        wait_for(lambda: not is_alive(node) and not processes_of(models_dir, ollama_port),
+                 'the node, its server and runner to exit', timeout=20)
+    finally:
+        stop_process(run)
+        # After a failure: nothing of this test may outlive it.
+        if is_alive(node):
+            node.kill()
+        for process in processes_of(models_dir, ollama_port):
+            process.kill()

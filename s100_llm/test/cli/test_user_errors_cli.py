@@ -6,8 +6,8 @@ import sys
 
 import psutil
 
-from cli_harness import Ros2
-from cli_harness import stop_process
+from cli.cli_harness import Ros2
+from cli.cli_harness import stop_process
 from harness import runners
 from harness import servers
 from harness import WAIT
