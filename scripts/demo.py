@@ -1,10 +1,12 @@
 """`make demo`: the node end to end on a machine without ROS 2 or Ollama.
 
-Starts llm_node (what `ros2 launch s100_llm llm.launch.py` starts), drives it to active like
-the launch file's autostart, streams one answer through the chat action, prints the
-diagnostics, then deactivates, cleans up and checks that no Ollama process is left.
-It uses a real `ollama` when one is on PATH, otherwise the development emulator with the
-real SmolLM2-135M-Instruct model behind it.
+With the real `ros2` command line installed (`make setup` installs it from ../shared/ros2-cli
+on Kilted), it runs and prints what a user types: `ros2 launch s100_llm llm.launch.py ...`
+(autostart takes the node to active), `ros2 run s100_llm chat ...`, `ros2 topic echo
+/diagnostics --once`, `ros2 lifecycle set /llm ...`, then Ctrl-C of the launch. Without it, it
+starts llm_node itself and does the same through its own rclpy client. Either way it checks that
+no Ollama process is left. It uses a real `ollama` when one is on PATH, otherwise the
+development emulator with the real SmolLM2-135M-Instruct model behind it.
 """
 
 import os
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Dict, List, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
@@ -26,6 +29,7 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+import yaml
 
 from s100_llm.action import Chat
 from s100_llm.qos import FEEDBACK_QOS
@@ -125,20 +129,92 @@ class Demo:
         rclpy.try_shutdown()
 
 
-def main() -> int:
-    ollama = shutil.which('ollama')
-    binary = ollama or 's100-ollama-emulator'
-    port = free_port()
-    models_dir = ROOT / '.demo' / 'models'
-    domain_id = int(os.environ.get('ROS_DOMAIN_ID') or 42)
-    print(f'demo: {MODEL} on {"Ollama at " + ollama if ollama else "the Ollama emulator"}, '
-          f'models in {models_dir}', flush=True)
+class CliDemo:
+    """The same steps through the real `ros2` commands, printed as a user types them."""
+
+    def __init__(self, env: Dict[str, str]) -> None:
+        self.env = env
+
+    def ros2(self, *arguments: str, show: bool = True, timeout: float = 600.0,
+             capture: bool = True) -> subprocess.CompletedProcess:
+        if show:
+            print(f'$ ros2 {" ".join(quoted(a) for a in arguments)}', flush=True)
+        return subprocess.run(['ros2', *arguments], env=self.env, timeout=timeout, text=True,
+                              capture_output=capture)
+
+    def state(self) -> Optional[str]:
+        answer = self.ros2('lifecycle', 'get', '/llm', show=False, timeout=60)
+        return answer.stdout.split()[0] if answer.returncode == 0 and answer.stdout else None
+
+    def wait_active(self) -> None:
+        started = time.monotonic()
+        while self.state() != 'active':
+            if time.monotonic() > started + 600:
+                raise SystemExit('demo: the node did not reach active (see its log above)')
+            time.sleep(0.5)
+        print(f'$ ros2 lifecycle get /llm            -> active (autostart, '
+              f'{time.monotonic() - started:.1f} s after the launch)', flush=True)
+
+    def transition(self, label: str, goal: str) -> None:
+        started = time.monotonic()
+        printed = self.ros2('lifecycle', 'set', '/llm', label, show=False).stdout.strip()
+        # `ros2 lifecycle set` exits 0 whatever happened; what it prints says.
+        if printed != 'Transitioning successful':
+            raise SystemExit(f'demo: {label} failed: {printed} (see the node log above)')
+        # A finalized node has no lifecycle services left to ask.
+        state = goal if goal == 'finalized' else self.state()
+        print(f'$ ros2 lifecycle set /llm {label:<10} -> {state} '
+              f'({time.monotonic() - started:.2f} s)', flush=True)
+
+    def ask(self, question: str) -> None:
+        print()
+        asked = self.ros2('run', 's100_llm', 'chat', '--temperature', '0', '--max-tokens', '64',
+                          question, capture=False)
+        if asked.returncode != 0:
+            raise SystemExit(f'demo: the chat exited {asked.returncode}')
+
+    def print_diagnostics(self) -> None:
+        print()
+        echoed = self.ros2('topic', 'echo', '/diagnostics', '--once', timeout=60).stdout
+        for status in yaml.safe_load(echoed.split('---')[0])['status']:
+            level = status['level']
+            level = ord(level) if isinstance(level, str) else int(level)
+            print(f'  {LEVELS[level]:5} {status["name"]}: {status["message"]}')
+
+
+def quoted(argument: str) -> str:
+    return f'"{argument}"' if ' ' in argument else argument
+
+
+def run_with_ros2_cli(env: Dict[str, str], launch_arguments: List[str]) -> None:
+    demo = CliDemo(env)
+    demo.ros2('daemon', 'start', show=False, timeout=60)
+    print(f'$ ros2 launch s100_llm llm.launch.py {" ".join(launch_arguments)}', flush=True)
+    launch = subprocess.Popen(['ros2', 'launch', 's100_llm', 'llm.launch.py',
+                               *launch_arguments], env=env)
+    try:
+        demo.wait_active()
+        demo.ask(QUESTION)
+        demo.print_diagnostics()
+        print('\nshutting down:')
+        demo.transition('deactivate', 'inactive')
+        demo.transition('cleanup', 'unconfigured')
+        demo.transition('shutdown', 'finalized')
+    finally:
+        print('Ctrl-C of ros2 launch', flush=True)
+        launch.send_signal(signal.SIGINT)
+        launch.wait(60)
+        demo.ros2('daemon', 'stop', show=False, timeout=60)
+
+
+def run_with_own_client(env: Dict[str, str], parameters: Dict[str, str],
+                        domain_id: int) -> None:
+    print('(no `ros2` command here: llm_node is started directly and driven by this script; '
+          'the lines below show the equivalent ros2 commands)', flush=True)
     node = subprocess.Popen(
         [str(ROOT / 'install' / 's100_llm' / 'lib' / 's100_llm' / 'llm_node'), '--ros-args',
-         '-p', f'model:={MODEL}', '-p', f'ollama_bin:={binary}',
-         '-p', f'host:=127.0.0.1:{port}', '-p', f'models_dir:={models_dir}'],
-        env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
-                 ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', OLLAMA_EMULATOR_THREADS='2'))
+         *[part for name, value in parameters.items() for part in ('-p', f'{name}:={value}')]],
+        env=env)
     demo = Demo(domain_id)
     try:
         print('\nlifecycle (what the launch file does with autostart:=true):', flush=True)
@@ -154,8 +230,28 @@ def main() -> int:
         demo.close()
         node.send_signal(signal.SIGINT)
         node.wait(30)
-    left = [p for p in psutil.process_iter(['cmdline'])
-            if str(models_dir) in ' '.join(p.info['cmdline'] or [])]
+
+
+def main() -> int:
+    ollama = shutil.which('ollama')
+    binary = ollama or 's100-ollama-emulator'
+    port = free_port()
+    models_dir = ROOT / '.demo' / 'models'
+    domain_id = int(os.environ.get('ROS_DOMAIN_ID') or 42)
+    print(f'demo: {MODEL} on {"Ollama at " + ollama if ollama else "the Ollama emulator"}, '
+          f'models in {models_dir}', flush=True)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
+               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', OLLAMA_EMULATOR_THREADS='2')
+    parameters = {'model': MODEL, 'ollama_bin': binary, 'host': f'127.0.0.1:{port}',
+                  'models_dir': str(models_dir)}
+    if shutil.which('ros2'):
+        run_with_ros2_cli(env, [f'{name}:={value}' for name, value in parameters.items()])
+    else:
+        run_with_own_client(env, parameters, domain_id)
+    # The runners name models_dir on their command line, the server in its environment.
+    left = [p for p in psutil.process_iter(['cmdline', 'environ'])
+            if str(models_dir) in ' '.join(p.info['cmdline'] or [])
+            or (p.info['environ'] or {}).get('OLLAMA_MODELS') == str(models_dir)]
     print(f'\nnothing left running: {not left}' + (f' ({left})' if left else ''))
     return 1 if left else 0
 

@@ -51,7 +51,8 @@ class DiagnosticsPublisher:
     def __init__(self, node: 'LlmNode') -> None:
         self.node = node
         self.hardware_id = socket.gethostname()
-        self.prefix = node.get_name()
+        # 'llm', or 'robot1/llm' in a namespace: robots' statuses stay apart on /diagnostics.
+        self.prefix = node.get_fully_qualified_name().lstrip('/')
         self.sampler: Optional[ResourceSampler] = None
         self.sampling_cpu_seconds = 0.0
         self.publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)

@@ -30,6 +30,7 @@ exit is an unload, not a failure. Only the runners of the server this node start
 process tree) are watched.
 """
 
+import ctypes
 import dataclasses
 import os
 import signal
@@ -660,7 +661,29 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
+def exit_with_parent() -> None:
+    """Have the kernel send SIGTERM to this process when the process that started it dies.
+
+    `ros2 launch` dies at once on SIGTERM (launch installs no handler for it), `ros2 run` and a
+    shell die on it too; the node would then live on without a parent, keeping the server and
+    the model's RAM. SIGTERM takes the normal exit path (rclpy's handler: the node stops its
+    server). A node whose parent never goes away (systemd, PID 1) is not affected. Linux sends
+    it when the parent *thread* that started the node ends: a program starting llm_node from a
+    short-lived thread stops it too. The notice covers only a parent death after prctl(): one
+    between reading the parent here and prctl() is caught by checking the parent again; one
+    while the interpreter starts (before main) is not seen, and leaves an unconfigured node
+    (no server) that the user ends.
+    """
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
+    if os.getppid() != parent:
+        sys.exit('llm_node: the process that started it exited; not starting')
+
+
 def main(args: Optional[List[str]] = None) -> int:
+    exit_with_parent()
     rclpy.init(args=args)
     node = LlmNode()
     chat_threads = node.get_parameter('num_parallel').value + \

@@ -27,9 +27,19 @@ _domains = itertools.count(random.Random(os.getpid()).randrange(
 EMULATOR = 's100-ollama-emulator'
 
 
+def _next_domain_id() -> int:
+    return _FIRST_DOMAIN + next(_domains) % (_LAST_DOMAIN - _FIRST_DOMAIN + 1)
+
+
 @pytest.fixture
 def domain_id() -> int:
-    return _FIRST_DOMAIN + next(_domains) % (_LAST_DOMAIN - _FIRST_DOMAIN + 1)
+    return _next_domain_id()
+
+
+@pytest.fixture(scope='module')
+def module_domain_id() -> int:
+    """A domain for a node shared by a module's read-only tests."""
+    return _next_domain_id()
 
 
 @pytest.fixture

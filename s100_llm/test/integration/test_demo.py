@@ -1,7 +1,9 @@
-"""Issue: `make demo` runs the node end to end; this runs the same script the same way."""
+"""Issue: `make demo` runs the node end to end; this runs the same script the same way (with
+the real `ros2` commands where they are installed, Kilted here; its own client elsewhere)."""
 
 import os
 import pathlib
+import shutil
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -16,3 +18,8 @@ def test_demo_streams_an_answer_and_leaves_nothing_running(domain_id):
     for expected in ('-> active', 'llm: Memory', 'llm: Ollama server', '-> finalized',
                      'nothing left running: True'):
         assert expected in demo.stdout
+    if shutil.which('ros2'):
+        for typed in ('$ ros2 launch s100_llm llm.launch.py model:=smollm2:135m',
+                      '$ ros2 run s100_llm chat', '$ ros2 topic echo /diagnostics --once',
+                      '$ ros2 lifecycle set /llm deactivate'):
+            assert typed in demo.stdout, demo.stdout

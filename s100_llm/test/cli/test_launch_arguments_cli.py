@@ -1,0 +1,88 @@
+"""Issue 13: the launch file's arguments as a user sets them: autostart:=false,
+namespace:=robot1, params_file:= a user file, tts_bridge:=true with `ros2 topic pub/echo`."""
+
+import re
+import signal
+
+import yaml
+
+from cli.cli_harness import Ros2
+from cli.cli_harness import stop_process
+from harness import api_ps
+from harness import install_prefix
+from harness import runners
+from harness import servers
+from harness import wait_for
+
+SHARE = install_prefix() / 'share' / 's100_llm'
+
+
+def test_autostart_false_leaves_the_node_unconfigured_to_the_user(launch, ros2: Ros2):
+    llm = launch('autostart:=false')
+    llm.wait_output('ready (unconfigured)')
+    assert ros2.lifecycle_state() == 'unconfigured' and servers(llm) == []
+    assert ros2('lifecycle', 'set', '/llm', 'configure').stdout.strip() == \
+        'Transitioning successful'
+    # Nothing drives it further: it stays where the user put it.
+    assert ros2.lifecycle_state() == 'inactive'
+    assert len(servers(llm)) == 1 and runners(llm) == []
+
+
+def test_namespace_puts_services_action_and_diagnostics_under_it(launch, ros2: Ros2):
+    llm = launch('namespace:=robot1')
+    llm.wait_state('active', '/robot1/llm')
+    assert ros2.lifecycle_state('/robot1/llm') == 'active'
+    assert ros2('lifecycle', 'nodes').stdout.split() == ['/robot1/llm']
+    assert '/robot1/llm/chat [s100_llm/action/Chat]' in \
+        ros2('action', 'list', '-t').stdout.splitlines()
+    services = ros2('service', 'list').stdout.split()
+    assert '/robot1/llm/change_state' in services and '/llm/change_state' not in services
+    echoed = ros2('topic', 'echo', '/diagnostics', '--once').stdout
+    names = [s['name'] for s in yaml.safe_load(echoed.split('---')[0])['status']]
+    assert names and all(name.startswith('robot1/llm: ') for name in names), names
+    sent = ros2('action', 'send_goal', '/robot1/llm/chat', 's100_llm/action/Chat',
+                "{prompt: 'Hi'}").stdout
+    assert 'Goal finished with status: SUCCEEDED' in sent, sent
+
+
+def test_params_file_is_a_users_copy_of_llm_yaml(launch, ros2: Ros2, tmp_path, ollama_port,
+                                                 models_dir):
+    document = yaml.safe_load((SHARE / 'config' / 'llm.yaml').read_text())
+    document['/**']['ros__parameters'].update(
+        model='thinker:latest', ollama_bin='s100-ollama-emulator',
+        host=f'127.0.0.1:{ollama_port}', models_dir=models_dir, max_tokens_limit=64,
+        diagnostics_period=0.5)
+    params_file = tmp_path / 'robot.yaml'
+    params_file.write_text(yaml.safe_dump(document))
+    # Only the file: the launch arguments the user did not give must not override it.
+    llm = launch(f'params_file:={params_file}', emulator_arguments=False)
+    llm.wait_state('active')
+    assert [m['name'] for m in api_ps(llm)] == ['thinker:latest']
+    assert ros2('param', 'get', '/llm', 'max_tokens_limit').stdout.strip() == \
+        'Integer value is: 64'
+    # An argument given overrides the file.
+    llm.stop()
+    llm.close()
+    llm = launch(f'params_file:={params_file}', 'model:=echo:latest', emulator_arguments=False)
+    llm.wait_state('active')
+    assert [m['name'] for m in api_ps(llm)] == ['echo:latest']
+
+
+def test_tts_bridge_speaks_what_prompt_text_asked(launch, ros2: Ros2, tmp_path):
+    llm = launch('tts_bridge:=true')
+    llm.wait_state('active')
+    spoken_log = tmp_path / 'echo.log'
+    echo = ros2.start('topic', 'echo', '/tts_text', 'std_msgs/msg/String', '--once',
+                      log_path=spoken_log)
+    try:
+        wait_for(lambda: 'Subscription count: 1' in ros2('topic', 'info', '/tts_text',
+                                                         check=False).stdout,
+                 'ros2 topic echo to subscribe')
+        # -w 1: publish once the node's bridge listens.
+        ros2('topic', 'pub', '--once', '-w', '1', '/prompt_text', 'std_msgs/msg/String',
+             "{data: 'Hello robot'}")
+        wait_for(lambda: echo.poll() is not None, 'ros2 topic echo --once to get a sentence')
+    finally:
+        stop_process(echo, signal.SIGINT)
+    assert re.search(r"^data: '?user: Hello robot'?$", spoken_log.read_text(), re.MULTILINE), \
+        spoken_log.read_text()
