@@ -10,9 +10,8 @@ from typing import List, TYPE_CHECKING
 
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
+from s100_llm_msgs.action import Chat
 from std_msgs.msg import String
-
-from s100_llm.action import Chat
 
 from .qos import FEEDBACK_QOS
 
