@@ -3,7 +3,7 @@
 # ROS_DISTRO=kilted (default) or jazzy selects the ROS 2 wheels.
 export ROS_DISTRO ?= kilted
 ROS_ENV := scripts/ros-env
-PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/bin tools bench scripts/*.py
+PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/setup.py tools bench scripts/*.py
 
 .PHONY: setup build test lint demo bench soak clean
 
@@ -13,10 +13,11 @@ setup:
 build: setup
 
 test: setup
-	$(ROS_ENV) pytest -m "not soak"
+	$(ROS_ENV) scripts/run-tests
 
+# The -m given here replaces s100_llm/pytest.ini's `-m "not soak"`.
 soak: setup
-	$(ROS_ENV) pytest -m soak
+	$(ROS_ENV) pytest s100_llm/test -m soak
 
 lint: setup
 	$(ROS_ENV) flake8 $(PYTHON_SOURCES)

@@ -13,8 +13,8 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from s100_llm_msgs.action import Chat
 
-from s100_llm.action import Chat
 from s100_llm.qos import FEEDBACK_QOS
 from s100_llm.qos import SERVICE_QOS
 

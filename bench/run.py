@@ -26,6 +26,7 @@ import httpx
 from lifecycle_msgs.srv import ChangeState
 import ollama
 import psutil
+from s100_llm_msgs.action import Chat
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
@@ -35,7 +36,6 @@ from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
 from harness import TRANSITIONS  # noqa: E402
 from harness import wait_for  # noqa: E402
-from s100_llm.action import Chat  # noqa: E402
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 REPEATS = int(os.environ.get('BENCH_REPEATS', '20'))

@@ -29,9 +29,9 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from s100_llm_msgs.action import Chat
 import yaml
 
-from s100_llm.action import Chat
 from s100_llm.qos import FEEDBACK_QOS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from rclpy.action import GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 
-from s100_llm.action import Chat
-from s100_llm.msg import GenerationStats
+from s100_llm_msgs.action import Chat
+from s100_llm_msgs.msg import GenerationStats
 
 from .core.admission import Admission
 from .core.admission import Ticket

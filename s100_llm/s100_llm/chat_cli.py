@@ -19,8 +19,8 @@ from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+from s100_llm_msgs.action import Chat
 
-from s100_llm.action import Chat
 from s100_llm.qos import FEEDBACK_QOS
 
 DIM, RESET = '\x1b[2m', '\x1b[0m'

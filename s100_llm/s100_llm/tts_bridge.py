@@ -16,9 +16,8 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
+from s100_llm_msgs.action import Chat
 from std_msgs.msg import String
-
-from s100_llm.action import Chat
 
 from .qos import FEEDBACK_QOS
 from .qos import SERVICE_QOS

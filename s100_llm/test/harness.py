@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray
 import httpx
 from lifecycle_msgs.msg import Transition
@@ -34,8 +35,8 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import QoSReliabilityPolicy
+from s100_llm_msgs.action import Chat
 
-from s100_llm.action import Chat
 from s100_llm.qos import FEEDBACK_QOS
 from s100_llm.qos import SERVICE_QOS
 
@@ -71,8 +72,8 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> 
 
 
 def install_prefix() -> pathlib.Path:
-    prefix = os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)[0]
-    return pathlib.Path(prefix)
+    """Where s100_llm is installed (what `ros2 pkg prefix s100_llm` prints)."""
+    return pathlib.Path(get_package_prefix('s100_llm'))
 
 
 def processes_of(models_dir: str, port: int) -> List[psutil.Process]:

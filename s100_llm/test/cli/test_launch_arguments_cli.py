@@ -33,14 +33,14 @@ def test_namespace_puts_services_action_and_diagnostics_under_it(launch, ros2: R
     llm.wait_state('active', '/robot1/llm')
     assert ros2.lifecycle_state('/robot1/llm') == 'active'
     assert ros2('lifecycle', 'nodes').stdout.split() == ['/robot1/llm']
-    assert '/robot1/llm/chat [s100_llm/action/Chat]' in \
+    assert '/robot1/llm/chat [s100_llm_msgs/action/Chat]' in \
         ros2('action', 'list', '-t').stdout.splitlines()
     services = ros2('service', 'list').stdout.split()
     assert '/robot1/llm/change_state' in services and '/llm/change_state' not in services
     echoed = ros2('topic', 'echo', '/diagnostics', '--once').stdout
     names = [s['name'] for s in yaml.safe_load(echoed.split('---')[0])['status']]
     assert names and all(name.startswith('robot1/llm: ') for name in names), names
-    sent = ros2('action', 'send_goal', '/robot1/llm/chat', 's100_llm/action/Chat',
+    sent = ros2('action', 'send_goal', '/robot1/llm/chat', 's100_llm_msgs/action/Chat',
                 "{prompt: 'Hi'}").stdout
     assert 'Goal finished with status: SUCCEEDED' in sent, sent
 

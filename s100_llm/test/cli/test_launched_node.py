@@ -56,12 +56,12 @@ def test_lifecycle_list_and_nodes(shared_launch: Launch, shared_ros2: Ros2):
 def test_action_list_shows_the_chat_action_and_its_type(shared_launch: Launch,
                                                         shared_ros2: Ros2):
     listed = shared_ros2('action', 'list', '-t').stdout.splitlines()
-    assert '/llm/chat [s100_llm/action/Chat]' in listed, listed
+    assert '/llm/chat [s100_llm_msgs/action/Chat]' in listed, listed
 
 
 def test_send_goal_prints_the_streamed_deltas_and_the_result(shared_launch: Launch,
                                                              shared_ros2: Ros2):
-    sent = shared_ros2('action', 'send_goal', '/llm/chat', 's100_llm/action/Chat',
+    sent = shared_ros2('action', 'send_goal', '/llm/chat', 's100_llm_msgs/action/Chat',
                        "{prompt: 'Hello robot'}", '--feedback').stdout
     assert 'Goal accepted' in sent, sent
     result = sent[sent.index('Result:'):]

@@ -74,7 +74,7 @@ def test_ctrl_c_of_send_goal_cancels_the_generation(launch, ros2: Ros2, tmp_path
     llm = launch(model='endless:latest', env={'OLLAMA_EMULATOR_TOKEN_RATE': '20'})
     llm.wait_state('active')
     sent_log = tmp_path / 'send_goal.log'
-    send_goal = ros2.start('action', 'send_goal', '/llm/chat', 's100_llm/action/Chat',
+    send_goal = ros2.start('action', 'send_goal', '/llm/chat', 's100_llm_msgs/action/Chat',
                            "{prompt: 'count'}", '--feedback', log_path=sent_log)
     try:
         wait_for(lambda: 'delta:' in sent_log.read_text(), 'streamed feedback')

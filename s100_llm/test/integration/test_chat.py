@@ -8,12 +8,12 @@ from action_msgs.msg import GoalStatus
 from action_msgs.msg import GoalStatusArray
 import httpx
 import pytest
+from s100_llm_msgs.action import Chat
+from s100_llm_msgs.msg import ChatMessage
 from std_msgs.msg import String
 
 from harness import install_prefix
 from harness import wait_for
-from s100_llm.action import Chat
-from s100_llm.msg import ChatMessage
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from harness import RosClient
 from harness import runners
 from harness import WAIT
 from harness import wait_for
-from s100_llm.action import Chat
+from s100_llm_msgs.action import Chat
 from s100_llm.core.config import RANGES
-from s100_llm.msg import ChatMessage
+from s100_llm_msgs.msg import ChatMessage
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from harness import servers
 from harness import TRANSITIONS
 from harness import WAIT
 from harness import wait_for
-from s100_llm.action import Chat
+from s100_llm_msgs.action import Chat
 
 
 def warnings(client):

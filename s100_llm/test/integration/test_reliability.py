@@ -7,6 +7,7 @@ import threading
 from action_msgs.msg import GoalStatus
 import psutil
 import pytest
+from s100_llm_msgs.action import Chat
 
 from conftest import default_parameters
 from harness import free_port
@@ -16,7 +17,6 @@ from harness import RosClient
 from harness import runners
 from harness import servers
 from harness import wait_for
-from s100_llm.action import Chat
 
 
 def test_100_goals_from_10_clients(start_llm, domain_id):
