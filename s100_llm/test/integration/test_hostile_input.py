@@ -15,15 +15,15 @@ from rcl_interfaces.msg import ParameterValue
 from rcl_interfaces.srv import DescribeParameters
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import QoSProfile
+from s100_llm_msgs.action import Chat
+from s100_llm_msgs.msg import ChatMessage
 from std_msgs.msg import String
 
 from harness import RosClient
 from harness import runners
 from harness import WAIT
 from harness import wait_for
-from s100_llm_msgs.action import Chat
 from s100_llm.core.config import RANGES
-from s100_llm_msgs.msg import ChatMessage
 
 
 @pytest.fixture

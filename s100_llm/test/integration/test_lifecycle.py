@@ -14,6 +14,7 @@ from lifecycle_msgs.srv import ChangeState
 import psutil
 import pytest
 from rcl_interfaces.msg import Log
+from s100_llm_msgs.action import Chat
 
 from harness import api_ps
 from harness import processes_of
@@ -22,7 +23,6 @@ from harness import servers
 from harness import TRANSITIONS
 from harness import WAIT
 from harness import wait_for
-from s100_llm_msgs.action import Chat
 
 
 def warnings(client):
