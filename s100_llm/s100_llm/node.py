@@ -59,6 +59,7 @@ from .core.engine import FOREVER
 from .core.engine import OllamaEngine
 from .core.server import OllamaServer
 from .core.server import ServerError
+from .core.supervision import HEALTH_PERIOD
 from .core.supervision import HealthCheck
 from .core.supervision import RestartBudget
 from .diagnostics import DiagnosticsPublisher
@@ -539,8 +540,9 @@ class LlmNode(LifecycleNode):
                 return None
         finally:
             self._lock.release()
-        # An HTTP probe: up to its timeout on a hung server, so not under the lock.
-        if not health.observe(server.reachable(), time.monotonic()):
+        # An HTTP probe: up to its timeout on a hung server, so not under the lock. A busy
+        # machine may be slow to answer; only silence over HUNG_AFTER counts.
+        if not health.observe(server.reachable(timeout=HEALTH_PERIOD), time.monotonic()):
             return None
         silent = time.monotonic() - health.last_answer
         where = f'(pid {server.pid}) ' if server.pid else ''

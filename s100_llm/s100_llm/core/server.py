@@ -285,8 +285,8 @@ class OllamaServer:
         """The managed server's exit code once it has died; None while it runs (or adopted)."""
         return None if self.process is None else self.process.poll()
 
-    def reachable(self) -> bool:
-        return probe(self.base_url, timeout=0.5) is PortOwner.OLLAMA
+    def reachable(self, timeout: float = 0.5) -> bool:
+        return probe(self.base_url, timeout=timeout) is PortOwner.OLLAMA
 
     def status(self) -> ServerStatus:
         running = self.adopted or (self.process is not None and self.exit_code() is None)
