@@ -134,6 +134,6 @@ def test_a_model_that_cannot_be_loaded_shows_on_the_model_status(start_llm):
 def test_thresholds_apply_at_once(start_llm):
     llm = start_llm(disk_warn_mb=2.0, disk_error_mb=1.0)
     llm.client.fresh_statuses(lambda s: s['llm: Storage'].level == OK, 'storage OK')
-    llm.client.set_parameters(disk_warn_mb=1e12)
+    llm.client.set_parameters(disk_warn_mb=1e9)
     llm.client.fresh_statuses(lambda s: s['llm: Storage'].level == WARN,
                               'the new threshold to turn storage WARN before configure')
