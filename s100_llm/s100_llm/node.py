@@ -59,6 +59,7 @@ from .core.engine import FOREVER
 from .core.engine import OllamaEngine
 from .core.server import OllamaServer
 from .core.server import ServerError
+from .core.serving import ServingState
 from .core.supervision import HEALTH_PERIOD
 from .core.supervision import HealthCheck
 from .core.supervision import RestartBudget
@@ -206,6 +207,22 @@ class LlmNode(LifecycleNode):
     @property
     def model(self) -> str:
         return self.settings.model.model if self.settings else ''
+
+    def serving_state(self) -> ServingState:
+        """What the node serves now, as one snapshot: all the chat action and the diagnostics
+        read of the node's serving state."""
+        server = self.server
+        reason = self.not_serving_reason()
+        return ServingState(
+            lifecycle=self.state_label, model=self.model, serving=not reason,
+            not_serving_reason=reason, model_loaded=self.model_loaded,
+            capabilities=tuple(self.capabilities), context_length=self.context_length,
+            pull_progress=self.pull_progress, recovering=self.recovering,
+            server_error=self.server_error, model_error=self.model_error,
+            models_dir=self.settings.models_dir if self.settings else
+            parameters.expand_models_dir(self.get_parameter('models_dir').value),
+            server=server.status() if server is not None else None,
+            runner_pids=tuple(p.pid for p in self.runner_processes), engine=self.engine)
 
     # ---- transitions ---------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

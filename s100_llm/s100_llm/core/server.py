@@ -155,9 +155,11 @@ def is_ollama_server(process: psutil.Process) -> bool:
 
 @dataclasses.dataclass
 class ServerStatus:
-    managed: bool
+    base_url: str
+    managed: bool                     # started by this node (False: adopted)
     pid: Optional[int]
     running: bool
+    exit_code: Optional[int]          # once a managed server has exited
     started_at: Optional[float]       # time.monotonic()
     restarts: int
 
@@ -290,7 +292,8 @@ class OllamaServer:
 
     def status(self) -> ServerStatus:
         running = self.adopted or (self.process is not None and self.exit_code() is None)
-        return ServerStatus(managed=not self.adopted, pid=self.pid, running=running,
+        return ServerStatus(base_url=self.base_url, managed=not self.adopted, pid=self.pid,
+                            running=running, exit_code=self.exit_code(),
                             started_at=self.started_at, restarts=self.restarts)
 
     @property
