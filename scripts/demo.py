@@ -146,9 +146,12 @@ class CliDemo:
         answer = self.ros2('lifecycle', 'get', '/llm', show=False, timeout=60)
         return answer.stdout.split()[0] if answer.returncode == 0 and answer.stdout else None
 
-    def wait_active(self) -> None:
+    def wait_active(self, launch: subprocess.Popen) -> None:
         started = time.monotonic()
         while self.state() != 'active':
+            if launch.poll() is not None:
+                raise SystemExit(f'demo: ros2 launch exited with {launch.returncode} (see its '
+                                 'output above)')
             if time.monotonic() > started + 600:
                 raise SystemExit('demo: the node did not reach active (see its log above)')
             time.sleep(0.5)
@@ -193,7 +196,7 @@ def run_with_ros2_cli(env: Dict[str, str], launch_arguments: List[str]) -> None:
     launch = subprocess.Popen(['ros2', 'launch', 's100_llm', 'llm.launch.py',
                                *launch_arguments], env=env)
     try:
-        demo.wait_active()
+        demo.wait_active(launch)
         demo.ask(QUESTION)
         demo.print_diagnostics()
         print('\nshutting down:')
@@ -203,8 +206,14 @@ def run_with_ros2_cli(env: Dict[str, str], launch_arguments: List[str]) -> None:
     finally:
         print('Ctrl-C of ros2 launch', flush=True)
         launch.send_signal(signal.SIGINT)
-        launch.wait(60)
-        demo.ros2('daemon', 'stop', show=False, timeout=60)
+        try:
+            launch.wait(60)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            launch.wait()
+            raise SystemExit('demo: ros2 launch did not exit within 60 s of Ctrl-C')
+        finally:
+            demo.ros2('daemon', 'stop', show=False, timeout=60)
 
 
 def run_with_own_client(env: Dict[str, str], parameters: Dict[str, str],

@@ -35,7 +35,8 @@ from lifecycle_msgs.msg import Transition
 ARGUMENTS = {
     'namespace': ('', 'Namespace of the node (its services become /<ns>/llm/...).'),
     'params_file': (os.path.join('__share__', 'config', 'llm.yaml'),
-                    'Parameters file; the five arguments below override it when given.'),
+                    'Parameters file; model, models_dir, host, ollama_bin and tts_bridge '
+                    'override it when given.'),
     'model': ('', "Ollama model to serve; empty: params_file's (deepseek-r1:1.5b in llm.yaml)."),
     'models_dir': ('', "OLLAMA_MODELS; empty: params_file's (llm.yaml: Ollama's default, "
                        '~/.ollama/models).'),

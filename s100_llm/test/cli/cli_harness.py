@@ -133,11 +133,15 @@ class Launch:
     def node(self) -> psutil.Process:
         """The llm_node process launch started (launch's child)."""
         if self._node is None:
-            launch = psutil.Process(self.process.pid)
-            self._node = wait_for(lambda: next(
-                (p for p in launch.children() if 'llm_node' in ' '.join(p.cmdline())), None),
-                'launch to start llm_node')
+            self._node = wait_for(self._started_node, 'launch to start llm_node')
         return self._node
+
+    def _started_node(self) -> Optional[psutil.Process]:
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return None
+        return next((p for p in children if 'llm_node' in ' '.join(p.cmdline())), None)
 
     def wait_state(self, state: str, node: str = '/llm') -> None:
         wait_for(lambda: self.ros2.lifecycle_state(node) == state, f'{node} to be {state}')
@@ -155,6 +159,8 @@ class Launch:
 
     def close(self) -> None:
         """Teardown: stop launch, then fail (after killing them) if anything of it survived."""
+        # Known before launch exits, so that a node it orphans is counted too.
+        self._node = self._node or self._started_node()
         self.stop()
         try:
             wait_for(lambda: not self.leftovers(), 'everything launched to exit', timeout=20)

@@ -69,6 +69,8 @@ def shared_launch(shared_ros2: Ros2, tmp_path_factory: pytest.TempPathFactory
     workdir = tmp_path_factory.mktemp('shared_launch')
     launched = Launch(shared_ros2, workdir / 'launch.log', free_port(),
                       str(workdir / 'models'))
-    launched.wait_state('active')
-    yield launched
-    launched.close()
+    try:
+        launched.wait_state('active')
+        yield launched
+    finally:
+        launched.close()
