@@ -34,9 +34,12 @@ _PR_SET_PDEATHSIG = 1
 MAX_LOG_LINE_BYTES = 16384
 _libc = ctypes.CDLL(None, use_errno=True)
 # Variables the server needs from the node's environment; everything else is left out.
+# The proxy variables are for the server's pulls from the registry, as Ollama documents them
+# (Go never proxies requests to loopback, so the node's and the runners' traffic stays direct).
 _PASSED_THROUGH = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'LD_LIBRARY_PATH',
                    'CUDA_VISIBLE_DEVICES', 'HIP_VISIBLE_DEVICES', 'OLLAMA_FLASH_ATTENTION',
-                   'OLLAMA_KV_CACHE_TYPE', 'OLLAMA_DEBUG')
+                   'OLLAMA_KV_CACHE_TYPE', 'OLLAMA_DEBUG', 'HTTPS_PROXY', 'https_proxy',
+                   'HTTP_PROXY', 'http_proxy', 'NO_PROXY', 'no_proxy')
 
 
 class ServerError(RuntimeError):

@@ -52,6 +52,8 @@ def make_server(tmp_path):
 
 def test_start_spawns_its_own_session_with_an_explicit_environment(make_server, monkeypatch):
     monkeypatch.setenv('S100_TEST_SECRET', 'must-not-leak')
+    # A robot behind a proxy: the server needs it to pull models.
+    monkeypatch.setenv('HTTPS_PROXY', 'http://127.0.0.1:3128')
     server = make_server()
     server.start()
     process = psutil.Process(server.pid)
@@ -60,6 +62,7 @@ def test_start_spawns_its_own_session_with_an_explicit_environment(make_server, 
     assert process.cmdline()[-1] == 'serve'
     environ = process.environ()
     assert 'S100_TEST_SECRET' not in environ
+    assert environ['HTTPS_PROXY'] == 'http://127.0.0.1:3128'
     assert environ['OLLAMA_HOST'] == f'{server.host}:{server.port}'
     assert environ['OLLAMA_MODELS'] == server.models_dir
     assert 'Listening on' in server.log.text()
