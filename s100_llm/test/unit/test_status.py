@@ -300,6 +300,13 @@ def test_recovering_while_active_is_a_warning():
     assert (report.level, report.message) == (Level.WARN, f'recovering: {cause}')
 
 
+def test_recovering_counts_only_while_active():
+    # A recovery cut short by a deactivate: the model status reports the state, not the recovery.
+    report = model(serving('inactive', recovering='the runner exited; reloading the model'),
+                   ServerProbe(True, None))
+    assert (report.level, report.message) == (Level.OK, 'qwen3:0.6b not loaded (inactive)')
+
+
 def test_the_model_error_clears_after_recovery():
     report = model(serving(model_loaded=True, recovering='', model_error=''))
     assert (report.level, report.message) == (Level.OK, 'qwen3:0.6b loaded (0.50 GiB)')
