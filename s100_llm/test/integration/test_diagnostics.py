@@ -17,6 +17,7 @@ from harness import servers
 from harness import wait_for
 from s100_llm import parameters
 from s100_llm.core.serving import ServingState
+from s100_llm.core.status import Level
 from s100_llm.diagnostics import DiagnosticsPublisher
 
 TASKS = ('System CPU', 'Memory', 'Temperature', 'Storage', 'Ollama server', 'Model')
@@ -166,6 +167,10 @@ class ContractNode(Node):
 
     def serving_state(self) -> ServingState:
         return self.state
+
+
+def test_core_levels_are_the_message_levels():
+    assert [bytes([level]) for level in Level] == [OK, WARN, ERROR]
 
 
 def test_the_publisher_reads_the_node_only_through_the_snapshot(domain_id, tmp_path):
