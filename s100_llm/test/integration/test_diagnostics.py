@@ -3,10 +3,22 @@
 import os
 import signal
 import socket
+from types import SimpleNamespace
 
+from diagnostic_msgs.msg import DiagnosticArray
 from diagnostic_msgs.msg import DiagnosticStatus
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from harness import servers
+from harness import wait_for
+from s100_llm import parameters
+from s100_llm.core.serving import ServingState
+from s100_llm.core.status import Level
+from s100_llm.diagnostics import DiagnosticsPublisher
 
 TASKS = ('System CPU', 'Memory', 'Temperature', 'Storage', 'Ollama server', 'Model')
 KEYS = {
@@ -137,3 +149,67 @@ def test_thresholds_apply_at_once(start_llm):
     llm.client.set_parameters(disk_warn_mb=1e9)
     llm.client.fresh_statuses(lambda s: s['llm: Storage'].level == WARN,
                               'the new threshold to turn storage WARN before configure')
+
+
+class ContractNode(Node):
+    """A node offering the diagnostics only what they may read: serving_state(), the chat
+    action's counters and admission occupancy, and rclpy's own node API."""
+
+    def __init__(self, context: Context, state: ServingState) -> None:
+        super().__init__('llm', namespace='robot1', context=context)
+        parameters.declare(self)
+        self.set_parameters([Parameter('model', value='qwen3:0.6b')])
+        self.state = state
+        self.chat = SimpleNamespace(
+            counters=SimpleNamespace(served=4, failed=1, canceled=2, last_tokens_per_second=9.5,
+                                     last_time_to_first_token=0.25),
+            admission=SimpleNamespace(running=1, waiting=3))
+
+    def serving_state(self) -> ServingState:
+        return self.state
+
+
+def test_core_levels_are_the_message_levels():
+    assert [bytes([level]) for level in Level] == [OK, WARN, ERROR]
+
+
+def test_the_publisher_reads_the_node_only_through_the_snapshot(domain_id, tmp_path):
+    # Any other attribute of the node the publisher read would raise here (the node has none),
+    # and the statuses would not arrive.
+    state = ServingState(lifecycle='unconfigured', models_dir=str(tmp_path),
+                         server_error='port 11434 is taken by another program',
+                         model_error="activate failed: model 'nosuch:latest' not found")
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    try:
+        node = ContractNode(context, state)
+        received = []
+        node.create_subscription(DiagnosticArray, '/diagnostics', received.append, 10)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        diagnostics = DiagnosticsPublisher(node)
+        diagnostics.stop()          # publish on demand, not on the thread's period
+
+        def statuses():
+            diagnostics.publish()
+            executor.spin_once(timeout_sec=0.1)
+            return received and {status.name: status for status in received[-1].status}
+        statuses = wait_for(statuses, 'the statuses over DDS')
+        assert sorted(statuses) == sorted(f'robot1/llm: {task}' for task in TASKS)
+        server = statuses['robot1/llm: Ollama server']
+        assert (server.level, server.message) == (WARN, state.server_error)
+        model = statuses['robot1/llm: Model']
+        assert (model.level, model.message) == (WARN, state.model_error)
+        assert values(model)['model'] == 'qwen3:0.6b'    # the parameter, before configure
+        assert {key: values(model)[key] for key in (
+            'chats served', 'chats failed', 'chats canceled', 'last tokens/s',
+            'last time to first token (s)', 'goals running', 'goals queued')} == {
+            'chats served': '4', 'chats failed': '1', 'chats canceled': '2',
+            'last tokens/s': '9.5', 'last time to first token (s)': '0.250',
+            'goals running': '1', 'goals queued': '3'}
+        assert values(statuses['robot1/llm: Storage'])['path'] == str(tmp_path)
+        assert all(status.hardware_id == socket.gethostname() for status in statuses.values())
+        executor.shutdown()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
