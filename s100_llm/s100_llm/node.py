@@ -1,4 +1,4 @@
-"""The lifecycle node that owns the Ollama server and the model.
+"""The lifecycle node: glue between ROS 2 and the ROS-free core that serves the model.
 
     unconfigured --configure--> inactive --activate--> active
          ^                          |  ^                 |
@@ -18,16 +18,28 @@ cleanup     stops the server (SIGTERM, grace, SIGKILL of its process group, swee
             runners) and confirms its port is free; an adopted server is left running.
             SUCCESS -> unconfigured.
 shutdown    from any state: everything above that applies. -> finalized.
-on_error    (a transition raised, or the server died beyond the restart policy): stops
-            everything. SUCCESS -> unconfigured.
+on_error    (a transition raised, or supervision gave up): stops everything.
+            SUCCESS -> unconfigured.
+Any transition callback that raises returns ERROR -> ErrorProcessing -> on_error.
 
-A supervision thread notices within 0.5 s when the server dies, and within seconds when it
-hangs (alive, not answering HTTP); it aborts the running chats with the cause and restarts
-the server per the restart policy (backoff waited without holding the node's lock) or takes
-the node to ErrorProcessing. A model runner that exits while active (the model was unloaded
-by anyone, or crashed) is reloaded without spending the restart budget; while inactive its
-exit is an unload, not a failure. Only the runners of the server this node started (its
-process tree) are watched.
+Who does what: core/serving.py's Serving owns the server, its HTTP client and the model's
+runners (every step above), core/supervision.py's Supervisor recovers them (restart with
+backoff, reload, or ErrorProcessing through `_enter_error_processing`), chat_action.py serves
+chats, diagnostics.py publishes /diagnostics; chat and diagnostics read only
+`serving_state()`, an immutable snapshot taken without a lock.
+
+Threads and locks:
+- the executor's threads (main()): lifecycle services (change_state in a group of its own, so
+  get_state and the others answer during a transition), parameter services, the chat action,
+  the TTS bridge. A transition takes `_transitions` (one at a time, whether a client or
+  supervision asks) and then `Serving.lock` for its steps.
+- 'supervision' (Supervisor): takes `Serving.lock` only when free for a check, holds it for a
+  reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
+  ErrorProcessing.
+- 'diagnostics' (DiagnosticsPublisher) and chat executions: no lock of the node's or of
+  Serving's; they read `serving_state()`.
+- the main thread on exit (exit_process): takes `Serving.lock` when free, else stops the server
+  at once so the step holding it gives way (Serving.exit_now).
 """
 
 import ctypes
@@ -37,9 +49,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
-import psutil
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException
@@ -54,38 +65,23 @@ from . import parameters
 from .chat_action import ChatActionServer
 from .core.config import ConfigError
 from .core.config import SupervisionSettings
-from .core.engine import EngineError
-from .core.engine import FOREVER
-from .core.engine import OllamaEngine
-from .core.server import OllamaServer
-from .core.server import ServerError
+from .core.serving import Serving
+from .core.serving import ServingError
 from .core.serving import ServingState
-from .core.supervision import HEALTH_PERIOD
-from .core.supervision import HealthCheck
-from .core.supervision import RestartBudget
+from .core.supervision import Supervisor
 from .diagnostics import DiagnosticsPublisher
 from .tts_bridge import TtsBridge
 
-# The server's and runner's liveness is checked this often (a poll and a /proc read each).
-SUPERVISION_PERIOD = 0.5
-GiB = 1024 ** 3
 RCLError = _rclpy.RCLError
-
-
-class TransitionFailed(Exception):
-    """A transition step failed for a reason the user can fix; the message says which."""
-
-
-@dataclasses.dataclass
-class Failure:
-    """What supervision saw go wrong, and the transition epoch it saw it in."""
-
-    problem: str
-    epoch: int
-    model_only: bool = False      # the model's runner went away; the server is fine
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+ERROR = TransitionCallbackReturn.ERROR
 
 
 class LlmNode(LifecycleNode):
+    """Declares the parameters, maps lifecycle transitions to Serving, wires chat,
+    diagnostics, supervision and the TTS bridge."""
+
     def __init__(self, node_name: str = 'llm', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         parameters.declare(self)
@@ -96,43 +92,21 @@ class LlmNode(LifecycleNode):
         # which only writes to the console.
         self._exit_logger = rclpy.logging.get_logger(f'{self.get_name()}.exit')
         self.settings: Optional[parameters.NodeSettings] = None
-        self.server: Optional[OllamaServer] = None
-        self.engine: Optional[OllamaEngine] = None
-        self._engine_timeout = 0.0
-        self.capabilities: List[str] = []
-        self.context_length = 0
-        self.model_loaded = False
-        self.pull_progress: Optional[float] = None
-        # What is wrong, for /diagnostics: with the server, with the model; '' when nothing is.
-        self.server_error = ''
-        self.model_error = ''
-        # The cause of a supervised restart or reload in progress ('' when none is).
-        self.recovering = ''
-        self._failure = ''
-        self._load_requested = False
-        self.runner_processes: List[psutil.Process] = []
-        self._budget = RestartBudget()
-        self._health: Optional[HealthCheck] = None
-        # Counts transitions: supervision acts on what it saw only if no transition ran since.
-        self._epoch = 0
-        self._exiting = threading.Event()   # set when the process is going down (ends supervision)
-        # Set by every transition and by the exit: ends a restart backoff that it makes moot.
-        self._wake = threading.Event()
-        # Threads and locks. The executor runs lifecycle services (change_state in a group of its
-        # own), parameter services, the chat action (its own reentrant group) and the TTS bridge;
-        # supervision and diagnostics are plain threads. _transitions: one lifecycle transition at
-        # a time, whether a client or supervision asks for it. _lock: transitions and supervision
-        # never change the server, engine or model at the same time; nobody sleeps or waits for a
-        # restart backoff while holding it. The chat action and diagnostics never take either.
+        self.serving = Serving(self._log_line)
+        # One lifecycle transition at a time, whether a client or supervision asks for it.
         self._transitions = threading.Lock()
-        self._lock = threading.RLock()
+        # The cause while _enter_error_processing runs its transition ('' otherwise).
+        self._error_cause = ''
         self._decouple_lifecycle_services()
         self.chat = ChatActionServer(self)
         self.diagnostics = DiagnosticsPublisher(self)
         # Supervision is a plain thread, not an rclpy timer: a timer costs the executor a wake-up
         # and a dispatch (about 2 ms of CPU each on a 2-core machine), which made up a third of
         # the idle node's CPU; the check itself is a waitpid and a /proc read.
-        threading.Thread(target=self._supervision_loop, name='supervision', daemon=True).start()
+        self.supervisor = Supervisor(self.serving, self._supervision_settings,
+                                     self.chat.abort_all, self._enter_error_processing,
+                                     self._log_line)
+        self.supervisor.start()
         self.tts_bridge = TtsBridge(self) if self.get_parameter('tts_bridge').value else None
         self.log.info('ready (unconfigured): configure starts the Ollama server')
 
@@ -188,477 +162,214 @@ class LlmNode(LifecycleNode):
         # rclpy has no public getter for the current state; its own services read this.
         return self._state_machine.current_state[1]
 
+    def serving_state(self) -> ServingState:
+        """What the node serves now, as one snapshot (no lock): all the chat action and the
+        diagnostics read of the node's serving state."""
+        state = self.serving.state.in_lifecycle(self.state_label)
+        if not state.models_dir:    # before the first configure: where models will be
+            state = dataclasses.replace(state, models_dir=parameters.expand_models_dir(
+                self.get_parameter('models_dir').value))
+        return state
+
+    # ---- read by chat_action.py and diagnostics.py until they read serving_state() (the
+    # chat and status parts of wave 2); remove at that merge. --------------------------------
     @property
     def active(self) -> bool:
-        return self.state_label == 'active' and self.model_loaded
+        return self.serving_state().serving
 
     def not_serving_reason(self) -> str:
-        """Why a chat cannot be served now ('' when it can), as a client should read it."""
-        state = self.state_label
-        if state != 'active':
-            return f'the node is not active (state: {state})'
-        if self.recovering:
-            return f'the node is recovering (state: active): {self.recovering}'
-        if not self.model_loaded:
-            cause = self._failure or self.server_error or self.model_error
-            return 'the model is not loaded (state: active)' + (f': {cause}' if cause else '')
-        return ''
+        return self.serving_state().not_serving_reason
 
     @property
     def model(self) -> str:
-        return self.settings.model.model if self.settings else ''
+        return self.serving_state().model
 
-    def serving_state(self) -> ServingState:
-        """What the node serves now, as one snapshot: all the chat action and the diagnostics
-        read of the node's serving state."""
-        server = self.server
-        reason = self.not_serving_reason()
-        return ServingState(
-            lifecycle=self.state_label, model=self.model, serving=not reason,
-            not_serving_reason=reason, model_loaded=self.model_loaded,
-            capabilities=tuple(self.capabilities), context_length=self.context_length,
-            pull_progress=self.pull_progress, recovering=self.recovering,
-            server_error=self.server_error, model_error=self.model_error,
-            models_dir=self.settings.models_dir if self.settings else
-            parameters.expand_models_dir(self.get_parameter('models_dir').value),
-            server=server.status() if server is not None else None,
-            runner_pids=tuple(p.pid for p in self.runner_processes), engine=self.engine)
+    @property
+    def engine(self) -> Any:
+        return self.serving_state().engine
+
+    @property
+    def server(self) -> Any:
+        return self.serving._server
+
+    @property
+    def runner_processes(self) -> List[Any]:
+        return list(self.serving._runners)
+
+    @property
+    def capabilities(self) -> Tuple[str, ...]:
+        return self.serving_state().capabilities
+
+    @property
+    def context_length(self) -> int:
+        return self.serving_state().context_length
+
+    @property
+    def model_loaded(self) -> bool:
+        return self.serving_state().model_loaded
+
+    @property
+    def pull_progress(self) -> Optional[float]:
+        return self.serving_state().pull_progress
+
+    @property
+    def recovering(self) -> str:
+        return self.serving_state().recovering
+
+    @property
+    def server_error(self) -> str:
+        return self.serving_state().server_error
+
+    @property
+    def model_error(self) -> str:
+        return self.serving_state().model_error
 
     # ---- transitions ---------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Validate the parameters and start (or adopt) the Ollama server."""
+        """Read the parameters, start (or adopt) the Ollama server.
+
+        SUCCESS -> inactive; FAILURE (the cause in the log and on /diagnostics) ->
+        unconfigured with no server left running; ERROR (a bug) -> ErrorProcessing.
+        """
         def configure() -> None:
-            self.model_error = ''
-            try:
-                self.settings = parameters.read(self)
-            except ConfigError as error:
-                raise TransitionFailed(f'invalid parameter: {error}') from None
-            self._prepare_models_dir()
-            self.server = OllamaServer(self.settings.server, self.settings.models_dir,
-                                       self._log_line)
-            try:
-                self.server.start()
-            except ServerError as error:
-                self.server = None
-                raise TransitionFailed(str(error)) from None
-            self._engine_timeout = self.settings.model.load_timeout
-            self.engine = OllamaEngine(self.settings.server.base_url, self._engine_timeout)
+            self.settings = self._read_settings()
+            self.serving.start(self.settings.server, self.settings.models_dir,
+                               self.settings.model)
             self.chat.configure(self.settings)
-            self._budget.clear()
-            self._health = HealthCheck(time.monotonic())
-        return self._transition('configure', configure, on_failure=self._stop_server)
+            self.supervisor.budget.clear()
+        return self._transition('configure', configure)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Take the model and chat settings, make sure the model is present and fits, load it,
-        confirm it in /api/ps."""
+        confirm it in /api/ps.
+
+        SUCCESS -> active, chats served; FAILURE -> inactive, nothing loaded; ERROR ->
+        ErrorProcessing.
+        """
         def activate() -> None:
-            self._take_activate_settings()
-            self._load_model()
-        result = self._transition('activate', activate, on_failure=self._unload_after_failure,
-                                  about_model=True)
-        return super().on_activate(state) if result is TransitionCallbackReturn.SUCCESS \
-            else result
+            assert self.settings is not None
+            current = self._read_settings()     # server settings apply at configure only
+            self.settings = dataclasses.replace(self.settings, model=current.model,
+                                                chat=current.chat)
+            self.serving.use_model(self.settings.model)
+            self.chat.configure(self.settings)
+            self.serving.activate()
+        result = self._transition('activate', activate, about_model=True)
+        return super().on_activate(state) if result is SUCCESS else result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop accepting chats, abort the running ones, unload the model."""
+        """Stop accepting chats, abort the running ones, unload the model.
+
+        SUCCESS -> inactive (an unload not confirmed is a warning, never a failure); ERROR
+        (supervision gave up, or a bug) -> ErrorProcessing.
+        """
+        if self._error_cause:
+            return ERROR
+
         def deactivate() -> None:
             self.chat.abort_all('the node is deactivating', failure=False)
-            self._unload_model()
+            self.serving.unload()
         result = self._transition('deactivate', deactivate, about_model=True)
-        return super().on_deactivate(state) if result is TransitionCallbackReturn.SUCCESS \
-            else result
+        return super().on_deactivate(state) if result is SUCCESS else result
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the server (an adopted one is left running) and forget sessions."""
+        """Stop the server (an adopted one is left running) and forget sessions.
+
+        SUCCESS -> unconfigured; FAILURE (the port stayed busy) -> inactive; ERROR
+        (supervision gave up, or a bug) -> ErrorProcessing.
+        """
+        if self._error_cause:
+            return ERROR
+
         def cleanup() -> None:
-            self._stop_server()
+            self.serving.stop()
             self.chat.sessions.clear()
         return self._transition('cleanup', cleanup)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """From any state: abort chats, unload, stop the server."""
+        """From any state: abort chats, unload, stop the server. SUCCESS -> finalized."""
         return self._transition('shutdown', self.release_everything)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Leave nothing behind; SUCCESS takes the node to unconfigured, ready to configure."""
-        cause = self.server_error or self.model_error
+        """Leave nothing behind. SUCCESS -> unconfigured, ready to configure; FAILURE ->
+        finalized (must not raise: that would finalize the node too)."""
+        cause = self.serving.state.server_error or self.serving.state.model_error
         self.log.error(f'error processing (from {state.label}): stopping the server'
                        + (f'; cause: {cause}' if cause else ''))
         try:
             self.release_everything()
-        except Exception as error:  # on_error must not raise: that would finalize the node
+        except Exception as error:
             self.log.error(f'error processing: cleanup failed: {error}')
-            return TransitionCallbackReturn.FAILURE
-        return TransitionCallbackReturn.SUCCESS
+            return FAILURE
+        return SUCCESS
 
     def _transition(self, name: str, step: Callable[[], None],
-                    on_failure: Optional[Callable[[], None]] = None,
                     about_model: bool = False) -> TransitionCallbackReturn:
-        """Run one transition's step under the lock; its failure is the server's or (activate,
-        deactivate) the model's, and is reported as such on /diagnostics."""
+        """Run one transition's step in a Serving transition: FAILURE when it failed for a
+        named cause, ERROR when it raised anything else."""
         started = time.monotonic()
-        with self._lock:
-            self._epoch += 1
-            self._wake.set()
-            self.recovering = ''
-            if self._failure:
-                self.server_error = self._failure
-                self._failure = ''
-                return TransitionCallbackReturn.ERROR
-            if self._exiting.is_set():
-                return TransitionCallbackReturn.FAILURE
-            if about_model:
-                self.model_error = ''
-            else:
-                self.server_error = ''
-            try:
+        try:
+            with self.serving.transition(name, about_model):
                 step()
-            except (TransitionFailed, EngineError, ServerError) as error:
-                message = f'{name} failed: {error}'
-                if self._exiting.is_set():
-                    message += ' (the node is exiting)'
-                elif on_failure is not None:
-                    on_failure()
-                if about_model:
-                    self.model_error = message
-                else:
-                    self.server_error = message
-                self.log.error(message)
-                return TransitionCallbackReturn.FAILURE
-            except Exception as error:
-                # rclpy turns an exception into ERROR without a word: say what it was.
-                self.server_error = f'{name} raised {type(error).__name__}: {error}'
-                self.log.error(self.server_error)
-                return TransitionCallbackReturn.ERROR
-            finally:
-                # No probes ran during the transition: the server's silence starts now.
-                self._health = HealthCheck(time.monotonic()) if self.server else None
+        except ServingError as error:
+            self.log.error(str(error))
+            return FAILURE
+        except Exception as error:
+            # rclpy turns an exception into ERROR without a word: say what it was.
+            self.log.error(f'{name} raised {type(error).__name__}: {error}')
+            return ERROR
         self.log.info(f'{name}: done in {time.monotonic() - started:.3f} s')
-        return TransitionCallbackReturn.SUCCESS
+        return SUCCESS
 
-    # ---- steps ---------------------------------------------------------------------------
-    def _prepare_models_dir(self) -> None:
-        assert self.settings is not None
-        path = self.settings.models_dir
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as error:
-            raise TransitionFailed(f"models_dir '{path}' cannot be created: "
-                                   f'{error.strerror}') from None
-        if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
-            raise TransitionFailed(f"models_dir '{path}' is not a writable directory")
+    def _enter_error_processing(self, cause: str, epoch: int) -> None:
+        """Supervision gave up: take the lifecycle to ErrorProcessing (then on_error ->
+        unconfigured), unless a client's transition ran since the failure and decided.
 
-    def _take_activate_settings(self) -> None:
-        """Model and chat settings apply at every activate (server settings at configure)."""
-        assert self.settings is not None and self.engine is not None
-        try:
-            current = parameters.read(self)
-        except ConfigError as error:
-            raise TransitionFailed(f'invalid parameter: {error}') from None
-        self.settings = dataclasses.replace(self.settings, model=current.model,
-                                            chat=current.chat)
-        if current.model.load_timeout != self._engine_timeout:
-            # The engine's HTTP clients carry the timeout: new ones for the new value.
-            self.engine.close()
-            self._engine_timeout = current.model.load_timeout
-            self.engine = OllamaEngine(self.settings.server.base_url, self._engine_timeout)
-        self.chat.configure(self.settings)
-
-    def _load_model(self) -> None:
-        assert self.settings is not None and self.engine is not None
-        model = self.settings.model
-        self._load_requested = False
-        size = self.engine.installed_size(model.model)
-        if size is None:
-            if not model.pull_missing:
-                raise TransitionFailed(f"model '{model.model}' is not in models_dir and "
-                                       'pull_missing is false; pull it: ollama pull '
-                                       f'{model.model}')
-            self._pull(model.model)
-            size = self.engine.installed_size(model.model)
-            if size is None:
-                raise TransitionFailed(f"model '{model.model}' is still missing after the pull")
-        if self.engine.loaded_model(model.model) is None:
-            available = psutil.virtual_memory().available
-            needed = size + model.memory_margin_mb * 1024 ** 2
-            if needed > available:
-                raise TransitionFailed(
-                    f"not enough memory for '{model.model}': it needs {size / GiB:.2f} GiB plus "
-                    f'memory_margin_mb {model.memory_margin_mb}, and only '
-                    f'{available / GiB:.2f} GiB is available; free memory, pick a smaller '
-                    'quantization or lower memory_margin_mb')
-        info = self.engine.show(model.model)
-        self.capabilities = info['capabilities']
-        started = time.monotonic()
-        self._load_requested = True
-        self.engine.load(model.model, FOREVER)
-        loaded = self.engine.loaded_model(model.model)
-        if loaded is None:
-            raise TransitionFailed(f"'{model.model}' was loaded but /api/ps does not list it")
-        self.context_length = loaded.context_length or info['context_length']
-        self.runner_processes = self.server.runners() if self.server else []
-        self.model_loaded = True
-        self.log.info(
-            f"model '{model.model}' loaded in {time.monotonic() - started:.3f} s "
-            f'({loaded.size / GiB:.2f} GiB, context {self.context_length}, capabilities '
-            f"{', '.join(self.capabilities)})")
-
-    def _pull(self, model: str) -> None:
-        assert self.engine is not None
-        self.log.info(f"model '{model}' is not in models_dir: pulling it")
-        logged = [-1]
-
-        def progress(fraction: float, status: str) -> None:
-            self.pull_progress = fraction
-            decile = int(fraction * 10)
-            if decile > logged[0]:
-                logged[0] = decile
-                self.log.info(f"pulling '{model}': {fraction * 100:.0f} % ({status})")
-        try:
-            self.engine.pull(model, progress)
-        finally:
-            self.pull_progress = None
-        self.log.info(f"pulled '{model}'")
-
-    def _unload_after_failure(self) -> None:
-        """After a failed activate: unload what the load may have left (nothing to unload when
-        it failed before the load request, e.g. a model that could not be pulled)."""
-        if self._load_requested:
-            self._unload_model()
-
-    def _unload_model(self) -> None:
-        """Unload (or keep for keep_alive_inactive) and confirm the runner is gone.
-
-        The node stops serving whatever happens: a failure to unload is a warning (on the
-        Model status), never a deactivate that leaves the node 'active' without a model.
-        Runners still tracked afterwards (kept alive, or not yet gone) are only watched to
-        report their exit: while inactive that is an unload, not a crash.
+        rclpy has no request for ErrorProcessing from a primary state: it is reached when a
+        transition callback returns ERROR. So the transition that leaves the current state is
+        triggered here, and its callback returns ERROR while `_error_cause` is set, only for
+        the duration of this call and under `_transitions` (no client's transition sees it).
         """
-        if self.engine is None or self.settings is None:
-            return
-        self.model_loaded = False
-        model = self.settings.model
-        try:
-            if model.keep_alive_inactive > 0:
-                self.engine.set_keep_alive(model.model, model.keep_alive_inactive)
-                self.log.info(f"model '{model.model}' stays loaded for "
-                              f'{model.keep_alive_inactive:g} s (keep_alive_inactive)')
+        with self._transitions:
+            if self.serving.epoch != epoch:
                 return
-            started = time.monotonic()
-            self.engine.unload(model.model)
-        except EngineError as error:
-            self.model_error = f'unload: {error}'
-            self.log.warning(self.model_error)
-            return
-        stop_timeout = self.settings.server.stop_timeout
-        deadline = time.monotonic() + stop_timeout
-        # Returns as soon as the runners have exited (psutil polls /proc at a fine interval).
-        psutil.wait_procs(self.runner_processes, timeout=stop_timeout)
-        while self.engine.loaded_model(model.model) is not None or any(
-                _alive(p) for p in self.runner_processes):
-            if time.monotonic() > deadline:
-                self.model_error = (f"'{model.model}' is still loaded {stop_timeout:g} s after "
-                                    'unloading (the server ends it, or cleanup stops it)')
-                self.log.warning(self.model_error)
+            trigger = {'active': self.trigger_deactivate,
+                       'inactive': self.trigger_cleanup}.get(self.state_label)
+            if trigger is None:
                 return
-            time.sleep(0.02)
-        self.runner_processes = []
-        self.log.info(f"model '{model.model}' unloaded in "
-                      f'{time.monotonic() - started:.3f} s; its runner has exited')
-
-    def _stop_server(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-        self.model_loaded = False
-        self.runner_processes = []
-
-    def exit_process(self) -> None:
-        """The process is going down (Ctrl-C, SIGTERM): stop everything within seconds, whatever
-        runs. A transition or recovery in progress (a pull or load can take minutes) holds the
-        lock: the managed server is told to stop at once, which fails its request, and the
-        transition gives way."""
-        self._exiting.set()
-        self._wake.set()
-        # rclpy's own lifecycle code logs through the node's logger too (e.g. a transition it
-        # can no longer complete): from now on that logger writes to the console only.
-        self._logger = self._exit_logger
-        self.diagnostics.stop()
-        locked = self._lock.acquire(blocking=False)
-        if not locked and self.server is not None:
-            server = self.server
-            stop_timeout = server.settings.stop_timeout
-            self.log.info('exiting during a transition: stopping the Ollama server now')
-            server.signal_group(signal.SIGTERM)
-            locked = self._lock.acquire(timeout=stop_timeout)
-            if not locked:
-                server.signal_group(signal.SIGKILL)
-                locked = self._lock.acquire(timeout=stop_timeout)
-        try:
-            self._release()
-        finally:
-            if locked:
-                self._lock.release()
-
-    def release_everything(self) -> None:
-        """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
-        with self._lock:
-            self._release()
-
-    def _release(self) -> None:
-        self.chat.abort_all('the node is shutting down', failure=False)
-        if self.server is not None and self.server.adopted and self.model_loaded:
-            self._unload_model()
-        self._stop_server()
-
-    # ---- supervision ---------------------------------------------------------------------
-    def _supervision_loop(self) -> None:
-        while not self._exiting.wait(SUPERVISION_PERIOD):
+            self._error_cause = cause
             try:
-                failure = self._check()
-                if failure is not None and failure.model_only:
-                    failure = self._reload_model(failure)
-                if failure is not None:
-                    self._restart_server(failure)
-            except Exception as error:  # keep supervising; say what went wrong
-                if not self.context.ok():
-                    return      # Ctrl-C shut rclpy down before the node stopped this thread
-                self.log.error(f'supervision raised {type(error).__name__}: {error}')
+                trigger()
+            finally:
+                self._error_cause = ''
 
-    def _check(self) -> Optional[Failure]:
-        """What went wrong since the last check; None when all is well or a transition runs."""
-        if not self._lock.acquire(blocking=False):
-            return None     # a transition runs: it owns the server for now
+    def _read_settings(self) -> parameters.NodeSettings:
         try:
-            server, health, epoch = self.server, self._health, self._epoch
-            if server is None:
-                return None
-            code = server.exit_code()
-            if code is not None:
-                return Failure(f'the Ollama server (pid {server.pid}) exited with code {code}',
-                               epoch)
-            for runner in self.runner_processes:
-                if _alive(runner):
-                    continue
-                if self.state_label == 'active' and self.model_loaded:
-                    return Failure(f"the runner of '{self.model}' (pid {runner.pid}) exited",
-                                   epoch, model_only=True)
-                # Inactive: the model was unloaded (keep_alive_inactive ran out, a slow
-                # unload finished, or someone asked Ollama): not a failure.
-                self.log.info(f"model '{self.model}' unloaded: its runner (pid {runner.pid}) "
-                              'exited while the node was inactive')
-                self.runner_processes = []
-                self.model_error = ''
-                return None
-            if health is None or not health.due(time.monotonic()):
-                return None
-        finally:
-            self._lock.release()
-        # An HTTP probe: up to its timeout on a hung server, so not under the lock. A busy
-        # machine may be slow to answer; only silence over HUNG_AFTER counts.
-        if not health.observe(server.reachable(timeout=HEALTH_PERIOD), time.monotonic()):
-            return None
-        silent = time.monotonic() - health.last_answer
-        where = f'(pid {server.pid}) ' if server.pid else ''
-        return Failure(f'the Ollama server {where}at {server.base_url} has not answered for '
-                       f'{silent:.0f} s (hung)', epoch)
-
-    def _reload_model(self, failure: Failure) -> Optional[Failure]:
-        """The model went away while active (unloaded by keep_alive or by any client of the
-        server, or its runner crashed): load it again. Not a server failure, so the restart
-        budget is not spent; a reload that fails is one (returned for _restart_server)."""
-        with self._lock:
-            if self._epoch != failure.epoch or not self.active or self._exiting.is_set():
-                return None     # a transition ran meanwhile and decided what happens
-            self.log.warning(f'{failure.problem} while active (the model was unloaded or its '
-                             'runner crashed): reloading it (not a server failure, no restart '
-                             'counted)')
-            self.recovering = f'{failure.problem}; reloading the model'
-            self.model_loaded = False
-            self.runner_processes = []
-            self.chat.abort_all(failure.problem)
-            try:
-                self._load_model()
-            except (TransitionFailed, EngineError, ServerError) as error:
-                return Failure(f'{failure.problem}; reloading it failed: {error}',
-                               failure.epoch)
-            self.recovering = ''
-            self.model_error = ''
-            self.log.info(f"recovered: model '{self.model}' reloaded")
-            return None
-
-    def _restart_server(self, failure: Failure) -> None:
-        """Restart the server per the restart policy (and reload the model when active), or
-        give up: ErrorProcessing. The backoff is waited without the lock, so transitions
-        requested meanwhile run; one that did makes this restart moot."""
-        problem = failure.problem
-        while True:
-            with self._lock:
-                if self._epoch != failure.epoch or self.server is None or self._exiting.is_set():
-                    return
-                self.log.error(problem)
-                self.server_error = problem
-                self.model_loaded = False
-                self.runner_processes = []
-                self.chat.abort_all(problem)
-                supervision = self._supervision_settings()
-                decision = self._budget.decide(supervision, time.monotonic())
-                if not decision.restart:
-                    self.log.error(f'giving up ({decision.reason}): going to ErrorProcessing')
-                    self._failure = problem
-                    self.recovering = ''
-                    break
-                self.recovering = f'{problem}; restarting the server'
-                self.log.warning(f'restarting in {decision.backoff:g} s (restart '
-                                 f'{decision.attempt}/{supervision.max_restarts})')
-                self._wake.clear()
-            self._wake.wait(decision.backoff)
-            with self._lock:
-                if self._exiting.is_set():
-                    return
-                if self._epoch != failure.epoch:
-                    self.log.info('restart abandoned: a lifecycle transition ran meanwhile')
-                    return
-                try:
-                    self._restart(reload=self.state_label == 'active')
-                except (TransitionFailed, EngineError, ServerError) as error:
-                    self.log.error(f'restart failed: {error}')
-                    problem = f'{failure.problem}; restart failed: {error}'
-                    continue
-                self.recovering = ''
-                self.server_error = ''
-                self.log.info('recovered: server running'
-                              + (' and model loaded' if self.model_loaded else ''))
-                return
-        with self._transitions:     # not while a client's transition runs
-            if self._epoch != failure.epoch:
-                return
-            if self.state_label == 'active':
-                self.trigger_deactivate()
-            elif self.state_label == 'inactive':
-                self.trigger_cleanup()
-
-    def _restart(self, reload: bool) -> None:
-        assert self.server is not None and self.settings is not None
-        server = self.server
-        if server.adopted:
-            if not server.reachable():
-                raise ServerError(f'the Ollama server at {server.base_url} still does not answer')
-        else:
-            server.stop()       # what is left of it: a hung one gets SIGTERM, then SIGKILL
-            server.start()
-            server.restarts += 1
-        self._health = HealthCheck(time.monotonic())
-        if reload:
-            self._load_model()
+            return parameters.read(self)
+        except ConfigError as error:
+            raise ServingError(f'invalid parameter: {error}') from None
 
     def _supervision_settings(self) -> SupervisionSettings:
         """The restart policy applies at once: read from the parameters at each failure."""
         return SupervisionSettings(**{field.name: self.get_parameter(field.name).value
                                       for field in dataclasses.fields(SupervisionSettings)})
+
+    # ---- exit ----------------------------------------------------------------------------
+    def release_everything(self) -> None:
+        """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
+        self.chat.abort_all('the node is shutting down', failure=False)
+        self.serving.release()
+
+    def exit_process(self) -> None:
+        """The process is going down (Ctrl-C, SIGTERM): stop everything within seconds, whatever
+        runs (a pull or load in progress is ended by stopping the server: Serving.exit_now)."""
+        self.supervisor.stop()
+        # rclpy's own lifecycle code logs through the node's logger too (e.g. a transition it
+        # can no longer complete): from now on that logger writes to the console only.
+        self._logger = self._exit_logger
+        self.diagnostics.stop()
+        self.chat.abort_all('the node is shutting down', failure=False)
+        self.serving.exit_now()
 
     def _log_line(self, level: str, line: str) -> None:
         # rclpy refuses one call site logging at several severities: one call per level.
@@ -671,13 +382,6 @@ class LlmNode(LifecycleNode):
             logger.info(line)
         else:
             logger.debug(line)
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def exit_with_parent() -> None:

@@ -1,8 +1,36 @@
-"""The supervision policy: when a server is hung, and the restart budget with its backoff."""
+"""Supervision: the policy (when a server is hung, the restart budget with its backoff) and
+the Supervisor applying it to a real Serving."""
 
+import dataclasses
+import os
+import signal
+import threading
+from typing import Any, List, Tuple
+
+import psutil
+import pytest
+
+from harness import free_port
+from harness import wait_for
+from s100_llm.core.config import ModelSettings
+from s100_llm.core.config import ServerSettings
 from s100_llm.core.config import SupervisionSettings
+from s100_llm.core.serving import Serving
+from s100_llm.core.supervision import HEALTH_PERIOD
 from s100_llm.core.supervision import HealthCheck
+from s100_llm.core.supervision import HUNG_AFTER
 from s100_llm.core.supervision import RestartBudget
+from s100_llm.core.supervision import Supervisor
+
+EMULATOR = 's100-ollama-emulator'
+
+
+class Log(list):
+    def __call__(self, level: str, line: str) -> None:
+        self.append((level, line))
+
+    def text(self) -> str:
+        return '\n'.join(line for _, line in self)
 
 
 def test_a_server_is_hung_only_after_silence_over_several_probes():
@@ -51,3 +79,120 @@ def test_cleared_budget_starts_over():
     assert budget.decide(settings, 0.0).restart and not budget.decide(settings, 1.0).restart
     budget.clear()
     assert budget.decide(settings, 2.0).restart
+
+
+# ---- Supervisor on a real Serving (emulator processes), with a clock the test moves -------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclasses.dataclass
+class Supervised:
+    serving: Serving
+    supervisor: Supervisor
+    log: Log
+    clock: Clock
+    policy: SupervisionSettings
+    gave_up: List[Tuple[str, int]]
+    aborted: List[str]
+
+
+@pytest.fixture
+def supervised(tmp_path):
+    made = []
+
+    def make(**policy: Any) -> Supervised:
+        log, clock = Log(), Clock()
+        serving = Serving(log)
+        gave_up: List[Tuple[str, int]] = []
+        aborted: List[str] = []
+        settings = SupervisionSettings(**{'restart_backoff': 0.0, **policy})
+        supervisor = Supervisor(serving, lambda: settings, aborted.append,
+                                lambda cause, epoch: gave_up.append((cause, epoch)), log,
+                                clock=clock)
+        with serving.transition('configure'):
+            serving.start(ServerSettings(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR,
+                                         start_timeout=30, stop_timeout=2),
+                          str(tmp_path / 'models'), ModelSettings(model='echo',
+                                                                  memory_margin_mb=0))
+        with serving.transition('activate', about_model=True):
+            serving.activate()
+        made.append(serving)
+        return Supervised(serving, supervisor, log, clock, settings, gave_up, aborted)
+
+    yield make
+    for serving in made:
+        serving.release()
+
+
+def test_a_dead_server_is_restarted_and_its_model_reloaded(supervised):
+    each = supervised()
+    old_pid = each.serving.state.server.pid
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for(lambda: each.supervisor.check(), 'the exit to be seen')
+    each.supervisor.step()
+    state = each.serving.state
+    assert state.server.pid != old_pid and state.server.restarts == 1
+    assert state.model_loaded and state.runner_pids and not state.recovering
+    assert f'the Ollama server (pid {old_pid}) exited' in each.aborted[0]
+    assert 'recovered: server running and model loaded' in each.log.text()
+    assert not each.gave_up
+
+
+def test_beyond_the_restart_budget_supervision_gives_up_once(supervised):
+    each = supervised(max_restarts=0)
+    pid = each.serving.state.server.pid
+    os.kill(pid, signal.SIGKILL)
+    failure = wait_for(lambda: each.supervisor.check(), 'the exit to be seen')
+    each.supervisor.restart(failure)
+    ((cause, epoch),) = each.gave_up
+    assert cause.startswith(f'the Ollama server (pid {pid}) exited') and epoch == failure.epoch
+    assert each.serving.state.server_error == cause and not each.serving.state.model_loaded
+    assert 'giving up (0 restart(s) within 300 s already made)' in each.log.text()
+
+
+def test_a_lost_runner_is_reloaded_without_spending_the_budget(supervised):
+    each = supervised(max_restarts=0)
+    (runner,) = each.serving.state.runner_pids
+    os.kill(runner, signal.SIGKILL)
+    wait_for(lambda: each.supervisor.check(), 'the lost runner')
+    each.supervisor.step()
+    (reloaded,) = each.serving.state.runner_pids
+    assert reloaded != runner and each.serving.state.model_loaded
+    assert "recovered: model 'echo' reloaded" in each.log.text()
+    assert not each.gave_up     # max_restarts 0: a restart would have been refused
+
+
+def test_the_backoff_is_waited_without_the_lock_and_a_transition_makes_it_moot(supervised):
+    each = supervised(restart_backoff=600.0)
+    os.kill(each.serving.state.server.pid, signal.SIGKILL)
+    failure = wait_for(lambda: each.supervisor.check(), 'the exit to be seen')
+    restarting = threading.Thread(target=each.supervisor.restart, args=(failure,))
+    restarting.start()
+    wait_for(lambda: 'restarting in 600 s' in each.log.text(), 'the backoff to begin')
+    assert each.serving.state.recovering.endswith('; restarting the server')
+    with each.serving.transition('cleanup'):    # would wait 600 s if the backoff held the lock
+        each.serving.stop()
+    restarting.join()
+    assert 'restart abandoned: a lifecycle transition ran meanwhile' in each.log.text()
+    assert each.serving.state.server is None and not each.gave_up
+
+
+def test_a_server_silent_beyond_hung_after_is_restarted(supervised):
+    each = supervised()
+    pid = each.serving.state.server.pid
+    os.kill(pid, signal.SIGSTOP)    # alive, not answering HTTP
+    failure = None
+    while failure is None:          # one probe per health period of the test's clock
+        failure = each.supervisor.check()
+        each.clock.now += HEALTH_PERIOD
+    assert failure.problem == (f'the Ollama server (pid {pid}) at '
+                               f'{each.serving.state.server.base_url} has not answered for '
+                               f'{HUNG_AFTER:.0f} s (hung)')
+    each.supervisor.restart(failure)
+    assert each.serving.state.server.pid != pid and each.serving.state.model_loaded
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
