@@ -2,27 +2,18 @@
 and a params file read by the node. The launch file itself runs for real, through `ros2 launch`,
 in s100_llm/test/cli (autostart's transitions: test_lifecycle_cli.py)."""
 
-import dataclasses
-
 import httpx
 import yaml
 
 from harness import install_prefix
-from s100_llm import parameters
+from s100_llm.core.config import PARAMETERS
 
 SHARE = install_prefix() / 'share' / 's100_llm'
 
 
-def declared_defaults():
-    defaults = {parameters.parameter_name(cls, f.name): f.default
-                for cls in parameters.SETTINGS_CLASSES for f in dataclasses.fields(cls)}
-    defaults['tts_bridge'] = False
-    return defaults
-
-
-def test_llm_yaml_lists_every_parameter_with_its_default():
+def test_the_installed_llm_yaml_lists_every_parameter_with_its_default():
     document = yaml.safe_load((SHARE / 'config' / 'llm.yaml').read_text())
-    assert document['/**']['ros__parameters'] == declared_defaults()
+    assert document['/**']['ros__parameters'] == {p.name: p.default for p in PARAMETERS}
 
 
 def test_the_node_reads_a_params_file(start_llm, tmp_path, ollama_port, models_dir):
