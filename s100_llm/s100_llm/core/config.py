@@ -62,6 +62,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# Short names for the settings below.
 CONFIGURE, ACTIVATE, AT_ONCE, START = (TakesEffect.CONFIGURE, TakesEffect.ACTIVATE,
                                        TakesEffect.AT_ONCE, TakesEffect.START)
 
