@@ -6,7 +6,7 @@ with `setting(...)`: its default, range (or choices), description and when a cha
 effect. Everything else is derived from those fields: `table()` lists them as `Parameter`s for
 the ROS declarations (parameters.py), `check_values()` validates a settings object against
 them, and `params_file()` / `readme_table()` write config/llm.yaml and the README's table
-(scripts/params-docs writes both; test_parameter_docs.py fails when they differ).
+(scripts/params_docs.py writes both; test_parameter_docs.py fails when they differ).
 """
 
 import dataclasses
@@ -141,7 +141,7 @@ def _check_type(parameter: Parameter, value: Any) -> None:
 # The top of config/llm.yaml, above the parameters.
 PARAMS_FILE_HEADER = """\
 Parameters of the s100_llm node, with their defaults. Generated from the settings in
-s100_llm/core/config.py by scripts/params-docs: edit those, not this file.
+s100_llm/core/config.py by scripts/params_docs.py: edit those, not this file.
 `ros2 launch s100_llm llm.launch.py params_file:=<copy of this file>` to change them;
 the launch arguments model, models_dir, host, ollama_bin and tts_bridge override this file
 when they are given.
@@ -180,7 +180,7 @@ def readme_table(parameters: Iterable[Parameter]) -> str:
 
 
 # Where the table stands in the README: between these two lines.
-README_TABLE_BEGIN = '<!-- parameter table: written by scripts/params-docs from core/config.py -->'
+README_TABLE_BEGIN = '<!-- parameter table: written by scripts/params_docs.py -->'
 README_TABLE_END = '<!-- end of parameter table -->'
 
 

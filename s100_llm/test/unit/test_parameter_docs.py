@@ -1,5 +1,5 @@
 """config/llm.yaml and the README's parameter table are what the parameter table says
-(scripts/params-docs writes both from s100_llm/core/config.py)."""
+(scripts/params_docs.py writes both from s100_llm/core/config.py)."""
 
 import pathlib
 
@@ -12,7 +12,7 @@ from s100_llm.core.params import with_readme_table
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2]
 README = PACKAGE.parent / 'README.md'
-REGENERATE = 'out of date: run python3 scripts/params-docs'
+REGENERATE = 'out of date: run python3 scripts/params_docs.py'
 
 
 def test_llm_yaml_is_the_parameter_table():

@@ -2,7 +2,7 @@
 """Write config/llm.yaml and the README's parameter table from the parameter table.
 
 Every parameter is written once, in s100_llm/core/config.py; run this after changing one:
-    python3 scripts/params-docs
+    python3 scripts/params_docs.py
 s100_llm/test/unit/test_parameter_docs.py fails while either file differs from what this
 writes. The core is ROS-free, so any Python 3.10 runs this (no ROS environment needed).
 """
