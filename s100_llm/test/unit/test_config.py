@@ -8,12 +8,16 @@ from s100_llm.core.config import ChatSettings
 from s100_llm.core.config import ConfigError
 from s100_llm.core.config import DiagnosticsSettings
 from s100_llm.core.config import ModelSettings
+from s100_llm.core.config import NodeSettings
 from s100_llm.core.config import parameter_name
+from s100_llm.core.config import PARAMETERS
 from s100_llm.core.config import parse_host
-from s100_llm.core.config import RANGES
 from s100_llm.core.config import ServerSettings
+from s100_llm.core.config import settings_from
 from s100_llm.core.config import SupervisionSettings
 from s100_llm.core.config import validate_model_name
+from s100_llm.core.params import setting
+from s100_llm.core.params import TakesEffect
 
 
 @pytest.mark.parametrize('text, expected', [
@@ -96,9 +100,52 @@ def test_float_settings_take_integers():
     DiagnosticsSettings(cpu_warn_percent=95, cpu_error_percent=100, disk_error_mb=0).validate()
 
 
-def test_every_numeric_setting_has_a_range():
-    for settings_class in (ServerSettings, ModelSettings, SupervisionSettings, ChatSettings,
-                           DiagnosticsSettings):
-        for field in dataclasses.fields(settings_class):
-            if isinstance(field.default, (int, float)) and not isinstance(field.default, bool):
-                assert parameter_name(settings_class, field.name) in RANGES, field.name
+SETTINGS_CLASSES = (ServerSettings, ModelSettings, SupervisionSettings, ChatSettings,
+                    DiagnosticsSettings)
+
+
+def test_every_setting_is_one_parameter():
+    fields = [(owner, field.name) for owner in SETTINGS_CLASSES
+              for field in dataclasses.fields(owner)] + [(NodeSettings, 'tts_bridge')]
+    assert [(p.owner, p.field) for p in PARAMETERS] == fields
+    assert len({p.name for p in PARAMETERS}) == len(PARAMETERS)
+    assert parameter_name(DiagnosticsSettings, 'period') == 'diagnostics_period'
+
+
+def test_every_number_has_a_range_and_only_numbers_have_one():
+    for parameter in PARAMETERS:
+        numeric = parameter.value_type in (int, float)
+        assert (parameter.bounds is not None) == numeric, parameter.name
+    with pytest.raises(TypeError, match='every number needs them'):
+        setting(5, TakesEffect.AT_ONCE, 'A number without a range.')
+    with pytest.raises(TypeError, match='bounds are for numbers'):
+        setting('x', TakesEffect.AT_ONCE, 'A string with a range.', bounds=(0, 1))
+
+
+def defaults():
+    return {parameter.name: parameter.default for parameter in PARAMETERS}
+
+
+def test_settings_from_the_defaults_are_the_dataclass_defaults():
+    assert settings_from(defaults()) == NodeSettings(
+        ServerSettings(), ModelSettings(), SupervisionSettings(), ChatSettings(),
+        DiagnosticsSettings(), tts_bridge=False)
+
+
+def test_settings_from_takes_integers_for_floats_as_floats():
+    settings = settings_from({**defaults(), 'start_timeout': 5, 'diagnostics_period': 2})
+    assert (settings.server.start_timeout, settings.diagnostics.period) == (5.0, 2.0)
+    assert type(settings.server.start_timeout) is float
+
+
+@pytest.mark.parametrize('name, value, message', [
+    ('manage_server', 1, 'manage_server must be true or false (got 1)'),
+    ('tts_bridge', 'yes', "tts_bridge must be true or false (got 'yes')"),
+    ('host', 11434, 'host must be a string (got 11434)'),
+    ('max_sessions', True, 'max_sessions must be an integer (got True)'),
+    ('concurrency', 'fifo', "concurrency 'fifo' must be one of reject, queue, preempt"),
+    ('diagnostics_period', 0, 'diagnostics_period must be in 0.1..60 (got 0)'),
+])
+def test_settings_from_refuses_a_value_naming_the_parameter(name, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings_from({**defaults(), name: value})
