@@ -131,7 +131,7 @@ class ChatStream:
                 return None
             self.cancel()
             raise StreamTimeout(f'chat: no output from Ollama for {self._idle_timeout:g} s '
-                              '(stream_timeout)') from None
+                                '(stream_timeout)') from None
         if item is _END:
             raise EngineError('chat: the stream ended without a final chunk')
         if isinstance(item, BaseException):
