@@ -1,17 +1,29 @@
 """The /<node>/chat action server: goal admission, streaming into feedback, cancel.
 
-Goals are accepted only while the node is active and the goal is valid; a rejection's reason
-is logged (and so published on /rosout). Accepted goals run under the concurrency policy of
-core.admission; each streams through core.chat.ChatRun, whose chunks become feedback.
+Every goal is accepted. rclpy then hands it to `_on_accepted`, which validates it and admits
+it under the concurrency policy of core.admission: it starts at once, waits in the queue, or
+(when the node is not serving, the goal is invalid or there is no room) ends ABORTED at once
+with Result.error_code and error_message, because a rejected ROS 2 goal carries no reason
+(nav2 reports its errors the same way). The reason is also logged ("chat goal rejected").
+
+A goal runs when `goal_handle.execute()` is called for it: at acceptance when a slot is free,
+or when a running goal ends and frees its slot. Waiting goals hold no thread. A goal that must
+end without running (canceled or preempted while waiting, refused, drained by abort_all) is
+executed too, straight to its result, so no accepted goal is left without one. Each running
+goal streams through core.chat.ChatRun, whose chunks become feedback.
+
+Threads: the executor runs the goal, cancel and accepted callbacks and each goal's execution;
+the node's transition callbacks call abort_all(). The node is read only through
+serving_state().
 """
 
+import dataclasses
 import threading
 import time
-from typing import Dict, TYPE_CHECKING
+from typing import Any, Callable, Dict, List, Optional, Tuple, TYPE_CHECKING
 
 from rclpy.action import ActionServer
 from rclpy.action import CancelResponse
-from rclpy.action import GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 
@@ -19,12 +31,13 @@ from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import GenerationStats
 
 from .core.admission import Admission
-from .core.admission import Ticket
 from .core.chat import ChatOutcome
 from .core.chat import ChatRequest
 from .core.chat import ChatRun
+from .core.chat import ErrorCode
 from .core.chat import validate
 from .core.config import ChatSettings
+from .core.serving import ServingState
 from .core.sessions import SessionStore
 from .qos import FEEDBACK_QOS
 from .qos import SERVICE_QOS
@@ -32,6 +45,11 @@ from .qos import SERVICE_QOS
 if TYPE_CHECKING:
     from .node import LlmNode
     from .parameters import NodeSettings
+
+CANCELED_BY_CLIENT = 'canceled by the client'
+PREEMPTED = 'preempted by a newer goal'
+# How long abort_all() waits for the running chats to end (each closes its stream at once).
+ABORT_WAIT = 5.0
 
 
 def request_from_goal(goal: Chat.Goal) -> ChatRequest:
@@ -45,7 +63,7 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
 
 
 class ChatCounters:
-    """What the diagnostics report about chats."""
+    """What the diagnostics report about chats (goals refused at arrival are not counted)."""
 
     def __init__(self) -> None:
         self.served = 0
@@ -55,23 +73,39 @@ class ChatCounters:
         self.last_time_to_first_token = 0.0
 
 
+@dataclasses.dataclass(eq=False)
+class ChatGoal:
+    """One accepted goal, from acceptance to its result."""
+
+    handle: ServerGoalHandle
+    request: ChatRequest
+    accepted_at: float
+    admitted: bool = False      # it entered admission (refused goals did not)
+    # Set before the goal is executed when it must end without running: (error_code, reason).
+    ending: Optional[Tuple[ErrorCode, str]] = None
+    # Set when a running goal is told to stop; applied to its run as soon as it has one.
+    stop: Optional[Tuple[ErrorCode, str]] = None
+    run: Optional[ChatRun] = None
+
+    @property
+    def uuid(self) -> bytes:
+        return bytes(self.handle.goal_id.uuid)
+
+
 class ChatActionServer:
     def __init__(self, node: 'LlmNode') -> None:
         self.node = node
         self.settings = ChatSettings()
         self.sessions = SessionStore(self.settings.session_max_turns, self.settings.max_sessions)
-        self.admission = Admission('queue', 1, 0)
+        self.admission: Admission[ChatGoal] = Admission('queue', 1, 0)
         self.counters = ChatCounters()
-        # Whether the last abort_all() was on purpose: goals still waiting for their turn then
-        # end the same way as the running ones.
-        self._stopped_on_purpose = False
-        self._tickets: Dict[int, Ticket] = {}      # id(goal message) -> ticket
-        self._accepted_at: Dict[int, float] = {}
-        self._runs: Dict[bytes, ChatRun] = {}      # goal uuid -> run
+        self._goals: Dict[bytes, ChatGoal] = {}     # goal uuid -> goal, until its result
+        self._cancels: List[ChatGoal] = []          # cancel requests not yet acted on
         self._lock = threading.Lock()
-        self._server = ActionServer(
-            node, Chat, '~/chat', execute_callback=self._execute,
-            goal_callback=self._on_goal, cancel_callback=self._on_cancel,
+        self._server = _ChatServer(
+            node, Chat, '~/chat', after_requests=self._apply_cancels,
+            execute_callback=self._execute,
+            handle_accepted_callback=self._on_accepted, cancel_callback=self._on_cancel,
             callback_group=ReentrantCallbackGroup(), feedback_pub_qos_profile=FEEDBACK_QOS,
             goal_service_qos_profile=SERVICE_QOS, cancel_service_qos_profile=SERVICE_QOS,
             result_service_qos_profile=SERVICE_QOS)
@@ -85,91 +119,120 @@ class ChatActionServer:
         self.admission.slots = settings.server.num_parallel
         self.admission.max_queued = settings.chat.max_queued_goals
 
-    # ---- goal admission ------------------------------------------------------------------
-    def _on_goal(self, goal: Chat.Goal) -> GoalResponse:
-        accepted_at = time.monotonic()
-        reason = self._rejection(goal)
-        if reason:
-            self.node.get_logger().warning(f'chat goal rejected: {reason}')
-            return GoalResponse.REJECT
-        ticket, reason = self.admission.request()
-        if ticket is None:
-            self.node.get_logger().warning(f'chat goal rejected: {reason}')
-            return GoalResponse.REJECT
+    # ---- admission -----------------------------------------------------------------------
+    def _on_accepted(self, handle: ServerGoalHandle) -> None:
+        goal = ChatGoal(handle, request_from_goal(handle.request), time.monotonic())
         with self._lock:
-            self._tickets[id(goal)] = ticket
-            self._accepted_at[id(goal)] = accepted_at
-        return GoalResponse.ACCEPT
-
-    def _rejection(self, goal: Chat.Goal) -> str:
-        reason = self.node.not_serving_reason()
+            self._goals[goal.uuid] = goal
+        code, reason = self._refusal(goal.request)
         if reason:
-            return reason
-        return validate(request_from_goal(goal), self.settings, self.sessions,
-                        self.node.capabilities, self.node.model)
+            self._refuse(goal, code, reason)
+            return
+        arrival = self.admission.admit(goal)
+        if arrival.refusal:
+            self._refuse(goal, ErrorCode.QUEUE_FULL, arrival.refusal)
+            return
+        goal.admitted = True
+        if arrival.preempted is not None:
+            self._preempt(arrival.preempted, arrival.preempted_was_waiting)
+        if arrival.start:
+            handle.execute()
 
-    def _on_cancel(self, goal_handle: ServerGoalHandle) -> CancelResponse:
+    def _refuse(self, goal: ChatGoal, code: ErrorCode, reason: str) -> None:
+        self.node.get_logger().warning(f'chat goal rejected: {reason} ({code.name})')
+        goal.ending = (code, reason)
+        goal.handle.execute()
+
+    def _refusal(self, request: ChatRequest) -> Tuple[ErrorCode, str]:
+        state = self.node.serving_state()
+        if not state.serving:
+            return ErrorCode.NOT_SERVING, state.not_serving_reason
+        reason = validate(request, self.settings, self.sessions, list(state.capabilities),
+                          state.model)
+        return ErrorCode.INVALID_GOAL, reason
+
+    def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
+        if was_waiting:
+            victim.ending = (ErrorCode.PREEMPTED, PREEMPTED)
+            victim.handle.execute()
+        else:
+            self._stop(victim, ErrorCode.PREEMPTED, PREEMPTED)
+
+    def _stop(self, goal: ChatGoal, code: ErrorCode, reason: str) -> None:
+        """Tell a running goal to end (at once if it streams, before it starts otherwise)."""
         with self._lock:
-            run = self._runs.get(bytes(goal_handle.goal_id.uuid))
+            goal.stop = goal.stop or (code, reason)
+            run = goal.run
         if run is not None:
-            run.cancel('canceled by the client')
-        self.admission.wake()
+            run.cancel(reason, code)
+
+    # ---- cancel --------------------------------------------------------------------------
+    def _on_cancel(self, handle: ServerGoalHandle) -> CancelResponse:
+        """Accept; act once rclpy has marked the goal CANCELING (_apply_cancels), since a goal
+        can be ended as canceled only after that mark, which follows this callback."""
+        with self._lock:
+            goal = self._goals.get(bytes(handle.goal_id.uuid))
+            if goal is not None:
+                self._cancels.append(goal)
         return CancelResponse.ACCEPT
 
-    # ---- execution -----------------------------------------------------------------------
-    def _execute(self, goal_handle: ServerGoalHandle) -> Chat.Result:
-        key = id(goal_handle.request)
+    def _apply_cancels(self) -> None:
         with self._lock:
-            ticket = self._tickets.pop(key)
-            accepted_at = self._accepted_at.pop(key)
-        request = request_from_goal(goal_handle.request)
-        if not self.admission.wait_turn(
-                ticket, lambda: goal_handle.is_cancel_requested or not self.node.active):
-            if goal_handle.is_cancel_requested or ticket.preempted:
-                outcome = ChatOutcome(done_reason='canceled', error_message=(
-                    'canceled by the client' if goal_handle.is_cancel_requested
-                    else 'preempted by a newer goal'))
-            else:   # deactivated or failed while the goal waited: like the running ones
-                outcome = ChatOutcome(error_message='the node stopped serving (state: '
-                                                    f'{self.node.state_label})',
-                                      ended_on_purpose=self._stopped_on_purpose)
-            return self._finish(goal_handle, outcome, ticket.preempted)
-        uuid = bytes(goal_handle.goal_id.uuid)
+            goals, self._cancels = self._cancels, []
+        for goal in goals:
+            if not goal.handle.is_cancel_requested:     # it ended before the cancel came
+                continue
+            if self.admission.withdraw(goal):           # waiting: it ends now, unrun
+                goal.ending = (ErrorCode.CANCELED, CANCELED_BY_CLIENT)
+                goal.handle.execute()
+            else:
+                self._stop(goal, ErrorCode.CANCELED, CANCELED_BY_CLIENT)
+
+    # ---- execution -----------------------------------------------------------------------
+    def _execute(self, handle: ServerGoalHandle) -> Chat.Result:
+        with self._lock:
+            goal = self._goals[bytes(handle.goal_id.uuid)]
+        state = self.node.serving_state()
         try:
-            engine = self.node.engine
-            if engine is None or not self.node.active:
-                return self._finish(goal_handle, ChatOutcome(
-                    error_message=f'the node stopped serving (state: {self.node.state_label})'))
-
-            def publish(seq: int, delta: str, thinking_delta: str) -> None:
-                goal_handle.publish_feedback(
-                    Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta))
-
-            run = ChatRun(engine, self.node.model, request, self.settings, self.sessions,
-                          self.node.context_length, keep_alive=-1, publish=publish,
-                          accepted_at=accepted_at,
-                          inline_think='thinking' in self.node.capabilities)
+            try:
+                outcome = self._outcome(goal, state)
+            except Exception as error:  # a defect: the goal still gets a result that says so
+                self.node.get_logger().error(f'chat failed: {error!r}')
+                outcome = ChatOutcome.unserved(ErrorCode.UNKNOWN, f'internal error: {error!r}')
             with self._lock:
-                self._runs[uuid] = run
-            ticket.on_preempt = lambda: run.cancel('preempted by a newer goal')
-            if ticket.preempted:
-                run.cancel('preempted by a newer goal')
-            if goal_handle.is_cancel_requested:
-                run.cancel('canceled by the client')
-            outcome = run.run()
-            return self._finish(goal_handle, outcome, ticket.preempted)
-        finally:
-            with self._lock:
-                self._runs.pop(uuid, None)
-            self.admission.release(ticket)
+                del self._goals[goal.uuid]
+            return self._finish(goal, outcome, state.model)
+        finally:    # its slot goes to the next waiting goals, after its result is set
+            for starting in self.admission.release(goal):
+                starting.handle.execute()
 
-    def _finish(self, goal_handle: ServerGoalHandle, outcome: ChatOutcome,
-                preempted: bool = False) -> Chat.Result:
+    def _outcome(self, goal: ChatGoal, state: ServingState) -> ChatOutcome:
+        if goal.ending is not None:
+            return ChatOutcome.unserved(*goal.ending)
+        if not state.serving or state.engine is None:
+            return ChatOutcome.unserved(ErrorCode.NOT_SERVING, state.not_serving_reason)
+
+        def publish(seq: int, delta: str, thinking_delta: str) -> None:
+            goal.handle.publish_feedback(
+                Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta))
+
+        run = ChatRun(state.engine, state.model, goal.request, self.settings, self.sessions,
+                      state.context_length, keep_alive=-1, publish=publish,
+                      accepted_at=goal.accepted_at,
+                      inline_think='thinking' in state.capabilities)
+        with self._lock:
+            goal.run = run
+            stop = goal.stop
+        if stop is not None:        # told to stop before it had a run: it ends unstarted
+            run.cancel(stop[1], stop[0])
+        return run.run()
+
+    def _finish(self, goal: ChatGoal, outcome: ChatOutcome, model: str) -> Chat.Result:
         result = Chat.Result(
             text=outcome.text, thinking=outcome.thinking, done_reason=outcome.done_reason,
-            error_message=outcome.error_message, model=self.node.model,
-            feedback_count=outcome.feedback_messages,
-            session_id=goal_handle.request.session_id, session_turns=outcome.session_turns,
+            error_code=int(outcome.error_code), error_message=outcome.error_message,
+            model=model, feedback_count=outcome.feedback_messages,
+            session_id=goal.request.session_id, session_turns=outcome.session_turns,
             stats=GenerationStats(
                 prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
                 time_to_first_token=outcome.time_to_first_token,
@@ -177,52 +240,59 @@ class ChatActionServer:
                 total_duration=outcome.total_duration, load_duration=outcome.load_duration,
                 prompt_eval_duration=outcome.prompt_eval_duration,
                 eval_duration=outcome.eval_duration))
-        if outcome.done_reason == 'canceled':
-            self.counters.canceled += 1
-            if self._cancel_acknowledged(goal_handle, preempted):
-                goal_handle.canceled()
-            else:   # preempted: the server, not the client, ended it
-                goal_handle.abort()
-        elif outcome.done_reason == 'error':
-            self.counters.failed += 1
-            if outcome.ended_on_purpose:    # a deactivate or shutdown: not a failure
-                self.node.get_logger().warning(f'chat ended by the node: {outcome.error_message}')
-            else:
-                self.node.get_logger().error(f'chat aborted: {outcome.error_message}')
-            goal_handle.abort()
-        else:
+        code = outcome.error_code
+        if code == ErrorCode.NONE:
             self.counters.served += 1
             self.counters.last_tokens_per_second = outcome.tokens_per_second
             self.counters.last_time_to_first_token = outcome.time_to_first_token
-            goal_handle.succeed()
+            goal.handle.succeed()
+            return result
+        if goal.admitted:
+            if code in (ErrorCode.CANCELED, ErrorCode.PREEMPTED):
+                self.counters.canceled += 1
+            else:
+                self.counters.failed += 1
+            if code == ErrorCode.NOT_SERVING:     # a deactivate or shutdown: not a failure
+                self.node.get_logger().warning(f'chat ended by the node: {outcome.error_message}')
+            elif code not in (ErrorCode.CANCELED, ErrorCode.PREEMPTED):
+                self.node.get_logger().error(
+                    f'chat aborted: {outcome.error_message} ({code.name})')
+        if code == ErrorCode.CANCELED:
+            goal.handle.canceled()
+        else:   # preempted included: the server, not the client, ended it
+            goal.handle.abort()
         return result
-
-    @staticmethod
-    def _cancel_acknowledged(goal_handle: ServerGoalHandle, preempted: bool) -> bool:
-        """Whether the client canceled the goal, once rclpy has marked it CANCELING.
-
-        A canceled chat that was not preempted was canceled by the client. Its stream is
-        closed inside the cancel callback, and rclpy marks the goal CANCELING only after that
-        callback returns: the chat can end first, and canceled() is refused before the mark.
-        Waits for it (microseconds; bounded in case rclpy never marks it).
-        """
-        deadline = time.monotonic() + 1.0
-        while not goal_handle.is_cancel_requested:
-            if preempted or time.monotonic() > deadline:
-                return False
-            time.sleep(0.001)
-        return True
 
     # ---- for the node --------------------------------------------------------------------
     def abort_all(self, reason: str, failure: bool = True) -> None:
-        """End every running or waiting chat and wait for them: because something failed, or
-        on purpose (failure=False: deactivate, shutdown), which is logged as a warning."""
-        self._stopped_on_purpose = not failure
+        """End every running or waiting chat and wait for the running ones: because something
+        failed (SERVER_FAILED) or on purpose (failure=False: deactivate, shutdown; NOT_SERVING,
+        logged as a warning)."""
+        code = ErrorCode.SERVER_FAILED if failure else ErrorCode.NOT_SERVING
+        for goal in self.admission.withdraw_all():
+            goal.ending = (code, reason)
+            goal.handle.execute()
         with self._lock:
-            runs = list(self._runs.values())
-        for run in runs:
-            run.cancel(reason, as_error=True, on_purpose=not failure)
-        self.admission.wake()
-        deadline = time.monotonic() + 5.0
-        while self.admission.running and time.monotonic() < deadline:
-            time.sleep(0.01)
+            running = [g for g in self._goals.values() if g.ending is None]
+        for goal in running:
+            self._stop(goal, code, reason)
+        if not self.admission.wait_until_idle(ABORT_WAIT):
+            self.node.get_logger().error(
+                f'{self.admission.running} chat(s) still running {ABORT_WAIT:g} s after: '
+                f'{reason}')
+
+
+class _ChatServer(ActionServer):
+    """rclpy's ActionServer, calling after_requests() once it has handled a cancel request:
+    rclpy marks a canceled goal CANCELING only after the cancel callback returns, and a goal
+    can end as canceled only from CANCELING, so what a cancel does to a goal waits until then.
+    (Waitable.execute, which wraps it, is the same on Humble, Jazzy and Kilted.)"""
+
+    def __init__(self, *args: Any, after_requests: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_requests = after_requests
+
+    async def execute(self, taken_data: Any) -> None:
+        await super().execute(taken_data)
+        if 'cancel' in taken_data:
+            self._after_requests()

@@ -5,7 +5,8 @@
 
 Tokens are printed as they stream; reasoning is shown dimmed (--hide-thinking to hide it);
 Ctrl-C cancels the goal (the model stops at once) and, in interactive mode, a second Ctrl-C
-or an empty line / EOF quits. The statistics are printed at the end of each answer.
+or an empty line / EOF quits. The statistics are printed at the end of each answer, and for a
+goal the node did not serve, its error code and reason (e.g. NOT_SERVING, INVALID_GOAL).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from s100_llm_msgs.action import Chat
 
+from s100_llm.core.chat import ErrorCode
 from s100_llm.qos import FEEDBACK_QOS
 
 DIM, RESET = '\x1b[2m', '\x1b[0m'
@@ -57,15 +59,15 @@ class ChatClient:
         self.interrupted = True
 
     def ask(self, goal: Chat.Goal) -> Optional[Chat.Result]:
-        """Send the goal, stream it; Ctrl-C cancels it. None when it was rejected."""
+        """Send the goal, stream it; Ctrl-C cancels it. None when it was not accepted (the node
+        accepts every goal, and ends one it cannot serve with an error_code)."""
         self.asking, self.interrupted = True, False
         try:
             future = self.client.send_goal_async(goal, feedback_callback=self._on_feedback)
             self._spin_until(future.done)
             handle = future.result()
             if not handle.accepted:
-                print('\n[rejected: the node is not active or the goal is invalid; its log '
-                      'says why]', file=sys.stderr)
+                print('\n[the goal was not accepted]', file=sys.stderr)
                 return None
             result_future = handle.get_result_async()
             self._spin_until(lambda: result_future.done() or self.interrupted)
@@ -114,8 +116,8 @@ def print_stats(result: Chat.Result) -> None:
     line = (f'[{result.done_reason}] {stats.completion_tokens} tokens, '
             f'{stats.tokens_per_second:.1f} tokens/s, first token after '
             f'{stats.time_to_first_token * 1000:.0f} ms, prompt {stats.prompt_tokens} tokens')
-    if result.error_message:
-        line += f' - {result.error_message}'
+    if result.error_code != Chat.Result.NONE:
+        line += f' - {ErrorCode(result.error_code).name}: {result.error_message}'
     print('\n' + line, file=sys.stderr)
 
 
@@ -159,7 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if result is None:
                 return 1
             print_stats(result)
-            return 0 if result.done_reason in ('stop', 'length') else 1
+            return 0 if result.error_code == Chat.Result.NONE else 1
         return interactive(client, goal_for)
     except KeyboardInterrupt:   # Ctrl-C while waiting for the server
         return 130

@@ -56,7 +56,7 @@ class TtsBridge:
 
     A prompt arriving while another is answered waits in a queue of at most
     MAX_WAITING_PROMPTS; beyond that it is dropped, and the log says which prompt and why (as
-    it does for a prompt the chat action rejects). Answers never interleave on /tts_text.
+    it does for a prompt the chat action does not serve). Answers never interleave on /tts_text.
     """
 
     def __init__(self, node: 'LlmNode', input_topic: str = '/prompt_text',
@@ -114,8 +114,13 @@ class TtsBridge:
                 self.publisher.publish(String(data=sentence))
 
         def on_result(future) -> None:
+            result = future.result().result
+            if result.error_code != Chat.Result.NONE:
+                self.node.get_logger().warning(
+                    f'TTS bridge: prompt {_excerpt(prompt)} was not answered in full: '
+                    f'{result.error_message}')
             # rclpy drops feedback that arrives after the result: the result has it all.
-            text = future.result().result.text
+            text = result.text
             already = ''.join(fed)
             if text.startswith(already):
                 speak(text[len(already):])
@@ -127,7 +132,7 @@ class TtsBridge:
             handle = future.result()
             if not handle.accepted:
                 self.node.get_logger().warning(
-                    f'TTS bridge: prompt {_excerpt(prompt)} was rejected (the reason is above)')
+                    f'TTS bridge: prompt {_excerpt(prompt)} was not accepted')
                 self._answer_next()
                 return
             handle.get_result_async().add_done_callback(on_result)

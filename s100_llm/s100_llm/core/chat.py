@@ -3,6 +3,7 @@ reasoning kept apart from the answer, cancellation and the generation statistics
 """
 
 import dataclasses
+import enum
 import math
 import threading
 import time
@@ -14,9 +15,29 @@ from .engine import ChatChunk
 from .engine import ChatStream
 from .engine import EngineError
 from .engine import OllamaEngine
+from .engine import StreamTimeout
 from .sessions import SessionStore
 
+# The values of Chat.Goal.think, Chat.Result.done_reason and Chat.Result.error_code, defined by
+# s100_llm_msgs/action/Chat.action; the core is ROS-free, so test_chat_logic ties these to it.
 THINK_DEFAULT, THINK_ON, THINK_OFF = 0, 1, 2
+DONE_STOP, DONE_LENGTH, DONE_CANCELED, DONE_ERROR = 'stop', 'length', 'canceled', 'error'
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a goal was not served (Chat.Result.error_code; see Chat.action for each meaning)."""
+
+    NONE = 0
+    UNKNOWN = 1
+    NOT_SERVING = 2
+    INVALID_GOAL = 3
+    QUEUE_FULL = 4
+    PREEMPTED = 5
+    CANCELED = 6
+    SERVER_FAILED = 7
+    TIMEOUT = 8
+
+
 ROLES = ('system', 'user', 'assistant')
 # Limits of the goal fields that max_prompt_chars does not cover: every field of a goal is
 # bounded, so what the node holds per goal (and in a session) is bounded whatever clients send.
@@ -48,7 +69,8 @@ class ChatRequest:
 class ChatOutcome:
     text: str = ''
     thinking: str = ''
-    done_reason: str = 'error'      # stop | length | canceled | error
+    done_reason: str = DONE_ERROR   # one of DONE_*
+    error_code: ErrorCode = ErrorCode.UNKNOWN
     error_message: str = ''
     session_turns: int = 0
     prompt_tokens: int = 0
@@ -60,8 +82,14 @@ class ChatOutcome:
     prompt_eval_duration: float = 0.0
     eval_duration: float = 0.0
     feedback_messages: int = 0
-    # The node ended the chat on purpose (deactivate, shutdown), not because something failed.
-    ended_on_purpose: bool = False
+
+    @classmethod
+    def unserved(cls, error_code: ErrorCode, error_message: str) -> 'ChatOutcome':
+        """The outcome of a goal that ends for error_code (a preempted or canceled goal's
+        done_reason is DONE_CANCELED, any other's DONE_ERROR)."""
+        canceled = error_code in (ErrorCode.CANCELED, ErrorCode.PREEMPTED)
+        return cls(done_reason=DONE_CANCELED if canceled else DONE_ERROR,
+                   error_code=error_code, error_message=error_message)
 
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
@@ -254,19 +282,17 @@ class ChatRun:
         self.inline_think = inline_think      # the model thinks: parse a leading <think> block
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
-        self._cancel_is_error = False
-        self._ended_on_purpose = False
+        self._cancel_code = ErrorCode.NONE
         self._lock = threading.Lock()
 
-    def cancel(self, reason: str, as_error: bool = False, on_purpose: bool = False) -> None:
-        """Close the stream now. The outcome is 'canceled', or 'error' when as_error (the node
-        ends the chat because it is deactivating (on_purpose) or the server failed)."""
+    def cancel(self, reason: str, error_code: ErrorCode) -> None:
+        """Close the stream now; the outcome carries error_code and the reason (the first
+        cancel wins). Any thread."""
         with self._lock:
             if self._cancel_reason:
                 return
             self._cancel_reason = reason
-            self._cancel_is_error = as_error
-            self._ended_on_purpose = on_purpose
+            self._cancel_code = error_code
             stream = self._stream
         if stream is not None:
             stream.cancel()
@@ -278,7 +304,7 @@ class ChatRun:
         messages = self.sessions.messages(request.session_id, request.system_prompt,
                                           request.prompt, request.context, self.context_length)
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
-        outcome = ChatOutcome()
+        outcome = ChatOutcome(error_code=ErrorCode.NONE)
         # Chunks that carried text: Ollama streams one token per chunk, so this is the number
         # of tokens generated when the stream ends without Ollama's final statistics.
         streamed = 0
@@ -325,11 +351,13 @@ class ChatRun:
             outcome.completion_tokens = streamed
             outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
             outcome.error_message = str(error)
+            outcome.error_code = (ErrorCode.TIMEOUT if isinstance(error, StreamTimeout)
+                                  else ErrorCode.SERVER_FAILED)
             outcome.feedback_messages = batch.sent
             return outcome
         outcome.feedback_messages = batch.sent
         outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
-        outcome.done_reason = 'length' if chunk.done_reason == 'length' else 'stop'
+        outcome.done_reason = DONE_LENGTH if chunk.done_reason == 'length' else DONE_STOP
         _fill_stats(outcome, chunk)
         if request.session_id:
             outcome.session_turns = self.sessions.commit(
@@ -338,10 +366,10 @@ class ChatRun:
 
     def _canceled(self, outcome: ChatOutcome, text: List[str],
                   thinking: List[str]) -> ChatOutcome:
+        ended = ChatOutcome.unserved(self._cancel_code, self._cancel_reason)
         outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
-        outcome.done_reason = 'error' if self._cancel_is_error else 'canceled'
-        outcome.error_message = self._cancel_reason
-        outcome.ended_on_purpose = self._ended_on_purpose
+        outcome.done_reason, outcome.error_code = ended.done_reason, ended.error_code
+        outcome.error_message = ended.error_message
         return outcome
 
 

@@ -41,6 +41,10 @@ class EngineError(RuntimeError):
     """An Ollama request failed; the message says why in words."""
 
 
+class StreamTimeout(EngineError):
+    """Ollama sent nothing on a chat stream for stream_timeout seconds."""
+
+
 class ChatCanceled(Exception):
     """The stream was closed by cancel()."""
 
@@ -117,7 +121,7 @@ class ChatStream:
         """The next chunk, or None when none came within `wait` seconds (the stream goes on).
 
         Without `wait`, blocks up to the idle timeout (stream_timeout), then cancels the stream
-        and raises EngineError. Raises ChatCanceled after cancel(), EngineError when the
+        and raises StreamTimeout. Raises ChatCanceled after cancel(), EngineError when the
         request failed or the stream ended without its final (done) chunk.
         """
         try:
@@ -126,8 +130,8 @@ class ChatStream:
             if wait is not None:
                 return None
             self.cancel()
-            raise EngineError(f'chat: no output from Ollama for {self._idle_timeout:g} s '
-                              '(stream_timeout)') from None
+            raise StreamTimeout(f'chat: no output from Ollama for {self._idle_timeout:g} s '
+                                '(stream_timeout)') from None
         if item is _END:
             raise EngineError('chat: the stream ended without a final chunk')
         if isinstance(item, BaseException):

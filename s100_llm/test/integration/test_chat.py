@@ -13,6 +13,7 @@ from s100_llm_msgs.msg import ChatMessage
 from std_msgs.msg import String
 
 from harness import install_prefix
+from harness import RosClient
 from harness import wait_for
 
 
@@ -43,6 +44,7 @@ def test_every_chunk_is_feedback_and_the_result_has_everything(active):
     assert len(run.feedback) == run.result.stats.completion_tokens   # one chunk, one feedback
     stats = run.result.stats
     assert run.result.done_reason == 'stop' and run.result.model == 'echo:latest'
+    assert run.result.error_code == Chat.Result.NONE and run.result.error_message == ''
     assert stats.prompt_tokens > 200 and stats.time_to_first_token > 0
     assert stats.tokens_per_second > 0 and stats.total_duration >= stats.eval_duration > 0
 
@@ -62,13 +64,25 @@ def test_by_default_a_model_at_full_speed_streams_every_token_in_fewer_messages(
     assert len(run.feedback) < 3000
 
 
-def test_goals_are_rejected_while_not_active_with_the_reason(start_llm):
+def assert_unserved(run, error_code, fragment):
+    """The goal was accepted and ended ABORTED at once with error_code and the reason."""
+    assert run.wait_accepted()
+    result = run.wait_result()
+    assert run.status == GoalStatus.STATUS_ABORTED, run.status
+    assert (result.error_code, result.done_reason) == (error_code, Chat.Result.DONE_ERROR)
+    assert fragment in result.error_message, result.error_message
+    assert not result.text and not run.feedback
+
+
+def test_goals_end_not_serving_while_not_active_with_the_reason(start_llm):
     llm = start_llm()
-    assert not llm.client.send_chat(Chat.Goal(prompt='hi')).wait_accepted()
+    assert_unserved(llm.client.send_chat(Chat.Goal(prompt='hi')), Chat.Result.NOT_SERVING,
+                    'the node is not active (state: unconfigured)')
     assert 'not active (state: unconfigured)' in llm.client.wait_log('chat goal rejected')
     assert llm.client.change_state('configure')
-    assert not llm.client.send_chat(Chat.Goal(prompt='hi')).wait_accepted()
-    llm.client.wait_log('not active (state: inactive)')
+    assert_unserved(llm.client.send_chat(Chat.Goal(prompt='hi')), Chat.Result.NOT_SERVING,
+                    'the node is not active (state: inactive)')
+    assert 'NOT_SERVING' in llm.client.wait_log('not active (state: inactive)')
 
 
 @pytest.mark.parametrize('fields, reason', [
@@ -80,9 +94,9 @@ def test_goals_are_rejected_while_not_active_with_the_reason(start_llm):
     ({'prompt': 'x', 'think': Chat.Goal.THINK_ON}, "model 'echo:latest' cannot think"),
     ({'prompt': 'x', 'session_id': 'ghost', 'reset_session': True}, "unknown session 'ghost'"),
 ])
-def test_bad_goals_are_rejected_with_their_reason(active, fields, reason):
+def test_bad_goals_end_invalid_with_their_reason(active, fields, reason):
     llm = active(max_prompt_chars=1000)
-    assert not llm.client.send_chat(Chat.Goal(**fields)).wait_accepted()
+    assert_unserved(llm.client.send_chat(Chat.Goal(**fields)), Chat.Result.INVALID_GOAL, reason)
     assert reason in llm.client.wait_log('chat goal rejected')
     assert llm.client.chat('still serving').result.text == 'user: still serving\n'
 
@@ -106,13 +120,14 @@ def test_cancel_stops_the_model_and_keeps_the_partial_text(active):
     result = run.wait_result()
     assert run.status == GoalStatus.STATUS_CANCELED
     assert result.done_reason == 'canceled' and result.error_message == 'canceled by the client'
+    assert result.error_code == Chat.Result.CANCELED
     assert result.text.startswith('tok0 tok1 tok2 tok3 tok4 ')
     stats = httpx.get(llm.base_url + '/emulator/stats').json()
     assert len(stats['disconnects']) == 1 and stats['generating'] == 0
 
 
-@pytest.mark.parametrize('policy, accepted', [('reject', 1), ('queue', 1 + 8), ('preempt', 20)])
-def test_concurrency_policy_under_20_simultaneous_goals(active, policy, accepted):
+@pytest.mark.parametrize('policy, served', [('reject', 1), ('queue', 1 + 8), ('preempt', 20)])
+def test_concurrency_policy_under_20_simultaneous_goals(active, policy, served):
     llm = active(model='endless:latest', concurrency=policy, max_queued_goals=8,
                  env={'OLLAMA_EMULATOR_TOKEN_RATE': '200'})
     # The first goal streams until it is canceled, so the other 19 all arrive while it runs.
@@ -121,25 +136,124 @@ def test_concurrency_policy_under_20_simultaneous_goals(active, policy, accepted
     wait_for(lambda: first.feedback, 'the first goal to stream')
     others = [llm.client.send_chat(Chat.Goal(prompt=f'goal {i}', max_tokens=5))
               for i in range(19)]
-    acceptance = [True] + [run.wait_accepted() for run in others]
-    assert sum(acceptance) == accepted
+    assert all(run.wait_accepted() for run in others)
+    # Goals without room end at once, while the first still streams.
+    ended = [run.handle.get_result_async() for run in others]
+    wait_for(lambda: sum(f.done() for f in ended) >= 20 - served, 'the goals without room')
     if policy != 'preempt':
         first.cancel()
     first_result = first.wait_result(120)
-    results = [run.wait_result(120) for run, ok in zip(others, acceptance[1:]) if ok]
-    statuses = [run.status for run, ok in zip(others, acceptance[1:]) if ok]
+    for run in others:
+        run.wait_result(120)
+    refused = [run for run in others if run.result.error_code == Chat.Result.QUEUE_FULL]
+    assert len(refused) == 20 - served
+    assert all(run.status == GoalStatus.STATUS_ABORTED and run.result.done_reason == 'error'
+               for run in refused)
+    admitted = [run for run in others if run not in refused]
+    results = [run.wait_result(120) for run in admitted]
+    statuses = [run.status for run in admitted]
     if policy == 'preempt':
         # Each newer goal preempts the oldest one still running or waiting: one survives.
         assert first.status == GoalStatus.STATUS_ABORTED
         assert first_result.error_message == 'preempted by a newer goal'
+        assert first_result.error_code == Chat.Result.PREEMPTED
+        assert first_result.done_reason == Chat.Result.DONE_CANCELED
         assert statuses.count(GoalStatus.STATUS_SUCCEEDED) == 1
-        assert all(r.error_message == 'preempted by a newer goal' for r, status in
-                   zip(results, statuses) if status != GoalStatus.STATUS_SUCCEEDED)
+        assert all((r.error_code, r.error_message) == (Chat.Result.PREEMPTED, 'preempted by a '
+                                                       'newer goal')
+                   for r, status in zip(results, statuses)
+                   if status != GoalStatus.STATUS_SUCCEEDED)
     else:
         assert first.status == GoalStatus.STATUS_CANCELED
-        assert statuses == [GoalStatus.STATUS_SUCCEEDED] * (accepted - 1)
+        assert statuses == [GoalStatus.STATUS_SUCCEEDED] * (served - 1)
         assert all(r.text == 'tok0 tok1 tok2 tok3 tok4 ' for r in results)
+        assert all(r.error_code == Chat.Result.NONE for r in results)
     assert llm.client.chat('after', max_tokens=3).status == GoalStatus.STATUS_SUCCEEDED
+
+
+def stream_first(llm):
+    """A goal that streams until it is canceled: the slot (num_parallel 1) stays busy."""
+    first = llm.client.send_chat(Chat.Goal(prompt='first', max_tokens=8192))
+    assert first.wait_accepted()
+    wait_for(lambda: first.feedback, 'the first goal to stream')
+    return first
+
+
+def queue_behind(llm, client, count):
+    """Goals sent one after the other, each accepted (and queued) before the next is sent."""
+    runs = []
+    for index in range(count):
+        runs.append(client.send_chat(Chat.Goal(prompt=f'queued {index}', max_tokens=3)))
+        assert runs[-1].wait_accepted()
+    wait_for(lambda: model_values(llm)['goals queued'] == str(count),
+             f'{count} goals in the queue')
+    return runs
+
+
+def model_values(llm):
+    return {v.key: v.value for v in llm.client.fresh_statuses(what='diagnostics')[
+        'llm: Model'].values}
+
+
+def test_queued_goals_run_one_at_a_time_in_arrival_order(active):
+    llm = active(model='endless:latest', concurrency='queue', max_queued_goals=4,
+                 env={'OLLAMA_EMULATOR_TOKEN_RATE': '100'})
+    first = stream_first(llm)
+    queued = queue_behind(llm, llm.client, 4)
+    assert not any(run.feedback for run in queued)      # none starts while the slot is busy
+    first.cancel()
+    for run in queued:
+        assert run.wait_result().error_code == Chat.Result.NONE
+        assert run.status == GoalStatus.STATUS_SUCCEEDED
+    started = [run.first_feedback_at for run in queued]
+    assert started == sorted(started)
+
+
+def test_a_goal_canceled_while_queued_ends_at_once_and_the_queue_moves_on(active):
+    llm = active(model='endless:latest', concurrency='queue', max_queued_goals=2,
+                 env={'OLLAMA_EMULATOR_TOKEN_RATE': '100'})
+    first = stream_first(llm)
+    canceled, after = queue_behind(llm, llm.client, 2)
+    canceled.cancel()
+    result = canceled.wait_result()
+    assert canceled.status == GoalStatus.STATUS_CANCELED
+    assert (result.error_code, result.done_reason, result.error_message) == (
+        Chat.Result.CANCELED, Chat.Result.DONE_CANCELED, 'canceled by the client')
+    assert not first.handle.get_result_async().done()    # it ended while the first streamed
+    # Its place is free: a new goal can queue (max_queued_goals 2).
+    third = llm.client.send_chat(Chat.Goal(prompt='third', max_tokens=3))
+    assert third.wait_accepted()
+    first.cancel()
+    assert after.wait_result().error_code == Chat.Result.NONE
+    assert third.wait_result().error_code == Chat.Result.NONE
+    stats = httpx.get(llm.base_url + '/emulator/stats').json()
+    assert len(stats['disconnects']) == 1       # the canceled goal never reached Ollama
+
+
+def test_a_client_that_vanishes_while_its_goal_is_queued_does_not_block_the_queue(
+        active, domain_id):
+    llm = active(model='endless:latest', concurrency='queue', max_queued_goals=2,
+                 env={'OLLAMA_EMULATOR_TOKEN_RATE': '100'})
+    first = stream_first(llm)
+    vanishing = RosClient(domain_id)
+    queue_behind(llm, vanishing, 1)
+    vanishing.close()
+    behind = llm.client.send_chat(Chat.Goal(prompt='behind', max_tokens=3))
+    assert behind.wait_accepted()
+    first.cancel()
+    assert behind.wait_result().error_code == Chat.Result.NONE
+    wait_for(lambda: model_values(llm)['goals running'] == '0', 'no goal running')
+
+
+def test_a_silent_stream_ends_the_goal_with_timeout(active):
+    llm = active(model='endless:latest', stream_timeout=1.0,
+                 env={'OLLAMA_EMULATOR_TOKEN_RATE': '0.1'})    # one token per 10 s
+    run = llm.client.chat('go', max_tokens=5)
+    assert run.status == GoalStatus.STATUS_ABORTED
+    assert (run.result.error_code, run.result.done_reason) == (
+        Chat.Result.TIMEOUT, Chat.Result.DONE_ERROR)
+    assert '(stream_timeout)' in run.result.error_message
+    assert 'TIMEOUT' in llm.client.wait_log('chat aborted')
 
 
 def test_sessions_remember_and_reset(active):
@@ -179,6 +293,7 @@ def test_a_server_crash_mid_stream_aborts_the_goal_with_the_cause(active):
     run = llm.client.chat('one two three four five six')
     assert run.status == GoalStatus.STATUS_ABORTED
     assert run.result.done_reason == 'error'
+    assert run.result.error_code == Chat.Result.SERVER_FAILED
     assert 'closed the connection' in run.result.error_message or \
         'exited with code' in run.result.error_message
 
@@ -192,6 +307,7 @@ def test_deactivate_aborts_running_chats(active):
     result = run.wait_result()
     assert run.status == GoalStatus.STATUS_ABORTED
     assert result.error_message == 'the node is deactivating'
+    assert result.error_code == Chat.Result.NOT_SERVING
 
 
 def test_real_model_end_to_end(active):

@@ -273,7 +273,9 @@ def test_model_and_chat_settings_apply_at_the_next_activate(start_llm):
     assert [model['name'] for model in api_ps(llm)] == ['thinker:latest']
     assert llm.client.chat('hi').result.model == 'thinker:latest'
     too_long = llm.client.send_chat(Chat.Goal(prompt='hello there'))
-    assert not too_long.wait_accepted()
+    assert too_long.wait_accepted()
+    assert too_long.wait_result().error_code == Chat.Result.INVALID_GOAL
+    assert 'max_prompt_chars' in too_long.result.error_message
     assert 'max_prompt_chars' in llm.client.wait_log('chat goal rejected')
 
 
@@ -324,7 +326,10 @@ def test_a_reload_in_progress_is_reported_as_such(start_llm):
     llm.client.fresh_statuses(lambda s: 'recovering' in s['llm: Model'].message,
                               'the Model status to say it is recovering')
     during = llm.client.send_chat(Chat.Goal(prompt='during'))
-    assert not during.wait_accepted()
+    assert during.wait_accepted()
+    assert during.wait_result().error_code == Chat.Result.NOT_SERVING
+    assert during.status == GoalStatus.STATUS_ABORTED
+    assert 'recovering (state: active)' in during.result.error_message
     reason = llm.client.wait_log('chat goal rejected')
     assert 'recovering (state: active)' in reason and 'reloading the model' in reason
     llm.client.wait_log("recovered: model 'echo:latest' reloaded")
@@ -341,7 +346,8 @@ def test_a_deactivate_that_cannot_reach_the_server_still_stops_serving(start_llm
     assert llm.client.state() == 'inactive'
     assert 'unload: ' in llm.client.wait_log('unload: ')
     refused = llm.client.send_chat(Chat.Goal(prompt='after'))
-    assert not refused.wait_accepted()
+    assert refused.wait_accepted()
+    assert refused.wait_result().error_code == Chat.Result.NOT_SERVING
     assert 'not active (state: inactive)' in llm.client.wait_log('chat goal rejected')
 
 

@@ -3,52 +3,68 @@ import threading
 from s100_llm.core.admission import Admission
 
 
-def test_reject_policy_rejects_when_all_slots_are_busy():
+def test_reject_policy_refuses_when_all_slots_are_busy():
     admission = Admission('reject', slots=1, max_queued=5)
-    first, _ = admission.request()
-    second, reason = admission.request()
-    assert first is not None and second is None
-    assert 'busy' in reason
-    admission.release(first)
-    assert admission.request()[0] is not None
+    assert admission.admit('first').start
+    refused = admission.admit('second')
+    assert not refused.start and 'busy' in refused.refusal
+    assert admission.release('first') == []
+    assert admission.admit('third').start
 
 
-def test_queue_policy_serves_in_arrival_order_up_to_its_length():
-    admission = Admission('queue', slots=1, max_queued=2)
-    tickets = [admission.request()[0] for _ in range(3)]
-    rejected, reason = admission.request()
-    assert None not in tickets and rejected is None and 'queue full' in reason
-    order = []
-
-    def run(ticket):
-        assert admission.wait_turn(ticket, lambda: False)
-        order.append(ticket.number)
-        admission.release(ticket)
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in reversed(tickets)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert order == [t.number for t in tickets]
+def test_queue_policy_starts_waiting_goals_in_arrival_order_as_slots_free():
+    admission = Admission('queue', slots=2, max_queued=3)
+    arrivals = [admission.admit(goal) for goal in 'abcde']
+    assert [a.start for a in arrivals] == [True, True, False, False, False]
+    assert not any(a.refusal for a in arrivals)
+    full = admission.admit('f')
+    assert 'queue full: 3 chat(s) already waiting (max_queued_goals 3)' == full.refusal
+    assert (admission.running, admission.waiting) == (2, 3)
+    assert admission.release('b') == ['c']
+    assert admission.release('a') == ['d']
+    assert admission.release('d') == ['e']
+    assert admission.release('c') == [] and admission.release('e') == []
+    assert (admission.running, admission.waiting) == (0, 0)
 
 
-def test_preempt_policy_cancels_the_oldest():
+def test_preempt_policy_preempts_the_oldest_running_then_the_oldest_waiting():
     admission = Admission('preempt', slots=1, max_queued=0)
-    preempted = threading.Event()
-    first, _ = admission.request()
-    assert admission.wait_turn(first, lambda: False)
-    first.on_preempt = preempted.set
-    second, _ = admission.request()
-    assert second is not None and first.preempted and preempted.is_set()
-    admission.release(first)
-    assert admission.wait_turn(second, lambda: False)
+    assert admission.admit('a').start
+    second = admission.admit('b')
+    assert not second.start and second.preempted == 'a' and not second.preempted_was_waiting
+    # 'a' is still running (it ends when its stream closes): 'b' waiting is the oldest left.
+    third = admission.admit('c')
+    assert third.preempted == 'b' and third.preempted_was_waiting
+    assert (admission.running, admission.waiting) == (1, 1)
+    assert admission.release('a') == ['c']
 
 
-def test_abandoned_waiting_goal_leaves_the_queue():
-    admission = Admission('queue', slots=1, max_queued=1)
-    running, _ = admission.request()
-    assert admission.wait_turn(running, lambda: False)
-    waiting, _ = admission.request()
-    assert admission.wait_turn(waiting, lambda: True) is False
-    assert admission.waiting == 0 and admission.running == 1
+def test_a_withdrawn_goal_leaves_the_queue_and_never_starts():
+    admission = Admission('queue', slots=1, max_queued=2)
+    admission.admit('running')
+    admission.admit('canceled')
+    admission.admit('next')
+    assert admission.withdraw('canceled') and not admission.withdraw('canceled')
+    assert not admission.withdraw('running')
+    assert admission.release('running') == ['next']
+
+
+def test_withdraw_all_empties_the_queue():
+    admission = Admission('queue', slots=1, max_queued=2)
+    for goal in ('running', 'w1', 'w2'):
+        admission.admit(goal)
+    assert admission.withdraw_all() == ['w1', 'w2']
+    assert (admission.running, admission.waiting) == (1, 0)
+    assert admission.release('running') == []
+
+
+def test_wait_until_idle_returns_when_the_last_running_goal_is_released():
+    admission = Admission('queue', slots=2, max_queued=0)
+    admission.admit('a')
+    admission.admit('b')
+    assert not admission.wait_until_idle(0.0)
+    admission.release('a')
+    releaser = threading.Thread(target=admission.release, args=('b',))
+    releaser.start()
+    assert admission.wait_until_idle(60.0)
+    releaser.join()

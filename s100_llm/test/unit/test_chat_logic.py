@@ -1,7 +1,9 @@
 import math
 
 import pytest
+from s100_llm_msgs.action import Chat
 
+from s100_llm.core import chat
 from s100_llm.core.chat import ChatRequest
 from s100_llm.core.chat import FeedbackBatch
 from s100_llm.core.chat import ollama_options
@@ -48,6 +50,17 @@ def reason(**fields):
 ])
 def test_bad_goals_get_a_reason(fields, fragment):
     assert fragment in reason(**fields)
+
+
+def test_the_core_constants_are_the_interfaces():
+    """core.chat is ROS-free: its copies of Chat.action's constants must equal them."""
+    for name in ('THINK_DEFAULT', 'THINK_ON', 'THINK_OFF'):
+        assert getattr(chat, name) == getattr(Chat.Goal, name), name
+    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR'):
+        assert getattr(chat, name) == getattr(Chat.Result, name), name
+    constants = type(Chat.Result).__prepare__('Result', ())   # rosidl: the constants by name
+    codes = {name: value for name, value in constants.items() if not name.startswith('DONE_')}
+    assert codes == {code.name: code.value for code in chat.ErrorCode}
 
 
 def test_a_good_goal_has_no_reason():
