@@ -105,6 +105,9 @@ class Demo:
         while not result.done():
             time.sleep(0.01)
         answer = result.result().result
+        if answer.error_code != Chat.Result.NONE:
+            raise SystemExit(f'demo: the goal was not served (error_code {answer.error_code}): '
+                             f'{answer.error_message}')
         sys.stdout.write(answer.text[len(''.join(printed)):] + '\n')
         stats = answer.stats
         print(f'\n[{answer.done_reason}] {stats.completion_tokens} tokens at '

@@ -49,7 +49,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -170,59 +170,6 @@ class LlmNode(LifecycleNode):
             state = dataclasses.replace(state, models_dir=parameters.expand_models_dir(
                 self.get_parameter('models_dir').value))
         return state
-
-    # ---- read by chat_action.py and diagnostics.py until they read serving_state() (the
-    # chat and status parts of wave 2); remove at that merge. --------------------------------
-    @property
-    def active(self) -> bool:
-        return self.serving_state().serving
-
-    def not_serving_reason(self) -> str:
-        return self.serving_state().not_serving_reason
-
-    @property
-    def model(self) -> str:
-        return self.serving_state().model
-
-    @property
-    def engine(self) -> Any:
-        return self.serving_state().engine
-
-    @property
-    def server(self) -> Any:
-        return self.serving._server
-
-    @property
-    def runner_processes(self) -> List[Any]:
-        return list(self.serving._runners)
-
-    @property
-    def capabilities(self) -> Tuple[str, ...]:
-        return self.serving_state().capabilities
-
-    @property
-    def context_length(self) -> int:
-        return self.serving_state().context_length
-
-    @property
-    def model_loaded(self) -> bool:
-        return self.serving_state().model_loaded
-
-    @property
-    def pull_progress(self) -> Optional[float]:
-        return self.serving_state().pull_progress
-
-    @property
-    def recovering(self) -> str:
-        return self.serving_state().recovering
-
-    @property
-    def server_error(self) -> str:
-        return self.serving_state().server_error
-
-    @property
-    def model_error(self) -> str:
-        return self.serving_state().model_error
 
     # ---- transitions ---------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -409,11 +356,10 @@ def main(args: Optional[List[str]] = None) -> int:
     exit_with_parent()
     rclpy.init(args=args)
     node = LlmNode()
-    chat_threads = node.get_parameter('num_parallel').value + \
-        node.get_parameter('max_queued_goals').value
-    # One thread per chat that may run or wait, plus the lifecycle, parameter and goal/cancel/
-    # result services and the TTS bridge (diagnostics and supervision have their own threads).
-    executor = MultiThreadedExecutor(num_threads=chat_threads + 4)
+    # One thread per chat that runs (a waiting goal holds none: it is executed when a slot
+    # frees), plus the lifecycle, parameter and goal/cancel/result services and the TTS bridge
+    # (diagnostics and supervision have their own threads).
+    executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 4)
     executor.add_node(node)
     try:
         # Not executor.spin(): a signal can shut the context down while the executor rebuilds

@@ -12,6 +12,7 @@ import threading
 from typing import Deque, List, TYPE_CHECKING
 
 from rclpy.action import ActionClient
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
@@ -74,10 +75,12 @@ class TtsBridge:
         self._lock = threading.Lock()
         # KEEP_ALL: a burst of prompts waits in DDS until the callback queues (or drops) each,
         # rather than being overwritten unseen.
+        # Its own mutually exclusive group: prompts are taken one at a time, in order (in the
+        # reentrant group a second message could be handled before the first was queued).
         node.create_subscription(String, input_topic, self._on_prompt,
                                  QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=1,
                                             reliability=ReliabilityPolicy.RELIABLE),
-                                 callback_group=group)
+                                 callback_group=MutuallyExclusiveCallbackGroup())
         node.get_logger().info(f'TTS bridge: {input_topic} -> chat -> {output_topic}')
 
     def _on_prompt(self, message: String) -> None:
@@ -107,29 +110,39 @@ class TtsBridge:
             return
         splitter = SentenceSplitter()
         fed = []   # the answer text given to the splitter so far
+        # Feedback and the result of one goal can be handled on two executor threads at once.
+        speaking = threading.Lock()
 
         def speak(text: str) -> None:
-            fed.append(text)
-            for sentence in splitter.feed(text):
-                self.publisher.publish(String(data=sentence))
+            with speaking:
+                fed.append(text)
+                for sentence in splitter.feed(text):
+                    self.publisher.publish(String(data=sentence))
 
         def on_result(future) -> None:
-            result = future.result().result
-            if result.error_code != Chat.Result.NONE:
-                self.node.get_logger().warning(
-                    f'TTS bridge: prompt {_excerpt(prompt)} was not answered in full: '
-                    f'{result.error_message}')
-            # rclpy drops feedback that arrives after the result: the result has it all.
-            text = result.text
-            already = ''.join(fed)
-            if text.startswith(already):
-                speak(text[len(already):])
-            for sentence in splitter.flush():
-                self.publisher.publish(String(data=sentence))
-            self._answer_next()
+            try:
+                result = future.result().result
+                if result.error_code != Chat.Result.NONE:
+                    self.node.get_logger().warning(
+                        f'TTS bridge: prompt {_excerpt(prompt)} was not answered in full: '
+                        f'{result.error_message}')
+                with speaking:
+                    # rclpy drops feedback that arrives after the result: the result has it all.
+                    already = ''.join(fed)
+                    rest = result.text[len(already):] if result.text.startswith(already) else ''
+                    for sentence in splitter.feed(rest) + splitter.flush():
+                        self.publisher.publish(String(data=sentence))
+            finally:    # whatever happened to this prompt, the next one is answered
+                self._answer_next()
 
         def on_goal_response(future) -> None:
-            handle = future.result()
+            try:
+                handle = future.result()
+            except Exception as error:  # the request itself failed (e.g. during shutdown)
+                self.node.get_logger().warning(
+                    f'TTS bridge: prompt {_excerpt(prompt)} could not be sent: {error}')
+                self._answer_next()
+                return
             if not handle.accepted:
                 self.node.get_logger().warning(
                     f'TTS bridge: prompt {_excerpt(prompt)} was not accepted')

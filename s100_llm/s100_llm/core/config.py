@@ -175,7 +175,7 @@ class ChatSettings:
         'preempt (cancel the oldest).', choices=('reject', 'queue', 'preempt'))
     # Read-only: the executor's thread count is sized from it at start.
     max_queued_goals: int = setting(
-        8, START, 'Goals that may wait with concurrency=queue.', bounds=(0, 1000))
+        8, ACTIVATE, 'Goals that may wait with concurrency=queue.', bounds=(0, 1000))
     # 10 ms keeps a Python client's queue from overflowing at hundreds of chunks/s; slower
     # models (every CPU model on the S100) are unaffected: a token after a quiet interval goes
     # out at once.
