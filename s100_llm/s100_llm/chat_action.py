@@ -26,6 +26,7 @@ from rclpy.action import ActionServer
 from rclpy.action import CancelResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import GenerationStats
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from .node import LlmNode
     from .parameters import NodeSettings
 
+RCLError = _rclpy.RCLError
 CANCELED_BY_CLIENT = 'canceled by the client'
 PREEMPTED = 'preempted by a newer goal'
 # How long abort_all() waits for the running chats to end (each closes its stream at once).
@@ -136,12 +138,11 @@ class ChatActionServer:
         if arrival.preempted is not None:
             self._preempt(arrival.preempted, arrival.preempted_was_waiting)
         if arrival.start:
-            handle.execute()
+            _execute(handle)
 
     def _refuse(self, goal: ChatGoal, code: ErrorCode, reason: str) -> None:
         self.node.get_logger().warning(f'chat goal rejected: {reason} ({code.name})')
-        goal.ending = (code, reason)
-        goal.handle.execute()
+        _end_unrun(goal, code, reason)
 
     def _refusal(self, request: ChatRequest) -> Tuple[ErrorCode, str]:
         state = self.node.serving_state()
@@ -153,8 +154,7 @@ class ChatActionServer:
 
     def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
         if was_waiting:
-            victim.ending = (ErrorCode.PREEMPTED, PREEMPTED)
-            victim.handle.execute()
+            _end_unrun(victim, ErrorCode.PREEMPTED, PREEMPTED)
         else:
             self._stop(victim, ErrorCode.PREEMPTED, PREEMPTED)
 
@@ -177,14 +177,22 @@ class ChatActionServer:
         return CancelResponse.ACCEPT
 
     def _apply_cancels(self) -> None:
+        """Act on the cancels rclpy has marked. Two of these can run at once (two cancel
+        requests): each takes only goals already marked (or ended), so a goal whose mark is
+        still to come stays for the call that follows its own cancel request."""
         with self._lock:
-            goals, self._cancels = self._cancels, []
+            pending = list(self._cancels)
+        # The goal handles' flags are read outside our lock (rclpy takes their own lock).
+        settled = [g for g in pending
+                   if g.handle.is_cancel_requested or not g.handle.is_active]
+        with self._lock:
+            goals = [g for g in self._cancels if g in settled]
+            self._cancels = [g for g in self._cancels if g not in settled]
         for goal in goals:
             if not goal.handle.is_cancel_requested:     # it ended before the cancel came
                 continue
             if self.admission.withdraw(goal):           # waiting: it ends now, unrun
-                goal.ending = (ErrorCode.CANCELED, CANCELED_BY_CLIENT)
-                goal.handle.execute()
+                _end_unrun(goal, ErrorCode.CANCELED, CANCELED_BY_CLIENT)
             else:
                 self._stop(goal, ErrorCode.CANCELED, CANCELED_BY_CLIENT)
 
@@ -204,7 +212,7 @@ class ChatActionServer:
             return self._finish(goal, outcome, state.model)
         finally:    # its slot goes to the next waiting goals, after its result is set
             for starting in self.admission.release(goal):
-                starting.handle.execute()
+                _execute(starting.handle)
 
     def _outcome(self, goal: ChatGoal, state: ServingState) -> ChatOutcome:
         if goal.ending is not None:
@@ -270,8 +278,7 @@ class ChatActionServer:
         logged as a warning)."""
         code = ErrorCode.SERVER_FAILED if failure else ErrorCode.NOT_SERVING
         for goal in self.admission.withdraw_all():
-            goal.ending = (code, reason)
-            goal.handle.execute()
+            _end_unrun(goal, code, reason)
         with self._lock:
             running = [g for g in self._goals.values() if g.ending is None]
         for goal in running:
@@ -280,6 +287,24 @@ class ChatActionServer:
             self.node.get_logger().error(
                 f'{self.admission.running} chat(s) still running {ABORT_WAIT:g} s after: '
                 f'{reason}')
+
+
+def _execute(handle: ServerGoalHandle) -> None:
+    """handle.execute(), also when a cancel marks the goal CANCELING between rclpy's own check
+    and its EXECUTE event: rclpy then raises; called again, it runs the goal as canceled."""
+    try:
+        handle.execute()
+    except RCLError:
+        if not handle.is_cancel_requested:
+            raise
+        handle.execute()
+
+
+def _end_unrun(goal: ChatGoal, code: ErrorCode, reason: str) -> None:
+    """End a goal that never ran (refused, preempted or canceled while waiting, withdrawn):
+    executed straight to its result."""
+    goal.ending = (code, reason)
+    _execute(goal.handle)
 
 
 class _ChatServer(ActionServer):

@@ -110,11 +110,15 @@ class TtsBridge:
             return
         splitter = SentenceSplitter()
         fed = []   # the answer text given to the splitter so far
-        # Feedback and the result of one goal can be handled on two executor threads at once.
+        # Feedback and the result of one goal can be handled on two executor threads at once,
+        # and the last feedback even after the result: once the result has spoken, it is done.
         speaking = threading.Lock()
+        spoken = threading.Event()
 
         def speak(text: str) -> None:
             with speaking:
+                if spoken.is_set():
+                    return
                 fed.append(text)
                 for sentence in splitter.feed(text):
                     self.publisher.publish(String(data=sentence))
@@ -132,6 +136,7 @@ class TtsBridge:
                     rest = result.text[len(already):] if result.text.startswith(already) else ''
                     for sentence in splitter.feed(rest) + splitter.flush():
                         self.publisher.publish(String(data=sentence))
+                    spoken.set()
             finally:    # whatever happened to this prompt, the next one is answered
                 self._answer_next()
 

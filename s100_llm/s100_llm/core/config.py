@@ -173,7 +173,6 @@ class ChatSettings:
     concurrency: str = setting(
         'queue', ACTIVATE, 'A goal arriving while num_parallel chats run: reject | queue | '
         'preempt (cancel the oldest).', choices=('reject', 'queue', 'preempt'))
-    # Read-only: the executor's thread count is sized from it at start.
     max_queued_goals: int = setting(
         8, ACTIVATE, 'Goals that may wait with concurrency=queue.', bounds=(0, 1000))
     # 10 ms keeps a Python client's queue from overflowing at hundreds of chunks/s; slower

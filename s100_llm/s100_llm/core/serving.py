@@ -269,8 +269,14 @@ class Serving:
             deadline = time.monotonic() + stop_timeout
             # Returns as soon as the runners have exited (psutil polls /proc at a fine interval).
             psutil.wait_procs(self._runners, timeout=stop_timeout)
-            while engine.loaded_model(model.model) is not None or any(
-                    _alive(p) for p in self._runners):
+            while True:
+                try:
+                    still_loaded = engine.loaded_model(model.model) is not None
+                except EngineError as error:   # the node stops serving whatever happens
+                    self._warn_model(f'unload not confirmed: {error}')
+                    return
+                if not still_loaded and not any(_alive(p) for p in self._runners):
+                    break
                 if time.monotonic() > deadline:
                     self._warn_model(f"'{model.model}' is still loaded {stop_timeout:g} s after "
                                      'unloading (the server ends it, or cleanup stops it)')
@@ -390,12 +396,18 @@ class Serving:
             self._runners = []
             self._publish(server_error=problem, model_loaded=False, recovering=recovering)
 
+    def mark_reloading(self, failure: Failure) -> None:
+        """The model's runner went away while active: serve nothing until it is reloaded (goals
+        arriving meanwhile are told the node is recovering)."""
+        with self.lock:
+            self._runners = []
+            self._publish(model_loaded=False, recovering=f'{failure.problem}; reloading the model')
+
     def reload(self, failure: Failure) -> None:
         """Load the model again after its runner went away while active; raises ServingError.
         """
         with self.lock:
-            self._runners = []
-            self._publish(model_loaded=False, recovering=f'{failure.problem}; reloading the model')
+            self.mark_reloading(failure)
             self._load()
             self._publish(recovering='', model_error='')
 

@@ -182,6 +182,8 @@ class Supervisor:
             self.log('warn', f'{failure.problem} while active (the model was unloaded or its '
                              'runner crashed): reloading it (not a server failure, no restart '
                              'counted)')
+            # Recovering before the chats end: goals arriving meanwhile are told so.
+            self.serving.mark_reloading(failure)
             self.abort_chats(failure.problem)
             try:
                 self.serving.reload(failure)
@@ -199,14 +201,16 @@ class Supervisor:
                 if not self.serving.still_current(failure):
                     return
                 self.log('error', problem)
-                self.abort_chats(problem)
                 policy = self.settings()
                 decision = self.budget.decide(policy, self.clock())
+                # The failure is published before the chats end: goals arriving meanwhile are
+                # told the node is recovering (or not serving), not sent to a dead server.
+                self.serving.fail(problem, recovering=f'{problem}; restarting the server'
+                                  if decision.restart else '')
+                self.abort_chats(problem)
                 if not decision.restart:
-                    self.serving.fail(problem, recovering='')
                     self.log('error', f'giving up ({decision.reason}): going to ErrorProcessing')
                     break
-                self.serving.fail(problem, recovering=f'{problem}; restarting the server')
                 self.log('warn', f'restarting in {decision.backoff:g} s (restart '
                                  f'{decision.attempt}/{policy.max_restarts})')
                 self.serving.interrupt.clear()

@@ -16,6 +16,7 @@ from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.config import SupervisionSettings
 from s100_llm.core.serving import Serving
+from s100_llm.core.serving import ServingState
 from s100_llm.core.supervision import HEALTH_PERIOD
 from s100_llm.core.supervision import HealthCheck
 from s100_llm.core.supervision import HUNG_AFTER
@@ -98,7 +99,7 @@ class Supervised:
     clock: Clock
     policy: SupervisionSettings
     gave_up: List[Tuple[str, int]]
-    aborted: List[str]
+    aborted: List[Tuple[str, ServingState]]   # each abort_chats: its reason, what was served
 
 
 @pytest.fixture
@@ -109,9 +110,10 @@ def supervised(tmp_path):
         log, clock = Log(), Clock()
         serving = Serving(log)
         gave_up: List[Tuple[str, int]] = []
-        aborted: List[str] = []
+        aborted: List[Tuple[str, ServingState]] = []
         settings = SupervisionSettings(**{'restart_backoff': 0.0, **policy})
-        supervisor = Supervisor(serving, lambda: settings, aborted.append,
+        supervisor = Supervisor(serving, lambda: settings,
+                                lambda reason: aborted.append((reason, serving.state)),
                                 lambda cause, epoch: gave_up.append((cause, epoch)), log,
                                 clock=clock)
         with serving.transition('configure'):
@@ -138,7 +140,12 @@ def test_a_dead_server_is_restarted_and_its_model_reloaded(supervised):
     state = each.serving.state
     assert state.server.pid != old_pid and state.server.restarts == 1
     assert state.model_loaded and state.runner_pids and not state.recovering
-    assert f'the Ollama server (pid {old_pid}) exited' in each.aborted[0]
+    assert state.server_error == ''
+    ((reason, when_aborted),) = each.aborted
+    assert f'the Ollama server (pid {old_pid}) exited' in reason
+    # The chats end after the failure is published: goals arriving meanwhile are refused as
+    # "recovering" instead of being sent to the dead server.
+    assert not when_aborted.model_loaded and when_aborted.recovering.startswith(reason)
     assert 'recovered: server running and model loaded' in each.log.text()
     assert not each.gave_up
 
@@ -163,6 +170,10 @@ def test_a_lost_runner_is_reloaded_without_spending_the_budget(supervised):
     each.supervisor.step()
     (reloaded,) = each.serving.state.runner_pids
     assert reloaded != runner and each.serving.state.model_loaded
+    assert (each.serving.state.recovering, each.serving.state.model_error) == ('', '')
+    ((reason, when_aborted),) = each.aborted
+    assert not when_aborted.model_loaded
+    assert when_aborted.recovering == f'{reason}; reloading the model'
     assert "recovered: model 'echo' reloaded" in each.log.text()
     assert not each.gave_up     # max_restarts 0: a restart would have been refused
 
