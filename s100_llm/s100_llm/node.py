@@ -298,8 +298,7 @@ class LlmNode(LifecycleNode):
 
     def _supervision_settings(self) -> SupervisionSettings:
         """The restart policy applies at once: read from the parameters at each failure."""
-        return SupervisionSettings(**{field.name: self.get_parameter(field.name).value
-                                      for field in dataclasses.fields(SupervisionSettings)})
+        return parameters.read_part(self, SupervisionSettings)
 
     # ---- exit ----------------------------------------------------------------------------
     def release_everything(self) -> None:

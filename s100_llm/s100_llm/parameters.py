@@ -7,7 +7,7 @@ settings. Values are checked when they are set, so a bad `ros2 param set` is ref
 reason.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type, TypeVar
 
 from rcl_interfaces.msg import FloatingPointRange
 from rcl_interfaces.msg import IntegerRange
@@ -19,14 +19,15 @@ from rclpy.parameter import Parameter as RosParameter
 from .core.config import ConfigError
 from .core.config import expand_models_dir
 from .core.config import NodeSettings
-from .core.config import parameter_name
 from .core.config import PARAMETERS
 from .core.config import settings_from
+from .core.config import settings_part
 from .core.params import Parameter
 
 # What the node and diagnostics use from here; the settings types and helpers live in core.
-__all__ = ['declare', 'read', 'validate_change', 'NodeSettings', 'expand_models_dir',
-           'parameter_name']
+__all__ = ['declare', 'read', 'read_part', 'validate_change', 'NodeSettings',
+           'expand_models_dir']
+SettingsT = TypeVar('SettingsT')
 
 
 def declare(node: Node) -> None:
@@ -67,6 +68,13 @@ def read(node: Node, overrides: Optional[Dict[str, Any]] = None) -> NodeSettings
               for parameter in PARAMETERS}
     values.update(overrides or {})
     return settings_from(values)
+
+
+def read_part(node: Node, owner: Type[SettingsT]) -> SettingsT:
+    """One settings class from the current parameters: for settings that apply at once (the
+    restart policy, the diagnostics thresholds), read where they are used."""
+    return settings_part(owner, {parameter.name: node.get_parameter(parameter.name).value
+                                 for parameter in PARAMETERS if parameter.owner is owner})
 
 
 def validate_change(node: Node, parameters: List[RosParameter]) -> SetParametersResult:

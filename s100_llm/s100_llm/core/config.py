@@ -9,7 +9,7 @@ import dataclasses
 import ipaddress
 import os
 import re
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Tuple, Type, TypeVar
 
 from .params import check_values
 from .params import ConfigError
@@ -17,6 +17,8 @@ from .params import Parameter
 from .params import setting
 from .params import table
 from .params import TakesEffect
+
+SettingsT = TypeVar('SettingsT')
 
 DEFAULT_PORT = 11434
 # What Ollama accepts as a model reference: [host/][namespace/]model[:tag].
@@ -278,14 +280,19 @@ def parameter_name(settings_class: type, field: str) -> str:
                 if (parameter.owner, parameter.field) == (settings_class, field))
 
 
+def settings_part(owner: Type[SettingsT], values: Mapping[str, Any]) -> SettingsT:
+    """One settings class from its parameters' values by name, validated (ConfigError)."""
+    settings = owner(**{parameter.field: parameter.as_declared(values[parameter.name])
+                        for parameter in PARAMETERS if parameter.owner is owner})
+    settings.validate()  # type: ignore[attr-defined]
+    return settings
+
+
 def settings_from(values: Mapping[str, Any]) -> NodeSettings:
     """NodeSettings from every parameter's value by name, validated; ConfigError names the
     first invalid one."""
-    def part(owner: type) -> Any:
-        settings = owner(**{parameter.field: parameter.as_declared(values[parameter.name])
-                            for parameter in PARAMETERS if parameter.owner is owner})
-        settings.validate()
-        return settings
+    def part(owner: Type[SettingsT]) -> SettingsT:
+        return settings_part(owner, values)
 
     settings = NodeSettings(
         server=part(ServerSettings), model=part(ModelSettings),
