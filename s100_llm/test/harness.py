@@ -99,13 +99,16 @@ def api_ps(llm: Any) -> List[Dict[str, Any]]:
     return httpx.get(llm.base_url + '/api/ps', timeout=5).json()['models']
 
 
+# Both read the command line processes_of() took: asking a process again can meet a zombie
+# (it died in between) and raise.
 def runners(llm: Any) -> List[psutil.Process]:
     return [p for p in processes_of(llm.models_dir, llm.port)
-            if 'ollama_emulator.runner' in ' '.join(p.cmdline())]
+            if 'ollama_emulator.runner' in ' '.join(p.info['cmdline'] or [])]
 
 
 def servers(llm: Any) -> List[psutil.Process]:
-    return [p for p in processes_of(llm.models_dir, llm.port) if p.cmdline()[-1] == 'serve']
+    return [p for p in processes_of(llm.models_dir, llm.port)
+            if (p.info['cmdline'] or [])[-1:] == ['serve']]
 
 
 class NodeProcess:

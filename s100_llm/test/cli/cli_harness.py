@@ -80,6 +80,14 @@ class Ros2:
         self('daemon', 'stop')
 
 
+def command_line(process: psutil.Process) -> str:
+    """The process's command line; '' once it has died (a zombie has none to read)."""
+    try:
+        return ' '.join(process.cmdline())
+    except psutil.Error:
+        return ''
+
+
 def is_alive(process: psutil.Process) -> bool:
     """Running and not a zombie (an orphan's new parent may reap it late)."""
     try:
@@ -141,7 +149,7 @@ class Launch:
             children = psutil.Process(self.process.pid).children()
         except psutil.NoSuchProcess:
             return None
-        return next((p for p in children if 'llm_node' in ' '.join(p.cmdline())), None)
+        return next((p for p in children if 'llm_node' in command_line(p)), None)
 
     def wait_state(self, state: str, node: str = '/llm') -> None:
         wait_for(lambda: self.ros2.lifecycle_state(node) == state, f'{node} to be {state}')

@@ -1,6 +1,7 @@
 """Issue 13: the launch file's arguments as a user sets them: autostart:=false,
 namespace:=robot1, params_file:= a user file, tts_bridge:=true with `ros2 topic pub/echo`."""
 
+import importlib.util
 import re
 import signal
 
@@ -13,6 +14,7 @@ from harness import install_prefix
 from harness import runners
 from harness import servers
 from harness import wait_for
+from s100_llm.core.config import PARAMETERS
 
 SHARE = install_prefix() / 'share' / 's100_llm'
 
@@ -86,3 +88,19 @@ def test_tts_bridge_speaks_what_prompt_text_asked(launch, ros2: Ros2, tmp_path):
         stop_process(echo, signal.SIGINT)
     assert re.search(r"^data: '?user: Hello robot'?$", spoken_log.read_text(), re.MULTILINE), \
         spoken_log.read_text()
+
+
+def test_launch_arguments_name_the_defaults_of_the_parameters_they_override():
+    """The launch file is loaded as `ros2 launch` loads it (it needs launch_ros, hence here)."""
+    spec = importlib.util.spec_from_file_location('llm_launch', SHARE / 'launch' / 'llm.launch.py')
+    launch_file = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_file)
+    defaults = {p.name: p.default for p in PARAMETERS}
+    for name in launch_file.OVERRIDING_ARGUMENTS:
+        description = launch_file.ARGUMENTS[name][1]
+        # "...; empty: params_file's (<its default> in llm.yaml)."
+        said = re.search(r"params_file's \((.*)\)", description).group(1)
+        default = defaults[name]
+        shown = ("Ollama's default" if default == '' else
+                 str(default).lower() if isinstance(default, bool) else default)
+        assert re.search(rf'(^|[ (]){re.escape(shown)}([ ,]|$)', said), (name, description)

@@ -9,6 +9,7 @@ import httpx
 import psutil
 import pytest
 
+from cli.cli_harness import command_line
 from cli.cli_harness import is_alive
 from cli.cli_harness import Ros2
 from cli.cli_harness import stop_process
@@ -144,7 +145,7 @@ def test_sigterm_to_ros2_run_stops_the_node_and_its_server(
                      log_path=tmp_path / 'run.log')
     machine = types.SimpleNamespace(models_dir=models_dir, port=ollama_port)
     node = wait_for(lambda: next((p for p in psutil.Process(run.pid).children()
-                                  if 'llm_node' in ' '.join(p.cmdline())), None),
+                                  if 'llm_node' in command_line(p)), None),
                     'ros2 run to start llm_node')
     try:
         assert ros2.lifecycle_state() == 'unconfigured'

@@ -2,8 +2,6 @@
 and a params file read by the node. The launch file itself runs for real, through `ros2 launch`,
 in s100_llm/test/cli (autostart's transitions: test_lifecycle_cli.py)."""
 
-import importlib.util
-import re
 
 import httpx
 import yaml
@@ -17,21 +15,6 @@ SHARE = install_prefix() / 'share' / 's100_llm'
 def test_the_installed_llm_yaml_lists_every_parameter_with_its_default():
     document = yaml.safe_load((SHARE / 'config' / 'llm.yaml').read_text())
     assert document['/**']['ros__parameters'] == {p.name: p.default for p in PARAMETERS}
-
-
-def test_launch_arguments_name_the_defaults_of_the_parameters_they_override():
-    spec = importlib.util.spec_from_file_location('llm_launch', SHARE / 'launch' / 'llm.launch.py')
-    launch_file = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch_file)
-    defaults = {p.name: p.default for p in PARAMETERS}
-    for name in launch_file.OVERRIDING_ARGUMENTS:
-        description = launch_file.ARGUMENTS[name][1]
-        # "...; empty: params_file's (<its default> in llm.yaml)."
-        said = re.search(r"params_file's \((.*)\)", description).group(1)
-        default = defaults[name]
-        shown = ("Ollama's default" if default == '' else
-                 str(default).lower() if isinstance(default, bool) else default)
-        assert re.search(rf'(^|[ (]){re.escape(shown)}([ ,]|$)', said), (name, description)
 
 
 def test_the_node_reads_a_params_file(start_llm, tmp_path, ollama_port, models_dir):
