@@ -99,3 +99,13 @@ def start_llm(tmp_path: pathlib.Path, domain_id: int, ollama_port: int,
         node.stop()
     wait_for(lambda: not processes_of(models_dir, ollama_port),
              'every Ollama process of the test to be gone', timeout=10)
+
+
+@pytest.fixture
+def active(start_llm: Callable[..., LlmUnderTest]) -> Callable[..., LlmUnderTest]:
+    """start_llm, then configure and activate: a node serving the model."""
+    def start(env: Optional[Dict[str, str]] = None, **parameters: Any) -> LlmUnderTest:
+        llm = start_llm(env=env, **parameters)
+        llm.activate()
+        return llm
+    return start

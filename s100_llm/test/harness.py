@@ -71,6 +71,16 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> 
         time.sleep(0.02)
 
 
+class RecordedLog(list):
+    """A log sink of the core (called with level and line) that keeps every line."""
+
+    def __call__(self, level: str, line: str) -> None:
+        self.append((level, line))
+
+    def text(self) -> str:
+        return '\n'.join(line for _, line in self)
+
+
 def install_prefix() -> pathlib.Path:
     """Where s100_llm is installed (what `ros2 pkg prefix s100_llm` prints)."""
     return pathlib.Path(get_package_prefix('s100_llm'))

@@ -17,15 +17,6 @@ from harness import RosClient
 from harness import wait_for
 
 
-@pytest.fixture
-def active(start_llm):
-    def start(env=None, **parameters):
-        llm = start_llm(env=env, **parameters)
-        llm.activate()
-        return llm
-    return start
-
-
 def assert_contiguous(run):
     # Feedback and result travel on separate topics: the last feedback may come after it.
     wait_for(lambda: len(run.feedback) >= run.result.feedback_count, 'every feedback message')

@@ -26,15 +26,6 @@ from harness import wait_for
 from s100_llm.core.config import RANGES
 
 
-@pytest.fixture
-def active(start_llm):
-    def start(env=None, **parameters):
-        llm = start_llm(env=env, **parameters)
-        llm.activate()
-        return llm
-    return start
-
-
 def test_a_burst_of_goals_from_five_clients_gets_an_answer_for_every_goal(active, domain_id):
     llm = active()
     clients = [llm.client] + [RosClient(domain_id) for _ in range(4)]

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from harness import free_port
+from harness import RecordedLog
 from harness import wait_for
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.engine import OllamaEngine
@@ -23,14 +24,6 @@ from s100_llm.core.server import ServerError
 EMULATOR = 's100-ollama-emulator'
 
 
-class Log(list):
-    def __call__(self, level: str, line: str) -> None:
-        self.append((level, line))
-
-    def text(self) -> str:
-        return '\n'.join(line for _, line in self)
-
-
 @pytest.fixture
 def make_server(tmp_path):
     servers = []
@@ -40,7 +33,7 @@ def make_server(tmp_path):
                   'start_timeout': 30, 'stop_timeout': 2}
         values.update(settings)
         server = OllamaServer(ServerSettings(**values), models_dir or str(tmp_path / 'models'),
-                              Log())
+                              RecordedLog())
         servers.append(server)
         return server
 

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from harness import free_port
+from harness import RecordedLog
 from harness import wait_for
 from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import ServerSettings
@@ -24,18 +25,10 @@ EMULATOR = 's100-ollama-emulator'
 MODEL = 'echo:latest'
 
 
-class Log(list):
-    def __call__(self, level: str, line: str) -> None:
-        self.append((level, line))
-
-    def text(self) -> str:
-        return '\n'.join(line for _, line in self)
-
-
 @dataclasses.dataclass
 class Setup:
     serving: Serving
-    log: Log
+    log: RecordedLog
     server: ServerSettings
     models_dir: str
     model: ModelSettings
@@ -60,7 +53,7 @@ def setup(tmp_path):
     made = []
 
     def make(**model) -> Setup:
-        log = Log()
+        log = RecordedLog()
         server = ServerSettings(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR,
                                 start_timeout=30, stop_timeout=2)
         values = {'model': MODEL, 'memory_margin_mb': 0, 'load_timeout': 60}

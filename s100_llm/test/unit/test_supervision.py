@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from harness import free_port
+from harness import RecordedLog
 from harness import wait_for
 from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import ServerSettings
@@ -24,14 +25,6 @@ from s100_llm.core.supervision import RestartBudget
 from s100_llm.core.supervision import Supervisor
 
 EMULATOR = 's100-ollama-emulator'
-
-
-class Log(list):
-    def __call__(self, level: str, line: str) -> None:
-        self.append((level, line))
-
-    def text(self) -> str:
-        return '\n'.join(line for _, line in self)
 
 
 def test_a_server_is_hung_only_after_silence_over_several_probes():
@@ -95,7 +88,7 @@ class Clock:
 class Supervised:
     serving: Serving
     supervisor: Supervisor
-    log: Log
+    log: RecordedLog
     clock: Clock
     policy: SupervisionSettings
     gave_up: List[Tuple[str, int]]
@@ -107,7 +100,7 @@ def supervised(tmp_path):
     made = []
 
     def make(**policy: Any) -> Supervised:
-        log, clock = Log(), Clock()
+        log, clock = RecordedLog(), Clock()
         serving = Serving(log)
         gave_up: List[Tuple[str, int]] = []
         aborted: List[Tuple[str, ServingState]] = []

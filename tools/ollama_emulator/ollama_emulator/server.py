@@ -161,6 +161,16 @@ class OllamaApi:
             raise ApiError(400, 'json: cannot unmarshal into Go value of type api.Request')
         return body
 
+    def _keep_alive(self, body: Dict[str, Any]) -> Tuple[Optional[float], bool]:
+        """The request's keep_alive (OLLAMA_KEEP_ALIVE when it has none) and whether it gave
+        one; ApiError 400 for a duration Ollama refuses."""
+        if body.get('keep_alive') is None:
+            return self.settings.keep_alive, False
+        try:
+            return parse_keep_alive(body['keep_alive']), True
+        except DurationError as error:
+            raise ApiError(400, str(error)) from None
+
     def _installed(self, text: Any) -> InstalledModel:
         if not text:
             raise ApiError(400, 'model is required')
@@ -327,12 +337,7 @@ class OllamaApi:
         started = time.monotonic()
         model_text = str(body.get('model') or '')
         model = self._installed(model_text)
-        keep_alive_given = body.get('keep_alive') is not None
-        try:
-            keep_alive = (parse_keep_alive(body['keep_alive']) if keep_alive_given
-                          else self.settings.keep_alive)
-        except DurationError as error:
-            raise ApiError(400, str(error)) from None
+        keep_alive, keep_alive_given = self._keep_alive(body)
         capabilities = self._capabilities(model)
         requested_think = body.get('think')
         if requested_think not in (None, False) and 'thinking' not in capabilities:
@@ -420,12 +425,7 @@ class OllamaApi:
             raise ApiError(400, 'invalid input type')
         model_text = str(body.get('model') or '')
         model = self._installed(model_text)
-        keep_alive_given = body.get('keep_alive') is not None
-        try:
-            keep_alive = (parse_keep_alive(body['keep_alive']) if keep_alive_given
-                          else self.settings.keep_alive)
-        except DurationError as error:
-            raise ApiError(400, str(error)) from None
+        keep_alive, keep_alive_given = self._keep_alive(body)
         async with self._runner(model, keep_alive, keep_alive_given, body.get('options') or {},
                                 slot=bool(inputs)) as (runner, load_seconds):
             if not inputs:
