@@ -253,9 +253,9 @@ def main() -> int:
     print(f'demo: {MODEL} on {"Ollama at " + ollama if ollama else "the Ollama emulator"}, '
           f'models in {models_dir}', flush=True)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', OLLAMA_EMULATOR_THREADS='2')
+               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     parameters = {'model': MODEL, 'ollama_bin': binary, 'host': f'127.0.0.1:{port}',
-                  'models_dir': str(models_dir)}
+                  'models_dir': str(models_dir), 'num_thread': 2}
     if shutil.which('ros2'):
         run_with_ros2_cli(env, [f'{name}:={value}' for name, value in parameters.items()])
     else:

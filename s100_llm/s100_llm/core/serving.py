@@ -161,7 +161,8 @@ class Serving:
             self._server = OllamaServer(server, models_dir, self.log)
             try:
                 self._server.start()
-                self._engine = OllamaEngine(server.base_url, model.load_timeout)
+                self._engine = OllamaEngine(server.base_url, model.load_timeout,
+                                            model.num_thread)
             except BaseException:
                 if not self.exiting.is_set():   # else the exit path stops what is left
                     self._stop()
@@ -171,11 +172,14 @@ class Serving:
     def use_model(self, model: ModelSettings) -> None:
         """Take the model settings for the next load (they apply at every activate)."""
         with self.lock:
-            if self._engine is not None and model.load_timeout != self._model.load_timeout:
-                # The engine's HTTP clients carry the timeout: new ones for the new value.
+            if self._engine is not None and (model.load_timeout, model.num_thread) != (
+                    self._model.load_timeout, self._model.num_thread):
+                # The engine's HTTP clients carry the timeout, its requests num_thread: a new
+                # engine for new values.
                 assert self._server_settings is not None
                 self._engine.close()
-                self._engine = OllamaEngine(self._server_settings.base_url, model.load_timeout)
+                self._engine = OllamaEngine(self._server_settings.base_url, model.load_timeout,
+                                            model.num_thread)
             self._model = model
             self._publish()
 

@@ -59,10 +59,10 @@ def failure_seen(serving: Serving) -> Optional[Failure]:
 def setup(tmp_path):
     made = []
 
-    def make(**model) -> Setup:
+    def make(ollama_env: str = '', **model) -> Setup:
         log = Log()
         server = ServerSettings(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR,
-                                start_timeout=30, stop_timeout=2)
+                                start_timeout=30, stop_timeout=2, ollama_env=ollama_env)
         values = {'model': MODEL, 'memory_margin_mb': 0, 'load_timeout': 60}
         values.update(model)
         made.append(Setup(Serving(log), log, server, str(tmp_path / 'models'),
@@ -186,9 +186,8 @@ def test_a_runner_lost_while_active_is_a_failure_and_while_inactive_an_unload(se
     assert 'exited while the node was inactive' in each.log.text()
 
 
-def test_exit_during_a_long_load_stops_the_server_and_the_load_gives_way(setup, monkeypatch):
-    monkeypatch.setenv('OLLAMA_EMULATOR_LOAD_DELAY', '600')
-    each = setup()
+def test_exit_during_a_long_load_stops_the_server_and_the_load_gives_way(setup):
+    each = setup(ollama_env='OLLAMA_EMULATOR_LOAD_DELAY=600')
     each.start()
     server_pid = each.serving.state.server.pid
     outcome = []
