@@ -108,18 +108,19 @@ class ServerSettings:
         'runner).', bounds=(1, 64))
     kv_cache_type: str = setting(
         '', CONFIGURE, "OLLAMA_KV_CACHE_TYPE: KV-cache quantization; q8_0 halves the cache's "
-        "RAM at a small quality cost, q4_0 quarters it (both need flash attention); empty = "
+        'RAM at a small quality cost, q4_0 quarters it (both need flash attention); empty = '
         "Ollama's default (f16).", choices=('', 'f16', 'q8_0', 'q4_0'))
+    # Words, not true/false: a command line or YAML true would arrive as a bool.
     flash_attention: str = setting(
-        '', CONFIGURE, "OLLAMA_FLASH_ATTENTION: true | false; empty = Ollama's default (it "
-        'enables it for the models that support it).', choices=('', 'true', 'false'))
+        'auto', CONFIGURE, "OLLAMA_FLASH_ATTENTION: enabled | disabled; auto = Ollama's "
+        'default (the variable unset).', choices=('auto', 'enabled', 'disabled'))
     cpu_cores: str = setting(
         '', CONFIGURE, "The cores the server and its runners may use (CPU affinity), e.g. '2-5' "
         "or '0,2-3'; empty = every core. On the 6-core S100, '2-5' keeps cores 0-1 for the "
         'robot (pin its control loops there).')
     nice: int = setting(
         10, CONFIGURE, 'Scheduling priority (nice) of the server and its runners: higher '
-        'yields the CPU sooner to the robot\'s nodes (nice 0); 0 = normal priority. Cannot be '
+        "yields the CPU sooner to the robot's nodes (nice 0); 0 = normal priority. Cannot be "
         "below the node's own nice.", bounds=(0, 19))
     ollama_env: str = setting(
         '', CONFIGURE, 'Further OLLAMA_* variables for the server, as NAME=VALUE words '

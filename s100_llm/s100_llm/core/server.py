@@ -232,8 +232,8 @@ class OllamaServer:
         })
         if self.settings.kv_cache_type:
             env['OLLAMA_KV_CACHE_TYPE'] = self.settings.kv_cache_type
-        if self.settings.flash_attention:
-            env['OLLAMA_FLASH_ATTENTION'] = self.settings.flash_attention
+        if self.settings.flash_attention != 'auto':
+            env['OLLAMA_FLASH_ATTENTION'] = str(self.settings.flash_attention == 'enabled').lower()
         # Validated: OLLAMA_* names only, none of those set above.
         env.update(self.settings.extra_environment())
         return env
@@ -246,7 +246,7 @@ class OllamaServer:
                          f"{self.settings.cpu_cores or 'all'}, nice {nice})")
         if nice < os.getpriority(os.PRIO_PROCESS, 0):
             # Only root may lower a nice value; the child would fail after fork with less said.
-            raise ServerError(f'nice {nice} is below the node\'s own nice '
+            raise ServerError(f"nice {nice} is below the node's own nice "
                               f'{os.getpriority(os.PRIO_PROCESS, 0)}: only a privileged process '
                               'may raise its priority; set nice to at least that')
 

@@ -158,7 +158,7 @@ def test_cpu_cores_are_parsed_and_cores_that_do_not_exist_refused():
     assert parse_cores('', 6) == frozenset()
     assert parse_cores('2-5', 6) == {2, 3, 4, 5}
     assert parse_cores(' 0, 2 - 3 ', 6) == {0, 2, 3}
-    with pytest.raises(ConfigError, match=r"core\(s\) 6, 7 do not exist \(this machine has 6 "
+    with pytest.raises(ConfigError, match=r'core\(s\) 6, 7 do not exist \(this machine has 6 '
                                           r'cores: 0-5\)'):
         parse_cores('4-7', 6)
     with pytest.raises(ConfigError, match="'two' is not a core id or range"):

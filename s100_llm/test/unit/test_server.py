@@ -239,7 +239,7 @@ def test_cores_nice_and_variables_reach_the_server_and_its_runner(make_server, m
     monkeypatch.setenv('OLLAMA_EMULATOR_TOKEN_RATE', '7')
     last_core = (os.cpu_count() or 1) - 1
     server = make_server(cpu_cores=str(last_core), nice=7, kv_cache_type='q8_0',
-                         flash_attention='true', max_loaded_models=2,
+                         flash_attention='enabled', max_loaded_models=2,
                          ollama_env="OLLAMA_DEBUG=1 OLLAMA_EMULATOR_THREADS='1'")
     server.start()
     engine = OllamaEngine(server.base_url, 30, num_thread=1)
@@ -257,4 +257,3 @@ def test_cores_nice_and_variables_reach_the_server_and_its_runner(make_server, m
         'OLLAMA_MAX_LOADED_MODELS': '2', 'OLLAMA_DEBUG': '1', 'OLLAMA_EMULATOR_THREADS': '1',
         'OLLAMA_EMULATOR_TOKEN_RATE': None}
     engine.close()
-
