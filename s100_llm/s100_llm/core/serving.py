@@ -53,6 +53,7 @@ class ServingState:
     models_dir: str = ''              # OLLAMA_MODELS as the server uses it (expanded)
     server: Optional[ServerStatus] = None    # None while no server is running or adopted
     runner_pids: Tuple[int, ...] = ()
+    num_thread: int = 0               # the model's threads as sent to Ollama (0: its default)
     engine: Optional[OllamaEngine] = None    # the HTTP client of the server (chats, /api/ps)
 
     def in_lifecycle(self, label: str) -> 'ServingState':
@@ -181,7 +182,7 @@ class Serving:
                 self._engine = OllamaEngine(self._server_settings.base_url, model.load_timeout,
                                             model.num_thread)
             self._model = model
-            self._publish()
+            self._publish(num_thread=model.num_thread)
 
     def activate(self) -> None:
         """Load the model and keep it loaded; after a failure, unload what the load may have

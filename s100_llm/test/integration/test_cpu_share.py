@@ -32,6 +32,16 @@ def test_the_share_reaches_the_server_and_runner_and_chats_keep_the_runner(start
     run = llm.client.chat('Say hello.', temperature=0.0, max_tokens=8)
     assert run.status == GoalStatus.STATUS_SUCCEEDED, run.result.error_message
     assert [p.pid for p in runners(llm)] == [runner.pid]     # not reloaded by the chat
+    # /diagnostics shows the share as the running server has it, and what the model uses.
+    shown = llm.client.fresh_statuses(
+        lambda s: s['llm: Ollama server'].values and 'model cores' in {
+            kv.key for kv in s['llm: Ollama server'].values}, 'the model share')
+    share = {kv.key: kv.value for kv in shown['llm: Ollama server'].values}
+    assert (share['model threads (num_thread)'], share['model cores'], share['model nice']) == (
+        '1', f'{last_core} (1 of {os.cpu_count()})', '5')
+    assert float(share['server + runners CPU (% of one core)']) >= 0.0
+    assert f'core {last_core} busy (%)' in share
+    assert 'model share: 1 threads on cores' in shown['llm: Ollama server'].message
 
 
 @pytest.mark.parametrize('parameters, message', [
