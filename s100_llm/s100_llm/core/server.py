@@ -258,10 +258,16 @@ class OllamaServer:
                 os.sched_setaffinity(0, cores)
             os.setpriority(os.PRIO_PROCESS, 0, nice)
 
-        self.process = subprocess.Popen(
-            command, env=self._environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=prepare_child,
-            close_fds=True)
+        try:
+            self.process = subprocess.Popen(
+                command, env=self._environment(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=prepare_child, close_fds=True)
+        except subprocess.SubprocessError as error:
+            # prepare_child failed (e.g. cores offline or outside the node's cpuset); the
+            # child has exited without running the server.
+            raise ServerError(f"could not give the server its share (cpu_cores "
+                              f"'{self.settings.cpu_cores}', nice {nice}): {error}") from None
         self.started_at = time.monotonic()
         self._log_threads = [
             threading.Thread(target=self._pump_log, args=(stream, level), daemon=True,

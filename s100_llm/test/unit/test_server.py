@@ -257,3 +257,13 @@ def test_cores_nice_and_variables_reach_the_server_and_its_runner(make_server, m
         'OLLAMA_MAX_LOADED_MODELS': '2', 'OLLAMA_DEBUG': '1', 'OLLAMA_EMULATOR_THREADS': '1',
         'OLLAMA_EMULATOR_TOKEN_RATE': None}
     engine.close()
+
+
+def test_a_share_the_kernel_refuses_fails_the_start_with_the_reason(make_server, monkeypatch):
+    # Cores the validation believes in but the kernel does not have (e.g. offline ones).
+    monkeypatch.setattr(os, 'cpu_count', lambda: 4096)
+    server = make_server(cpu_cores='4000-4001')
+    with pytest.raises(ServerError, match=r"could not give the server its share \(cpu_cores "
+                                          r"'4000-4001', nice 10\)"):
+        server.start()
+    assert server.process is None and port_is_free(server.host, server.port)
