@@ -266,7 +266,7 @@ class OllamaServer:
         except subprocess.SubprocessError as error:
             # prepare_child failed (e.g. cores offline or outside the node's cpuset); the
             # child has exited without running the server.
-            raise ServerError(f"could not give the server its share (cpu_cores "
+            raise ServerError('could not give the server its share (cpu_cores '
                               f"'{self.settings.cpu_cores}', nice {nice}): {error}") from None
         self.started_at = time.monotonic()
         self._log_threads = [

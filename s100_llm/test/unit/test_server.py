@@ -263,7 +263,7 @@ def test_a_share_the_kernel_refuses_fails_the_start_with_the_reason(make_server,
     # Cores the validation believes in but the kernel does not have (e.g. offline ones).
     monkeypatch.setattr(os, 'cpu_count', lambda: 4096)
     server = make_server(cpu_cores='4000-4001')
-    with pytest.raises(ServerError, match=r"could not give the server its share \(cpu_cores "
+    with pytest.raises(ServerError, match=r'could not give the server its share \(cpu_cores '
                                           r"'4000-4001', nice 10\)"):
         server.start()
     assert server.process is None and port_is_free(server.host, server.port)
