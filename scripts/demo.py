@@ -255,7 +255,7 @@ def main() -> int:
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     parameters = {'model': MODEL, 'ollama_bin': binary, 'host': f'127.0.0.1:{port}',
-                  'models_dir': str(models_dir), 'num_thread': 2}
+                  'models_dir': str(models_dir)}
     if shutil.which('ros2'):
         run_with_ros2_cli(env, [f'{name}:={value}' for name, value in parameters.items()])
     else:
