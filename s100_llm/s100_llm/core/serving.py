@@ -215,6 +215,7 @@ class Serving:
             _check_memory_fit(model, size)
         info = engine.show(model.model)
         capabilities = tuple(info['capabilities'])
+        self._warn_threads_beyond_cores(model.num_thread)
         started = time.monotonic()
         self._load_requested = True
         engine.load(model.model, FOREVER)
@@ -228,6 +229,17 @@ class Serving:
         self.log('info', f"model '{model.model}' loaded in {time.monotonic() - started:.3f} s "
                          f'({loaded.size / GiB:.2f} GiB, context {context_length}, capabilities '
                          f"{', '.join(capabilities)})")
+
+    def _warn_threads_beyond_cores(self, num_thread: int) -> None:
+        """More threads than cores slow the model down and take every core: say so."""
+        if self._server_settings is None:
+            return
+        cores = len(self._server_settings.cores()) or os.cpu_count() or 1
+        if num_thread > cores:
+            self.log('warn', f'num_thread {num_thread} exceeds the {cores} core(s) the model may '
+                             f"use (cpu_cores '{self._server_settings.cpu_cores}'): its threads "
+                             'wait for each other and take every core; set num_thread to at most '
+                             f'{cores}')
 
     def _pull(self, engine: OllamaEngine, model: str) -> None:
         self.log('info', f"model '{model}' is not in models_dir: pulling it")

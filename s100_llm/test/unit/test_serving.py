@@ -207,3 +207,17 @@ def test_exit_during_a_long_load_stops_the_server_and_the_load_gives_way(setup):
     assert not psutil.pid_exists(server_pid)
     with pytest.raises(ServingError, match='configure refused: the node is exiting'):
         each.start()
+
+
+def test_more_threads_than_cores_is_warned_about_at_load(setup):
+    cores = os.cpu_count() or 1
+    fitting = setup(num_thread=cores)
+    fitting.start()
+    fitting.activate()
+    assert 'exceeds' not in fitting.log.text()
+    beyond = setup(num_thread=cores + 1)
+    beyond.start()
+    beyond.activate()
+    assert ('warn', f'num_thread {cores + 1} exceeds the {cores} core(s) the model may use '
+                    "(cpu_cores ''): its threads wait for each other and take every core; set "
+                    f'num_thread to at most {cores}') in beyond.log
