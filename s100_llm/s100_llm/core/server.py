@@ -244,8 +244,8 @@ class OllamaServer:
         self.log('info', f"starting '{' '.join(command)}' (OLLAMA_HOST={self.host}:{self.port}, "
                          f'OLLAMA_MODELS={self.models_dir}, cores '
                          f"{self.settings.cpu_cores or 'all'}, nice {nice})")
-        if nice < os.getpriority(os.PRIO_PROCESS, 0):
-            # Only root may lower a nice value; the child would fail after fork with less said.
+        if nice < os.getpriority(os.PRIO_PROCESS, 0) and os.geteuid() != 0:
+            # Only root may lower a nice value; said here with the reason, not after fork.
             raise ServerError(f"nice {nice} is below the node's own nice "
                               f'{os.getpriority(os.PRIO_PROCESS, 0)}: only a privileged process '
                               'may raise its priority; set nice to at least that')
