@@ -7,7 +7,8 @@ period actually starts minus the time it was due (absolute deadlines, so one lat
 shift the next), and spends `work_ms` of CPU per period as the control computation would.
 
     python bench/control_loop.py --rate 100 --seconds 10 --work-ms 1.0
-prints one JSON object: periods, missed (lateness above one period), lateness p50/p99/max in ms.
+prints one JSON object: periods, missed (lateness above one period), lateness p50/p99/max in ms
+(and every lateness with --samples).
 """
 
 import argparse
@@ -52,8 +53,14 @@ def main() -> None:
     parser.add_argument('--rate', type=float, default=100.0, help='periods per second')
     parser.add_argument('--seconds', type=float, default=10.0, help='how long to run')
     parser.add_argument('--work-ms', type=float, default=1.0, help='CPU spent per period')
+    parser.add_argument('--samples', action='store_true',
+                        help='also print every lateness (lateness_ms), for plots')
     args = parser.parse_args()
-    print(json.dumps(summary(run(args.rate, args.seconds, args.work_ms), args.rate)))
+    lateness = run(args.rate, args.seconds, args.work_ms)
+    figures: Dict[str, object] = dict(summary(lateness, args.rate))
+    if args.samples:
+        figures['lateness_ms'] = [round(x * 1000, 4) for x in lateness]
+    print(json.dumps(figures))
 
 
 if __name__ == '__main__':

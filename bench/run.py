@@ -290,7 +290,7 @@ def cancel_figures(workdir: pathlib.Path) -> Dict[str, Any]:
 def real_model_figures(workdir: pathlib.Path, threads: int) -> Dict[str, Any]:
     """SmolLM2-135M with `threads` llama.cpp threads: with fewer threads than cores the node
     and its client have a core of their own; with all cores they compete with the model."""
-    bench = Bench(workdir, 'smollm2:135m', {'OLLAMA_EMULATOR_THREADS': str(threads)})
+    bench = Bench(workdir, 'smollm2:135m', {}, {'num_thread': threads})
     try:
         bench.transition('configure')
         bench.transition('activate')
@@ -298,7 +298,9 @@ def real_model_figures(workdir: pathlib.Path, threads: int) -> Dict[str, Any]:
         node, direct = [], []
         for _ in range(max(3, REPEATS // 5)):
             node.append(bench.node_chat(prompt, temperature=0.0, max_tokens=64))
-            direct.append(bench.direct_chat(prompt, {'temperature': 0, 'num_predict': 64}))
+            # The node's num_thread too: Ollama reloads the model for another one.
+            direct.append(bench.direct_chat(prompt, {'temperature': 0, 'num_predict': 64,
+                                                     'num_thread': threads}))
         return {'node_ttft_ms': spread([r['ttft'] * 1000 for r in node]),
                 'direct_ttft_ms': spread([r['ttft'] * 1000 for r in direct]),
                 'node_tokens_per_s': spread([r['tokens'] / r['total'] for r in node]),

@@ -253,7 +253,7 @@ def main() -> int:
     print(f'demo: {MODEL} on {"Ollama at " + ollama if ollama else "the Ollama emulator"}, '
           f'models in {models_dir}', flush=True)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', OLLAMA_EMULATOR_THREADS='2')
+               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     parameters = {'model': MODEL, 'ollama_bin': binary, 'host': f'127.0.0.1:{port}',
                   'models_dir': str(models_dir)}
     if shutil.which('ros2'):

@@ -86,7 +86,8 @@ class DiagnosticsPublisher:
             status.memory_status(system, thresholds, state.model_loaded),
             status.temperature_status(system, thresholds),
             status.storage_status(system, thresholds),
-            status.server_status(state, probe, processes, time.monotonic()),
+            status.server_status(state, probe, processes, time.monotonic(),
+                                 system.per_core_percent),
             status.model_status(state, model, probe, processes, self._chat_figures()),
         ]
         array = DiagnosticArray(status=[self._message(report) for report in reports])

@@ -9,12 +9,13 @@ RosClient is an rclpy node in its own context that calls the lifecycle services
 import itertools
 import os
 import pathlib
+import shlex
 import signal
 import socket
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray
@@ -121,11 +122,23 @@ def servers(llm: Any) -> List[psutil.Process]:
             if (p.info['cmdline'] or [])[-1:] == ['serve']]
 
 
+def split_server_env(env: Optional[Dict[str, str]]) -> Tuple[Dict[str, str], str]:
+    """(the node's variables, the OLLAMA_* ones as an ollama_env value)."""
+    env = dict(env or {})
+    server = {name: env.pop(name) for name in list(env) if name.startswith('OLLAMA_')}
+    return env, shlex.join(f'{name}={value}' for name, value in server.items())
+
+
 class NodeProcess:
     """The llm_node executable, started with parameters, stopped with a signal."""
 
     def __init__(self, domain_id: int, log_path: pathlib.Path, parameters: Dict[str, Any],
                  extra_env: Optional[Dict[str, str]] = None, name: str = 'llm') -> None:
+        """extra_env: OLLAMA_* variables reach the server through the ollama_env parameter
+        (the node passes no other way), the rest is the node's environment."""
+        extra_env, server_env = split_server_env(extra_env)
+        if server_env:
+            parameters = dict(parameters, ollama_env=server_env)
         self.parameters = parameters
         executable = install_prefix() / 'lib' / 's100_llm' / 'llm_node'
         arguments = [str(executable), '--ros-args', '-r', f'__node:={name}']

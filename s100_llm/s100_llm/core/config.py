@@ -9,7 +9,8 @@ import dataclasses
 import ipaddress
 import os
 import re
-from typing import Any, Mapping, Tuple, Type, TypeVar
+import shlex
+from typing import Any, Dict, FrozenSet, Mapping, Tuple, Type, TypeVar
 
 from .params import check_values
 from .params import ConfigError
@@ -104,9 +105,34 @@ class ServerSettings:
         bounds=(256, 1 << 20))
     max_queue: int = setting(
         64, CONFIGURE, 'OLLAMA_MAX_QUEUE: requests Ollama itself queues.', bounds=(1, 100000))
+    max_loaded_models: int = setting(
+        1, CONFIGURE, 'OLLAMA_MAX_LOADED_MODELS: models kept in RAM at once (each its own '
+        'runner).', bounds=(1, 64))
+    kv_cache_type: str = setting(
+        '', CONFIGURE, "OLLAMA_KV_CACHE_TYPE: KV-cache quantization; q8_0 halves the cache's "
+        'RAM at a small quality cost, q4_0 quarters it (both need flash attention); empty = '
+        "Ollama's default (f16).", choices=('', 'f16', 'q8_0', 'q4_0'))
+    # Words, not true/false: a command line or YAML true would arrive as a bool.
+    flash_attention: str = setting(
+        'auto', CONFIGURE, "OLLAMA_FLASH_ATTENTION: enabled | disabled; auto = Ollama's "
+        'default (the variable unset).', choices=('auto', 'enabled', 'disabled'))
+    cpu_cores: str = setting(
+        '', CONFIGURE, "The cores the server and its runners may use (CPU affinity), e.g. '2-5' "
+        "or '0,2-3'; empty = every core. On the 6-core S100, '2-5' keeps cores 0-1 for the "
+        'robot (pin its control loops there).')
+    nice: int = setting(
+        10, CONFIGURE, 'Scheduling priority (nice) of the server and its runners: higher '
+        "yields the CPU sooner to the robot's nodes (nice 0); 0 = normal priority. Cannot be "
+        "below the node's own nice.", bounds=(0, 19))
+    ollama_env: str = setting(
+        '', CONFIGURE, 'Further OLLAMA_* variables for the server, as NAME=VALUE words '
+        "(shell quoting), e.g. 'OLLAMA_DEBUG=1 OLLAMA_LOAD_TIMEOUT=10m'; the variables the "
+        'node sets from its parameters are refused.')
 
     def validate(self) -> None:
         check_values(self)
+        self.cores()
+        self.extra_environment()
         host, _ = parse_host(self.host)
         if self.manage_server and not self.allow_remote and not is_loopback(host):
             raise ConfigError(f"host '{self.host}' is not a loopback address: a managed server "
@@ -118,6 +144,70 @@ class ServerSettings:
     def base_url(self) -> str:
         host, port = parse_host(self.host)
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def cores(self) -> FrozenSet[int]:
+        """cpu_cores as core ids (empty: every core); ConfigError for a malformed list or a
+        core this machine does not have."""
+        return parse_cores(self.cpu_cores, os.cpu_count() or 1)
+
+    def extra_environment(self) -> Dict[str, str]:
+        """ollama_env as variables; ConfigError for a malformed word, a name that is not an
+        OLLAMA_* variable, or one the node sets itself."""
+        return parse_ollama_env(self.ollama_env)
+
+
+# The server's variables the node sets from its own parameters (or fixes: OLLAMA_KEEP_ALIVE).
+NODE_SET_VARIABLES = {
+    'OLLAMA_HOST': 'host', 'OLLAMA_MODELS': 'models_dir', 'OLLAMA_NUM_PARALLEL': 'num_parallel',
+    'OLLAMA_CONTEXT_LENGTH': 'context_length', 'OLLAMA_MAX_QUEUE': 'max_queue',
+    'OLLAMA_MAX_LOADED_MODELS': 'max_loaded_models', 'OLLAMA_KV_CACHE_TYPE': 'kv_cache_type',
+    'OLLAMA_FLASH_ATTENTION': 'flash_attention',
+    'OLLAMA_KEEP_ALIVE': 'keep_alive_inactive (the node decides when the model is unloaded)'}
+_OLLAMA_VARIABLE = re.compile(r'OLLAMA_[A-Z0-9_]+')
+
+
+def parse_ollama_env(text: str) -> Dict[str, str]:
+    """'NAME=VALUE ...' (shell quoting) -> {NAME: VALUE}; ConfigError names the bad word."""
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise ConfigError(f"ollama_env '{text}' cannot be split into words: {error}") from None
+    variables: Dict[str, str] = {}
+    for word in words:
+        name, equals, value = word.partition('=')
+        if not equals:
+            raise ConfigError(f"ollama_env: '{word}' is not NAME=VALUE")
+        if not _OLLAMA_VARIABLE.fullmatch(name):
+            raise ConfigError(f"ollama_env: '{name}' is not an Ollama variable (only OLLAMA_* "
+                              'names in capitals are passed to the server)')
+        if name in NODE_SET_VARIABLES:
+            raise ConfigError(f'ollama_env: {name} is set by the node; use the parameter '
+                              f'{NODE_SET_VARIABLES[name]}')
+        if '\0' in value:
+            raise ConfigError(f'ollama_env: the value of {name} contains a NUL character')
+        variables[name] = value
+    return variables
+
+
+def parse_cores(text: str, core_count: int) -> FrozenSet[int]:
+    """'2-5', '0,2-3' -> core ids; '' -> empty (every core). ConfigError names what is wrong,
+    including cores beyond this machine's core_count."""
+    cores = set()
+    for part in filter(None, (piece.strip() for piece in text.split(','))):
+        match = re.fullmatch(r'(\d+)(?:\s*-\s*(\d+))?', part)
+        if not match:
+            raise ConfigError(f"cpu_cores '{text}': '{part}' is not a core id or range "
+                              "(write e.g. '2-5' or '0,2-3')")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) else first
+        if last < first:
+            raise ConfigError(f"cpu_cores '{text}': the range '{part}' runs backwards")
+        cores.update(range(first, last + 1))
+    missing = sorted(core for core in cores if core >= core_count)
+    if missing:
+        raise ConfigError(f"cpu_cores '{text}': core(s) {', '.join(map(str, missing))} do not "
+                          f'exist (this machine has {core_count} cores: 0-{core_count - 1})')
+    return frozenset(cores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +226,11 @@ class ModelSettings:
     keep_alive_inactive: float = setting(
         0.0, ACTIVATE, 'Seconds the model stays loaded after deactivate (0: unload at once).',
         bounds=(0.0, 86400.0))
+    num_thread: int = setting(
+        4, ACTIVATE, "Ollama's num_thread: threads the model computes with, sent with the load "
+        "and every chat; 0 = Ollama's default (one per performance core: all 6 on the S100). "
+        "4 leaves 2 of the S100's 6 cores to the robot.",
+        bounds=(0, 256))
 
     def validate(self) -> None:
         check_values(self)

@@ -155,8 +155,11 @@ class ChatStream:
 
 
 class OllamaEngine:
-    def __init__(self, base_url: str, request_timeout: float) -> None:
+    def __init__(self, base_url: str, request_timeout: float, num_thread: int = 0) -> None:
         self.base_url = base_url
+        # Sent with the load and every chat alike: Ollama reloads a model whose request asks
+        # for another num_thread than it was loaded with (omitted = its default).
+        self.model_options: Dict[str, Any] = {'num_thread': num_thread} if num_thread else {}
         self.client = ollama.Client(host=base_url, timeout=request_timeout, verify=_no_tls(),
                                     trust_env=False)
         # For the diagnostics' once-a-second look at /api/ps: a dead server must not stall it.
@@ -232,13 +235,14 @@ class OllamaEngine:
     def load(self, model: str, keep_alive: float = FOREVER) -> None:
         """Load the model (blocks until Ollama has it in memory) with the given keep_alive."""
         reply = self._call(f'load {model}', self.client.generate, model=model,
-                           keep_alive=_keep_alive(keep_alive))
+                           keep_alive=_keep_alive(keep_alive), options=self.model_options)
         if reply.done_reason != 'load':
             raise EngineError(f'load {model}: unexpected answer done_reason={reply.done_reason}')
 
     def unload(self, model: str) -> None:
         """Ask Ollama to unload the model now (it answers before the runner has exited)."""
-        self._call(f'unload {model}', self.client.generate, model=model, keep_alive=0)
+        self._call(f'unload {model}', self.client.generate, model=model, keep_alive=0,
+                   options=self.model_options)
 
     def set_keep_alive(self, model: str, seconds: float) -> None:
         self.load(model, keep_alive=seconds)
@@ -258,7 +262,8 @@ class OllamaEngine:
     # ---- chat ----------------------------------------------------------------------------
     def chat(self, model: str, messages: List[Dict[str, str]], think: Optional[bool],
              options: Dict[str, Any], keep_alive: float, idle_timeout: float) -> ChatStream:
-        request: Dict[str, Any] = {'model': model, 'messages': messages, 'options': options,
+        request: Dict[str, Any] = {'model': model, 'messages': messages,
+                                   'options': {**options, **self.model_options},
                                    'keep_alive': _keep_alive(keep_alive)}
         if think is not None:
             request['think'] = think

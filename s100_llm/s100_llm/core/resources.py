@@ -42,6 +42,8 @@ class ProcessSample:
     pid: int
     rss: int
     cpu_percent: float
+    cores: Tuple[int, ...] = ()      # its CPU affinity
+    nice: int = 0
 
 
 class ResourceSampler:
@@ -81,8 +83,9 @@ class ResourceSampler:
                     process = self._processes[pid] = psutil.Process(pid)
                     process.cpu_percent()
                 with process.oneshot():
-                    samples.append(ProcessSample(pid, process.memory_info().rss,
-                                                 process.cpu_percent()))
+                    samples.append(ProcessSample(
+                        pid, process.memory_info().rss, process.cpu_percent(),
+                        tuple(process.cpu_affinity()), process.nice()))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 self._processes.pop(pid, None)
         for gone in set(self._processes) - set(pids):

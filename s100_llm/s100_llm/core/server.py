@@ -37,8 +37,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # The proxy variables are for the server's pulls from the registry, as Ollama documents them
 # (Go never proxies requests to loopback, so the node's and the runners' traffic stays direct).
 _PASSED_THROUGH = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'LD_LIBRARY_PATH',
-                   'CUDA_VISIBLE_DEVICES', 'HIP_VISIBLE_DEVICES', 'OLLAMA_FLASH_ATTENTION',
-                   'OLLAMA_KV_CACHE_TYPE', 'OLLAMA_DEBUG', 'HTTPS_PROXY', 'https_proxy',
+                   'CUDA_VISIBLE_DEVICES', 'HIP_VISIBLE_DEVICES', 'HTTPS_PROXY', 'https_proxy',
                    'HTTP_PROXY', 'http_proxy', 'NO_PROXY', 'no_proxy')
 
 
@@ -229,20 +228,46 @@ class OllamaServer:
             'OLLAMA_MAX_QUEUE': str(self.settings.max_queue),
             # The node decides when the model is unloaded; nothing expires behind its back.
             'OLLAMA_KEEP_ALIVE': '-1',
-            'OLLAMA_MAX_LOADED_MODELS': '1',
+            'OLLAMA_MAX_LOADED_MODELS': str(self.settings.max_loaded_models),
         })
-        # Fault injection of the development emulator passes through (never set on a robot).
-        env.update({k: v for k, v in os.environ.items() if k.startswith('OLLAMA_EMULATOR_')})
+        if self.settings.kv_cache_type:
+            env['OLLAMA_KV_CACHE_TYPE'] = self.settings.kv_cache_type
+        if self.settings.flash_attention != 'auto':
+            env['OLLAMA_FLASH_ATTENTION'] = str(self.settings.flash_attention == 'enabled').lower()
+        # Validated: OLLAMA_* names only, none of those set above.
+        env.update(self.settings.extra_environment())
         return env
 
     def _spawn(self, binary: str) -> None:
         command = [binary, 'serve']
+        cores, nice = self.settings.cores(), self.settings.nice
         self.log('info', f"starting '{' '.join(command)}' (OLLAMA_HOST={self.host}:{self.port}, "
-                         f'OLLAMA_MODELS={self.models_dir})')
-        self.process = subprocess.Popen(
-            command, env=self._environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent,
-            close_fds=True)
+                         f'OLLAMA_MODELS={self.models_dir}, cores '
+                         f"{self.settings.cpu_cores or 'all'}, nice {nice})")
+        if nice < os.getpriority(os.PRIO_PROCESS, 0) and os.geteuid() != 0:
+            # Only root may lower a nice value; said here with the reason, not after fork.
+            raise ServerError(f"nice {nice} is below the node's own nice "
+                              f'{os.getpriority(os.PRIO_PROCESS, 0)}: only a privileged process '
+                              'may raise its priority; set nice to at least that')
+
+        def prepare_child() -> None:
+            # In the child before exec: the server runs on its share from its first
+            # instruction, and every runner it spawns inherits affinity and nice.
+            _die_with_parent()
+            if cores:
+                os.sched_setaffinity(0, cores)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+        try:
+            self.process = subprocess.Popen(
+                command, env=self._environment(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=prepare_child, close_fds=True)
+        except subprocess.SubprocessError as error:
+            # prepare_child failed (e.g. cores offline or outside the node's cpuset); the
+            # child has exited without running the server.
+            raise ServerError('could not give the server its share (cpu_cores '
+                              f"'{self.settings.cpu_cores}', nice {nice}): {error}") from None
         self.started_at = time.monotonic()
         self._log_threads = [
             threading.Thread(target=self._pump_log, args=(stream, level), daemon=True,

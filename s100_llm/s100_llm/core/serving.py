@@ -53,6 +53,7 @@ class ServingState:
     models_dir: str = ''              # OLLAMA_MODELS as the server uses it (expanded)
     server: Optional[ServerStatus] = None    # None while no server is running or adopted
     runner_pids: Tuple[int, ...] = ()
+    num_thread: int = 0               # the model's threads as sent to Ollama (0: its default)
     engine: Optional[OllamaEngine] = None    # the HTTP client of the server (chats, /api/ps)
 
     def in_lifecycle(self, label: str) -> 'ServingState':
@@ -161,7 +162,8 @@ class Serving:
             self._server = OllamaServer(server, models_dir, self.log)
             try:
                 self._server.start()
-                self._engine = OllamaEngine(server.base_url, model.load_timeout)
+                self._engine = OllamaEngine(server.base_url, model.load_timeout,
+                                            model.num_thread)
             except BaseException:
                 if not self.exiting.is_set():   # else the exit path stops what is left
                     self._stop()
@@ -171,13 +173,16 @@ class Serving:
     def use_model(self, model: ModelSettings) -> None:
         """Take the model settings for the next load (they apply at every activate)."""
         with self.lock:
-            if self._engine is not None and model.load_timeout != self._model.load_timeout:
-                # The engine's HTTP clients carry the timeout: new ones for the new value.
+            if self._engine is not None and (model.load_timeout, model.num_thread) != (
+                    self._model.load_timeout, self._model.num_thread):
+                # The engine's HTTP clients carry the timeout, its requests num_thread: a new
+                # engine for new values.
                 assert self._server_settings is not None
                 self._engine.close()
-                self._engine = OllamaEngine(self._server_settings.base_url, model.load_timeout)
+                self._engine = OllamaEngine(self._server_settings.base_url, model.load_timeout,
+                                            model.num_thread)
             self._model = model
-            self._publish()
+            self._publish(num_thread=model.num_thread)
 
     def activate(self) -> None:
         """Load the model and keep it loaded; after a failure, unload what the load may have
@@ -210,6 +215,7 @@ class Serving:
             _check_memory_fit(model, size)
         info = engine.show(model.model)
         capabilities = tuple(info['capabilities'])
+        self._warn_threads_beyond_cores(model.num_thread)
         started = time.monotonic()
         self._load_requested = True
         engine.load(model.model, FOREVER)
@@ -223,6 +229,17 @@ class Serving:
         self.log('info', f"model '{model.model}' loaded in {time.monotonic() - started:.3f} s "
                          f'({loaded.size / GiB:.2f} GiB, context {context_length}, capabilities '
                          f"{', '.join(capabilities)})")
+
+    def _warn_threads_beyond_cores(self, num_thread: int) -> None:
+        """More threads than cores slow the model down and take every core: say so."""
+        if self._server_settings is None:
+            return
+        cores = len(self._server_settings.cores()) or os.cpu_count() or 1
+        if num_thread > cores:
+            self.log('warn', f'num_thread {num_thread} exceeds the {cores} core(s) the model may '
+                             f"use (cpu_cores '{self._server_settings.cpu_cores}'): its threads "
+                             'wait for each other and take every core; set num_thread to at most '
+                             f'{cores}')
 
     def _pull(self, engine: OllamaEngine, model: str) -> None:
         self.log('info', f"model '{model}' is not in models_dir: pulling it")

@@ -10,7 +10,7 @@ DiagnosticStatus's values (OK 0, WARN 1, ERROR 2).
 
 import dataclasses
 import enum
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .config import DiagnosticsSettings
 from .engine import LoadedModel
@@ -151,11 +151,47 @@ def storage_status(system: SystemSample, thresholds: DiagnosticsSettings) -> Sta
 
 
 # ---- Ollama --------------------------------------------------------------------------------
+def format_cores(cores: Iterable[int]) -> str:
+    """Core ids as ranges: (0, 1, 2, 4) -> '0-2,4'."""
+    ranges: List[List[int]] = []
+    for core in sorted(cores):
+        if ranges and core == ranges[-1][1] + 1:
+            ranges[-1][1] = core
+        else:
+            ranges.append([core, core])
+    return ','.join(str(a) if a == b else f'{a}-{b}' for a, b in ranges)
+
+
+def cpu_share(num_thread: int, processes: OllamaProcesses,
+              per_core_percent: Sequence[float]) -> Tuple[str, List[Tuple[str, object]]]:
+    """The model's share of the CPU (threads, cores and nice, as the running server has them)
+    and what it uses: (a summary for the message, the values). The runners inherit the
+    server's cores and nice."""
+    server = processes.server
+    if server is None:
+        return '', []
+    cores = server.cores or tuple(range(len(per_core_percent)))
+    used = server.cpu_percent + sum(sample.cpu_percent for sample in processes.runners)
+    busy = [per_core_percent[core] for core in cores if core < len(per_core_percent)]
+    threads = str(num_thread) if num_thread else "Ollama's default"
+    summary = (f'model share: {threads} threads on cores {format_cores(cores)} at nice '
+               f'{server.nice}, using {used / 100:.1f} cores')
+    return summary, [
+        ('model threads (num_thread)', threads),
+        ('model cores', f'{format_cores(cores)} ({len(cores)} of {len(per_core_percent)})'),
+        ('model nice', server.nice),
+        ('server + runners CPU (% of one core)', f'{used:.1f}'),
+        ('its cores busy (%)', f'{sum(busy) / max(1, len(busy)):.1f}'),
+    ] + [(f'core {core} busy (%)', f'{per_core_percent[core]:.1f}') for core in cores
+         if core < len(per_core_percent)]
+
+
 def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProcesses,
-                  now: float) -> StatusReport:
+                  now: float, per_core_percent: Sequence[float] = ()) -> StatusReport:
     """The Ollama server: ERROR when it should run and does not (or does not answer), WARN
     while the node reports a problem with it (a failed configure, a restart in progress), OK
-    otherwise. now: time.monotonic(), for the uptime."""
+    otherwise; with the model's CPU share and use (cpu_share). now: time.monotonic(), for the
+    uptime; per_core_percent: the system's use of each core over the period."""
     lifecycle = state.lifecycle
     server = state.server
     if server is None:
@@ -175,6 +211,9 @@ def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProc
                                     f'running ({lifecycle})')
     uptime = now - server.started_at if server.started_at else 0.0
     runners = processes.runners
+    share, share_values = cpu_share(state.num_thread, processes, per_core_percent)
+    if share and level == Level.OK:
+        message += f'; {share}'
     return _report('Ollama server', level, message, [
         ('lifecycle state', lifecycle), ('managed', server.managed),
         ('url', server.base_url), ('pid', server.pid or ''), ('running', server.running),
@@ -186,7 +225,7 @@ def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProc
         ('runners', len(runners)),
         ('runner RSS (MiB)', processes.runner_rss // MiB),
         ('runner CPU (%)', f'{sum(sample.cpu_percent for sample in runners):.1f}'),
-    ])
+    ] + share_values)
 
 
 def model_status(state: ServingState, model: str, probe: ServerProbe,

@@ -15,8 +15,10 @@ import subprocess
 from typing import Dict, List, Optional
 
 import psutil
+import yaml
 
 from harness import processes_of
+from harness import split_server_env
 from harness import WAIT
 from harness import wait_for
 
@@ -126,6 +128,13 @@ class Launch:
         self.arguments = [f'ollama_bin:={EMULATOR}', f'model:={model}',
                           f'host:=127.0.0.1:{port}', f'models_dir:={models_dir}'
                           ] if emulator_arguments else []
+        env, server_env = split_server_env(env)
+        if server_env:
+            # The server's variables are the ollama_env parameter: a params file gives it.
+            params_file = log_path.with_suffix('.params.yaml')
+            params_file.write_text(yaml.safe_dump(
+                {'/**': {'ros__parameters': {'ollama_env': server_env}}}))
+            self.arguments.append(f'params_file:={params_file}')
         self.arguments += arguments
         self.process = ros2.start('launch', 's100_llm', 'llm.launch.py', *self.arguments,
                                   log_path=log_path, env=env)

@@ -303,7 +303,7 @@ def test_deactivate_aborts_running_chats(active):
 
 
 def test_real_model_end_to_end(active):
-    llm = active(model='smollm2:135m', env={'OLLAMA_EMULATOR_THREADS': '2'})
+    llm = active(model='smollm2:135m', num_thread=2)
     run = llm.client.chat('What is the capital of France?', temperature=0.0, max_tokens=40)
     assert run.status == GoalStatus.STATUS_SUCCEEDED
     assert 'Paris' in run.result.text

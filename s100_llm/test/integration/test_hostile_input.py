@@ -189,7 +189,7 @@ def test_an_intentional_deactivate_is_a_warning_and_streamed_tokens_are_counted(
 
 
 def test_the_runners_per_request_lines_are_not_logged_at_info(active):
-    llm = active(model='smollm2:135m', env={'OLLAMA_EMULATOR_THREADS': '2'})
+    llm = active(model='smollm2:135m', num_thread=2)
     for _ in range(2):
         assert llm.client.chat('Hi', max_tokens=3).status == GoalStatus.STATUS_SUCCEEDED
     assert llm.client.change_state('deactivate')

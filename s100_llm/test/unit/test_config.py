@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import os
 import re
 
 import pytest
@@ -11,7 +12,9 @@ from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import NodeSettings
 from s100_llm.core.config import parameter_name
 from s100_llm.core.config import PARAMETERS
+from s100_llm.core.config import parse_cores
 from s100_llm.core.config import parse_host
+from s100_llm.core.config import parse_ollama_env
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.config import settings_from
 from s100_llm.core.config import SupervisionSettings
@@ -149,3 +152,43 @@ def test_settings_from_takes_integers_for_floats_as_floats():
 def test_settings_from_refuses_a_value_naming_the_parameter(name, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         settings_from({**defaults(), name: value})
+
+
+def test_cpu_cores_are_parsed_and_cores_that_do_not_exist_refused():
+    assert parse_cores('', 6) == frozenset()
+    assert parse_cores('2-5', 6) == {2, 3, 4, 5}
+    assert parse_cores(' 0, 2 - 3 ', 6) == {0, 2, 3}
+    with pytest.raises(ConfigError, match=r'core\(s\) 6, 7 do not exist \(this machine has 6 '
+                                          r'cores: 0-5\)'):
+        parse_cores('4-7', 6)
+    with pytest.raises(ConfigError, match="'two' is not a core id or range"):
+        parse_cores('two', 6)
+    with pytest.raises(ConfigError, match="the range '5-2' runs backwards"):
+        parse_cores('5-2', 6)
+    with pytest.raises(ConfigError, match='do not exist'):
+        ServerSettings(cpu_cores=str(os.cpu_count())).validate()
+
+
+def test_ollama_env_takes_ollama_variables_and_refuses_the_rest_with_the_reason():
+    assert parse_ollama_env("OLLAMA_DEBUG=1 OLLAMA_ORIGINS='a b'") == {
+        'OLLAMA_DEBUG': '1', 'OLLAMA_ORIGINS': 'a b'}
+    for text, reason in (('OLLAMA_DEBUG', "'OLLAMA_DEBUG' is not NAME=VALUE"),
+                         ('PATH=/tmp', "'PATH' is not an Ollama variable"),
+                         ('ollama_debug=1', "'ollama_debug' is not an Ollama variable"),
+                         ('OLLAMA_KV_CACHE_TYPE=q4_0', 'use the parameter kv_cache_type'),
+                         ('OLLAMA_HOST=0.0.0.0:1', 'use the parameter host'),
+                         ("OLLAMA_DEBUG='1", 'cannot be split into words')):
+        with pytest.raises(ConfigError, match=reason):
+            ServerSettings(ollama_env=text).validate()
+
+
+def test_nice_threads_and_server_choices_are_bounded():
+    for field, value, reason in (('nice', 20, 'nice must be in 0..19'),
+                                 ('nice', -1, 'nice must be in 0..19'),
+                                 ('kv_cache_type', 'q5', 'must be one of'),
+                                 ('flash_attention', 'yes', 'must be one of'),
+                                 ('max_loaded_models', 0, 'must be in 1..64')):
+        with pytest.raises(ConfigError, match=reason):
+            ServerSettings(**{field: value}).validate()
+    with pytest.raises(ConfigError, match='num_thread must be in 0..256'):
+        ModelSettings(num_thread=-1).validate()

@@ -16,13 +16,14 @@ from s100_llm.core.server import OllamaServer
 
 
 @pytest.fixture
-def start(tmp_path, monkeypatch):
+def start(tmp_path):
     started = []
 
     def start_with(token_rate: str):
-        monkeypatch.setenv('OLLAMA_EMULATOR_TOKEN_RATE', token_rate)
         server = OllamaServer(ServerSettings(host=f'127.0.0.1:{free_port()}',
-                                             ollama_bin='s100-ollama-emulator'),
+                                             ollama_bin='s100-ollama-emulator',
+                                             ollama_env='OLLAMA_EMULATOR_TOKEN_RATE='
+                                             + token_rate),
                               str(tmp_path / 'models'), lambda level, line: None)
         server.start()
         engine = OllamaEngine(server.base_url, 30)

@@ -75,9 +75,8 @@ def test_stop_ends_server_and_runner_and_frees_the_port(make_server):
     assert port_is_free(server.host, server.port)
 
 
-def test_a_server_ignoring_sigterm_is_killed_with_its_group(make_server, monkeypatch):
-    monkeypatch.setenv('OLLAMA_EMULATOR_IGNORE_SIGTERM', '1')
-    server = make_server(stop_timeout=0.5)
+def test_a_server_ignoring_sigterm_is_killed_with_its_group(make_server):
+    server = make_server(stop_timeout=0.5, ollama_env='OLLAMA_EMULATOR_IGNORE_SIGTERM=1')
     server.start()
     pid = server.pid
     server.stop()
@@ -121,9 +120,8 @@ def test_a_server_that_exits_during_start_leaves_nothing(make_server, tmp_path):
     assert server.process is None and 'Error: mkdir' in server.log.text()
 
 
-def test_a_server_that_never_answers_is_stopped(make_server, monkeypatch):
-    monkeypatch.setenv('OLLAMA_EMULATOR_START_DELAY', '30')
-    server = make_server(start_timeout=0.5)
+def test_a_server_that_never_answers_is_stopped(make_server):
+    server = make_server(start_timeout=0.5, ollama_env='OLLAMA_EMULATOR_START_DELAY=30')
     with pytest.raises(ServerError, match='did not answer .* within start_timeout 0.5 s'):
         server.start()
     assert server.process is None and port_is_free(server.host, server.port)
@@ -227,3 +225,38 @@ def test_bounded_lines_cut_a_long_line_and_drop_its_rest(tmp_path):
 ])
 def test_per_request_runner_lines_are_debug_and_errors_stay_errors(line, level):
     assert log_level(line, 'info') == level
+
+
+def test_cores_nice_and_variables_reach_the_server_and_its_runner(make_server, monkeypatch):
+    # The node's own OLLAMA_EMULATOR_* variables no longer pass: only ollama_env does.
+    monkeypatch.setenv('OLLAMA_EMULATOR_TOKEN_RATE', '7')
+    last_core = (os.cpu_count() or 1) - 1
+    server = make_server(cpu_cores=str(last_core), nice=7, kv_cache_type='q8_0',
+                         flash_attention='enabled', max_loaded_models=2,
+                         ollama_env="OLLAMA_DEBUG=1 OLLAMA_EMULATOR_THREADS='1'")
+    server.start()
+    engine = OllamaEngine(server.base_url, 30, num_thread=1)
+    engine.pull('smollm2:135m', lambda *_: None)
+    engine.load('smollm2:135m')
+    processes = [psutil.Process(server.pid)] + server.runners()
+    assert len(processes) == 2
+    for process in processes:
+        assert process.cpu_affinity() == [last_core] and process.nice() == 7
+    environ = processes[0].environ()
+    assert {name: environ.get(name) for name in (
+        'OLLAMA_KV_CACHE_TYPE', 'OLLAMA_FLASH_ATTENTION', 'OLLAMA_MAX_LOADED_MODELS',
+        'OLLAMA_DEBUG', 'OLLAMA_EMULATOR_THREADS', 'OLLAMA_EMULATOR_TOKEN_RATE')} == {
+        'OLLAMA_KV_CACHE_TYPE': 'q8_0', 'OLLAMA_FLASH_ATTENTION': 'true',
+        'OLLAMA_MAX_LOADED_MODELS': '2', 'OLLAMA_DEBUG': '1', 'OLLAMA_EMULATOR_THREADS': '1',
+        'OLLAMA_EMULATOR_TOKEN_RATE': None}
+    engine.close()
+
+
+def test_a_share_the_kernel_refuses_fails_the_start_with_the_reason(make_server, monkeypatch):
+    # Cores the validation believes in but the kernel does not have (e.g. offline ones).
+    monkeypatch.setattr(os, 'cpu_count', lambda: 4096)
+    server = make_server(cpu_cores='4000-4001')
+    with pytest.raises(ServerError, match=r'could not give the server its share \(cpu_cores '
+                                          r"'4000-4001', nice 10\)"):
+        server.start()
+    assert server.process is None and port_is_free(server.host, server.port)

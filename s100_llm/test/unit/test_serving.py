@@ -52,10 +52,10 @@ def failure_seen(serving: Serving) -> Optional[Failure]:
 def setup(tmp_path):
     made = []
 
-    def make(**model) -> Setup:
+    def make(ollama_env: str = '', **model) -> Setup:
         log = RecordedLog()
         server = ServerSettings(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR,
-                                start_timeout=30, stop_timeout=2)
+                                start_timeout=30, stop_timeout=2, ollama_env=ollama_env)
         values = {'model': MODEL, 'memory_margin_mb': 0, 'load_timeout': 60}
         values.update(model)
         made.append(Setup(Serving(log), log, server, str(tmp_path / 'models'),
@@ -179,9 +179,8 @@ def test_a_runner_lost_while_active_is_a_failure_and_while_inactive_an_unload(se
     assert 'exited while the node was inactive' in each.log.text()
 
 
-def test_exit_during_a_long_load_stops_the_server_and_the_load_gives_way(setup, monkeypatch):
-    monkeypatch.setenv('OLLAMA_EMULATOR_LOAD_DELAY', '600')
-    each = setup()
+def test_exit_during_a_long_load_stops_the_server_and_the_load_gives_way(setup):
+    each = setup(ollama_env='OLLAMA_EMULATOR_LOAD_DELAY=600')
     each.start()
     server_pid = each.serving.state.server.pid
     outcome = []
@@ -201,3 +200,17 @@ def test_exit_during_a_long_load_stops_the_server_and_the_load_gives_way(setup, 
     assert not psutil.pid_exists(server_pid)
     with pytest.raises(ServingError, match='configure refused: the node is exiting'):
         each.start()
+
+
+def test_more_threads_than_cores_is_warned_about_at_load(setup):
+    cores = os.cpu_count() or 1
+    fitting = setup(num_thread=cores)
+    fitting.start()
+    fitting.activate()
+    assert 'exceeds' not in fitting.log.text()
+    beyond = setup(num_thread=cores + 1)
+    beyond.start()
+    beyond.activate()
+    assert ('warn', f'num_thread {cores + 1} exceeds the {cores} core(s) the model may use '
+                    "(cpu_cores ''): its threads wait for each other and take every core; set "
+                    f'num_thread to at most {cores}') in beyond.log

@@ -11,7 +11,9 @@ from s100_llm.core.resources import SystemSample
 from s100_llm.core.server import ServerStatus
 from s100_llm.core.serving import ServingState
 from s100_llm.core.status import ChatFigures
+from s100_llm.core.status import cpu_share
 from s100_llm.core.status import cpu_status
+from s100_llm.core.status import format_cores
 from s100_llm.core.status import Level
 from s100_llm.core.status import memory_status
 from s100_llm.core.status import model_status
@@ -34,8 +36,10 @@ RUNNING = ServerStatus(base_url=URL, managed=True, pid=100, running=True, exit_c
                        started_at=1000.0, restarts=0)
 LOADED = LoadedModel(name='qwen3:0.6b', size=GiB // 2, context_length=4096,
                      expires_at='2318-01-01T00:00:00Z')
-PROCESSES = OllamaProcesses(server=ProcessSample(100, 50 * MiB, 1.5),
-                            runners=(ProcessSample(101, 600 * MiB, 3.25),))
+# A 6-core S100 with the model on cores 2-5 at nice 10.
+PROCESSES = OllamaProcesses(server=ProcessSample(100, 50 * MiB, 1.5, (2, 3, 4, 5), 10),
+                            runners=(ProcessSample(101, 600 * MiB, 350.0, (2, 3, 4, 5), 10),))
+PER_CORE = (5.0, 15.0, 90.0, 92.0, 88.0, 94.0)
 
 
 def system(**changes) -> SystemSample:
@@ -157,14 +161,32 @@ def test_storage_is_where_models_go_before_configure():
 
 # ---- Ollama server -------------------------------------------------------------------------
 def test_a_running_server_that_answers_is_ok():
-    report = server_status(serving(), ServerProbe(True, LOADED), PROCESSES, now=1042.4)
+    report = server_status(dataclasses.replace(serving(), num_thread=4),
+                           ServerProbe(True, LOADED), PROCESSES, now=1042.4,
+                           per_core_percent=PER_CORE)
     assert (report.task, report.level) == ('Ollama server', Level.OK)
-    assert report.message == 'managed server running (active)'
+    assert report.message == ('managed server running (active); model share: 4 threads on '
+                              'cores 2-5 at nice 10, using 3.5 cores')
     assert report.values == (
         ('lifecycle state', 'active'), ('managed', 'True'), ('url', URL), ('pid', '100'),
         ('running', 'True'), ('reachable', 'True'), ('uptime (s)', '42'), ('restarts', '0'),
         ('server RSS (MiB)', '50'), ('server CPU (%)', '1.5'), ('runners', '1'),
-        ('runner RSS (MiB)', '600'), ('runner CPU (%)', '3.2'))
+        ('runner RSS (MiB)', '600'), ('runner CPU (%)', '350.0'),
+        ('model threads (num_thread)', '4'), ('model cores', '2-5 (4 of 6)'),
+        ('model nice', '10'), ('server + runners CPU (% of one core)', '351.5'),
+        ('its cores busy (%)', '91.0'), ('core 2 busy (%)', '90.0'),
+        ('core 3 busy (%)', '92.0'), ('core 4 busy (%)', '88.0'), ('core 5 busy (%)', '94.0'))
+
+
+def test_the_share_says_ollamas_default_threads_and_every_core_when_not_restricted():
+    everywhere = OllamaProcesses(server=ProcessSample(100, 0, 0.0, (0, 1), 0))
+    summary, shown = cpu_share(0, everywhere, (50.0, 30.0))
+    assert summary == "model share: Ollama's default threads on cores 0-1 at nice 0, using " \
+                      '0.0 cores'
+    assert dict(shown)['model cores'] == '0-1 (2 of 2)'
+    assert cpu_share(4, OllamaProcesses(), (50.0, 30.0)) == ('', [])
+    assert format_cores((0, 1, 2, 4, 6, 7)) == '0-2,4,6-7'
+    assert format_cores(()) == ''
 
 
 def test_an_adopted_server_says_so():
@@ -231,7 +253,8 @@ def test_the_server_error_clears_after_recovery():
     restarted = dataclasses.replace(RUNNING, restarts=1)
     report = server_status(serving(server=restarted, server_error=''), ServerProbe(True, LOADED),
                            PROCESSES, 1001.0)
-    assert (report.level, report.message) == (Level.OK, 'managed server running (active)')
+    assert report.level == Level.OK
+    assert report.message.startswith('managed server running (active); model share')
     assert values(report)['restarts'] == '1'
 
 
