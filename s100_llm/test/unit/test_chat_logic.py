@@ -56,11 +56,42 @@ def test_the_core_constants_are_the_interfaces():
     """core.chat is ROS-free: its copies of Chat.action's constants must equal them."""
     for name in ('THINK_DEFAULT', 'THINK_ON', 'THINK_OFF'):
         assert getattr(chat, name) == getattr(Chat.Goal, name), name
-    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR'):
+    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR', 'DONE_TOOL_CALLS'):
         assert getattr(chat, name) == getattr(Chat.Result, name), name
     constants = type(Chat.Result).__prepare__('Result', ())   # rosidl: the constants by name
     codes = {name: value for name, value in constants.items() if not name.startswith('DONE_')}
     assert codes == {code.name: code.value for code in chat.ErrorCode}
+
+
+SCHEMA = {'type': 'object', 'properties': {'place': {'type': 'string'}},
+          'required': ['place']}
+
+
+@pytest.mark.parametrize('text, fmt, done_reason, fragment', [
+    ('{"place": "hall"}', SCHEMA, 'stop', ''),
+    ('{"place": 3}', SCHEMA, 'stop', "does not match the format schema: 3 is not of type "
+     "'string' (at place)"),
+    ('{}', SCHEMA, 'stop', "'place' is a required property"),
+    ('{"pla', SCHEMA, 'length', 'not valid JSON: Unterminated string'),
+    ('{"pla', SCHEMA, 'length', 'cut by max_tokens'),
+    ('[1]', 'json', 'stop', ''),
+    ('free text', None, 'stop', ''),
+])
+def test_the_final_text_is_checked_against_the_format(text, fmt, done_reason, fragment):
+    found = chat.format_mismatch(text, fmt, done_reason)
+    assert fragment in found and bool(found) == bool(fragment), found
+
+
+def test_tools_need_the_capability_and_a_session_for_results():
+    tool = {'name': 'say', 'description': '', 'parameters_json': ''}
+    assert 'cannot call tools' in reason(tools=[tool])
+    sessions = SessionStore(5, 5)
+    request = ChatRequest(prompt='', tools=[tool], session_id='s', tool_results=[
+        {'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}])
+    assert 'has no tool calls' in validate(request, SETTINGS, sessions, ['tools'], 'm')
+    sessions.commit('s', '', 'say hi', '', tool_calls=[
+        {'function': {'name': 'say', 'arguments': {}}}])
+    assert validate(request, SETTINGS, sessions, ['tools'], 'm') == ''
 
 
 def test_a_good_goal_has_no_reason():
