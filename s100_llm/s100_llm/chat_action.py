@@ -60,7 +60,8 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
         context=[{'role': m.role, 'content': m.content, 'thinking': m.thinking}
                  for m in goal.context],
         think=goal.think, temperature=goal.temperature, top_p=goal.top_p, top_k=goal.top_k,
-        max_tokens=goal.max_tokens, seed=goal.seed, stop=list(goal.stop), format=goal.format,
+        max_tokens=goal.max_tokens, seed=goal.seed, stop=list(goal.stop),
+        output_format=goal.format,
         tools=[{'name': t.name, 'description': t.description,
                 'parameters_json': t.parameters_json} for t in goal.tools],
         tool_results=[{'tool_call_id': r.tool_call_id, 'name': r.name, 'content': r.content}
@@ -245,7 +246,8 @@ class ChatActionServer:
                 total_duration=outcome.total_duration, load_duration=outcome.load_duration,
                 prompt_eval_duration=outcome.prompt_eval_duration,
                 eval_duration=outcome.eval_duration),
-            tool_calls=[ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
+            tool_calls=[ToolCall(id=call.call_id, name=call.name,
+                                 arguments_json=call.arguments_json)
                         for call in outcome.tool_calls])
         code = outcome.error_code
         if code == ErrorCode.NONE:

@@ -78,7 +78,7 @@ class ChatRequest:
     seed: int = -1
     stop: List[str] = dataclasses.field(default_factory=list)
     # '' (free text), 'json', or a JSON Schema document (JSON text).
-    format: str = ''
+    output_format: str = ''     # Chat.Goal.format
     # {'name', 'description', 'parameters_json'} each.
     tools: List[Dict[str, str]] = dataclasses.field(default_factory=list)
     # {'tool_call_id', 'name', 'content'} each.
@@ -89,7 +89,7 @@ class ChatRequest:
 class ToolCall:
     """A call the model asked for; id is the node's (Ollama's client drops Ollama's own)."""
 
-    id: str
+    call_id: str    # ToolCall.id
     name: str
     arguments_json: str
 
@@ -133,7 +133,7 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
                 f'{MAX_CONTEXT_MESSAGES} are accepted')
     if len(request.tools) > MAX_TOOLS or len(request.tool_results) > MAX_TOOLS:
         return f'tools and tool_results take at most {MAX_TOOLS} entries each'
-    size = (len(request.prompt) + len(request.system_prompt) + len(request.format)
+    size = (len(request.prompt) + len(request.system_prompt) + len(request.output_format)
             + sum(len(m.get('content', '')) + len(m.get('thinking', ''))
                   for m in request.context)
             + sum(len(value) for entry in request.tools + request.tool_results
@@ -180,7 +180,7 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
         return f"reset_session: unknown session '{request.session_id}'"
     if request.context and request.session_id:
         return 'context is for single-turn goals; a session keeps its own history'
-    return (format_problem(request.format)
+    return (format_problem(request.output_format)
             or tools_problem(request, sessions, capabilities, model))
 
 
@@ -262,11 +262,12 @@ def _parameters_problem(text: str, name: str) -> str:
 
 def ollama_tools(tools: List[Dict[str, str]]) -> List[Dict[str, Any]]:
     """The goal's tools as Ollama's `tools` (function definitions)."""
-    return [{'type': 'function', 'function': {
-        'name': tool['name'], 'description': tool['description'],
-        'parameters': (json.loads(tool['parameters_json']) if tool['parameters_json']
-                       else {'type': 'object', 'properties': {}})}}
-        for tool in tools]
+    return [{'type': 'function',
+             'function': {'name': tool['name'], 'description': tool['description'],
+                          'parameters': (json.loads(tool['parameters_json'])
+                                         if tool['parameters_json']
+                                         else {'type': 'object', 'properties': {}})}}
+            for tool in tools]
 
 
 def format_mismatch(text: str, fmt: Any, done_reason: str) -> str:
@@ -447,7 +448,7 @@ class ChatRun:
         messages = self.sessions.messages(request.session_id, request.system_prompt,
                                           request.prompt, request.context, self.context_length,
                                           request.tool_results)
-        fmt = output_format(request.format)
+        fmt = output_format(request.output_format)
         calls: List[Tuple[str, Dict[str, Any]]] = []
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
         outcome = ChatOutcome(error_code=ErrorCode.NONE)

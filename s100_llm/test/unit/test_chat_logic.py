@@ -69,8 +69,8 @@ SCHEMA = {'type': 'object', 'properties': {'place': {'type': 'string'}},
 
 @pytest.mark.parametrize('text, fmt, done_reason, fragment', [
     ('{"place": "hall"}', SCHEMA, 'stop', ''),
-    ('{"place": 3}', SCHEMA, 'stop', "does not match the format schema: 3 is not of type "
-     "'string' (at place)"),
+    ('{"place": 3}', SCHEMA, 'stop',
+     "does not match the format schema: 3 is not of type 'string' (at place)"),
     ('{}', SCHEMA, 'stop', "'place' is a required property"),
     ('{"pla', SCHEMA, 'length', 'not valid JSON: Unterminated string'),
     ('{"pla', SCHEMA, 'length', 'cut by max_tokens'),
