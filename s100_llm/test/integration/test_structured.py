@@ -1,6 +1,8 @@
 """Issue 15: structured output (format) and tool calls through the chat action."""
 
 import json
+import os
+import subprocess
 
 from action_msgs.msg import GoalStatus
 from jsonschema.validators import validator_for
@@ -9,6 +11,7 @@ from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
 
+from harness import install_prefix
 from harness import wait_for
 
 ROBOT_COMMAND = {
@@ -87,6 +90,19 @@ def test_truncated_json_ends_format_mismatch_with_the_raw_text(active):
     assert 'FORMAT_MISMATCH' in llm.client.wait_log('chat aborted')
 
 
+def test_a_whole_answer_that_breaks_the_schema_ends_format_mismatch(active):
+    # Ollama's grammar compiler does not enforce every JSON Schema keyword; the scripted model
+    # enforces none of the bounds (its integer is the word count of its answer, here 6), so its
+    # whole, parsing answer breaks "maximum": the node's own check catches it.
+    llm = active()
+    run = llm.client.send_chat(Chat.Goal(prompt='go to the hall now', format=json.dumps(
+        ROBOT_COMMAND)))
+    result = assert_aborted(run, Chat.Result.FORMAT_MISMATCH,
+                            'does not match the format schema: 6 is greater than the maximum '
+                            'of 5 (at speed)')
+    assert json.loads(result.text)['speed'] == 6
+
+
 def test_a_cut_json_mode_answer_ends_format_mismatch(active):
     # (A complete answer that parses but breaks the schema cannot come from a constrained
     # model: test_chat_logic checks that case on the node's check itself.)
@@ -96,6 +112,7 @@ def test_a_cut_json_mode_answer_ends_format_mismatch(active):
     assert_aborted(run, Chat.Result.FORMAT_MISMATCH, 'not valid JSON')
 
 
+PLACE = {'type': 'object', 'properties': {'place': {'type': 'string'}}, 'required': ['place']}
 NAVIGATE = Tool(name='navigate_to', description='Drive the robot to a named place.',
                 parameters_json=json.dumps({'type': 'object', 'properties': {
                     'place': {'type': 'string'}}, 'required': ['place']}))
@@ -144,3 +161,61 @@ def test_bad_tool_fields_end_invalid_goal_with_their_reason(active, fields, reas
     llm = active(model='tooler:latest')
     run = llm.client.send_chat(Chat.Goal(prompt='x', **fields))
     assert_aborted(run, Chat.Result.INVALID_GOAL, reason)
+
+
+def test_capabilities_are_in_the_model_status(active):
+    llm = active(model='tooler:latest')
+    statuses = llm.client.fresh_statuses(lambda s: 'llm: Model' in s, 'the Model status')
+    capabilities = {kv.key: kv.value for kv in statuses['llm: Model'].values}['capabilities']
+    assert set(capabilities.split(', ')) == {'completion', 'tools'}
+
+
+def test_a_thinking_model_keeps_its_reasoning_out_of_the_json(active):
+    llm = active(model='thinker:latest')
+    run = llm.client.chat('the hall', format=json.dumps(ROBOT_COMMAND))
+    assert run.status == GoalStatus.STATUS_SUCCEEDED, run.result.error_message
+    assert run.result.thinking.startswith('Thinking about')
+    validator_for(ROBOT_COMMAND)(ROBOT_COMMAND).validate(json.loads(run.result.text))
+
+
+def cli(domain_id, *arguments, stdin=None):
+    done = subprocess.run([str(install_prefix() / 'lib' / 's100_llm' / 'chat'), *arguments],
+                          env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)), input=stdin,
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_chat_cli_format_and_tools(active, domain_id, tmp_path):
+    active(model='tooler:latest')
+    schema = tmp_path / 'command.schema.json'
+    schema.write_text(json.dumps(PLACE))
+    code, out, err = cli(domain_id, '--format', str(schema), 'go to the hall')
+    assert code == 0, err
+    validator_for(PLACE)(PLACE).validate(json.loads(out))
+    tools = tmp_path / 'tools.json'
+    tools.write_text(json.dumps([{'type': 'function', 'function': {
+        'name': 'navigate_to', 'description': 'Drive somewhere.',
+        'parameters': json.loads(NAVIGATE.parameters_json)}}]))
+    code, out, err = cli(domain_id, '--tools', str(tools), 'navigate_to place=dock')
+    assert code == 0, err
+    assert out.startswith('tool call call_') and out.endswith(
+        ': navigate_to {"place": "dock"}\n')
+    assert '[tool_calls]' in err
+    # Interactive: the user answers the call, the model continues from the result.
+    code, out, err = cli(domain_id, '--tools', str(tools),
+                         stdin='navigate_to place=dock\ndocked\n\n')
+    assert code == 0, err
+    assert 'navigate_to returned: docked' in out
+    assert 'capabilities: completion, tools' in err
+
+
+def test_chat_cli_info_and_unusable_files(active, domain_id, tmp_path):
+    active(model='thinker:latest')
+    code, out, err = cli(domain_id, '--info')
+    assert (code, out) == (0, 'model thinker:latest, capabilities: completion, thinking\n'), err
+    bad = tmp_path / 'tools.json'
+    bad.write_text('{"name": "x"}')
+    code, out, err = cli(domain_id, '--tools', str(bad), 'hi')
+    assert code == 2 and 'must hold a JSON list of tool objects' in err
+    code, out, err = cli(domain_id, '--format', str(tmp_path / 'missing.json'), 'hi')
+    assert code == 2 and 'cannot read' in err
