@@ -10,6 +10,7 @@ import pytest
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
+from std_msgs.msg import String
 
 from harness import install_prefix
 from harness import wait_for
@@ -219,3 +220,31 @@ def test_chat_cli_info_and_unusable_files(active, domain_id, tmp_path):
     assert code == 2 and 'must hold a JSON list of tool objects' in err
     code, out, err = cli(domain_id, '--format', str(tmp_path / 'missing.json'), 'hi')
     assert code == 2 and 'cannot read' in err
+
+
+def test_the_robot_skills_example_runs_the_calls_and_prints_the_answer(active, domain_id):
+    llm = active(model='tooler:latest')
+    published = []
+    llm.client.node.create_subscription(String, '/robot_skills/skill_calls',
+                                        lambda m: published.append(json.loads(m.data)), 10)
+    done = subprocess.run(
+        [str(install_prefix() / 'lib' / 's100_llm' / 'robot_skills'),
+         'navigate_to place=kitchen then report_battery'],
+        env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)), capture_output=True, text=True,
+        timeout=60)
+    assert done.returncode == 0, done.stderr
+    # The model called both skills; after their results it answered from the last one.
+    assert done.stdout == 'report_battery returned: battery at 87 %\n'
+    assert 'skill call: navigate_to {"place": "kitchen"}' in done.stderr
+    wait_for(lambda: len(published) == 2, 'both skill calls on ~/skill_calls')
+    assert published == [{'name': 'navigate_to', 'arguments': {'place': 'kitchen'}},
+                         {'name': 'report_battery', 'arguments': {}}]
+
+
+def test_the_robot_skills_example_says_why_a_model_cannot_serve(active, domain_id):
+    active()    # echo: no tools capability
+    done = subprocess.run(
+        [str(install_prefix() / 'lib' / 's100_llm' / 'robot_skills'), 'say text=hi'],
+        env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)), capture_output=True, text=True,
+        timeout=60)
+    assert done.returncode == 1 and "model 'echo:latest' cannot call tools" in done.stderr
