@@ -237,13 +237,18 @@ def tools_problem(request: ChatRequest, sessions: SessionStore, capabilities: Li
         if not request.session_id:
             return ('tool_results need the session_id of the turn whose tool calls they '
                     'answer')
-        if request.session_id not in sessions or request.reset_session:
+        pending = {} if request.reset_session else sessions.pending_calls(request.session_id)
+        if not pending:
             return (f"tool_results: session '{request.session_id}' has no tool calls to "
-                    'answer (unknown or reset)')
+                    'answer (unknown, reset, or its last turn called no tool)')
         for result in request.tool_results:
-            if not TOOL_NAME.fullmatch(result['name']):
-                return (f"tool result name {result['name'][:70]!r} must be the called tool's "
-                        'name')
+            call_id = result['tool_call_id']
+            if call_id not in pending:
+                return (f'tool_results: {call_id[:70]!r} is not a tool call of the last turn '
+                        f"(its calls: {', '.join(sorted(pending))})")
+            if result['name'] != pending[call_id]:
+                return (f"tool_results: call {call_id} was to '{pending[call_id]}', not "
+                        f"{result['name'][:70]!r}")
     return ''
 
 
@@ -512,7 +517,7 @@ class ChatRun:
             outcome.done_reason = DONE_TOOL_CALLS
             outcome.tool_calls = [
                 ToolCall(f'call_{uuid.uuid4().hex[:8]}', name, json.dumps(arguments))
-                for name, arguments in calls]
+                for name, arguments in calls]   # Ollama's client drops Ollama's own ids
         else:
             mismatch = format_mismatch(outcome.text, fmt, outcome.done_reason)
             if mismatch:    # the session keeps no turn whose answer is unusable
@@ -525,7 +530,8 @@ class ChatRun:
                 request.session_id, request.system_prompt, request.prompt, outcome.text,
                 request.tool_results,
                 [{'function': {'name': name, 'arguments': arguments}}
-                 for name, arguments in calls])
+                 for name, arguments in calls],
+                [call.call_id for call in outcome.tool_calls])
         return outcome
 
     def _canceled(self, outcome: ChatOutcome, text: List[str],

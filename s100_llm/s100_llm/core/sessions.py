@@ -21,6 +21,8 @@ CHARS_PER_TOKEN = 4
 class Session:
     system_prompt: str = ''
     turns: List[List[Message]] = dataclasses.field(default_factory=list)  # one per goal
+    # The last turn's tool calls, id -> tool name: what the next goal's tool_results answer.
+    pending_calls: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def turn_count(self) -> int:
@@ -73,11 +75,13 @@ class SessionStore:
 
     def commit(self, session_id: str, system_prompt: str, prompt: str, answer: str,
                tool_results: Sequence[Message] = (),
-               tool_calls: Sequence[Message] = ()) -> int:
+               tool_calls: Sequence[Message] = (),
+               call_ids: Sequence[str] = ()) -> int:
         """Store a completed turn; returns the session's number of turns.
 
         The turn is the goal's tool results and prompt, then the assistant's answer with the
-        tool calls it made (Ollama's `tool_calls` form), so that the next turn can answer them.
+        tool calls it made (Ollama's `tool_calls` form, with their ids in call_ids), so that
+        the next turn can answer them.
         The model's reasoning is not kept: it is not sent back to the model on later turns
         (it would fill the context), which is what reasoning models expect.
         """
@@ -89,12 +93,20 @@ class SessionStore:
             if system_prompt:
                 session.system_prompt = system_prompt
             session.turns.append(request_messages(prompt, tool_results) + [assistant])
+            session.pending_calls = {
+                call_id: call['function']['name'] for call_id, call in zip(call_ids, tool_calls)}
             while len(session.turns) > self.max_turns:
                 _drop_oldest(session.turns)
             self._sessions[session_id] = session  # most recently used last
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
             return session.turn_count
+
+    def pending_calls(self, session_id: str) -> Dict[str, str]:
+        """The tool calls of the session's last turn (id -> name); empty when none."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            return dict(session.pending_calls) if session else {}
 
     def turn_count(self, session_id: str) -> int:
         with self._lock:

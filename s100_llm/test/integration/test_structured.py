@@ -141,6 +141,11 @@ def test_a_two_step_tool_exchange_in_a_session(active):
     third = llm.client.chat('now say text=done', session_id='robot', tools=[NAVIGATE, SAY])
     [call] = third.result.tool_calls
     assert (call.name, json.loads(call.arguments_json)) == ('say', {'text': 'done'})
+    # A result must answer a call of the last turn, by its id and tool.
+    stale = llm.client.send_chat(Chat.Goal(session_id='robot', tool_results=[
+        ToolResult(tool_call_id='call_0000', name='say', content='x')]))
+    assert_aborted(stale, Chat.Result.INVALID_GOAL,
+                   f"'call_0000' is not a tool call of the last turn (its calls: {call.id})")
 
 
 def test_tools_on_a_model_without_the_capability_end_invalid_goal(active):
