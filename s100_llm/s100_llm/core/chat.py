@@ -200,6 +200,8 @@ def format_problem(text: str) -> str:
         schema = json.loads(text)
     except ValueError as error:
         return f'format is neither "json" nor a JSON document (a JSON Schema): {error}'
+    except RecursionError:
+        return f'format is nested deeper than {_DEPTH_NOTE}'
     if not isinstance(schema, dict):
         return 'format must be "json" or a JSON Schema object ({...})'
     return schema_problem(schema, 'format')
@@ -211,9 +213,22 @@ def schema_problem(schema: Dict[str, Any], what: str) -> str:
         validator_for(schema).check_schema(schema)
     except SchemaError as error:
         path = '/'.join(str(p) for p in error.absolute_path)
-        return f'{what} is not a valid JSON Schema: {error.message}' + (
-            f' (at {path})' if path else '')
+        return f'{what} is not a valid JSON Schema: {_brief(error.message)}' + (
+            f' (at {_brief(path)})' if path else '')
+    except RecursionError:
+        return f'{what} is nested deeper than {_DEPTH_NOTE}'
     return ''
+
+
+# Deeply nested JSON exhausts Python's recursion limit (in json and jsonschema) long before
+# max_prompt_chars: such a document is refused, not a crash of the goal's callback.
+_DEPTH_NOTE = "Python's JSON parser and jsonschema can follow"
+MAX_QUOTE_CHARS = 300
+
+
+def _brief(text: str) -> str:
+    """text, cut to MAX_QUOTE_CHARS: jsonschema's messages quote the offending value whole."""
+    return text if len(text) <= MAX_QUOTE_CHARS else text[:MAX_QUOTE_CHARS] + '...'
 
 
 def tools_problem(request: ChatRequest, sessions: SessionStore, capabilities: List[str],
@@ -259,6 +274,8 @@ def _parameters_problem(text: str, name: str) -> str:
         schema = json.loads(text)
     except ValueError as error:
         return f"tool '{name}': parameters_json is not JSON: {error}"
+    except RecursionError:
+        return f"tool '{name}': parameters_json is nested deeper than {_DEPTH_NOTE}"
     if not isinstance(schema, dict) or schema.get('type', 'object') != 'object':
         return (f"tool '{name}': parameters_json must be a JSON Schema of type object "
                 '({"type": "object", "properties": {...}})')
@@ -286,14 +303,18 @@ def format_mismatch(text: str, fmt: Any, done_reason: str) -> str:
         document = json.loads(text)
     except ValueError as error:
         return f'the answer is not valid JSON: {error}{cut}'
+    except RecursionError:
+        return f'the answer is nested deeper than {_DEPTH_NOTE}'
     if fmt == FORMAT_JSON:
         return ''
     try:
         validator_for(fmt)(fmt).validate(document)
     except ValidationError as error:
         path = '/'.join(str(p) for p in error.absolute_path)
-        return (f'the answer does not match the format schema: {error.message}'
-                + (f' (at {path})' if path else '') + cut)
+        return (f'the answer does not match the format schema: {_brief(error.message)}'
+                + (f' (at {_brief(path)})' if path else '') + cut)
+    except RecursionError:
+        return f'the answer is nested deeper than {_DEPTH_NOTE}'
     return ''
 
 

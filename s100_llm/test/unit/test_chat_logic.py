@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -80,6 +81,20 @@ SCHEMA = {'type': 'object', 'properties': {'place': {'type': 'string'}},
 def test_the_final_text_is_checked_against_the_format(text, fmt, done_reason, fragment):
     found = chat.format_mismatch(text, fmt, done_reason)
     assert fragment in found and bool(found) == bool(fragment), found
+
+
+def test_deep_or_huge_json_is_refused_with_a_bounded_reason():
+    deep = '[' * 20000
+    settings = ChatSettings(max_prompt_chars=100000)
+    request = ChatRequest(prompt='x', output_format=deep)
+    found = validate(request, settings, SessionStore(5, 5), [], 'm')
+    assert found.startswith('format is nested deeper than'), found
+    # JSON that parses, but too deep for jsonschema's recursion.
+    nested = '{"type": "object", "properties": {"a": ' * 600 + '{}' + '}}' * 600
+    assert 'nested deeper' in chat.format_problem(nested)
+    assert 'nested deeper' in chat.format_mismatch('[' * 20000 + ']' * 20000, 'json', 'stop')
+    huge_enum = json.dumps({'type': 'string', 'enum': 'x' * 50000})
+    assert len(chat.format_problem(huge_enum)) < 400
 
 
 def test_tools_need_the_capability_and_a_session_for_results():
