@@ -30,6 +30,7 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import GenerationStats
+from s100_llm_msgs.msg import ToolCall
 
 from .core.admission import Admission
 from .core.chat import ChatOutcome
@@ -61,7 +62,12 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
         context=[{'role': m.role, 'content': m.content, 'thinking': m.thinking}
                  for m in goal.context],
         think=goal.think, temperature=goal.temperature, top_p=goal.top_p, top_k=goal.top_k,
-        max_tokens=goal.max_tokens, seed=goal.seed, stop=list(goal.stop))
+        max_tokens=goal.max_tokens, seed=goal.seed, stop=list(goal.stop),
+        output_format=goal.format,
+        tools=[{'name': t.name, 'description': t.description,
+                'parameters_json': t.parameters_json} for t in goal.tools],
+        tool_results=[{'tool_call_id': r.tool_call_id, 'name': r.name, 'content': r.content}
+                      for r in goal.tool_results])
 
 
 class ChatCounters:
@@ -247,7 +253,10 @@ class ChatActionServer:
                 tokens_per_second=outcome.tokens_per_second,
                 total_duration=outcome.total_duration, load_duration=outcome.load_duration,
                 prompt_eval_duration=outcome.prompt_eval_duration,
-                eval_duration=outcome.eval_duration))
+                eval_duration=outcome.eval_duration),
+            tool_calls=[ToolCall(id=call.call_id, name=call.name,
+                                 arguments_json=call.arguments_json)
+                        for call in outcome.tool_calls])
         code = outcome.error_code
         if code == ErrorCode.NONE:
             self.counters.served += 1

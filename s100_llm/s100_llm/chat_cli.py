@@ -2,18 +2,30 @@
 
     ros2 run s100_llm chat "What is the capital of France?"
     ros2 run s100_llm chat                     # interactive; one session for the whole talk
+    ros2 run s100_llm chat --format json "List three colours"
+    ros2 run s100_llm chat --format command.schema.json "Go to the kitchen"
+    ros2 run s100_llm chat --tools robot_tools.json "Go to the kitchen"
+    ros2 run s100_llm chat --info              # the served model and its capabilities
 
 Tokens are printed as they stream; reasoning is shown dimmed (--hide-thinking to hide it);
 Ctrl-C cancels the goal (the model stops at once) and, in interactive mode, a second Ctrl-C
 or an empty line / EOF quits. The statistics are printed at the end of each answer, and for a
 goal the node did not serve, its error code and reason (e.g. NOT_SERVING, INVALID_GOAL).
+The tool calls the model asks for are printed one a line, `tool call <id>: <name> <arguments>`;
+in interactive mode the CLI then asks for each result and sends them back in the session.
+Interactive mode and --info show the model and its capabilities (from the node's Model
+diagnostics status).
 """
 
 import argparse
+import json
+import pathlib
 import signal
 import sys
-from typing import Callable, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 import uuid
+
+from diagnostic_msgs.msg import DiagnosticArray
 
 import rclpy
 from rclpy.action import ActionClient
@@ -21,6 +33,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from s100_llm_msgs.action import Chat
+from s100_llm_msgs.msg import Tool
+from s100_llm_msgs.msg import ToolResult
 
 from s100_llm.core.chat import ErrorCode
 from s100_llm.qos import FEEDBACK_QOS
@@ -28,6 +42,45 @@ from s100_llm.qos import FEEDBACK_QOS
 DIM, RESET = '\x1b[2m', '\x1b[0m'
 THINK = {'default': Chat.Goal.THINK_DEFAULT, 'on': Chat.Goal.THINK_ON,
          'off': Chat.Goal.THINK_OFF}
+# How long --info and interactive mode wait for the node's Model diagnostics status.
+INFO_WAIT = 3.0
+
+
+class UsageError(Exception):
+    """A --format or --tools file that cannot be used; the message says why."""
+
+
+def read_format(value: str) -> str:
+    """--format: 'json' or the text of a JSON Schema file (the node validates the schema)."""
+    if value in ('', 'json'):
+        return value
+    try:
+        return pathlib.Path(value).read_text()
+    except OSError as error:
+        raise UsageError(f'--format: cannot read {value}: {error.strerror}') from None
+
+
+def read_tools(path: str) -> List[Tool]:
+    """--tools: a JSON list of tools, each {name, description, parameters} (a JSON Schema
+    object), or Ollama's / OpenAI's {"type": "function", "function": {...}} form."""
+    if not path:
+        return []
+    try:
+        entries = json.loads(pathlib.Path(path).read_text())
+    except OSError as error:
+        raise UsageError(f'--tools: cannot read {path}: {error.strerror}') from None
+    except ValueError as error:
+        raise UsageError(f'--tools: {path} is not JSON: {error}') from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UsageError(f'--tools: {path} must hold a JSON list of tool objects')
+    tools = []
+    for entry in entries:
+        function: Dict[str, Any] = entry.get('function', entry)
+        parameters = function.get('parameters')
+        tools.append(Tool(name=str(function.get('name', '')),
+                          description=str(function.get('description', '')),
+                          parameters_json=json.dumps(parameters) if parameters else ''))
+    return tools
 
 
 class ChatClient:
@@ -40,6 +93,9 @@ class ChatClient:
         self.color = color
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(node)
+        self.model_status: Dict[str, str] = {}
+        self._model_status_name = f"{action.strip('/').rsplit('/', 1)[0]}: Model"
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self._in_thinking = False
         self._printed = ''
         self.asking = False
@@ -47,6 +103,21 @@ class ChatClient:
 
     def wait_for_server(self, timeout: float) -> bool:
         return self.client.wait_for_server(timeout_sec=timeout)
+
+    def _on_diagnostics(self, message: DiagnosticArray) -> None:
+        for status in message.status:
+            if status.name == self._model_status_name:
+                self.model_status = {kv.key: kv.value for kv in status.values}
+
+    def model_info(self, timeout: float) -> str:
+        """'model <name>, capabilities: ...' from the node's Model status, or why not."""
+        deadline = self.node.get_clock().now().nanoseconds + int(timeout * 1e9)
+        self._spin_until(lambda: bool(self.model_status)
+                         or self.node.get_clock().now().nanoseconds > deadline)
+        if not self.model_status:
+            return f'no Model status from {self._model_status_name.split(":")[0]} on /diagnostics'
+        capabilities = self.model_status.get('capabilities') or 'unknown (model not loaded)'
+        return f"model {self.model_status.get('model', '?')}, capabilities: {capabilities}"
 
     def on_sigint(self, number: int, frame: object) -> None:
         """Ctrl-C cancels the goal being asked; at the prompt it quits (KeyboardInterrupt).
@@ -111,6 +182,12 @@ class ChatClient:
             self._in_thinking = False
 
 
+def print_tool_calls(result: Chat.Result, out: TextIO) -> None:
+    for call in result.tool_calls:
+        out.write(f'tool call {call.id}: {call.name} {call.arguments_json}\n')
+    out.flush()
+
+
 def print_stats(result: Chat.Result) -> None:
     stats = result.stats
     line = (f'[{result.done_reason}] {stats.completion_tokens} tokens, '
@@ -132,6 +209,12 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--hide-thinking', action='store_true')
     parser.add_argument('--max-tokens', type=int, default=0)
     parser.add_argument('--temperature', type=float, default=-1.0)
+    parser.add_argument('--format', default='', metavar='json|SCHEMA_FILE',
+                        help='structured output: "json", or a file holding a JSON Schema')
+    parser.add_argument('--tools', default='', metavar='TOOLS_FILE',
+                        help='a JSON file listing the tools the model may call')
+    parser.add_argument('--info', action='store_true',
+                        help='print the served model and its capabilities, then exit')
     parser.add_argument('--wait', type=float, default=10.0,
                         help='seconds to wait for the action server')
     return parser.parse_args(argv)
@@ -139,6 +222,11 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        output_format, tools = read_format(args.format), read_tools(args.tools)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
     # Ctrl-C cancels the goal (ChatClient.on_sigint); it must not shut rclpy down.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = Node(f'chat_cli_{uuid.uuid4().hex[:8]}')
@@ -150,18 +238,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'no chat action server at {args.node}/chat (is the node running?)',
                   file=sys.stderr)
             return 2
+        if args.info:
+            print(client.model_info(INFO_WAIT))
+            return 0 if client.model_status else 1
         session = args.session or ('' if args.prompt else f'cli-{uuid.uuid4().hex[:8]}')
 
-        def goal_for(prompt: str) -> Chat.Goal:
+        def goal_for(prompt: str, tool_results: Optional[List[ToolResult]] = None) -> Chat.Goal:
             return Chat.Goal(prompt=prompt, system_prompt=args.system, session_id=session,
                              think=THINK[args.think], max_tokens=args.max_tokens,
-                             temperature=args.temperature)
+                             temperature=args.temperature, format=output_format, tools=tools,
+                             tool_results=tool_results or [])
         if args.prompt:
             result = client.ask(goal_for(args.prompt))
             if result is None:
                 return 1
+            print_tool_calls(result, sys.stdout)
             print_stats(result)
             return 0 if result.error_code == Chat.Result.NONE else 1
+        print(client.model_info(INFO_WAIT), file=sys.stderr)
         return interactive(client, goal_for)
     except KeyboardInterrupt:   # Ctrl-C while waiting for the server
         return 130
@@ -182,6 +276,18 @@ def interactive(client: ChatClient, goal_for) -> int:
         if not prompt.strip():
             return 0
         result = client.ask(goal_for(prompt))
+        # While the model asks for tools, the user plays them: each result goes back.
+        while result is not None and result.tool_calls:
+            print_tool_calls(result, client.out)
+            print_stats(result)
+            try:
+                results = [ToolResult(tool_call_id=call.id, name=call.name,
+                                      content=input(f'{call.name} result> '))
+                           for call in result.tool_calls]
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return 0
+            result = client.ask(goal_for('', results))
         if result is not None:
             print_stats(result)
 

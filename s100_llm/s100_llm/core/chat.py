@@ -1,13 +1,21 @@
 """One chat turn, ROS-free: goal validation, the Ollama request, streaming with coalescing,
-reasoning kept apart from the answer, cancellation and the generation statistics.
+reasoning kept apart from the answer, cancellation, the generation statistics, structured
+output (the goal's format, checked against the final text) and tool calls.
 """
 
 import dataclasses
 import enum
+import json
 import math
+import re
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+import uuid
+
+from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import ValidationError
+from jsonschema.validators import validator_for
 
 from .config import ChatSettings
 from .engine import ChatCanceled
@@ -22,6 +30,8 @@ from .sessions import SessionStore
 # s100_llm_msgs/action/Chat.action; the core is ROS-free, so test_chat_logic ties these to it.
 THINK_DEFAULT, THINK_ON, THINK_OFF = 0, 1, 2
 DONE_STOP, DONE_LENGTH, DONE_CANCELED, DONE_ERROR = 'stop', 'length', 'canceled', 'error'
+DONE_TOOL_CALLS = 'tool_calls'
+FORMAT_JSON = 'json'
 
 
 class ErrorCode(enum.IntEnum):
@@ -36,6 +46,7 @@ class ErrorCode(enum.IntEnum):
     CANCELED = 6
     SERVER_FAILED = 7
     TIMEOUT = 8
+    FORMAT_MISMATCH = 9
 
 
 ROLES = ('system', 'user', 'assistant')
@@ -45,6 +56,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256            # per stop string
 MAX_SESSION_ID_CHARS = 128
 MAX_CONTEXT_MESSAGES = 1000     # context[] entries (their text counts in max_prompt_chars)
+MAX_TOOLS = 64                  # tools[] and tool_results[] entries (their text counts too)
+# Ollama's function names (and what OpenAI-style tool parsers accept).
+TOOL_NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')
 
 
 @dataclasses.dataclass
@@ -63,6 +77,21 @@ class ChatRequest:
     max_tokens: int = 0
     seed: int = -1
     stop: List[str] = dataclasses.field(default_factory=list)
+    # '' (free text), 'json', or a JSON Schema document (JSON text).
+    output_format: str = ''     # Chat.Goal.format
+    # {'name', 'description', 'parameters_json'} each.
+    tools: List[Dict[str, str]] = dataclasses.field(default_factory=list)
+    # {'tool_call_id', 'name', 'content'} each.
+    tool_results: List[Dict[str, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    """A call the model asked for; id is the node's (Ollama's client drops Ollama's own)."""
+
+    call_id: str    # ToolCall.id
+    name: str
+    arguments_json: str
 
 
 @dataclasses.dataclass
@@ -82,6 +111,7 @@ class ChatOutcome:
     prompt_eval_duration: float = 0.0
     eval_duration: float = 0.0
     feedback_messages: int = 0
+    tool_calls: List[ToolCall] = dataclasses.field(default_factory=list)
 
     @classmethod
     def unserved(cls, error_code: ErrorCode, error_message: str) -> 'ChatOutcome':
@@ -101,12 +131,17 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
     if len(request.context) > MAX_CONTEXT_MESSAGES:
         return (f'context has {len(request.context)} messages; at most '
                 f'{MAX_CONTEXT_MESSAGES} are accepted')
-    size = (len(request.prompt) + len(request.system_prompt)
+    if len(request.tools) > MAX_TOOLS or len(request.tool_results) > MAX_TOOLS:
+        return f'tools and tool_results take at most {MAX_TOOLS} entries each'
+    size = (len(request.prompt) + len(request.system_prompt) + len(request.output_format)
             + sum(len(m.get('content', '')) + len(m.get('thinking', ''))
-                  for m in request.context))
+                  for m in request.context)
+            + sum(len(value) for entry in request.tools + request.tool_results
+                  for value in entry.values()))
     if size > settings.max_prompt_chars:
-        return (f'prompt, system prompt and context (with its thinking) have {size} '
-                f'characters; the limit (max_prompt_chars) is {settings.max_prompt_chars}')
+        return (f'prompt, system prompt, format, tools, tool results and context (with its '
+                f'thinking) have {size} characters; the limit (max_prompt_chars) is '
+                f'{settings.max_prompt_chars}')
     if len(request.session_id) > MAX_SESSION_ID_CHARS:
         return (f'session_id has {len(request.session_id)} characters; at most '
                 f'{MAX_SESSION_ID_CHARS} are accepted')
@@ -120,8 +155,8 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
         if message.get('role') not in ROLES:
             return (f"context role {message.get('role', '')[:20]!r} must be one of "
                     f"{', '.join(ROLES)}")
-    if not request.prompt.strip():
-        return 'prompt is empty'
+    if not request.prompt.strip() and not request.tool_results:
+        return 'prompt is empty (it may be empty only with tool_results)'
     if request.think not in (THINK_DEFAULT, THINK_ON, THINK_OFF):
         return ('think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not '
                 f'{request.think}')
@@ -145,6 +180,141 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
         return f"reset_session: unknown session '{request.session_id}'"
     if request.context and request.session_id:
         return 'context is for single-turn goals; a session keeps its own history'
+    return (format_problem(request.output_format)
+            or tools_problem(request, sessions, capabilities, model))
+
+
+def output_format(text: str) -> Any:
+    """Ollama's `format` for the goal's format field: None, 'json' or the schema (a dict).
+    The field must have passed format_problem()."""
+    if text in ('', FORMAT_JSON):
+        return text or None
+    return json.loads(text)
+
+
+def format_problem(text: str) -> str:
+    """Why the goal's format is unusable, or ''."""
+    if text in ('', FORMAT_JSON):
+        return ''
+    try:
+        schema = json.loads(text)
+    except ValueError as error:
+        return f'format is neither "json" nor a JSON document (a JSON Schema): {error}'
+    except RecursionError:
+        return f'format is nested deeper than {_DEPTH_NOTE}'
+    if not isinstance(schema, dict):
+        return 'format must be "json" or a JSON Schema object ({...})'
+    return schema_problem(schema, 'format')
+
+
+def schema_problem(schema: Dict[str, Any], what: str) -> str:
+    """Why schema is not a valid JSON Schema (under its own meta-schema), or ''."""
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as error:
+        path = '/'.join(str(p) for p in error.absolute_path)
+        return f'{what} is not a valid JSON Schema: {_brief(error.message)}' + (
+            f' (at {_brief(path)})' if path else '')
+    except RecursionError:
+        return f'{what} is nested deeper than {_DEPTH_NOTE}'
+    return ''
+
+
+# Deeply nested JSON exhausts Python's recursion limit (in json and jsonschema) long before
+# max_prompt_chars: such a document is refused, not a crash of the goal's callback.
+_DEPTH_NOTE = "Python's JSON parser and jsonschema can follow"
+MAX_QUOTE_CHARS = 300
+
+
+def _brief(text: str) -> str:
+    """text, cut to MAX_QUOTE_CHARS: jsonschema's messages quote the offending value whole."""
+    return text if len(text) <= MAX_QUOTE_CHARS else text[:MAX_QUOTE_CHARS] + '...'
+
+
+def tools_problem(request: ChatRequest, sessions: SessionStore, capabilities: List[str],
+                  model: str) -> str:
+    """Why the goal's tools or tool results are unusable, or ''."""
+    if request.tools and 'tools' not in capabilities:
+        return (f"model '{model}' cannot call tools (capabilities: {', '.join(capabilities)})"
+                '; send no tools or use a model with the "tools" capability')
+    names = set()
+    for tool in request.tools:
+        name = tool['name']
+        if not TOOL_NAME.fullmatch(name):
+            return (f'tool name {name[:70]!r} must be 1..64 letters, digits, "_" or "-"')
+        if name in names:
+            return f"tool '{name}' is offered twice"
+        names.add(name)
+        problem = _parameters_problem(tool['parameters_json'], name)
+        if problem:
+            return problem
+    if request.tool_results:
+        if not request.session_id:
+            return ('tool_results need the session_id of the turn whose tool calls they '
+                    'answer')
+        pending = {} if request.reset_session else sessions.pending_calls(request.session_id)
+        if not pending:
+            return (f"tool_results: session '{request.session_id}' has no tool calls to "
+                    'answer (unknown, reset, or its last turn called no tool)')
+        for result in request.tool_results:
+            call_id = result['tool_call_id']
+            if call_id not in pending:
+                return (f'tool_results: {call_id[:70]!r} is not a tool call of the last turn '
+                        f"(its calls: {', '.join(sorted(pending))})")
+            if result['name'] != pending[call_id]:
+                return (f"tool_results: call {call_id} was to '{pending[call_id]}', not "
+                        f"{result['name'][:70]!r}")
+    return ''
+
+
+def _parameters_problem(text: str, name: str) -> str:
+    if not text:
+        return ''
+    try:
+        schema = json.loads(text)
+    except ValueError as error:
+        return f"tool '{name}': parameters_json is not JSON: {error}"
+    except RecursionError:
+        return f"tool '{name}': parameters_json is nested deeper than {_DEPTH_NOTE}"
+    if not isinstance(schema, dict) or schema.get('type', 'object') != 'object':
+        return (f"tool '{name}': parameters_json must be a JSON Schema of type object "
+                '({"type": "object", "properties": {...}})')
+    return schema_problem(schema, f"tool '{name}': parameters_json")
+
+
+def ollama_tools(tools: List[Dict[str, str]]) -> List[Dict[str, Any]]:
+    """The goal's tools as Ollama's `tools` (function definitions)."""
+    return [{'type': 'function',
+             'function': {'name': tool['name'], 'description': tool['description'],
+                          'parameters': (json.loads(tool['parameters_json'])
+                                         if tool['parameters_json']
+                                         else {'type': 'object', 'properties': {}})}}
+            for tool in tools]
+
+
+def format_mismatch(text: str, fmt: Any, done_reason: str) -> str:
+    """Why the final text does not satisfy the goal's format (None, 'json' or a schema), or
+    ''. A text cut by max_tokens says so: it is the usual cause."""
+    if fmt is None:
+        return ''
+    cut = (' (the answer was cut by max_tokens or the context: done_reason length)'
+           if done_reason == DONE_LENGTH else '')
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        return f'the answer is not valid JSON: {error}{cut}'
+    except RecursionError:
+        return f'the answer is nested deeper than {_DEPTH_NOTE}'
+    if fmt == FORMAT_JSON:
+        return ''
+    try:
+        validator_for(fmt)(fmt).validate(document)
+    except ValidationError as error:
+        path = '/'.join(str(p) for p in error.absolute_path)
+        return (f'the answer does not match the format schema: {_brief(error.message)}'
+                + (f' (at {_brief(path)})' if path else '') + cut)
+    except RecursionError:
+        return f'the answer is nested deeper than {_DEPTH_NOTE}'
     return ''
 
 
@@ -302,7 +472,10 @@ class ChatRun:
         if request.reset_session:
             self.sessions.reset(request.session_id)
         messages = self.sessions.messages(request.session_id, request.system_prompt,
-                                          request.prompt, request.context, self.context_length)
+                                          request.prompt, request.context, self.context_length,
+                                          request.tool_results)
+        fmt = output_format(request.output_format)
+        calls: List[Tuple[str, Dict[str, Any]]] = []
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
         outcome = ChatOutcome(error_code=ErrorCode.NONE)
         # Chunks that carried text: Ollama streams one token per chunk, so this is the number
@@ -323,7 +496,8 @@ class ChatRun:
                 return self._canceled(outcome, text, thinking)
             self._stream = self.engine.chat(
                 self.model, messages, think, ollama_options(request, self.settings),
-                self.keep_alive, self.settings.stream_timeout)
+                self.keep_alive, self.settings.stream_timeout, output_format=fmt,
+                tools=ollama_tools(request.tools))
         try:
             while True:
                 chunk = self._stream.read(batch.due_in())
@@ -337,6 +511,7 @@ class ChatRun:
                 if (answer_part or thinking_part) and not outcome.time_to_first_token:
                     outcome.time_to_first_token = time.monotonic() - self.accepted_at
                 take(answer_part, thinking_part)
+                calls.extend(chunk.tool_calls)
                 if chunk.done:
                     break
             take(*splitter.flush())
@@ -359,9 +534,25 @@ class ChatRun:
         outcome.text, outcome.thinking = ''.join(text), ''.join(thinking)
         outcome.done_reason = DONE_LENGTH if chunk.done_reason == 'length' else DONE_STOP
         _fill_stats(outcome, chunk)
+        if calls:   # the model asked for tools: there is no answer to check yet
+            outcome.done_reason = DONE_TOOL_CALLS
+            outcome.tool_calls = [
+                ToolCall(f'call_{uuid.uuid4().hex[:8]}', name, json.dumps(arguments))
+                for name, arguments in calls]   # Ollama's client drops Ollama's own ids
+        else:
+            mismatch = format_mismatch(outcome.text, fmt, outcome.done_reason)
+            if mismatch:    # the session keeps no turn whose answer is unusable
+                outcome.done_reason = DONE_ERROR
+                outcome.error_code = ErrorCode.FORMAT_MISMATCH
+                outcome.error_message = mismatch
+                return outcome
         if request.session_id:
             outcome.session_turns = self.sessions.commit(
-                request.session_id, request.system_prompt, request.prompt, outcome.text)
+                request.session_id, request.system_prompt, request.prompt, outcome.text,
+                request.tool_results,
+                [{'function': {'name': name, 'arguments': arguments}}
+                 for name, arguments in calls],
+                [call.call_id for call in outcome.tool_calls])
         return outcome
 
     def _canceled(self, outcome: ChatOutcome, text: List[str],

@@ -13,7 +13,7 @@ import queue
 import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import ollama
@@ -84,6 +84,9 @@ class ChatChunk:
     load_duration: int = 0
     prompt_eval_duration: int = 0
     eval_duration: int = 0
+    # The tools the model called in this chunk: (name, arguments). Ollama sends each call
+    # whole, in any chunk (usually one before the final chunk).
+    tool_calls: Tuple[Tuple[str, Dict[str, Any]], ...] = ()
 
 
 _END = object()
@@ -109,7 +112,9 @@ class ChatStream:
                     eval_count=part.eval_count or 0, total_duration=part.total_duration or 0,
                     load_duration=part.load_duration or 0,
                     prompt_eval_duration=part.prompt_eval_duration or 0,
-                    eval_duration=part.eval_duration or 0))
+                    eval_duration=part.eval_duration or 0,
+                    tool_calls=tuple((call.function.name, dict(call.function.arguments or {}))
+                                     for call in message.tool_calls or ())))
             self._chunks.put(_END)
         except asyncio.CancelledError:
             self._chunks.put(ChatCanceled())
@@ -260,13 +265,21 @@ class OllamaEngine:
         return next((m for m in self.loaded(quick) if _canonical(m.name) == wanted), None)
 
     # ---- chat ----------------------------------------------------------------------------
-    def chat(self, model: str, messages: List[Dict[str, str]], think: Optional[bool],
-             options: Dict[str, Any], keep_alive: float, idle_timeout: float) -> ChatStream:
+    def chat(self, model: str, messages: List[Dict[str, Any]], think: Optional[bool],
+             options: Dict[str, Any], keep_alive: float, idle_timeout: float,
+             output_format: Any = None,
+             tools: Optional[List[Dict[str, Any]]] = None) -> ChatStream:
+        """Start a chat. output_format is Ollama's `format` ("json" or a JSON Schema dict;
+        None: free text); tools are Ollama's `tools` (function definitions)."""
         request: Dict[str, Any] = {'model': model, 'messages': messages,
                                    'options': {**options, **self.model_options},
                                    'keep_alive': _keep_alive(keep_alive)}
         if think is not None:
             request['think'] = think
+        if output_format:
+            request['format'] = output_format
+        if tools:
+            request['tools'] = tools
         return ChatStream(self._loop, self._async_client, request, idle_timeout)
 
 

@@ -1,15 +1,18 @@
 """Conversations kept by the node: per session_id a system prompt and the last turns.
 
-A turn (user message + assistant answer) is stored only when the chat completed; a canceled
-or failed chat leaves the session as it was, so a retry sees the same history.
+A turn is the messages of one chat goal: its tool results (role `tool`, answering the previous
+turn's tool calls) and user message, then the assistant's answer or tool calls. It is stored
+only when the chat completed; a canceled or failed chat leaves the session as it was, so a
+retry sees the same history. Trimming drops whole turns, oldest first, and never leaves tool
+results at the start without the assistant message that called the tools.
 """
 
 import collections
 import dataclasses
 import threading
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-Message = Dict[str, str]
+Message = Dict[str, Any]
 # A rough characters-per-token ratio for English text, to keep a session within the context.
 CHARS_PER_TOKEN = 4
 
@@ -17,11 +20,13 @@ CHARS_PER_TOKEN = 4
 @dataclasses.dataclass
 class Session:
     system_prompt: str = ''
-    turns: List[Message] = dataclasses.field(default_factory=list)  # user/assistant pairs
+    turns: List[List[Message]] = dataclasses.field(default_factory=list)  # one per goal
+    # The last turn's tool calls, id -> tool name: what the next goal's tool_results answer.
+    pending_calls: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def turn_count(self) -> int:
-        return len(self.turns) // 2
+        return len(self.turns)
 
 
 class SessionStore:
@@ -49,44 +54,78 @@ class SessionStore:
 
     def messages(self, session_id: str, system_prompt: str, prompt: str,
                  context: Optional[List[Message]] = None,
-                 context_tokens: int = 0) -> List[Message]:
-        """The messages to send for this turn: system, kept turns (trimmed), then the prompt."""
+                 context_tokens: int = 0,
+                 tool_results: Sequence[Message] = ()) -> List[Message]:
+        """The messages to send for this turn: system, kept turns (trimmed), then this turn's
+        tool results and prompt (see request_messages)."""
         with self._lock:
             session = self._sessions.get(session_id) if session_id else None
             system = system_prompt or (session.system_prompt if session else '')
             # A caller's context is sent without its reasoning, like a session's turns.
-            history = list(session.turns) if session else [
-                {'role': m['role'], 'content': m['content']} for m in context or []]
+            history = [{'role': m['role'], 'content': m['content']} for m in context or []]
+            turns = list(session.turns) if session else [   # trimmed two messages at a time
+                history[index:index + 2] for index in range(0, len(history), 2)]
         messages: List[Message] = [{'role': 'system', 'content': system}] if system else []
-        user = {'role': 'user', 'content': prompt}
+        current = request_messages(prompt, tool_results)
         if context_tokens > 0:
-            budget = context_tokens * CHARS_PER_TOKEN - _chars(messages + [user])
-            while history and _chars(history) > budget:
-                del history[:2]   # the oldest turn
-        return messages + history + [user]
+            budget = context_tokens * CHARS_PER_TOKEN - _chars(messages + current)
+            while turns and sum(_chars(turn) for turn in turns) > budget:
+                _drop_oldest(turns)
+        return messages + [m for turn in turns for m in turn] + current
 
-    def commit(self, session_id: str, system_prompt: str, prompt: str, answer: str) -> int:
+    def commit(self, session_id: str, system_prompt: str, prompt: str, answer: str,
+               tool_results: Sequence[Message] = (),
+               tool_calls: Sequence[Message] = (),
+               call_ids: Sequence[str] = ()) -> int:
         """Store a completed turn; returns the session's number of turns.
 
+        The turn is the goal's tool results and prompt, then the assistant's answer with the
+        tool calls it made (Ollama's `tool_calls` form, with their ids in call_ids), so that
+        the next turn can answer them.
         The model's reasoning is not kept: it is not sent back to the model on later turns
         (it would fill the context), which is what reasoning models expect.
         """
+        assistant: Message = {'role': 'assistant', 'content': answer}
+        if tool_calls:
+            assistant['tool_calls'] = [dict(call) for call in tool_calls]
         with self._lock:
             session = self._sessions.pop(session_id, None) or Session()
             if system_prompt:
                 session.system_prompt = system_prompt
-            session.turns += [{'role': 'user', 'content': prompt},
-                              {'role': 'assistant', 'content': answer}]
-            del session.turns[:max(0, len(session.turns) - 2 * self.max_turns)]
+            session.turns.append(request_messages(prompt, tool_results) + [assistant])
+            session.pending_calls = {
+                call_id: call['function']['name'] for call_id, call in zip(call_ids, tool_calls)}
+            while len(session.turns) > self.max_turns:
+                _drop_oldest(session.turns)
             self._sessions[session_id] = session  # most recently used last
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
             return session.turn_count
 
+    def pending_calls(self, session_id: str) -> Dict[str, str]:
+        """The tool calls of the session's last turn (id -> name); empty when none."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            return dict(session.pending_calls) if session else {}
+
     def turn_count(self, session_id: str) -> int:
         with self._lock:
             session = self._sessions.get(session_id)
             return session.turn_count if session else 0
+
+
+def request_messages(prompt: str, tool_results: Sequence[Message] = ()) -> List[Message]:
+    """A goal's own messages: its tool results (role `tool`), then its prompt if any."""
+    messages = [{'role': 'tool', 'content': r['content'], 'tool_name': r['name']}
+                for r in tool_results]
+    return messages + ([{'role': 'user', 'content': prompt}] if prompt else [])
+
+
+def _drop_oldest(turns: List[List[Message]]) -> None:
+    """Drop the oldest turn, and the turns after it that answer its tool calls."""
+    del turns[0]
+    while turns and turns[0] and turns[0][0]['role'] == 'tool':
+        del turns[0]
 
 
 def _chars(messages: List[Message]) -> int:

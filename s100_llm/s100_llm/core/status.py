@@ -256,6 +256,7 @@ def model_status(state: ServingState, model: str, probe: ServerProbe,
         ('size (MiB)', loaded.size // MiB if loaded else 0),
         ('runner RSS (MiB)', processes.runner_rss // MiB),
         ('context length', loaded.context_length if loaded else 0),
+        ('capabilities', ', '.join(state.capabilities)),
         ('expires at', loaded.expires_at if loaded else ''),
         ('pull progress (%)', f'{state.pull_progress * 100:.0f}'
          if state.pull_progress is not None else ''),

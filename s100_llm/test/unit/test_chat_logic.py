@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -56,11 +57,66 @@ def test_the_core_constants_are_the_interfaces():
     """core.chat is ROS-free: its copies of Chat.action's constants must equal them."""
     for name in ('THINK_DEFAULT', 'THINK_ON', 'THINK_OFF'):
         assert getattr(chat, name) == getattr(Chat.Goal, name), name
-    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR'):
+    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR', 'DONE_TOOL_CALLS'):
         assert getattr(chat, name) == getattr(Chat.Result, name), name
     constants = type(Chat.Result).__prepare__('Result', ())   # rosidl: the constants by name
     codes = {name: value for name, value in constants.items() if not name.startswith('DONE_')}
     assert codes == {code.name: code.value for code in chat.ErrorCode}
+
+
+SCHEMA = {'type': 'object', 'properties': {'place': {'type': 'string'}},
+          'required': ['place']}
+
+
+@pytest.mark.parametrize('text, fmt, done_reason, fragment', [
+    ('{"place": "hall"}', SCHEMA, 'stop', ''),
+    ('{"place": 3}', SCHEMA, 'stop',
+     "does not match the format schema: 3 is not of type 'string' (at place)"),
+    ('{}', SCHEMA, 'stop', "'place' is a required property"),
+    ('{"pla', SCHEMA, 'length', 'not valid JSON: Unterminated string'),
+    ('{"pla', SCHEMA, 'length', 'cut by max_tokens'),
+    ('[1]', 'json', 'stop', ''),
+    ('free text', None, 'stop', ''),
+])
+def test_the_final_text_is_checked_against_the_format(text, fmt, done_reason, fragment):
+    found = chat.format_mismatch(text, fmt, done_reason)
+    assert fragment in found and bool(found) == bool(fragment), found
+
+
+def test_deep_or_huge_json_is_refused_with_a_bounded_reason():
+    deep = '[' * 20000
+    settings = ChatSettings(max_prompt_chars=100000)
+    request = ChatRequest(prompt='x', output_format=deep)
+    found = validate(request, settings, SessionStore(5, 5), [], 'm')
+    assert found.startswith('format is nested deeper than'), found
+    # JSON that parses, but too deep for jsonschema's recursion.
+    nested = '{"type": "object", "properties": {"a": ' * 600 + '{}' + '}}' * 600
+    assert 'nested deeper' in chat.format_problem(nested)
+    assert 'nested deeper' in chat.format_mismatch('[' * 20000 + ']' * 20000, 'json', 'stop')
+    huge_enum = json.dumps({'type': 'string', 'enum': 'x' * 50000})
+    assert len(chat.format_problem(huge_enum)) < 400
+
+
+def test_tools_need_the_capability_and_a_session_for_results():
+    tool = {'name': 'say', 'description': '', 'parameters_json': ''}
+    assert 'cannot call tools' in reason(tools=[tool])
+    sessions = SessionStore(5, 5)
+    request = ChatRequest(prompt='', tools=[tool], session_id='s', tool_results=[
+        {'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}])
+    assert 'has no tool calls' in validate(request, SETTINGS, sessions, ['tools'], 'm')
+    sessions.commit('s', '', 'say hi', '', tool_calls=[
+        {'function': {'name': 'say', 'arguments': {}}}], call_ids=['call_1'])
+    assert validate(request, SETTINGS, sessions, ['tools'], 'm') == ''
+    request.tool_results[0]['name'] = 'jump'
+    assert "call call_1 was to 'say', not 'jump'" in validate(
+        request, SETTINGS, sessions, ['tools'], 'm')
+    request.tool_results[0].update(name='say', tool_call_id='call_9')
+    assert "'call_9' is not a tool call of the last turn (its calls: call_1)" in validate(
+        request, SETTINGS, sessions, ['tools'], 'm')
+    sessions.commit('s', '', '', 'done', request.tool_results)   # answered: nothing pending
+    request.tool_results[0]['tool_call_id'] = 'call_1'
+    assert 'its last turn called no tool' in validate(request, SETTINGS, sessions, ['tools'],
+                                                      'm')
 
 
 def test_a_good_goal_has_no_reason():

@@ -52,3 +52,22 @@ def test_caller_context_is_used_for_single_turns():
     store = SessionStore(max_turns=5, max_sessions=5)
     context = [{'role': 'user', 'content': 'earlier'}, {'role': 'assistant', 'content': 'ok'}]
     assert store.messages('', '', 'now', context)[:2] == context
+
+
+def test_a_tool_exchange_is_kept_whole_and_trimmed_with_its_call():
+    store = SessionStore(max_turns=2, max_sessions=5)
+    call = {'function': {'name': 'say', 'arguments': {'text': 'hi'}}}
+    store.commit('s', '', 'say hi', '', tool_calls=[call])
+    result = {'tool_call_id': 'call_1', 'name': 'say', 'content': 'said'}
+    assert store.messages('s', '', '', tool_results=[result])[-1] == {
+        'role': 'tool', 'content': 'said', 'tool_name': 'say'}
+    assert store.commit('s', '', '', 'I said hi', tool_results=[result]) == 2
+    assert store.messages('s', '', 'next') == [
+        {'role': 'user', 'content': 'say hi'},
+        {'role': 'assistant', 'content': '', 'tool_calls': [call]},
+        {'role': 'tool', 'content': 'said', 'tool_name': 'say'},
+        {'role': 'assistant', 'content': 'I said hi'},
+        {'role': 'user', 'content': 'next'}]
+    # Dropping the turn with the call drops the results that answer it.
+    store.commit('s', '', 'q', 'a')
+    assert [m['content'] for m in store.messages('s', '', 'next')] == ['q', 'a', 'next']

@@ -1,0 +1,1 @@
+"""Example behaviours built on the chat action (installed as console scripts)."""
