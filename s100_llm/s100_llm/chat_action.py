@@ -132,7 +132,11 @@ class ChatActionServer:
         goal = ChatGoal(handle, request_from_goal(handle.request), time.monotonic())
         with self._lock:
             self._goals[goal.uuid] = goal
-        code, reason = self._refusal(goal.request)
+        try:
+            code, reason = self._refusal(goal.request)
+        except Exception as error:  # a defect: the goal still gets a result that says so
+            self.node.get_logger().error(f'chat goal check failed: {error!r}')
+            code, reason = ErrorCode.UNKNOWN, f'internal error: {error!r}'
         if reason:
             self._refuse(goal, code, reason)
             return

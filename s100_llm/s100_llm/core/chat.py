@@ -208,7 +208,15 @@ def format_problem(text: str) -> str:
 
 
 def schema_problem(schema: Dict[str, Any], what: str) -> str:
-    """Why schema is not a valid JSON Schema (under its own meta-schema), or ''."""
+    """Why schema is not a valid JSON Schema (under its own meta-schema), or ''.
+
+    A reference outside the document is refused: jsonschema would fetch it from the network
+    while the answer is checked, with no timeout and no way to cancel it.
+    """
+    reference = _outside_reference(schema)
+    if reference:
+        return (f'{what} refers outside itself ({_brief(reference)}): only references within '
+                'the schema ("#/...") are allowed')
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as error:
@@ -217,6 +225,24 @@ def schema_problem(schema: Dict[str, Any], what: str) -> str:
             f' (at {_brief(path)})' if path else '')
     except RecursionError:
         return f'{what} is nested deeper than {_DEPTH_NOTE}'
+    except Exception as error:  # jsonschema's own errors on odd documents ("$schema": [])
+        return f'{what} is not a usable JSON Schema: {_brief(str(error))}'
+    return ''
+
+
+def _outside_reference(schema: Any) -> str:
+    """The first $ref / $dynamicRef that does not point into the schema itself, or ''."""
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ('$ref', '$dynamicRef') and not (
+                        isinstance(value, str) and value.startswith('#')):
+                    return str(value)
+                pending.append(value)
+        elif isinstance(node, list):
+            pending.extend(node)
     return ''
 
 
@@ -315,6 +341,8 @@ def format_mismatch(text: str, fmt: Any, done_reason: str) -> str:
                 + (f' (at {_brief(path)})' if path else '') + cut)
     except RecursionError:
         return f'the answer is nested deeper than {_DEPTH_NOTE}'
+    except Exception as error:  # the schema passed its check but cannot be applied
+        return f'the format schema could not be applied to the answer: {_brief(str(error))}'
     return ''
 
 

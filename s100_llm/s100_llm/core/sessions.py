@@ -3,8 +3,10 @@
 A turn is the messages of one chat goal: its tool results (role `tool`, answering the previous
 turn's tool calls) and user message, then the assistant's answer or tool calls. It is stored
 only when the chat completed; a canceled or failed chat leaves the session as it was, so a
-retry sees the same history. Trimming drops whole turns, oldest first, and never leaves tool
-results at the start without the assistant message that called the tools.
+retry sees the same history. Trimming drops whole turns, oldest first, with the turns that
+answer their tool calls, but never the newest turn (the next goal's tool results answer its
+calls): when a chain of tool calls outgrows the turn limit, the newest turn's own results may
+remain without the turn that called them.
 """
 
 import collections
@@ -70,7 +72,9 @@ class SessionStore:
         if context_tokens > 0:
             budget = context_tokens * CHARS_PER_TOKEN - _chars(messages + current)
             while turns and sum(_chars(turn) for turn in turns) > budget:
-                _drop_oldest(turns)
+                if tool_results and len(turns) == 1:
+                    break   # the turn whose tool calls these results answer stays
+                _drop_oldest(turns, keep_newest=bool(tool_results))
         return messages + [m for turn in turns for m in turn] + current
 
     def commit(self, session_id: str, system_prompt: str, prompt: str, answer: str,
@@ -96,7 +100,7 @@ class SessionStore:
             session.pending_calls = {
                 call_id: call['function']['name'] for call_id, call in zip(call_ids, tool_calls)}
             while len(session.turns) > self.max_turns:
-                _drop_oldest(session.turns)
+                _drop_oldest(session.turns, keep_newest=True)
             self._sessions[session_id] = session  # most recently used last
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
@@ -121,10 +125,13 @@ def request_messages(prompt: str, tool_results: Sequence[Message] = ()) -> List[
     return messages + ([{'role': 'user', 'content': prompt}] if prompt else [])
 
 
-def _drop_oldest(turns: List[List[Message]]) -> None:
-    """Drop the oldest turn, and the turns after it that answer its tool calls."""
+def _drop_oldest(turns: List[List[Message]], keep_newest: bool) -> None:
+    """Drop the oldest turn, and the turns after it that answer its tool calls; with
+    keep_newest, never the newest turn (the next goal's tool results answer its calls; its own
+    results then stay without the call they answered, which is better than losing the turn)."""
     del turns[0]
-    while turns and turns[0] and turns[0][0]['role'] == 'tool':
+    floor = 1 if keep_newest else 0
+    while len(turns) > floor and turns[0] and turns[0][0]['role'] == 'tool':
         del turns[0]
 
 

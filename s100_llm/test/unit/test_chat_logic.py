@@ -97,6 +97,26 @@ def test_deep_or_huge_json_is_refused_with_a_bounded_reason():
     assert len(chat.format_problem(huge_enum)) < 400
 
 
+@pytest.mark.parametrize('schema, reason', [
+    ({'$schema': []}, 'format is not a usable JSON Schema'),
+    ({'$ref': 'http://127.0.0.1:9/schema.json'}, 'format refers outside itself'),
+    ({'properties': {'a': {'$ref': 'other.json#/x'}}}, 'format refers outside itself'),
+])
+def test_schemas_that_jsonschema_cannot_use_safely_are_refused(schema, reason):
+    assert chat.format_problem(json.dumps(schema)).startswith(reason)
+
+
+def test_a_schema_referring_within_itself_is_fine_and_a_broken_one_is_a_mismatch():
+    local = {'$defs': {'n': {'type': 'integer'}}, 'type': 'object',
+             'properties': {'a': {'$ref': '#/$defs/n'}}}
+    assert chat.format_problem(json.dumps(local)) == ''
+    assert chat.format_mismatch('{"a": "x"}', local, 'stop').startswith(
+        'the answer does not match the format schema')
+    dangling = {'type': 'object', 'properties': {'a': {'$ref': '#/nowhere'}}}
+    assert chat.format_mismatch('{"a": 1}', dangling, 'stop').startswith(
+        'the format schema could not be applied to the answer')
+
+
 def test_tools_need_the_capability_and_a_session_for_results():
     tool = {'name': 'say', 'description': '', 'parameters_json': ''}
     assert 'cannot call tools' in reason(tools=[tool])

@@ -71,3 +71,29 @@ def test_a_tool_exchange_is_kept_whole_and_trimmed_with_its_call():
     # Dropping the turn with the call drops the results that answer it.
     store.commit('s', '', 'q', 'a')
     assert [m['content'] for m in store.messages('s', '', 'next')] == ['q', 'a', 'next']
+
+
+def test_a_tool_chain_longer_than_max_turns_keeps_its_newest_turn():
+    """Each turn answers the previous one's call: trimming must not take the newest with it."""
+    store = SessionStore(max_turns=2, max_sessions=5)
+    call = {'function': {'name': 'step', 'arguments': {}}}
+    store.commit('s', '', 'go', '', tool_calls=[call], call_ids=['c1'])
+    for number in (2, 3):
+        result = {'tool_call_id': f'c{number - 1}', 'name': 'step', 'content': f'r{number}'}
+        assert store.commit('s', '', '', '', tool_results=[result], tool_calls=[call],
+                            call_ids=[f'c{number}']) >= 1
+    assert store.pending_calls('s') == {'c3': 'step'}
+    sent = store.messages('s', '', '', tool_results=[
+        {'tool_call_id': 'c3', 'name': 'step', 'content': 'r4'}])
+    # The call the new result answers is still there, right before it.
+    assert sent[-2] == {'role': 'assistant', 'content': '', 'tool_calls': [call]}
+    assert sent[-1] == {'role': 'tool', 'content': 'r4', 'tool_name': 'step'}
+
+
+def test_trimming_to_the_context_keeps_the_call_that_the_results_answer():
+    store = SessionStore(max_turns=5, max_sessions=5)
+    call = {'function': {'name': 'say', 'arguments': {}}}
+    store.commit('s', '', 'x' * 400, '', tool_calls=[call], call_ids=['c1'])
+    sent = store.messages('s', '', '', context_tokens=10, tool_results=[
+        {'tool_call_id': 'c1', 'name': 'say', 'content': 'said'}])
+    assert [m['role'] for m in sent] == ['user', 'assistant', 'tool']
