@@ -47,6 +47,7 @@ class ErrorCode(enum.IntEnum):
     SERVER_FAILED = 7
     TIMEOUT = 8
     FORMAT_MISMATCH = 9
+    NO_IMAGE = 10
 
 
 ROLES = ('system', 'user', 'assistant')
