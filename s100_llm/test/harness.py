@@ -52,6 +52,9 @@ TRANSITIONS = {
 }
 # Generous bounds for "this must happen", never expectations of speed.
 WAIT = 60.0
+# A reply the node sent reaches a client within this or was dropped (see wait_until_answered).
+REPLY_WAIT = 10.0
+REPLY_ATTEMPTS = 5
 
 
 def free_port() -> int:
@@ -70,6 +73,14 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f'timed out after {timeout:g} s waiting for {what}')
         time.sleep(0.02)
+
+
+def _settles(future: Any) -> bool:
+    try:
+        wait_for(future.done, 'a reply', REPLY_WAIT)
+    except AssertionError:
+        return False
+    return True
 
 
 class RecordedLog(list):
@@ -303,6 +314,23 @@ class RosClient:
     def send_chat(self, goal: Chat.Goal) -> 'GoalRun':
         assert self.chat_client.wait_for_server(timeout_sec=WAIT), 'no chat action server'
         return GoalRun(self, goal)
+
+    def wait_until_answered(self) -> None:
+        """Send short goals until one is answered with its result.
+
+        rmw_fastrtps drops a service reply when the requester's reply reader has not matched
+        100 ms after the request arrived (rclpy then warns "failed to send response (timeout)");
+        wait_for_server sees only the request side. With many new participants on a busy
+        machine this can hit a client's first requests. Once a goal and its result came back,
+        both reply paths of this client are matched for good.
+        """
+        for _ in range(REPLY_ATTEMPTS):
+            run = self.send_chat(Chat.Goal(prompt='are you there?'))
+            if _settles(run._goal_future):
+                run.handle = run._goal_future.result()
+                if any(_settles(run.handle.get_result_async()) for _ in range(REPLY_ATTEMPTS)):
+                    return
+        raise AssertionError(f'no goal answered in {REPLY_ATTEMPTS} attempts')
 
     def chat(self, prompt: str = '', **fields: Any) -> 'GoalRun':
         run = self.send_chat(Chat.Goal(prompt=prompt, **fields))

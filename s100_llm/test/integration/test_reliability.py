@@ -24,6 +24,10 @@ def test_100_goals_from_10_clients(start_llm, domain_id):
                     env={'OLLAMA_EMULATOR_TOKEN_RATE': '2000'})
     llm.activate()
     clients = [RosClient(domain_id) for _ in range(10)]
+    # Ten new participants at once: each client's reply paths are matched before the burst,
+    # so that what is tested is the node's handling of the burst, not DDS discovery.
+    for client in clients:
+        client.wait_until_answered()
     results = {}
     lock = threading.Lock()
 
