@@ -180,6 +180,16 @@ def test_a_stale_camera_frame_ends_no_image(active):
     assert 'NO_IMAGE' in llm.client.wait_log('chat goal rejected: use_camera')
 
 
+def test_a_camera_frame_the_node_cannot_use_ends_no_image(active):
+    llm = active(model='seer:latest', camera_topic='/camera/image_raw')
+    publisher = camera_publisher(llm, '/camera/image_raw', Image)
+    yuyv = Image(width=4, height=2, encoding='yuv422', step=8, data=bytes(16))
+    run = publish_until_seen(llm, publisher, yuyv)
+    assert run.result.error_code == Chat.Result.NO_IMAGE, run.result.error_message
+    assert run.result.error_message.startswith(
+        "the camera frame from /camera/image_raw has encoding 'yuv422'; supported: rgb8")
+
+
 def test_no_camera_topic_ends_no_image(active):
     llm = active(model='seer:latest')
     run = llm.client.send_chat(Chat.Goal(prompt='look', use_camera=True))
