@@ -25,13 +25,14 @@ Any transition callback that raises returns ERROR -> ErrorProcessing -> on_error
 Who does what: core/serving.py's Serving owns the server, its HTTP client and the model's
 runners (every step above), core/supervision.py's Supervisor recovers them (restart with
 backoff, reload, or ErrorProcessing through `_enter_error_processing`), chat_action.py serves
-chats, diagnostics.py publishes /diagnostics; chat and diagnostics read only
+chats, camera.py keeps the camera_topic's latest frame while active (for use_camera goals),
+diagnostics.py publishes /diagnostics; chat and diagnostics read only
 `serving_state()`, an immutable snapshot taken without a lock.
 
 Threads and locks:
 - the executor's threads (main()): lifecycle services (change_state in a group of its own, so
   get_state and the others answer during a transition), parameter services, the chat action,
-  the TTS bridge. A transition takes `_transitions` (one at a time, whether a client or
+  the TTS bridge, the camera's frames. A transition takes `_transitions` (one at a time, whether a client or
   supervision asks) and then `Serving.lock` for its steps.
 - 'supervision' (Supervisor): takes `Serving.lock` only when free for a check, holds it for a
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
