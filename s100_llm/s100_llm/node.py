@@ -32,8 +32,8 @@ diagnostics.py publishes /diagnostics; chat and diagnostics read only
 Threads and locks:
 - the executor's threads (main()): lifecycle services (change_state in a group of its own, so
   get_state and the others answer during a transition), parameter services, the chat action,
-  the TTS bridge, the camera's frames. A transition takes `_transitions` (one at a time, whether a client or
-  supervision asks) and then `Serving.lock` for its steps.
+  the TTS bridge, the camera's frames. A transition takes `_transitions` (one at a time,
+  whether a client or supervision asks) and then `Serving.lock` for its steps.
 - 'supervision' (Supervisor): takes `Serving.lock` only when free for a check, holds it for a
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
   ErrorProcessing.
