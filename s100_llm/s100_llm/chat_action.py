@@ -31,6 +31,8 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import GenerationStats
 from s100_llm_msgs.msg import ToolCall
+from sensor_msgs.msg import CompressedImage as CompressedImageMsg
+from sensor_msgs.msg import Image
 
 from .core.admission import Admission
 from .core.chat import ChatOutcome
@@ -39,6 +41,10 @@ from .core.chat import ChatRun
 from .core.chat import ErrorCode
 from .core.chat import validate
 from .core.config import ChatSettings
+from .core.config import VisionSettings
+from .core.images import CompressedImage
+from .core.images import problem as image_problem
+from .core.images import RawImage
 from .core.serving import ServingState
 from .core.sessions import SessionStore
 from .qos import FEEDBACK_QOS
@@ -67,7 +73,21 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
         tools=[{'name': t.name, 'description': t.description,
                 'parameters_json': t.parameters_json} for t in goal.tools],
         tool_results=[{'tool_call_id': r.tool_call_id, 'name': r.name, 'content': r.content}
-                      for r in goal.tool_results])
+                      for r in goal.tool_results],
+        images=[raw_image(image) for image in goal.images],
+        compressed_images=[compressed_image(image) for image in goal.compressed_images],
+        use_camera=goal.use_camera)
+
+
+def raw_image(message: Image) -> RawImage:
+    """A sensor_msgs/Image's fields for the ROS-free core (data as bytes: one copy)."""
+    return RawImage(width=message.width, height=message.height, encoding=message.encoding,
+                    step=message.step, is_bigendian=bool(message.is_bigendian),
+                    data=bytes(message.data))
+
+
+def compressed_image(message: CompressedImageMsg) -> CompressedImage:
+    return CompressedImage(format_name=message.format, data=bytes(message.data))
 
 
 class ChatCounters:
@@ -104,6 +124,7 @@ class ChatActionServer:
     def __init__(self, node: 'LlmNode') -> None:
         self.node = node
         self.settings = ChatSettings()
+        self.vision = VisionSettings()
         self.sessions = SessionStore(self.settings.session_max_turns, self.settings.max_sessions)
         self.admission: Admission[ChatGoal] = Admission('queue', 1, 0)
         self.counters = ChatCounters()
@@ -121,6 +142,7 @@ class ChatActionServer:
     def configure(self, settings: 'NodeSettings') -> None:
         """Take the chat settings (at configure and activate); sessions survive."""
         self.settings = settings.chat
+        self.vision = settings.vision
         self.sessions.max_turns = settings.chat.session_max_turns
         self.sessions.max_sessions = settings.chat.max_sessions
         self.admission.policy = settings.chat.concurrency
@@ -159,8 +181,19 @@ class ChatActionServer:
         if not state.serving:
             return ErrorCode.NOT_SERVING, state.not_serving_reason
         reason = validate(request, self.settings, self.sessions, list(state.capabilities),
-                          state.model)
-        return ErrorCode.INVALID_GOAL, reason
+                          state.model, self.vision)
+        if reason or not request.use_camera:
+            return ErrorCode.INVALID_GOAL, reason
+        # The frame current when the goal is accepted: a goal that waits in the queue still
+        # sees what the robot saw when it asked.
+        frame, reason = self.node.camera.latest(self.vision.camera_max_age)
+        if frame is None:
+            return ErrorCode.NO_IMAGE, reason
+        request.camera_name = f'the camera frame from {self.node.camera.topic}'
+        request.camera_image = (compressed_image(frame) if isinstance(frame, CompressedImageMsg)
+                                else raw_image(frame))
+        return ErrorCode.NO_IMAGE, image_problem(request.camera_image, request.camera_name,
+                                                 self.vision.max_image_bytes)
 
     def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
         if was_waiting:
@@ -237,7 +270,8 @@ class ChatActionServer:
         run = ChatRun(state.engine, state.model, goal.request, self.settings, self.sessions,
                       state.context_length, keep_alive=-1, publish=publish,
                       accepted_at=goal.accepted_at,
-                      inline_think='thinking' in state.capabilities)
+                      inline_think='thinking' in state.capabilities,
+                      image_max_side=self.vision.image_max_side)
         with self._lock:
             goal.run = run
             stop = goal.stop

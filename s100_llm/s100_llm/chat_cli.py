@@ -5,6 +5,8 @@
     ros2 run s100_llm chat --format json "List three colours"
     ros2 run s100_llm chat --format command.schema.json "Go to the kitchen"
     ros2 run s100_llm chat --tools robot_tools.json "Go to the kitchen"
+    ros2 run s100_llm chat --image door.jpg "Is the door open?"
+    ros2 run s100_llm chat --camera "What is on the table?"   # the node's camera_topic
     ros2 run s100_llm chat --info              # the served model and its capabilities
 
 Tokens are printed as they stream; reasoning is shown dimmed (--hide-thinking to hide it);
@@ -14,7 +16,8 @@ goal the node did not serve, its error code and reason (e.g. NOT_SERVING, INVALI
 The tool calls the model asks for are printed one a line, `tool call <id>: <name> <arguments>`;
 in interactive mode the CLI then asks for each result and sends them back in the session.
 Interactive mode and --info show the model and its capabilities (from the node's Model
-diagnostics status).
+diagnostics status). In interactive mode, --image files go with the first question and
+--camera sends the current camera frame with every question.
 """
 
 import argparse
@@ -35,8 +38,10 @@ from rclpy.signals import SignalHandlerOptions
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
+from sensor_msgs.msg import CompressedImage
 
 from s100_llm.core.chat import ErrorCode
+from s100_llm.core.images import compressed_kind
 from s100_llm.qos import FEEDBACK_QOS
 
 DIM, RESET = '\x1b[2m', '\x1b[0m'
@@ -81,6 +86,21 @@ def read_tools(path: str) -> List[Tool]:
                           description=str(function.get('description', '')),
                           parameters_json=json.dumps(parameters) if parameters else ''))
     return tools
+
+
+def read_images(paths: List[str]) -> List[CompressedImage]:
+    """--image: each file as a CompressedImage, sent as it is (the node downscales it)."""
+    images = []
+    for path in paths:
+        try:
+            data = pathlib.Path(path).read_bytes()
+        except OSError as error:
+            raise UsageError(f'--image: cannot read {path}: {error.strerror}') from None
+        kind = compressed_kind(data)
+        if not kind:
+            raise UsageError(f'--image: {path} is neither a JPEG nor a PNG file')
+        images.append(CompressedImage(format=kind, data=data))
+    return images
 
 
 class ChatClient:
@@ -213,6 +233,10 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
                         help='structured output: "json", or a file holding a JSON Schema')
     parser.add_argument('--tools', default='', metavar='TOOLS_FILE',
                         help='a JSON file listing the tools the model may call')
+    parser.add_argument('--image', action='append', default=[], metavar='FILE',
+                        help='a JPEG or PNG file for the model to look at (repeatable)')
+    parser.add_argument('--camera', action='store_true',
+                        help="show the model the latest frame of the node's camera_topic")
     parser.add_argument('--info', action='store_true',
                         help='print the served model and its capabilities, then exit')
     parser.add_argument('--wait', type=float, default=10.0,
@@ -224,6 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     try:
         output_format, tools = read_format(args.format), read_tools(args.tools)
+        images = read_images(args.image)
     except UsageError as error:
         print(error, file=sys.stderr)
         return 2
@@ -244,10 +269,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         session = args.session or ('' if args.prompt else f'cli-{uuid.uuid4().hex[:8]}')
 
         def goal_for(prompt: str, tool_results: Optional[List[ToolResult]] = None) -> Chat.Goal:
+            shown = list(images) if prompt else []
+            images.clear()      # the files go with the first question only
             return Chat.Goal(prompt=prompt, system_prompt=args.system, session_id=session,
                              think=THINK[args.think], max_tokens=args.max_tokens,
                              temperature=args.temperature, format=output_format, tools=tools,
-                             tool_results=tool_results or [])
+                             tool_results=tool_results or [], compressed_images=shown,
+                             use_camera=args.camera and bool(prompt))
         if args.prompt:
             result = client.ask(goal_for(args.prompt))
             if result is None:

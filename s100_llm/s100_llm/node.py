@@ -25,14 +25,15 @@ Any transition callback that raises returns ERROR -> ErrorProcessing -> on_error
 Who does what: core/serving.py's Serving owns the server, its HTTP client and the model's
 runners (every step above), core/supervision.py's Supervisor recovers them (restart with
 backoff, reload, or ErrorProcessing through `_enter_error_processing`), chat_action.py serves
-chats, diagnostics.py publishes /diagnostics; chat and diagnostics read only
+chats, camera.py keeps the camera_topic's latest frame while active (for use_camera goals),
+diagnostics.py publishes /diagnostics; chat and diagnostics read only
 `serving_state()`, an immutable snapshot taken without a lock.
 
 Threads and locks:
 - the executor's threads (main()): lifecycle services (change_state in a group of its own, so
   get_state and the others answer during a transition), parameter services, the chat action,
-  the TTS bridge. A transition takes `_transitions` (one at a time, whether a client or
-  supervision asks) and then `Serving.lock` for its steps.
+  the TTS bridge, the camera's frames. A transition takes `_transitions` (one at a time,
+  whether a client or supervision asks) and then `Serving.lock` for its steps.
 - 'supervision' (Supervisor): takes `Serving.lock` only when free for a check, holds it for a
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
   ErrorProcessing.
@@ -62,6 +63,7 @@ from rclpy.lifecycle import LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 
 from . import parameters
+from .camera import Camera
 from .chat_action import ChatActionServer
 from .core.config import ConfigError
 from .core.config import SupervisionSettings
@@ -99,6 +101,7 @@ class LlmNode(LifecycleNode):
         self._error_cause = ''
         self._decouple_lifecycle_services()
         self.chat = ChatActionServer(self)
+        self.camera = Camera(self)
         self.diagnostics = DiagnosticsPublisher(self)
         # Supervision is a plain thread, not an rclpy timer: a timer costs the executor a wake-up
         # and a dispatch (about 2 ms of CPU each on a 2-core machine), which made up a third of
@@ -197,10 +200,11 @@ class LlmNode(LifecycleNode):
             assert self.settings is not None
             current = self._read_settings()     # server settings apply at configure only
             self.settings = dataclasses.replace(self.settings, model=current.model,
-                                                chat=current.chat)
+                                                chat=current.chat, vision=current.vision)
             self.serving.use_model(self.settings.model)
             self.chat.configure(self.settings)
             self.serving.activate()
+            self.camera.start(self.settings.vision.camera_topic)
         result = self._transition('activate', activate, about_model=True)
         return super().on_activate(state) if result is SUCCESS else result
 
@@ -215,6 +219,7 @@ class LlmNode(LifecycleNode):
 
         def deactivate() -> None:
             self.chat.abort_all('the node is deactivating', failure=False)
+            self.camera.stop()
             self.serving.unload()
         result = self._transition('deactivate', deactivate, about_model=True)
         return super().on_deactivate(state) if result is SUCCESS else result
@@ -304,6 +309,7 @@ class LlmNode(LifecycleNode):
     def release_everything(self) -> None:
         """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
         self.chat.abort_all('the node is shutting down', failure=False)
+        self.camera.stop()
         self.serving.release()
 
     def exit_process(self) -> None:

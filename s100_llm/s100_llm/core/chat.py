@@ -18,12 +18,19 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
 from .config import ChatSettings
+from .config import VisionSettings
 from .engine import ChatCanceled
 from .engine import ChatChunk
 from .engine import ChatStream
 from .engine import EngineError
 from .engine import OllamaEngine
 from .engine import StreamTimeout
+from .images import AnyImage
+from .images import CompressedImage
+from .images import ImageProblem
+from .images import prepare as prepare_image
+from .images import problem as image_problem
+from .images import RawImage
 from .sessions import SessionStore
 
 # The values of Chat.Goal.think, Chat.Result.done_reason and Chat.Result.error_code, defined by
@@ -84,6 +91,33 @@ class ChatRequest:
     tools: List[Dict[str, str]] = dataclasses.field(default_factory=list)
     # {'tool_call_id', 'name', 'content'} each.
     tool_results: List[Dict[str, str]] = dataclasses.field(default_factory=list)
+    images: List[RawImage] = dataclasses.field(default_factory=list)
+    compressed_images: List[CompressedImage] = dataclasses.field(default_factory=list)
+    use_camera: bool = False
+    # The camera frame a use_camera goal sees, taken by the node when it accepted the goal, and
+    # what to call it in a reason (e.g. 'the camera frame from /camera/image_raw').
+    camera_image: Optional[AnyImage] = None
+    camera_name: str = 'the camera frame'
+
+    @property
+    def image_count(self) -> int:
+        """The images the goal shows the model (the camera frame included)."""
+        return len(self.images) + len(self.compressed_images) + int(self.use_camera)
+
+    def named_images(self) -> List[Tuple[str, AnyImage]]:
+        """(name for reasons, image), in the order the model sees them."""
+        named: List[Tuple[str, AnyImage]] = [
+            (f'images[{index}]', image) for index, image in enumerate(self.images)]
+        named += [(f'compressed_images[{index}]', image)
+                  for index, image in enumerate(self.compressed_images)]
+        if self.camera_image is not None:
+            named.append((self.camera_name, self.camera_image))
+        return named
+
+
+def image_note(count: int) -> str:
+    """What a session stores in place of a turn's images (it never stores the images)."""
+    return f"[{count} image{'s were' if count > 1 else ' was'} shown]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +158,15 @@ class ChatOutcome:
 
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
-             capabilities: List[str], model: str) -> str:
+             capabilities: List[str], model: str,
+             vision: VisionSettings = VisionSettings()) -> str:
     """The reason to reject the goal, or '' when it is acceptable.
 
     Sizes are checked first, so that no reason quotes an unbounded field.
     """
+    if request.image_count > vision.max_images:
+        return (f'the goal has {request.image_count} images (camera included); the limit '
+                f'(max_images) is {vision.max_images}')
     if len(request.context) > MAX_CONTEXT_MESSAGES:
         return (f'context has {len(request.context)} messages; at most '
                 f'{MAX_CONTEXT_MESSAGES} are accepted')
@@ -181,8 +219,26 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
         return f"reset_session: unknown session '{request.session_id}'"
     if request.context and request.session_id:
         return 'context is for single-turn goals; a session keeps its own history'
-    return (format_problem(request.output_format)
+    return (images_problem(request, capabilities, model, vision)
+            or format_problem(request.output_format)
             or tools_problem(request, sessions, capabilities, model))
+
+
+def images_problem(request: ChatRequest, capabilities: List[str], model: str,
+                   vision: VisionSettings) -> str:
+    """Why the goal's images are unusable (checks that need no decoding), or ''."""
+    if not request.image_count:
+        return ''
+    if 'vision' not in capabilities:
+        return (f"model '{model}' cannot see images (capabilities: {', '.join(capabilities)})"
+                '; send no images or use a model with the "vision" capability')
+    if not request.prompt.strip():
+        return 'images need a prompt (they are shown with the prompt, saying what to do)'
+    for name, image in request.named_images():
+        reason = image_problem(image, name, vision.max_image_bytes)
+        if reason:
+            return reason
+    return ''
 
 
 def output_format(text: str) -> Any:
@@ -468,7 +524,7 @@ class ChatRun:
     def __init__(self, engine: OllamaEngine, model: str, request: ChatRequest,
                  settings: ChatSettings, sessions: SessionStore, context_length: int,
                  keep_alive: float, publish: FeedbackSink, accepted_at: float,
-                 inline_think: bool = False) -> None:
+                 inline_think: bool = False, image_max_side: int = 1024) -> None:
         self.engine = engine
         self.model = model
         self.request = request
@@ -479,6 +535,7 @@ class ChatRun:
         self.publish = publish
         self.accepted_at = accepted_at
         self.inline_think = inline_think      # the model thinks: parse a leading <think> block
+        self.image_max_side = image_max_side
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
         self._cancel_code = ErrorCode.NONE
@@ -498,11 +555,18 @@ class ChatRun:
 
     def run(self) -> ChatOutcome:
         request = self.request
+        try:    # decoding and downscaling: here, in the goal's own thread, not at acceptance
+            images = [prepare_image(image, name, self.image_max_side)
+                      for name, image in request.named_images()]
+        except ImageProblem as error:
+            return ChatOutcome.unserved(ErrorCode.INVALID_GOAL, str(error))
         if request.reset_session:
             self.sessions.reset(request.session_id)
         messages = self.sessions.messages(request.session_id, request.system_prompt,
                                           request.prompt, request.context, self.context_length,
                                           request.tool_results)
+        if images:  # on this turn's user message (validate() made sure there is a prompt)
+            messages[-1] = dict(messages[-1], images=images)
         fmt = output_format(request.output_format)
         calls: List[Tuple[str, Dict[str, Any]]] = []
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
@@ -576,8 +640,12 @@ class ChatRun:
                 outcome.error_message = mismatch
                 return outcome
         if request.session_id:
+            # The session keeps a note in place of the images: later turns know they were
+            # shown, and the context is not filled with them.
+            prompt = (f'{request.prompt} {image_note(len(images))}' if images
+                      else request.prompt)
             outcome.session_turns = self.sessions.commit(
-                request.session_id, request.system_prompt, request.prompt, outcome.text,
+                request.session_id, request.system_prompt, prompt, outcome.text,
                 request.tool_results,
                 [{'function': {'name': name, 'arguments': arguments}}
                  for name, arguments in calls],

@@ -293,6 +293,38 @@ class ChatSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class VisionSettings:
+    """Images in chat goals and the camera a goal can ask to see (use_camera)."""
+
+    camera_topic: str = setting(
+        '', ACTIVATE, 'Image topic a goal with use_camera sees (subscribed while active, best '
+        'effort, latest frame kept): sensor_msgs/Image, or sensor_msgs/CompressedImage when '
+        "the name ends with '/compressed' (image_transport's convention); empty = no camera.")
+    camera_max_age: float = setting(
+        1.0, ACTIVATE, 'Seconds since its receipt (on the node) after which the latest camera '
+        'frame is too old for a goal (NO_IMAGE).', bounds=(0.01, 3600.0))
+    image_max_side: int = setting(
+        1024, ACTIVATE, 'Images are downscaled (aspect kept) so that their longest side is at '
+        'most this many pixels before they are sent; smaller compressed ones pass unchanged.',
+        bounds=(16, 8192))
+    max_images: int = setting(
+        4, ACTIVATE, 'Most images one goal may carry (images + compressed_images + camera).',
+        bounds=(1, 64))
+    max_image_bytes: int = setting(
+        8_000_000, ACTIVATE, 'Largest image accepted, in bytes of its data (a raw 1920x1080 '
+        'rgb8 frame has 6.2 MB).', bounds=(1024, 100_000_000))
+
+    def validate(self) -> None:
+        check_values(self)
+        if self.camera_topic and not _TOPIC.fullmatch(self.camera_topic):
+            raise ConfigError(f"camera_topic '{self.camera_topic}' is not a valid topic name")
+
+
+# A ROS topic name (absolute, relative or ~/private): tokens of letters, digits and '_'.
+_TOPIC = re.compile(r'(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
+
+
+@dataclasses.dataclass(frozen=True)
 class DiagnosticsSettings:
     """Thresholds of the diagnostics statuses (WARN at *_warn, ERROR at *_error)."""
 
@@ -341,6 +373,7 @@ class NodeSettings:
     model: ModelSettings
     supervision: SupervisionSettings
     chat: ChatSettings
+    vision: VisionSettings
     diagnostics: DiagnosticsSettings
     tts_bridge: bool = setting(
         False, START, 'Bridge /prompt_text (std_msgs/String) to the chat and publish the answer '
@@ -361,6 +394,7 @@ PARAMETERS: Tuple[Parameter, ...] = table(
     ('The model', ModelSettings),
     ('When the server or its runner dies', SupervisionSettings),
     ('The chat action', ChatSettings),
+    ('Images and the camera', VisionSettings),
     ('Diagnostics on /diagnostics', DiagnosticsSettings),
     ('Integration', NodeSettings),
 )
@@ -392,6 +426,7 @@ def settings_from(values: Mapping[str, Any]) -> NodeSettings:
     settings = NodeSettings(
         server=part(ServerSettings), model=part(ModelSettings),
         supervision=part(SupervisionSettings), chat=part(ChatSettings),
+        vision=part(VisionSettings),
         diagnostics=part(DiagnosticsSettings), tts_bridge=values['tts_bridge'])
     settings.validate()
     return settings

@@ -19,6 +19,7 @@ from s100_llm.core.config import ServerSettings
 from s100_llm.core.config import settings_from
 from s100_llm.core.config import SupervisionSettings
 from s100_llm.core.config import validate_model_name
+from s100_llm.core.config import VisionSettings
 from s100_llm.core.params import setting
 from s100_llm.core.params import TakesEffect
 
@@ -77,7 +78,7 @@ def test_invalid_values_name_their_parameter(settings):
 
 def test_defaults_are_valid():
     for settings in (ServerSettings(), ModelSettings(), SupervisionSettings(), ChatSettings(),
-                     DiagnosticsSettings()):
+                     VisionSettings(), DiagnosticsSettings()):
         settings.validate()
 
 
@@ -104,7 +105,7 @@ def test_float_settings_take_integers():
 
 
 SETTINGS_CLASSES = (ServerSettings, ModelSettings, SupervisionSettings, ChatSettings,
-                    DiagnosticsSettings)
+                    VisionSettings, DiagnosticsSettings)
 
 
 def test_every_setting_is_one_parameter():
@@ -132,7 +133,7 @@ def defaults():
 def test_settings_from_the_defaults_are_the_dataclass_defaults():
     assert settings_from(defaults()) == NodeSettings(
         ServerSettings(), ModelSettings(), SupervisionSettings(), ChatSettings(),
-        DiagnosticsSettings(), tts_bridge=False)
+        VisionSettings(), DiagnosticsSettings(), tts_bridge=False)
 
 
 def test_settings_from_takes_integers_for_floats_as_floats():

@@ -1,0 +1,168 @@
+"""core/images.py: checks, conversion, downscaling; and the image rules of core/chat.py."""
+
+import io
+
+from PIL import Image
+import pytest
+
+from s100_llm.core.chat import ChatRequest
+from s100_llm.core.chat import image_note
+from s100_llm.core.chat import validate
+from s100_llm.core.config import ChatSettings
+from s100_llm.core.config import ConfigError
+from s100_llm.core.config import VisionSettings
+from s100_llm.core.images import CompressedImage
+from s100_llm.core.images import ImageProblem
+from s100_llm.core.images import prepare
+from s100_llm.core.images import problem
+from s100_llm.core.images import RawImage
+from s100_llm.core.sessions import SessionStore
+
+RED = (220, 30, 30)
+# One pixel of RED in each encoding.
+PIXELS = {'rgb8': bytes(RED), 'bgr8': bytes(RED[::-1]), 'rgba8': bytes(RED) + b'\x07',
+          'bgra8': bytes(RED[::-1]) + b'\x07', 'mono8': b'\x80', 'mono16': b'\x00\x80'}
+
+
+def raw(encoding, width, height, padding=0, big_endian=False):
+    pixel = PIXELS[encoding]
+    if encoding == 'mono16' and big_endian:
+        pixel = pixel[::-1]
+    row = pixel * width + b'\xff' * padding
+    return RawImage(width, height, encoding, len(row), big_endian, row * height)
+
+
+def compressed(kind, width, height, colour=RED, mode='RGB'):
+    out = io.BytesIO()
+    Image.new('RGB', (width, height), colour).convert(mode).save(out, kind)
+    return CompressedImage(kind.lower(), out.getvalue())
+
+
+def decoded(data):
+    picture = Image.open(io.BytesIO(data))
+    picture.load()
+    return picture
+
+
+@pytest.mark.parametrize('encoding', sorted(PIXELS))
+@pytest.mark.parametrize('big_endian', [False, True])
+def test_raw_encodings_become_a_jpeg_of_the_right_colour(encoding, big_endian):
+    image = raw(encoding, 40, 30, padding=5, big_endian=big_endian)
+    assert problem(image, 'images[0]', 10**6) == ''
+    picture = decoded(prepare(image, 'images[0]', 1024))
+    assert picture.format == 'JPEG' and picture.size == (40, 30)
+    colour = picture.convert('RGB').getpixel((20, 15))
+    expected = (128, 128, 128) if encoding.startswith('mono') else RED
+    assert all(abs(a - b) <= 3 for a, b in zip(colour, expected)), (colour, expected)
+
+
+@pytest.mark.parametrize('size, limit, expected', [
+    ((640, 480), 320, (320, 240)),
+    ((480, 640), 320, (240, 320)),
+    ((1000, 10), 100, (100, 1)),
+    ((10, 1000), 100, (1, 100)),
+    ((64, 48), 64, (64, 48)),
+])
+def test_raw_images_are_downscaled_keeping_their_aspect(size, limit, expected):
+    assert decoded(prepare(raw('rgb8', *size), 'x', limit)).size == expected
+
+
+@pytest.mark.parametrize('kind', ['JPEG', 'PNG'])
+def test_a_small_compressed_image_passes_byte_for_byte(kind):
+    image = compressed(kind, 64, 48)
+    assert prepare(image, 'x', 64) is image.data
+
+
+@pytest.mark.parametrize('kind, mode', [('JPEG', 'RGB'), ('PNG', 'RGB'), ('PNG', 'P'),
+                                        ('PNG', 'RGBA'), ('PNG', 'L')])
+def test_a_large_compressed_image_is_downscaled_in_its_own_format(kind, mode):
+    picture = decoded(prepare(compressed(kind, 800, 400, mode=mode), 'x', 200))
+    assert (picture.format, picture.size) == (kind, (200, 100))
+    colour = picture.convert('RGB').getpixel((100, 50))
+    if mode != 'L':
+        assert all(abs(a - b) <= 6 for a, b in zip(colour, RED)), colour
+
+
+@pytest.mark.parametrize('image, fragment', [
+    (RawImage(2, 2, 'yuv422', 4, False, bytes(8)), "images[3] has encoding 'yuv422'"),
+    (RawImage(2, 2, '', 6, False, bytes(12)), "images[3] has encoding ''"),
+    (RawImage(0, 2, 'rgb8', 0, False, b''), 'images[3] is 0x2: width and height must be'),
+    (RawImage(2, 0, 'rgb8', 6, False, b''), 'images[3] is 2x0'),
+    (RawImage(4, 2, 'rgba8', 12, False, bytes(24)),
+     'images[3]: step 12 is less than width x bytes per pixel (4 x 4 = 16)'),
+    (RawImage(4, 2, 'rgb8', 12, False, bytes(23)),
+     'images[3]: data has 23 bytes, step x height is 12 x 2 = 24'),
+    (RawImage(4, 2, 'rgb8', 12, False, bytes(25)), 'data has 25 bytes'),
+    (RawImage(100, 100, 'rgb8', 300, False, bytes(30000)),
+     'images[3] has 30000 bytes; the limit (max_image_bytes) is 20000'),
+    (CompressedImage('gif', b'GIF89a'), "images[3] (format 'gif') is neither JPEG nor PNG"),
+    (CompressedImage('bgr8; jpeg compressed bgr8', b''), 'is neither JPEG nor PNG'),
+    # compressedDepth: a 12-byte header before the PNG.
+    (CompressedImage('16UC1; compressedDepth png', bytes(12) + b'\x89PNG\r\n\x1a\n'),
+     'is neither JPEG nor PNG'),
+])
+def test_unusable_images_are_refused_by_name(image, fragment):
+    assert fragment in problem(image, 'images[3]', 20000)
+
+
+def test_image_transport_format_strings_are_accepted():
+    jpeg = compressed('JPEG', 8, 8).data
+    assert problem(CompressedImage('bgr8; jpeg compressed bgr8', jpeg), 'x', 10**6) == ''
+    assert problem(CompressedImage('', jpeg), 'x', 10**6) == ''
+
+
+def test_a_compressed_image_that_does_not_decode_raises_with_its_name():
+    cut = CompressedImage('png', compressed('PNG', 64, 64).data[:60])
+    with pytest.raises(ImageProblem, match=r'compressed_images\[1\] does not decode as PNG'):
+        prepare(cut, 'compressed_images[1]', 16)
+    garbage = CompressedImage('jpeg', b'\xff\xd8\xff' + bytes(100))
+    with pytest.raises(ImageProblem, match='does not decode as JPEG'):
+        prepare(garbage, 'x', 16)
+
+
+def test_a_huge_compressed_image_is_not_decoded():
+    # 8000 x 8000 of one colour compresses to a few hundred KB but would take 192 MB.
+    image = compressed('PNG', 8000, 8000)
+    with pytest.raises(ImageProblem, match='8000x8000: more than 40000000 pixels'):
+        prepare(image, 'x', 1024)
+
+
+def vision_reason(capabilities=('completion', 'vision'), **fields):
+    request = ChatRequest(**{'prompt': 'look', **fields})
+    return validate(request, ChatSettings(), SessionStore(5, 5), list(capabilities), 'seer:latest',
+                    VisionSettings(max_images=2, max_image_bytes=4096))
+
+
+def test_validation_of_images_in_a_goal():
+    image = raw('rgb8', 4, 4)
+    assert vision_reason(images=[image], use_camera=True) == ''
+    assert vision_reason(images=[image], capabilities=['completion']) == (
+        "model 'seer:latest' cannot see images (capabilities: completion); send no images or "
+        'use a model with the "vision" capability')
+    assert 'cannot see images' in vision_reason(use_camera=True, capabilities=['completion'])
+    assert vision_reason(images=[image] * 2, use_camera=True) == (
+        'the goal has 3 images (camera included); the limit (max_images) is 2')
+    assert 'images need a prompt' in vision_reason(
+        prompt='', images=[image], tool_results=[{'tool_call_id': 'c', 'name': 'n',
+                                                  'content': ''}])
+    assert 'compressed_images[0] has 5000 bytes' in vision_reason(
+        compressed_images=[CompressedImage('jpeg', bytes(5000))])
+    assert 'images[1] has encoding' in vision_reason(
+        images=[image, RawImage(1, 1, '8UC1', 1, False, b'\0')])
+
+
+def test_the_session_note():
+    assert image_note(1) == '[1 image was shown]'
+    assert image_note(3) == '[3 images were shown]'
+
+
+@pytest.mark.parametrize('topic', ['/camera/image_raw', 'camera/image_raw/compressed',
+                                   '~/eyes', ''])
+def test_camera_topics(topic):
+    VisionSettings(camera_topic=topic).validate()
+
+
+@pytest.mark.parametrize('topic', ['camera image', '/camera//raw', '/1camera', 'camera/'])
+def test_bad_camera_topics(topic):
+    with pytest.raises(ConfigError, match='camera_topic'):
+        VisionSettings(camera_topic=topic).validate()
