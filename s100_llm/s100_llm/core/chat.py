@@ -24,6 +24,7 @@ from .engine import ChatStream
 from .engine import EngineError
 from .engine import OllamaEngine
 from .engine import StreamTimeout
+from .sessions import context_budget
 from .sessions import SessionStore
 
 # The values of Chat.Goal.think, Chat.Result.done_reason and Chat.Result.error_code, defined by
@@ -500,9 +501,12 @@ class ChatRun:
         request = self.request
         if request.reset_session:
             self.sessions.reset(request.session_id)
-        messages = self.sessions.messages(request.session_id, request.system_prompt,
-                                          request.prompt, request.context, self.context_length,
-                                          request.tool_results)
+        # The history is trimmed to the model's context minus room for the answer.
+        budget = context_budget(self.context_length,
+                                request.max_tokens or self.settings.max_tokens_limit)
+        sent = self.sessions.prompt(request.session_id, request.system_prompt, request.prompt,
+                                    request.context, budget, request.tool_results)
+        messages = sent.messages
         fmt = output_format(request.output_format)
         calls: List[Tuple[str, Dict[str, Any]]] = []
         think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
@@ -577,11 +581,11 @@ class ChatRun:
                 return outcome
         if request.session_id:
             outcome.session_turns = self.sessions.commit(
-                request.session_id, request.system_prompt, request.prompt, outcome.text,
-                request.tool_results,
+                request.session_id, request.system_prompt, sent, outcome.text,
                 [{'function': {'name': name, 'arguments': arguments}}
                  for name, arguments in calls],
-                [call.call_id for call in outcome.tool_calls])
+                [call.call_id for call in outcome.tool_calls],
+                chunk.prompt_eval_count, chunk.eval_count)
         return outcome
 
     def _canceled(self, outcome: ChatOutcome, text: List[str],
