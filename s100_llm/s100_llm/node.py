@@ -65,11 +65,15 @@ from . import parameters
 from .chat_action import ChatActionServer
 from .core.config import ConfigError
 from .core.config import SupervisionSettings
+from .core.session_file import expand
+from .core.session_file import SessionFileError
+from .core.session_file import SessionWriter
 from .core.serving import Serving
 from .core.serving import ServingError
 from .core.serving import ServingState
 from .core.supervision import Supervisor
 from .diagnostics import DiagnosticsPublisher
+from .session_services import SessionServices
 from .tts_bridge import TtsBridge
 
 RCLError = _rclpy.RCLError
@@ -99,6 +103,9 @@ class LlmNode(LifecycleNode):
         self._error_cause = ''
         self._decouple_lifecycle_services()
         self.chat = ChatActionServer(self)
+        self.session_writer = SessionWriter(self.chat.sessions, self._log_line)
+        self.chat.sessions.on_change = self.session_writer.changed
+        self.session_services = SessionServices(self, self.chat.sessions)
         self.diagnostics = DiagnosticsPublisher(self)
         # Supervision is a plain thread, not an rclpy timer: a timer costs the executor a wake-up
         # and a dispatch (about 2 ms of CPU each on a 2-core machine), which made up a third of
@@ -180,11 +187,23 @@ class LlmNode(LifecycleNode):
         """
         def configure() -> None:
             self.settings = self._read_settings()
+            self._open_sessions_file(self.settings.chat.sessions_file)
             self.serving.start(self.settings.server, self.settings.models_dir,
                                self.settings.model)
             self.chat.configure(self.settings)
             self.supervisor.budget.clear()
         return self._transition('configure', configure)
+
+    def _open_sessions_file(self, parameter: str) -> None:
+        """Load the sessions file (a corrupt one is moved aside with a WARN); an unwritable
+        directory fails the configure."""
+        try:
+            loaded = self.session_writer.open(expand(parameter))
+        except SessionFileError as error:
+            raise ServingError(str(error)) from None
+        if parameter:
+            self.log.info(f"sessions file {expand(parameter)}: {loaded['sessions']} session(s), "
+                          f"{loaded['turns']} turn(s) loaded")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Take the model and chat settings, make sure the model is present and fits, load it,
@@ -220,7 +239,8 @@ class LlmNode(LifecycleNode):
         return super().on_deactivate(state) if result is SUCCESS else result
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the server (an adopted one is left running) and forget sessions.
+        """Stop the server (an adopted one is left running) and forget sessions (a sessions
+        file keeps them: the next configure loads it).
 
         SUCCESS -> unconfigured; FAILURE (the port stayed busy) -> inactive; ERROR
         (supervision gave up, or a bug) -> ErrorProcessing.
@@ -315,6 +335,7 @@ class LlmNode(LifecycleNode):
         self._logger = self._exit_logger
         self.diagnostics.stop()
         self.chat.abort_all('the node is shutting down', failure=False)
+        self.session_writer.flush()     # the last completed turns reach the file
         self.serving.exit_now()
 
     def _log_line(self, level: str, line: str) -> None:
