@@ -65,12 +65,12 @@ from . import parameters
 from .chat_action import ChatActionServer
 from .core.config import ConfigError
 from .core.config import SupervisionSettings
-from .core.session_file import expand
-from .core.session_file import SessionFileError
-from .core.session_file import SessionWriter
 from .core.serving import Serving
 from .core.serving import ServingError
 from .core.serving import ServingState
+from .core.session_file import expand
+from .core.session_file import SessionFileError
+from .core.session_file import SessionWriter
 from .core.supervision import Supervisor
 from .diagnostics import DiagnosticsPublisher
 from .session_services import SessionServices
@@ -187,10 +187,10 @@ class LlmNode(LifecycleNode):
         """
         def configure() -> None:
             self.settings = self._read_settings()
+            self.chat.configure(self.settings)      # the sessions' bounds, before loading
             self._open_sessions_file(self.settings.chat.sessions_file)
             self.serving.start(self.settings.server, self.settings.models_dir,
                                self.settings.model)
-            self.chat.configure(self.settings)
             self.supervisor.budget.clear()
         return self._transition('configure', configure)
 
@@ -198,7 +198,7 @@ class LlmNode(LifecycleNode):
         """Load the sessions file (a corrupt one is moved aside with a WARN); an unwritable
         directory fails the configure."""
         try:
-            loaded = self.session_writer.open(expand(parameter))
+            loaded = self.session_writer.use(expand(parameter))
         except SessionFileError as error:
             raise ServingError(str(error)) from None
         if parameter:

@@ -52,9 +52,14 @@ def check_writable(path: str) -> None:
                                f'{error.strerror}') from None
     if os.path.isdir(path):
         raise SessionFileError(f'sessions_file {path} is a directory')
-    if not os.access(directory, os.W_OK | os.X_OK):
+    try:    # a real write: os.access() says yes to root on a read-only file system
+        descriptor, probe = tempfile.mkstemp(prefix=os.path.basename(path) + TEMP_MARK,
+                                             dir=directory)
+    except OSError as error:
         raise SessionFileError(f'sessions_file {path}: its directory {directory} is not '
-                               'writable')
+                               f'writable: {error.strerror}') from None
+    os.close(descriptor)
+    _unlink(probe)
 
 
 def load(path: str, log: Log) -> List[Tuple[str, Session]]:
@@ -225,7 +230,7 @@ class SessionWriter:
         self._thread: Optional[threading.Thread] = None
         self._failing = False
 
-    def open(self, path: str) -> Dict[str, Any]:
+    def use(self, path: str) -> Dict[str, Any]:
         """Use this file ('' : none): check its directory (SessionFileError), load its
         sessions into the store; returns what was loaded (sessions, turns)."""
         self.flush()

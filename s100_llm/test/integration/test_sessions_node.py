@@ -166,8 +166,8 @@ def chat_bodies(log_path):
     return bodies
 
 
-def test_what_reaches_the_server_only_grows_at_the_end_except_at_rare_trim_points(active,
-                                                                                   tmp_path):
+def test_what_reaches_the_server_only_grows_at_the_end_except_at_rare_trim_points(
+        active, tmp_path):
     log_path = tmp_path / 'requests.jsonl'
     max_turns = 6
     llm = active(model='thinker:latest', session_max_turns=max_turns,

@@ -105,7 +105,7 @@ def test_the_writer_writes_after_each_change_and_loads_within_bounds(tmp_path):
     store = SessionStore(max_turns=8, max_sessions=3)
     writer = SessionWriter(store, RecordedLog())
     store.on_change = writer.changed
-    assert writer.open(path) == {'sessions': 3, 'turns': 12}
+    assert writer.use(path) == {'sessions': 3, 'turns': 12}
     sent = store.prompt('d', '', 'more')
     store.commit('d', '', sent, 'answer')
     assert writer.flush()
