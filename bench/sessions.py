@@ -158,7 +158,7 @@ def table(results: Dict[str, Any]) -> str:
                      f"(median) {s['late_prompt_tokens_median']:.0f}, in all 30 turns "
                      f"{s['prompt_tokens_total']}")
     pairs = results['interleaved']
-    lines.append(f"- two sessions alternating on one slot: prompt tokens evaluated per turn "
+    lines.append('- two sessions alternating on one slot: prompt tokens evaluated per turn '
                  f"(median) {statistics.median(t['prompt_tokens'] for t in pairs[2:]):.0f}, "
                  f"TTFT median {statistics.median(t['ttft_s'] for t in pairs[2:]) * 1000:.0f} "
                  'ms')
