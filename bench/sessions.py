@@ -20,8 +20,11 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Tuple
 
+import ollama
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import ChatMessage
+from s100_llm_msgs.srv import GetSession
+from s100_llm_msgs.srv import ListSessions
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
@@ -56,8 +59,7 @@ QUESTIONS = [
 EARLY, LATE = range(1, 6), range(20, 30)       # turn indices (0-based): 2-6 and 21-30
 
 
-def start_node(workdir: pathlib.Path) -> Tuple[NodeProcess, RosClient]:
-    port = free_port()
+def start_node(workdir: pathlib.Path, port: int) -> Tuple[NodeProcess, RosClient]:
     values = {'model': 'smollm2:135m', 'ollama_bin': 's100-ollama-emulator',
               'host': f'127.0.0.1:{port}', 'models_dir': str(workdir / 'models'),
               'num_thread': THREADS, 'session_max_turns': WINDOW,
@@ -124,6 +126,24 @@ def interleaved(client: RosClient) -> List[Dict[str, float]]:
     return turns
 
 
+def count_check(client: RosClient, port: int) -> Dict[str, int]:
+    """The node's count of the session's history (ListSessions) against the model's: the
+    stored history (GetSession) evaluated whole by a direct request after an unrelated one
+    took the slot (prompt_eval_count then counts every token)."""
+    listed = client._call(ListSessions, '/llm/list_sessions', ListSessions.Request()).sessions
+    node_count = next(s.context_tokens for s in listed if s.session_id == 'bench')
+    stored = client._call(GetSession, '/llm/get_session', GetSession.Request(session_id='bench'))
+    history = [{'role': 'system', 'content': stored.system_prompt}] + [
+        {'role': m.role, 'content': m.content} for m in stored.messages]
+    direct = ollama.Client(host=f'http://127.0.0.1:{port}', timeout=600)
+    options = {'num_predict': 1, 'num_thread': THREADS}
+    direct.chat('smollm2:135m', [{'role': 'user', 'content': 'Something else entirely.'}],
+                options=options, keep_alive=-1)
+    model_count = direct.chat('smollm2:135m', history, options=options,
+                              keep_alive=-1).prompt_eval_count
+    return {'node_context_tokens': node_count, 'model_prompt_eval_count': model_count}
+
+
 def summary(turns: List[Dict[str, float]]) -> Dict[str, float]:
     early = statistics.median(turns[i]['ttft_s'] for i in EARLY)
     late = statistics.median(turns[i]['ttft_s'] for i in LATE)
@@ -157,6 +177,10 @@ def table(results: Dict[str, Any]) -> str:
                      f"{s['late_max_ttft_ms']:.0f} ms); prompt tokens evaluated per late turn "
                      f"(median) {s['late_prompt_tokens_median']:.0f}, in all 30 turns "
                      f"{s['prompt_tokens_total']}")
+    check = results['count_check']
+    lines.append(f"- the session's history after 30 turns: {check['node_context_tokens']} tokens "
+                 f"by the node's count, {check['model_prompt_eval_count']} evaluated whole by "
+                 'the model (with the generation prompt)')
     pairs = results['interleaved']
     lines.append('- two sessions alternating on one slot: prompt tokens evaluated per turn '
                  f"(median) {statistics.median(t['prompt_tokens'] for t in pairs[2:]):.0f}, "
@@ -191,11 +215,13 @@ def main() -> int:
     out = HERE / 'results'
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as directory:
-        node, client = start_node(pathlib.Path(directory))
+        port = free_port()
+        node, client = start_node(pathlib.Path(directory), port)
         try:
-            results: Dict[str, Any] = {'node': node_session(client),
-                                       'client': sliding_client(client),
-                                       'interleaved': interleaved(client)}
+            results: Dict[str, Any] = {'node': node_session(client)}
+            results['count_check'] = count_check(client, port)
+            results['client'] = sliding_client(client)
+            results['interleaved'] = interleaved(client)
         finally:
             client.close()
             node.stop()

@@ -20,15 +20,18 @@ remain without the turn that called them.
 Token counts (`Turn.tokens`, `Session.base_tokens`) come from the model's own counts where
 Ollama reports them. After a turn, the prompt's tokens are prompt_eval_count (the tokens
 Ollama evaluated) plus the tokens it reused from its cache, which it does not report; the
-answer's are eval_count. The history sent before this turn's messages (system prompt and kept
-turns, counted at earlier turns) is taken as reused when prompt_eval_count is below the point
-halfway between "only the new messages were evaluated" and "everything was evaluated again"
-(prompt_eval_count < history / 2 + estimate of the new messages); the new turn then counts
-prompt_eval_count + eval_count. Otherwise everything was evaluated again (another session took
-the cache slot in between, or the history was trimmed) and the new turn counts what was
-evaluated beyond the history's known tokens. Where no count is known (the system prompt before
-a first turn, a server that reports none), CHARS_PER_TOKEN characters per token plus
-MESSAGE_TOKENS per message are assumed.
+answer's are eval_count. Ollama reuses the longest common prefix with the prompt it evaluated
+last on that slot, and a session's prompt can share with it: nothing (another conversation was
+there), the system prompt (another session with the same one, or this session after a trim),
+some of its turns, or its whole history (this session's previous turn: the usual case). These
+prefixes end at known token counts (system prompt, then each kept turn); the node takes the
+one that best explains the count (prompt_eval_count closest to history - prefix + an estimate
+of the new messages) as reused, and the new turn counts prompt_eval_count + reused - history
+(its own messages) + eval_count. The error is bounded by the estimate's error on the new
+messages, and does not add up over turns. Where no count is known (the system prompt before a
+first turn, a server that reports none), CHARS_PER_TOKEN characters per token plus
+MESSAGE_TOKENS per message are assumed; a first turn that evaluated everything splits its
+count between the system prompt and the question by their estimates.
 """
 
 import collections
@@ -104,7 +107,9 @@ class Prompt:
     # the first turn kept (None: none), to recognise the session at commit.
     dropped: int = 0
     first_kept: Optional[Turn] = None
-    history_tokens: int = 0     # tokens of the system prompt and kept turns (counts/estimate)
+    # Tokens before each turn's messages and after the last (counts, or estimates): where a
+    # prefix that Ollama reused may end. The last is the whole history's.
+    boundaries: Tuple[int, ...] = (0,)
     request: List[Message] = dataclasses.field(default_factory=list)  # this goal's messages
 
 
@@ -205,8 +210,7 @@ class SessionStore:
                 dropped += before - len(turns)
         system_messages = [{'role': 'system', 'content': system}] if system else []
         return Prompt(system_messages + [m for turn in turns for m in turn.messages] + current,
-                      dropped, turns[0] if turns else None, base + _turn_tokens(turns),
-                      current)
+                      dropped, turns[0] if turns else None, _boundaries(base, turns), current)
 
     @staticmethod
     def _single_turn(system: str, context: List[Message], current: List[Message],
@@ -220,7 +224,7 @@ class SessionStore:
             while pairs and sum(estimate(pair) for pair in pairs) > room:
                 del pairs[0]
         return Prompt(messages + [m for pair in pairs for m in pair] + current,
-                      history_tokens=_system_estimate(system), request=current)
+                      boundaries=_boundaries(_system_estimate(system), []), request=current)
 
     def messages(self, session_id: str, system_prompt: str, prompt: str,
                  context: Optional[List[Message]] = None, budget_tokens: int = 0,
@@ -257,7 +261,7 @@ class SessionStore:
                 del session.turns[:index]
             elif sent.dropped:
                 session.turns.clear()
-            tokens = _new_turn_tokens(session, sent, assistant, prompt_eval_count, eval_count)
+            tokens = _new_turn_tokens(session, sent, prompt_eval_count, eval_count)
             session.turns.append(Turn(tuple(sent.request) + (assistant,), tuple(call_ids),
                                       tokens))
             _trim_to_turn_limit(session.turns, self.max_turns)
@@ -288,26 +292,33 @@ class SessionStore:
             self.on_change()
 
 
-def _new_turn_tokens(session: Session, sent: Prompt, assistant: Message,
-                     prompt_eval_count: int, eval_count: int) -> int:
+def _new_turn_tokens(session: Session, sent: Prompt, prompt_eval_count: int,
+                     eval_count: int) -> int:
     """The tokens the new turn takes, from Ollama's counts (see the module's docstring); sets
-    the system prompt's on a first turn. 0 when Ollama reported no counts."""
+    the system prompt's when only estimated so far. 0 when Ollama reported no counts."""
     if not prompt_eval_count:
         return 0
     new = estimate(sent.request)
-    history = sent.history_tokens
-    if not session.turns:
-        # Nothing to reuse but (perhaps) a system prompt another session shares: the count
-        # is the system prompt and the new messages, split by their estimates.
+    history = sent.boundaries[-1]
+    # On a tie the longer prefix: the new turn is then counted high rather than low.
+    reused = min(reversed(sent.boundaries),
+                 key=lambda prefix: abs(prompt_eval_count - (history - prefix + new)))
+    if session.system_prompt and not session.base_tokens:
         system = _system_estimate(session.system_prompt)
-        if not session.base_tokens and session.system_prompt:
+        if reused == 0 and history == system:
+            # A first turn evaluated whole: split the count by the estimates.
             session.base_tokens = max(1, round(prompt_eval_count * system / (system + new)))
-        request_tokens = max(1, prompt_eval_count - session.base_tokens)
-    elif prompt_eval_count < history / 2 + new:
-        request_tokens = prompt_eval_count      # the history came from the cache
-    else:
-        request_tokens = max(1, prompt_eval_count - history)    # evaluated again
-    return request_tokens + max(eval_count, 1)
+            return max(1, prompt_eval_count - session.base_tokens) + max(eval_count, 1)
+        session.base_tokens = system
+    return max(1, prompt_eval_count + reused - history) + max(eval_count, 1)
+
+
+def _boundaries(base: int, turns: Sequence[Turn]) -> Tuple[int, ...]:
+    """0, then the tokens up to the end of the system prompt and of each turn."""
+    ends = [0, base]
+    for turn in turns:
+        ends.append(ends[-1] + (turn.tokens or estimate(turn.messages)))
+    return tuple(ends)
 
 
 def _system_estimate(system: str) -> int:

@@ -189,10 +189,15 @@ def test_token_counts_follow_the_model_whether_the_history_was_cached_or_not():
     # Third turn after another session took the cache slot: everything evaluated again.
     turn(store, 's', 'q' * 40, 'a' * 40, counts=(95 + 14, 12))
     assert store.get('s').context_tokens == 95 + 14 + 12
+    # After a trim (or another session with the same system prompt): only the system prompt
+    # came from the cache.
+    history = store.get('s').context_tokens
+    turn(store, 's', 'q' * 40, 'a' * 40, counts=(history - first.base_tokens + 14, 12))
+    assert store.get('s').context_tokens == history + 14 + 12
     # No counts reported: the estimate stands in for the turn.
     turn(store, 's', 'q' * 40, 'a' * 40)
     assert store.get('s').turns[-1].tokens == 0
-    assert store.get('s').context_tokens > 95 + 14 + 12
+    assert store.get('s').context_tokens > history + 14 + 12
 
 
 def test_sessions_loaded_beyond_the_bounds_are_trimmed():
