@@ -120,15 +120,19 @@ def test_a_kill_during_a_write_loses_at_most_that_turn(start_llm, tmp_path):
     big = 'x' * 200_000     # one "word": the scripted model answers it at once
     caught = None
     for index in range(150):
-        assert llm.client.chat(big, session_id=f's{index:03d}').status == \
+        session_id = f's{index:03d}'
+        assert llm.client.chat(big, session_id=session_id).status == \
             GoalStatus.STATUS_SUCCEEDED
-        temporary = wait_for(lambda: _temporary_open(node, tmp_path) or (
-            'written' if (file_turns(path) or {}).get(f's{index:03d}') else None),
-            'the write of this turn to start or end')
-        if temporary != 'written':
+
+        def written():
+            return 'written' if session_id in (file_turns(path) or {}) else None
+        state = wait_for(lambda: _temporary_open(node, tmp_path) or written(),
+                         'the write of this turn to start or end')
+        if state != 'written' and index > 0:   # a write in progress over an existing file
             node.send_signal(signal.SIGKILL)
             caught = index
             break
+        wait_for(written, 'the write of this turn')
     assert caught is not None, 'no write was caught in progress'
     llm.node.process.wait(30)
     kept = file_turns(path)        # parses: the old file or the new one
