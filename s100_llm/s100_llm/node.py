@@ -38,6 +38,8 @@ Threads and locks:
   ErrorProcessing.
 - 'diagnostics' (DiagnosticsPublisher) and chat executions: no lock of the node's or of
   Serving's; they read `serving_state()`.
+- 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
+  stored turn; takes the session store's lock only to copy the sessions.
 - the main thread on exit (exit_process): takes `Serving.lock` when free, else stops the server
   at once so the step holding it gives way (Serving.exit_now).
 """

@@ -280,7 +280,7 @@ class SessionWriter:
                 if self._failing:
                     self.log('info', f'sessions file {path} written again')
                 self._failing = False
-            except OSError as error:
+            except Exception as error:  # the disk, or a defect: the thread must go on
                 if not self._failing:   # said once, not once per turn
                     self.log('error', f'sessions file {path} could not be written: {error}; '
                                       'sessions are kept in memory')

@@ -226,13 +226,6 @@ class SessionStore:
         return Prompt(messages + [m for pair in pairs for m in pair] + current,
                       boundaries=_boundaries(_system_estimate(system), []), request=current)
 
-    def messages(self, session_id: str, system_prompt: str, prompt: str,
-                 context: Optional[List[Message]] = None, budget_tokens: int = 0,
-                 tool_results: Sequence[Message] = ()) -> List[Message]:
-        """The messages prompt() would send."""
-        return self.prompt(session_id, system_prompt, prompt, context, budget_tokens,
-                           tool_results).messages
-
     def commit(self, session_id: str, system_prompt: str, sent: Prompt, answer: str,
                tool_calls: Sequence[Message] = (), call_ids: Sequence[str] = (),
                prompt_eval_count: int = 0, eval_count: int = 0) -> int:

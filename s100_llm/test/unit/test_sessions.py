@@ -5,6 +5,11 @@ from s100_llm.core.sessions import context_budget
 from s100_llm.core.sessions import SessionStore
 
 
+def sent(store, *arguments, **fields):
+    """The messages a goal would send."""
+    return store.prompt(*arguments, **fields).messages
+
+
 def turn(store, session_id, prompt, answer, system_prompt='', budget=0, tool_results=(),
          tool_calls=(), call_ids=(), counts=(0, 0)):
     """One goal as ChatRun does it: the prompt sent, then the commit; returns (messages sent,
@@ -18,7 +23,7 @@ def turn(store, session_id, prompt, answer, system_prompt='', budget=0, tool_res
 
 def test_single_turn_has_no_memory():
     store = SessionStore(max_turns=5, max_sessions=5)
-    assert store.messages('', 'be brief', 'hi') == [
+    assert sent(store, '', 'be brief', 'hi') == [
         {'role': 'system', 'content': 'be brief'}, {'role': 'user', 'content': 'hi'}]
     assert len(store) == 0
 
@@ -26,7 +31,7 @@ def test_single_turn_has_no_memory():
 def test_session_remembers_turns_and_system_prompt():
     store = SessionStore(max_turns=5, max_sessions=5)
     assert turn(store, 's', 'one', 'first answer', 'be brief')[1] == 1
-    messages = store.messages('s', '', 'two')
+    messages = sent(store, 's', '', 'two')
     assert messages == [{'role': 'system', 'content': 'be brief'},
                         {'role': 'user', 'content': 'one'},
                         {'role': 'assistant', 'content': 'first answer'},
@@ -41,7 +46,7 @@ def test_beyond_max_turns_the_oldest_half_is_dropped_in_one_block():
         kept.append(store.turn_count('s'))
     # 5 turns exceed 4: the newest 2 stay; then the session grows again to 4.
     assert kept == [1, 2, 3, 4, 2, 3, 4]
-    contents = [m['content'] for m in store.messages('s', '', 'next')]
+    contents = [m['content'] for m in sent(store, 's', '', 'next')]
     assert contents == ['q3', 'a3', 'q4', 'a4', 'q5', 'a5', 'q6', 'a6', 'next']
 
 
@@ -94,7 +99,7 @@ def test_trimming_to_the_context_drops_oldest_turns_first():
     store = SessionStore(max_turns=50, max_sessions=5)
     for index in range(10):
         turn(store, 's', 'x' * 40, f'answer {index}')
-    messages = store.messages('s', '', 'final', budget_tokens=60)
+    messages = sent(store, 's', '', 'final', budget_tokens=60)
     assert messages[-1]['content'] == 'final'
     assert messages[-2]['content'] == 'answer 9'
     assert len(messages) < 21
@@ -117,7 +122,7 @@ def test_reset_and_least_recently_used_eviction():
 def test_caller_context_is_used_for_single_turns():
     store = SessionStore(max_turns=5, max_sessions=5)
     context = [{'role': 'user', 'content': 'earlier'}, {'role': 'assistant', 'content': 'ok'}]
-    assert store.messages('', '', 'now', context)[:2] == context
+    assert sent(store, '', '', 'now', context)[:2] == context
 
 
 def test_a_tool_exchange_is_kept_whole_and_trimmed_with_its_call():
@@ -125,10 +130,10 @@ def test_a_tool_exchange_is_kept_whole_and_trimmed_with_its_call():
     call = {'function': {'name': 'say', 'arguments': {'text': 'hi'}}}
     turn(store, 's', 'say hi', '', tool_calls=[call], call_ids=['call_1'])
     result = {'tool_call_id': 'call_1', 'name': 'say', 'content': 'said'}
-    assert store.messages('s', '', '', tool_results=[result])[-1] == {
+    assert sent(store, 's', '', '', tool_results=[result])[-1] == {
         'role': 'tool', 'content': 'said', 'tool_name': 'say'}
     assert turn(store, 's', '', 'I said hi', tool_results=[result])[1] == 2
-    assert store.messages('s', '', 'next') == [
+    assert sent(store, 's', '', 'next') == [
         {'role': 'user', 'content': 'say hi'},
         {'role': 'assistant', 'content': '', 'tool_calls': [call]},
         {'role': 'tool', 'content': 'said', 'tool_name': 'say'},
@@ -136,7 +141,7 @@ def test_a_tool_exchange_is_kept_whole_and_trimmed_with_its_call():
         {'role': 'user', 'content': 'next'}]
     # Dropping the turn with the call drops the results that answer it.
     turn(store, 's', 'q', 'a')
-    assert [m['content'] for m in store.messages('s', '', 'next')] == ['q', 'a', 'next']
+    assert [m['content'] for m in sent(store, 's', '', 'next')] == ['q', 'a', 'next']
 
 
 def test_a_tool_chain_longer_than_max_turns_keeps_its_newest_turn():
@@ -149,20 +154,20 @@ def test_a_tool_chain_longer_than_max_turns_keeps_its_newest_turn():
         assert turn(store, 's', '', '', tool_results=[result], tool_calls=[call],
                     call_ids=[f'c{number}'])[1] >= 1
     assert store.pending_calls('s') == {'c3': 'step'}
-    sent = store.messages('s', '', '', tool_results=[
+    messages = sent(store, 's', '', '', tool_results=[
         {'tool_call_id': 'c3', 'name': 'step', 'content': 'r4'}])
     # The call the new result answers is still there, right before it.
-    assert sent[-2] == {'role': 'assistant', 'content': '', 'tool_calls': [call]}
-    assert sent[-1] == {'role': 'tool', 'content': 'r4', 'tool_name': 'step'}
+    assert messages[-2] == {'role': 'assistant', 'content': '', 'tool_calls': [call]}
+    assert messages[-1] == {'role': 'tool', 'content': 'r4', 'tool_name': 'step'}
 
 
 def test_trimming_to_the_context_keeps_the_call_that_the_results_answer():
     store = SessionStore(max_turns=5, max_sessions=5)
     call = {'function': {'name': 'say', 'arguments': {}}}
     turn(store, 's', 'x' * 400, '', tool_calls=[call], call_ids=['c1'])
-    sent = store.messages('s', '', '', budget_tokens=10, tool_results=[
+    messages = sent(store, 's', '', '', budget_tokens=10, tool_results=[
         {'tool_call_id': 'c1', 'name': 'say', 'content': 'said'}])
-    assert [m['role'] for m in sent] == ['user', 'assistant', 'tool']
+    assert [m['role'] for m in messages] == ['user', 'assistant', 'tool']
 
 
 def test_a_trim_for_the_context_is_kept_at_commit_but_not_by_a_failed_turn():
