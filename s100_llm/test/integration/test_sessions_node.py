@@ -5,6 +5,7 @@ import os
 import signal
 
 from action_msgs.msg import GoalStatus
+import ollama
 import psutil
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
@@ -74,8 +75,11 @@ def test_sessions_survive_a_node_restart(start_llm, tmp_path):
     llm.client.close()
     assert llm.node.stop() == 0
     again = start_llm(sessions_file=path)
-    again.activate()
+    assert list_sessions(again) == []       # unconfigured: the file is loaded at configure
+    assert again.client.change_state('configure')
     assert [(s.session_id, s.turns) for s in list_sessions(again)] == [('s1', 2)]
+    assert 'sessions file' in again.client.wait_log('1 session(s), 2 turn(s) loaded')
+    assert again.client.change_state('activate')
     result = again.client.chat('what is my name', session_id='s1').result
     assert result.session_turns == 3
     assert result.text.startswith('system: be kind\nuser: my name is Ada\n')
@@ -185,3 +189,30 @@ def test_what_reaches_the_server_only_grows_at_the_end_except_at_rare_trim_point
     trims = sum(not later.startswith(earlier[:-1]) for earlier, later in zip(bodies, bodies[1:]))
     assert 1 <= trims <= -(-20 // (max_turns // 2))
     assert all(body.startswith('[{"role":"system","content":"be brief"}') for body in bodies)
+
+
+def test_the_sessions_token_count_matches_the_models_own(active):
+    """The real model with its prefix cache: after turns that reused the cache and a block
+    trim, the node's count of the history is what the model counts evaluating it whole."""
+    llm = active(model='smollm2:135m', num_thread=1, session_max_turns=4)
+    questions = ['Hello robot!', 'What can you carry?', 'Is the kitchen clean?',
+                 'Where is the cat?', 'Open the door.', 'What time is it?']
+    evaluated = []
+    for index, question in enumerate(questions):
+        result = llm.client.chat(question, session_id='count', max_tokens=16, temperature=0.0,
+                                 system_prompt='You are a home robot.' if index == 0 else '')
+        assert result.result.error_code == Chat.Result.NONE
+        evaluated.append(result.result.stats.prompt_tokens)
+    assert min(evaluated[1:4]) < evaluated[0]      # the cache was reused
+    node_count = next(s.context_tokens for s in list_sessions(llm) if s.session_id == 'count')
+    stored = get_session(llm, 'count')
+    history = [{'role': 'system', 'content': stored.system_prompt}] + [
+        {'role': m.role, 'content': m.content} for m in stored.messages]
+    direct = ollama.Client(host=llm.base_url, timeout=120)
+    options = {'num_predict': 1, 'num_thread': 1}
+    direct.chat('smollm2:135m', [{'role': 'user', 'content': 'Unrelated.'}], options=options,
+                keep_alive=-1)      # takes the slot: the history is then evaluated whole
+    model_count = direct.chat('smollm2:135m', history, options=options,
+                              keep_alive=-1).prompt_eval_count
+    # The model's count includes the 3 tokens that open the answer (<|im_start|>assistant\n).
+    assert abs(node_count - model_count) <= 0.1 * model_count, (node_count, model_count)
