@@ -63,6 +63,8 @@ class Turn:
 
 @dataclasses.dataclass
 class Session:
+    """One conversation: its system prompt and kept turns, as they are sent."""
+
     system_prompt: str = ''
     turns: List[Turn] = dataclasses.field(default_factory=list)  # one per goal, oldest first
     # Tokens of the system prompt in the model's context (0: not known).
@@ -82,12 +84,6 @@ class Session:
         last = self.turns[-1]
         calls = last.messages[-1].get('tool_calls') or []
         return {call_id: call['function']['name'] for call_id, call in zip(last.call_ids, calls)}
-
-    def history(self, system_prompt: str = '') -> List[Message]:
-        """The messages sent before a new turn: system prompt, then every kept turn."""
-        system = system_prompt or self.system_prompt
-        return ([{'role': 'system', 'content': system}] if system else []) + [
-            message for turn in self.turns for message in turn.messages]
 
     @property
     def context_tokens(self) -> int:
