@@ -5,7 +5,7 @@ export ROS_DISTRO ?= kilted
 ROS_ENV := scripts/ros-env
 PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/setup.py tools bench scripts/*.py
 
-.PHONY: setup build test lint demo bench bench-cpu soak clean
+.PHONY: setup build test lint demo bench bench-sessions bench-cpu soak clean
 
 setup:
 	scripts/setup-dev-env
@@ -29,6 +29,11 @@ demo: setup
 
 bench: setup
 	$(ROS_ENV) python bench/run.py
+	$(ROS_ENV) python bench/sessions.py
+
+# The 30-turn conversation alone: the node's sessions against a client's sliding window.
+bench-sessions: setup
+	$(ROS_ENV) python bench/sessions.py
 
 # A 100 Hz control loop beside the real model with each CPU share (about 3 minutes).
 bench-cpu: setup

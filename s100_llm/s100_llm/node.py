@@ -39,6 +39,8 @@ Threads and locks:
   ErrorProcessing.
 - 'diagnostics' (DiagnosticsPublisher) and chat executions: no lock of the node's or of
   Serving's; they read `serving_state()`.
+- 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
+  stored turn; takes the session store's lock only to copy the sessions.
 - the main thread on exit (exit_process): takes `Serving.lock` when free, else stops the server
   at once so the step holding it gives way (Serving.exit_now).
 """
@@ -70,8 +72,12 @@ from .core.config import SupervisionSettings
 from .core.serving import Serving
 from .core.serving import ServingError
 from .core.serving import ServingState
+from .core.session_file import expand
+from .core.session_file import SessionFileError
+from .core.session_file import SessionWriter
 from .core.supervision import Supervisor
 from .diagnostics import DiagnosticsPublisher
+from .session_services import SessionServices
 from .tts_bridge import TtsBridge
 
 RCLError = _rclpy.RCLError
@@ -102,6 +108,9 @@ class LlmNode(LifecycleNode):
         self._decouple_lifecycle_services()
         self.chat = ChatActionServer(self)
         self.camera = Camera(self)
+        self.session_writer = SessionWriter(self.chat.sessions, self._log_line)
+        self.chat.sessions.on_change = self.session_writer.changed
+        self.session_services = SessionServices(self, self.chat.sessions)
         self.diagnostics = DiagnosticsPublisher(self)
         # Supervision is a plain thread, not an rclpy timer: a timer costs the executor a wake-up
         # and a dispatch (about 2 ms of CPU each on a 2-core machine), which made up a third of
@@ -183,11 +192,23 @@ class LlmNode(LifecycleNode):
         """
         def configure() -> None:
             self.settings = self._read_settings()
+            self.chat.configure(self.settings)      # the sessions' bounds, before loading
+            self._open_sessions_file(self.settings.chat.sessions_file)
             self.serving.start(self.settings.server, self.settings.models_dir,
                                self.settings.model)
-            self.chat.configure(self.settings)
             self.supervisor.budget.clear()
         return self._transition('configure', configure)
+
+    def _open_sessions_file(self, parameter: str) -> None:
+        """Load the sessions file (a corrupt one is moved aside with a WARN); an unwritable
+        directory fails the configure."""
+        try:
+            loaded = self.session_writer.use(expand(parameter))
+        except SessionFileError as error:
+            raise ServingError(str(error)) from None
+        if parameter:
+            self.log.info(f"sessions file {expand(parameter)}: {loaded['sessions']} session(s), "
+                          f"{loaded['turns']} turn(s) loaded")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Take the model and chat settings, make sure the model is present and fits, load it,
@@ -225,7 +246,8 @@ class LlmNode(LifecycleNode):
         return super().on_deactivate(state) if result is SUCCESS else result
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the server (an adopted one is left running) and forget sessions.
+        """Stop the server (an adopted one is left running) and forget sessions (a sessions
+        file keeps them: the next configure loads it).
 
         SUCCESS -> unconfigured; FAILURE (the port stayed busy) -> inactive; ERROR
         (supervision gave up, or a bug) -> ErrorProcessing.
@@ -321,6 +343,7 @@ class LlmNode(LifecycleNode):
         self._logger = self._exit_logger
         self.diagnostics.stop()
         self.chat.abort_all('the node is shutting down', failure=False)
+        self.session_writer.flush()     # the last completed turns reach the file
         self.serving.exit_now()
 
     def _log_line(self, level: str, line: str) -> None:

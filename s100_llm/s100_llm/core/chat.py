@@ -31,6 +31,7 @@ from .images import ImageProblem
 from .images import prepare as prepare_image
 from .images import problem as image_problem
 from .images import RawImage
+from .sessions import context_budget
 from .sessions import SessionStore
 
 # The values of Chat.Goal.think, Chat.Result.done_reason and Chat.Result.error_code, defined by
@@ -562,9 +563,12 @@ class ChatRun:
             return ChatOutcome.unserved(ErrorCode.INVALID_GOAL, str(error))
         if request.reset_session:
             self.sessions.reset(request.session_id)
-        messages = self.sessions.messages(request.session_id, request.system_prompt,
-                                          request.prompt, request.context, self.context_length,
-                                          request.tool_results)
+        # The history is trimmed to the model's context minus room for the answer.
+        budget = context_budget(self.context_length,
+                                request.max_tokens or self.settings.max_tokens_limit)
+        sent = self.sessions.prompt(request.session_id, request.system_prompt, request.prompt,
+                                    request.context, budget, request.tool_results)
+        messages = sent.messages
         if images:  # on this turn's user message (validate() made sure there is a prompt)
             messages[-1] = dict(messages[-1], images=images)
         fmt = output_format(request.output_format)
@@ -640,16 +644,18 @@ class ChatRun:
                 outcome.error_message = mismatch
                 return outcome
         if request.session_id:
-            # The session keeps a note in place of the images: later turns know they were
-            # shown, and the context is not filled with them.
-            prompt = (f'{request.prompt} {image_note(len(images))}' if images
-                      else request.prompt)
+            if images:
+                # The session keeps a note in place of the images (sent.request holds the
+                # message without them): later turns know they were shown, and the context
+                # is not filled with them.
+                sent.request[-1] = dict(sent.request[-1],
+                                        content=f'{request.prompt} {image_note(len(images))}')
             outcome.session_turns = self.sessions.commit(
-                request.session_id, request.system_prompt, prompt, outcome.text,
-                request.tool_results,
+                request.session_id, request.system_prompt, sent, outcome.text,
                 [{'function': {'name': name, 'arguments': arguments}}
                  for name, arguments in calls],
-                [call.call_id for call in outcome.tool_calls])
+                [call.call_id for call in outcome.tool_calls],
+                chunk.prompt_eval_count, chunk.eval_count)
         return outcome
 
     def _canceled(self, outcome: ChatOutcome, text: List[str],

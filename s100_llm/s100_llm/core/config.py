@@ -280,13 +280,19 @@ class ChatSettings:
         'joined, none dropped or delayed longer (0: one message per streamed chunk).',
         bounds=(0.0, 10.0))
     session_max_turns: int = setting(
-        20, ACTIVATE, 'Turns a session keeps (older ones are dropped).', bounds=(1, 10000))
+        20, ACTIVATE, 'Turns a session keeps at most; beyond it the oldest are dropped in one '
+        'block, down to half, so that the history Ollama has cached changes rarely.',
+        bounds=(1, 10000))
     max_sessions: int = setting(
         64, ACTIVATE, 'Sessions kept; the least recently used is dropped beyond this.',
         bounds=(1, 100000))
     stream_timeout: float = setting(
         120.0, ACTIVATE, 'Seconds without output from Ollama before a chat is aborted.',
         bounds=(1.0, 3600.0))
+    sessions_file: str = setting(
+        '', CONFIGURE, 'A file that keeps the sessions across restarts (JSON, written '
+        'atomically after each completed turn, loaded at configure; a corrupt one is moved '
+        'aside), e.g. ~/.ros/llm_sessions.json; empty = sessions in memory only.')
 
     def validate(self) -> None:
         check_values(self)

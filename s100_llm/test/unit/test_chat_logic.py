@@ -124,7 +124,7 @@ def test_tools_need_the_capability_and_a_session_for_results():
     request = ChatRequest(prompt='', tools=[tool], session_id='s', tool_results=[
         {'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}])
     assert 'has no tool calls' in validate(request, SETTINGS, sessions, ['tools'], 'm')
-    sessions.commit('s', '', 'say hi', '', tool_calls=[
+    sessions.commit('s', '', sessions.prompt('s', '', 'say hi'), '', tool_calls=[
         {'function': {'name': 'say', 'arguments': {}}}], call_ids=['call_1'])
     assert validate(request, SETTINGS, sessions, ['tools'], 'm') == ''
     request.tool_results[0]['name'] = 'jump'
@@ -133,7 +133,8 @@ def test_tools_need_the_capability_and_a_session_for_results():
     request.tool_results[0].update(name='say', tool_call_id='call_9')
     assert "'call_9' is not a tool call of the last turn (its calls: call_1)" in validate(
         request, SETTINGS, sessions, ['tools'], 'm')
-    sessions.commit('s', '', '', 'done', request.tool_results)   # answered: nothing pending
+    sent = sessions.prompt('s', '', '', tool_results=request.tool_results)
+    sessions.commit('s', '', sent, 'done')   # answered: nothing pending
     request.tool_results[0]['tool_call_id'] = 'call_1'
     assert 'its last turn called no tool' in validate(request, SETTINGS, sessions, ['tools'],
                                                       'm')

@@ -250,6 +250,10 @@ def serve_gguf(path: str, port: int, context_length: int, parallel: int, threads
     params.use_jinja = True
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
+    # Ollama's runner keeps one cached prompt per slot (OLLAMA_NUM_PARALLEL) and nothing else;
+    # llama-server would also keep older prompts in RAM and restore them (its prompt cache),
+    # which makes two conversations alternating on one slot cheaper than on Ollama.
+    params.cache_ram_mib = 0
     server = xllamacpp.Server(params)  # noqa: F841 (serves until this process exits)
     print(f'runner: llama.cpp serving {path} on port {port}', file=sys.stderr, flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})

@@ -3,7 +3,9 @@
 Field names, status codes, error texts, NDJSON streaming and the mid-stream error line follow
 Ollama (see shared/reference/ollama.md). One addition that Ollama does not have:
 GET /emulator/stats reports what the server saw (client disconnects with their CLOCK_MONOTONIC
-time, generations in progress), so tests can check from outside that a cancel reached it.
+time, generations in progress), so tests can check from outside that a cancel reached it;
+OLLAMA_EMULATOR_REQUEST_LOG=<file> appends every /api/chat request body, as it arrived, to a
+file (one JSON line each), so tests can check the bytes a client sent.
 """
 
 import asyncio
@@ -299,6 +301,11 @@ class OllamaApi:
 
     # ---- generation ----------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        if self.settings.request_log:
+            raw = await request.read()
+            with open(self.settings.request_log, 'a') as log_file:
+                log_file.write(json.dumps({'path': request.path,
+                                           'body': raw.decode(errors='replace')}) + '\n')
         body = await self._body(request)
         messages = body.get('messages') or []
         if not isinstance(messages, list):

@@ -48,6 +48,9 @@ class Settings:
     max_loaded_models: int
     context_length: int
     faults: Faults
+    # OLLAMA_EMULATOR_REQUEST_LOG: a file that gets every /api/chat request body as it
+    # arrived, one JSON line each ({"path", "body"}); for tests, off by default.
+    request_log: str = ''
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> 'Settings':
@@ -83,4 +86,5 @@ class Settings:
             max_loaded_models=int(number('OLLAMA_MAX_LOADED_MODELS', 3)),
             context_length=int(number('OLLAMA_CONTEXT_LENGTH', 4096)),
             faults=faults,
+            request_log=env.get('OLLAMA_EMULATOR_REQUEST_LOG', ''),
         )

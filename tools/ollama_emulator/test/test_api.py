@@ -87,6 +87,19 @@ def test_streamed_chat_chunks_and_final_stats(emulator):
     assert final.total_duration >= final.eval_duration > 0
 
 
+def test_an_opt_in_request_log_keeps_each_chat_body_as_it_arrived(start_emulator, tmp_path):
+    log = tmp_path / 'requests.jsonl'
+    emulator = start_emulator(OLLAMA_EMULATOR_REQUEST_LOG=str(log))
+    emulator.pull('echo')
+    raw = b'{"model": "echo", "messages": [{"role": "user", "content": "hi \\u2713"}]}'
+    httpx.post(emulator.url + '/api/chat', content=raw, timeout=30)
+    emulator.client.chat('echo', [{'role': 'user', 'content': 'again'}])
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [entry['path'] for entry in entries] == ['/api/chat', '/api/chat']
+    assert entries[0]['body'].encode() == raw
+    assert json.loads(entries[1]['body'])['messages'] == [{'role': 'user', 'content': 'again'}]
+
+
 def test_raw_ndjson_stream_and_stream_false(emulator):
     with httpx.stream('POST', emulator.url + '/api/chat', json={
             'model': 'echo', 'messages': [{'role': 'user', 'content': 'a b'}]}) as reply:

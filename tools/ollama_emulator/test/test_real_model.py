@@ -79,3 +79,20 @@ def test_llama_cpp_reuses_the_cached_prefix_of_the_previous_request(start_emulat
     second = emulator.client.chat('smollm2:135m', history, options=options)
     assert first.prompt_eval_count > 100
     assert 0 < second.prompt_eval_count < 40
+
+
+def test_two_conversations_alternating_on_one_slot_evaluate_their_history_again(
+        start_emulator):
+    """Ollama keeps one cached prompt per slot (OLLAMA_NUM_PARALLEL=1: one): a conversation
+    whose slot another conversation used in between is evaluated again, not restored."""
+    emulator = start_emulator(OLLAMA_EMULATOR_THREADS='2')
+    emulator.pull('smollm2:135m')
+    options = {'temperature': 0, 'num_predict': 8}
+    left = [{'role': 'system', 'content': 'You are a helpful robot. ' * 20},
+            {'role': 'user', 'content': 'What is the capital of France?'}]
+    right = [{'role': 'user', 'content': 'Tell me about the weather on Mars today. ' * 10}]
+    first = emulator.client.chat('smollm2:135m', left, options=options)
+    emulator.client.chat('smollm2:135m', right, options=options)
+    left += [first.message, {'role': 'user', 'content': 'And of Spain?'}]
+    again = emulator.client.chat('smollm2:135m', left, options=options)
+    assert again.prompt_eval_count > first.prompt_eval_count

@@ -1,0 +1,237 @@
+"""A 30-turn conversation with the real SmolLM2-135M through the node: the node's session
+(block trimming, `session_max_turns` 8) against a client that keeps the last 8 turns itself
+and sends them as `context` with single-turn goals (its window slides by one turn per turn,
+so the prompt's start changes on every turn once it is full).
+
+Both run in one node, one after the other (one Ollama slot, num_parallel 1), with the same
+questions, temperature 0 and an answer limit; then two node sessions alternate on that slot
+for INTERLEAVED_TURNS turns each, which shows what sharing one slot costs. Per turn:
+time to first token (the node's, from goal acceptance to the first token) and the prompt
+tokens Ollama evaluated (prompt_eval_count: the tokens not reused from its cache).
+Writes bench/results/sessions.json, sessions.md and sessions.png (`make bench` runs it after
+run.py; `make bench-sessions` alone, about 3 minutes here).
+"""
+
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+from typing import Any, Dict, List, Tuple
+
+import ollama
+from s100_llm_msgs.action import Chat
+from s100_llm_msgs.msg import ChatMessage
+from s100_llm_msgs.srv import GetSession
+from s100_llm_msgs.srv import ListSessions
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
+
+from harness import free_port  # noqa: E402,I100
+from harness import NodeProcess  # noqa: E402
+from harness import RosClient  # noqa: E402
+
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+DOMAIN = int(os.environ.get('BENCH_DOMAIN', '80'))
+TURNS = 30
+WINDOW = 8              # session_max_turns of the node, turns kept by the client
+MAX_TOKENS = 48         # per answer: the same work per turn in both conversations
+INTERLEAVED_TURNS = 8   # per session
+THREADS = 1             # llama.cpp threads: the fastest setting on the 2-core machine
+SYSTEM = ('You are the voice of a home robot. Answer in one or two short sentences, '
+          'friendly and concrete.')
+QUESTIONS = [
+    'Good morning! What can you do?', 'Can you check the kitchen?', 'Is the door open?',
+    'What should I cook for breakfast?', 'How long do eggs take to boil?',
+    'Remind me to water the plants.', 'Which room is the coldest?',
+    'Tell me a fact about robots.', 'What is the weather like for a walk?',
+    'Can you find my keys?', 'Where did you last see the cat?', 'Play some calm music.',
+    'How many steps did I walk today?', 'Turn off the lights in the hall.',
+    'What is on my calendar?', 'Suggest a short exercise.', 'Is the battery charged?',
+    'Clean the living room later.', 'What did I ask you first today?',
+    'Give me a tip for sleeping well.', 'Can you open the window?', 'What time is it?',
+    'Order more coffee.', 'What is a good book to read?', 'Check on the baby monitor.',
+    'Lock the front door.', 'How warm is the oven?', 'Tell me a joke.',
+    'What should I remember for tomorrow?', 'Good night, robot.',
+]
+EARLY, LATE = range(1, 6), range(20, 30)       # turn indices (0-based): 2-6 and 21-30
+
+
+def start_node(workdir: pathlib.Path, port: int) -> Tuple[NodeProcess, RosClient]:
+    values = {'model': 'smollm2:135m', 'ollama_bin': 's100-ollama-emulator',
+              'host': f'127.0.0.1:{port}', 'models_dir': str(workdir / 'models'),
+              'num_thread': THREADS, 'session_max_turns': WINDOW,
+              'max_tokens_limit': 100000, 'max_prompt_chars': 100000}
+    node = NodeProcess(DOMAIN, workdir / 'node.log', values)
+    client = RosClient(DOMAIN)
+    client.wait_for_node()
+    assert client.change_state('configure') and client.change_state('activate'), \
+        node.output()
+    return node, client
+
+
+def ask(client: RosClient, **fields: Any) -> Chat.Result:
+    run = client.send_chat(Chat.Goal(max_tokens=MAX_TOKENS, temperature=0.0, seed=1,
+                                     **fields))
+    assert run.wait_accepted()
+    result = run.wait_result(600)
+    assert result.error_code == Chat.Result.NONE, result.error_message
+    return result
+
+
+def figures(result: Chat.Result) -> Dict[str, float]:
+    return {'ttft_s': result.stats.time_to_first_token,
+            'prompt_tokens': result.stats.prompt_tokens,
+            'prompt_eval_s': result.stats.prompt_eval_duration,
+            'answer_tokens': result.stats.completion_tokens}
+
+
+def node_session(client: RosClient) -> List[Dict[str, float]]:
+    turns = []
+    for index, question in enumerate(QUESTIONS[:TURNS]):
+        result = ask(client, prompt=question, session_id='bench',
+                     system_prompt=SYSTEM if index == 0 else '')
+        turns.append({**figures(result), 'kept_turns': result.session_turns})
+        print(f"node   turn {index + 1:2d}: {turns[-1]['ttft_s'] * 1000:7.0f} ms, "
+              f"{turns[-1]['prompt_tokens']:4d} prompt tokens evaluated", flush=True)
+    return turns
+
+
+def sliding_client(client: RosClient) -> List[Dict[str, float]]:
+    history: List[ChatMessage] = []
+    turns = []
+    for index, question in enumerate(QUESTIONS[:TURNS]):
+        result = ask(client, prompt=question, system_prompt=SYSTEM,
+                     context=history[-2 * WINDOW:])
+        history += [ChatMessage(role='user', content=question),
+                    ChatMessage(role='assistant', content=result.text)]
+        turns.append(figures(result))
+        print(f"client turn {index + 1:2d}: {turns[-1]['ttft_s'] * 1000:7.0f} ms, "
+              f"{turns[-1]['prompt_tokens']:4d} prompt tokens evaluated", flush=True)
+    return turns
+
+
+def interleaved(client: RosClient) -> List[Dict[str, float]]:
+    turns = []
+    for index in range(INTERLEAVED_TURNS):
+        # Different questions: the two histories share only the system prompt.
+        for session, question in (('left', QUESTIONS[index]), ('right', QUESTIONS[-1 - index])):
+            result = ask(client, prompt=question, session_id=f'interleaved-{session}',
+                         system_prompt=SYSTEM if index == 0 else '')
+            turns.append({**figures(result), 'session': session})
+            print(f"{session:6s} turn {index + 1:2d}: {turns[-1]['ttft_s'] * 1000:7.0f} ms, "
+                  f"{turns[-1]['prompt_tokens']:4d} prompt tokens evaluated", flush=True)
+    return turns
+
+
+def count_check(client: RosClient, port: int) -> Dict[str, int]:
+    """The node's count of the session's history (ListSessions) against the model's: the
+    stored history (GetSession) evaluated whole by a direct request after an unrelated one
+    took the slot (prompt_eval_count then counts every token)."""
+    listed = client._call(ListSessions, '/llm/list_sessions', ListSessions.Request()).sessions
+    node_count = next(s.context_tokens for s in listed if s.session_id == 'bench')
+    stored = client._call(GetSession, '/llm/get_session', GetSession.Request(session_id='bench'))
+    history = [{'role': 'system', 'content': stored.system_prompt}] + [
+        {'role': m.role, 'content': m.content} for m in stored.messages]
+    direct = ollama.Client(host=f'http://127.0.0.1:{port}', timeout=600)
+    options = {'num_predict': 1, 'num_thread': THREADS}
+    direct.chat('smollm2:135m', [{'role': 'user', 'content': 'Something else entirely.'}],
+                options=options, keep_alive=-1)
+    model_count = direct.chat('smollm2:135m', history, options=options,
+                              keep_alive=-1).prompt_eval_count
+    return {'node_context_tokens': node_count, 'model_prompt_eval_count': model_count}
+
+
+def summary(turns: List[Dict[str, float]]) -> Dict[str, float]:
+    early = statistics.median(turns[i]['ttft_s'] for i in EARLY)
+    late = statistics.median(turns[i]['ttft_s'] for i in LATE)
+    return {'early_ttft_ms': early * 1000, 'late_ttft_ms': late * 1000,
+            'late_over_early': late / early,
+            'late_max_ttft_ms': max(turns[i]['ttft_s'] for i in LATE) * 1000,
+            'late_prompt_tokens_median': statistics.median(
+                turns[i]['prompt_tokens'] for i in LATE),
+            'prompt_tokens_total': sum(t['prompt_tokens'] for t in turns),
+            # prompt tokens/s of this machine, from the turns that evaluated the most
+            'prompt_rate': statistics.median(
+                t['prompt_tokens'] / t['prompt_eval_s'] for t in turns
+                if t['prompt_eval_s'] > 0 and t['prompt_tokens'] >= 100) if any(
+                t['prompt_tokens'] >= 100 for t in turns) else 0.0}
+
+
+def table(results: Dict[str, Any]) -> str:
+    node, client = results['node'], results['client']
+    lines = ['| turn | node: TTFT (ms) | node: prompt tokens evaluated | node: turns kept | '
+             'client: TTFT (ms) | client: prompt tokens evaluated |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for index, (mine, theirs) in enumerate(zip(node, client)):
+        lines.append(f"| {index + 1} | {mine['ttft_s'] * 1000:.0f} | {mine['prompt_tokens']} | "
+                     f"{mine['kept_turns']} | {theirs['ttft_s'] * 1000:.0f} | "
+                     f"{theirs['prompt_tokens']} |")
+    lines.append('')
+    for name in ('node', 'client'):
+        s = results['summary'][name]
+        lines.append(f"- {name}: TTFT median turns 2-6 {s['early_ttft_ms']:.0f} ms, turns "
+                     f"21-30 {s['late_ttft_ms']:.0f} ms ({s['late_over_early']:.2f}x; worst "
+                     f"{s['late_max_ttft_ms']:.0f} ms); prompt tokens evaluated per late turn "
+                     f"(median) {s['late_prompt_tokens_median']:.0f}, in all 30 turns "
+                     f"{s['prompt_tokens_total']}")
+    check = results['count_check']
+    lines.append(f"- the session's history after 30 turns: {check['node_context_tokens']} tokens "
+                 f"by the node's count, {check['model_prompt_eval_count']} evaluated whole by "
+                 'the model (with the generation prompt)')
+    pairs = results['interleaved']
+    lines.append('- two sessions alternating on one slot: prompt tokens evaluated per turn '
+                 f"(median) {statistics.median(t['prompt_tokens'] for t in pairs[2:]):.0f}, "
+                 f"TTFT median {statistics.median(t['ttft_s'] for t in pairs[2:]) * 1000:.0f} "
+                 'ms')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(results: Dict[str, Any], path: pathlib.Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+
+    figure, (top, bottom) = pyplot.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for name, label in (('node', f'node session (block trimming, {WINDOW} turns)'),
+                        ('client', f'client context (last {WINDOW} turns, slides by one)')):
+        turns = results[name]
+        numbers = list(range(1, len(turns) + 1))
+        top.plot(numbers, [t['ttft_s'] * 1000 for t in turns], marker='o', label=label)
+        bottom.plot(numbers, [t['prompt_tokens'] for t in turns], marker='o', label=label)
+    top.set_ylabel('time to first token (ms)')
+    bottom.set_ylabel('prompt tokens evaluated')
+    bottom.set_xlabel('turn')
+    top.legend(fontsize=8)
+    figure.suptitle(f'SmolLM2-135M, {THREADS} llama.cpp thread, 30 turns, answers of up to '
+                    f'{MAX_TOKENS} tokens')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> int:
+    out = HERE / 'results'
+    out.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as directory:
+        port = free_port()
+        node, client = start_node(pathlib.Path(directory), port)
+        try:
+            results: Dict[str, Any] = {'node': node_session(client)}
+            results['count_check'] = count_check(client, port)
+            results['client'] = sliding_client(client)
+            results['interleaved'] = interleaved(client)
+        finally:
+            client.close()
+            node.stop()
+    results['summary'] = {name: summary(results[name]) for name in ('node', 'client')}
+    (out / 'sessions.json').write_text(json.dumps(results, indent=1))
+    (out / 'sessions.md').write_text(table(results))
+    plot(results, out / 'sessions.png')
+    print(table(results))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
