@@ -86,7 +86,8 @@ class ServingState:
         """Why embeddings are not served now, as a client should read it ('' when they are);
         for a state taken through in_lifecycle()."""
         if not self.embedding_model:
-            return 'the node serves no embeddings: its embedding_model parameter is empty'
+            return ('the node serves no embeddings: no embedding_model was set at the last '
+                    'configure (a change applies at the next configure)')
         if not self.serving:
             return self.not_serving_reason
         if self.embedding_recovering:

@@ -283,7 +283,7 @@ def embedding_status(state: ServingState, probe: ServerProbe,
     loaded = probe.embedding_loaded
     active = state.lifecycle == 'active'
     if not name:
-        level, message = Level.OK, 'none: embedding_model is empty (no embeddings served)'
+        level, message = Level.OK, 'none: no embedding_model at the last configure'
     elif active and state.embedding_recovering:
         level, message = Level.WARN, f'recovering: {state.embedding_recovering}'
     elif state.model_error and loaded is None:

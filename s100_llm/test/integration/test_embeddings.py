@@ -96,14 +96,23 @@ def test_not_serving_when_inactive_or_without_an_embedding_model(start_llm):
     llm.client.wait_log('embed request refused: the node is not active')
     llm.node.stop()
     plain = start_llm()
-    plain.activate()
+    assert plain.client.change_state('configure')
+    # Set after configure: it applies at the next configure (the server makes room for it).
+    plain.client.set_parameters(embedding_model=EMBEDDER)
+    assert plain.client.change_state('activate')
     reply = embed(plain, ['hello'])
     assert (reply.error_code, reply.error_message) == (
         Embed.Response.NOT_SERVING,
-        'the node serves no embeddings: its embedding_model parameter is empty')
+        'the node serves no embeddings: no embedding_model was set at the last configure (a '
+        'change applies at the next configure)')
     statuses = plain.client.fresh_statuses(lambda s: 'llm: Embedding model' in s)
     assert statuses['llm: Embedding model'].level == DiagnosticStatus.OK
-    assert statuses['llm: Embedding model'].message.startswith('none: embedding_model is empty')
+    assert statuses['llm: Embedding model'].message == \
+        'none: no embedding_model at the last configure'
+    assert api_ps(plain)[0]['name'] == 'echo:latest' and len(api_ps(plain)) == 1
+    for transition in ('deactivate', 'cleanup', 'configure', 'activate'):
+        assert plain.client.change_state(transition)
+    assert embed(plain, ['hello']).error_code == Embed.Response.NONE
 
 
 def test_an_embedding_model_that_cannot_embed_fails_activate(start_llm):

@@ -69,7 +69,8 @@ def test_not_served_without_an_embedding_model_inactive_or_while_it_reloads():
     loaded = ServingState(model_loaded=True, embedding_model=EMBEDDER, embedding_loaded=True)
     assert loaded.in_lifecycle('active').embedding_not_serving_reason == ''
     assert ServingState(model_loaded=True).in_lifecycle('active').embedding_not_serving_reason \
-        == 'the node serves no embeddings: its embedding_model parameter is empty'
+        == ('the node serves no embeddings: no embedding_model was set at the last configure '
+            '(a change applies at the next configure)')
     assert loaded.in_lifecycle('inactive').embedding_not_serving_reason == \
         'the node is not active (state: inactive)'
     reloading = dataclasses.replace(loaded, embedding_loaded=False,
@@ -122,7 +123,7 @@ def test_no_embedding_model_is_ok():
     report = embedding_status(ServingState(lifecycle='active'), ServerProbe(True),
                               OllamaProcesses())
     assert (report.level, report.message) == (
-        Level.OK, 'none: embedding_model is empty (no embeddings served)')
+        Level.OK, 'none: no embedding_model at the last configure')
     assert dict(report.values)['loaded'] == 'False'
 
 
