@@ -191,6 +191,23 @@ def test_the_embedders_runner_killed_is_reloaded_and_chats_go_on(start_llm):
     assert 'restarting' not in log and "runner of 'endless:latest'" not in log
 
 
+def test_a_server_that_does_not_answer_fails_the_request_naming_it(active):
+    # load_timeout bounds every request to the server; 2 s is shorter than the 6 s after which
+    # supervision takes a silent server for hung (and restarts it): the request sees it first.
+    llm = active(embedding_model=EMBEDDER, load_timeout=2.0)
+    (server,) = servers(llm)
+    server.suspend()
+    try:
+        reply = embed(llm, ['hello'])
+    finally:
+        server.resume()
+    assert reply.error_code == Embed.Response.SERVER_FAILED and not reply.embeddings
+    assert reply.error_message == (f'embed 1 text(s) with {EMBEDDER}: the Ollama server did '
+                                   'not answer in time')
+    llm.client.wait_log(f'embed failed: {reply.error_message} (SERVER_FAILED)')
+    assert embed(llm, ['hello']).error_code == Embed.Response.NONE
+
+
 def run_installed(domain_id, executable, *arguments):
     done = subprocess.run([str(install_prefix() / 'lib' / 's100_llm' / executable), *arguments],
                           env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)),
