@@ -271,9 +271,6 @@ class OllamaEngine:
         self._call(f'unload {model}', self.client.generate, model=model, keep_alive=0,
                    options=self.model_options)
 
-    def set_keep_alive(self, model: str, seconds: float) -> None:
-        self.load(model, keep_alive=seconds)
-
     def loaded(self, quick: bool = False) -> List[LoadedModel]:
         """/api/ps; quick uses a 1 s timeout (for status reports)."""
         client = self.status_client if quick else self.client

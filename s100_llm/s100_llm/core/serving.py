@@ -409,10 +409,14 @@ class Serving:
     def _request_load(self, name: str, keep_alive: float) -> None:
         """Load (or keep) a model with keep_alive: the embedding model through /api/embed."""
         assert self._engine is not None
-        if name == self._embedding_model and name != self._model.model:
+        if self._is_embedder(name):
             self._engine.load_embedder(name, keep_alive)
         else:
             self._engine.load(name, keep_alive)
+
+    def _is_embedder(self, name: str) -> bool:
+        """Whether `name` is the embedding model (and not also the chat model)."""
+        return name == self._embedding_model and name != self._model.model
 
     def _warn_model(self, message: str) -> None:
         self._publish(model_error=message)
@@ -488,7 +492,7 @@ class Serving:
                 dead = next((runner for runner in runners if not _alive(runner)), None)
                 if dead is None:
                     continue
-                embedding = name == self._embedding_model and name != self._model.model
+                embedding = self._is_embedder(name)
                 loaded = self.state.embedding_loaded if embedding else self.state.model_loaded
                 if self._keep_loaded and loaded:
                     return Observation(self.epoch, Failure(
