@@ -4,6 +4,7 @@ the chat CLI's --embed and the remember_recall example as the installed executab
 
 import math
 import os
+import signal
 import subprocess
 
 from action_msgs.msg import GoalStatus
@@ -18,6 +19,8 @@ from harness import runners
 from harness import servers
 from harness import wait_for
 from s100_llm.core.server import model_blob
+from s100_llm.core.server import PortOwner
+from s100_llm.core.server import probe
 
 EMBEDDER = 'embedder:latest'
 FACTS = ['The charging dock is in the hall.',
@@ -165,6 +168,29 @@ def test_both_models_are_loaded_while_active_and_unloaded_at_deactivate(start_ll
     assert not chat_runner.is_running() and not embed_runner.is_running()
     assert 'their runners have exited' in client.wait_log(f"'echo:latest' and '{EMBEDDER}' "
                                                           'unloaded')
+
+
+def test_an_adopted_server_that_keeps_one_model_fails_activate_saying_so(
+        start_llm, ollama_port, models_dir):
+    env = dict(os.environ, OLLAMA_HOST=f'127.0.0.1:{ollama_port}', OLLAMA_MODELS=models_dir,
+               OLLAMA_MAX_LOADED_MODELS='1')
+    other = subprocess.Popen(['s100-ollama-emulator', 'serve'], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        wait_for(lambda: probe(f'http://127.0.0.1:{ollama_port}') is PortOwner.OLLAMA,
+                 'the other server to answer')
+        llm = start_llm(adopt_existing=True, embedding_model=EMBEDDER)
+        assert llm.client.change_state('configure')
+        assert not llm.client.change_state('activate')
+        assert (f"loading embedding_model '{EMBEDDER}' unloaded 'echo:latest': the server keeps "
+                'fewer than 2 models loaded (OLLAMA_MAX_LOADED_MODELS)') in \
+            llm.client.wait_log('activate failed')
+        assert llm.client.state() == 'inactive'
+        wait_for(lambda: api_ps(llm) == [], 'what the failed activate loaded to be unloaded')
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait()
 
 
 def test_the_embedders_runner_killed_is_reloaded_and_chats_go_on(start_llm):
