@@ -32,6 +32,8 @@ setup(
             'chat = s100_llm.chat_cli:main',
             # The tool-calling example behaviour (README "Tool calls").
             'robot_skills = s100_llm.examples.robot_skills:main',
+            # The embeddings example (README "Embeddings").
+            'remember_recall = s100_llm.examples.remember_recall:main',
         ],
     },
 )

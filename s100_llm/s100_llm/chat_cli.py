@@ -8,6 +8,7 @@
     ros2 run s100_llm chat --image door.jpg "Is the door open?"
     ros2 run s100_llm chat --camera "What is on the table?"   # the node's camera_topic
     ros2 run s100_llm chat --info              # the served model and its capabilities
+    ros2 run s100_llm chat --embed "text a" "text b" ...   # vector size, cosine similarities
 
 Tokens are printed as they stream; reasoning is shown dimmed (--hide-thinking to hide it);
 Ctrl-C cancels the goal (the model stops at once) and, in interactive mode, a second Ctrl-C
@@ -17,10 +18,13 @@ The tool calls the model asks for are printed one a line, `tool call <id>: <name
 in interactive mode the CLI then asks for each result and sends them back in the session.
 Interactive mode and --info show the model and its capabilities (from the node's Model
 diagnostics status). In interactive mode, --image files go with the first question and
---camera sends the current camera frame with every question.
+--camera sends the current camera frame with every question. --embed embeds the texts
+with the node's embedding_model (the ~/embed service) and prints the vectors' size and each
+pair's cosine similarity (the vectors have unit length: their dot product).
 """
 
 import argparse
+import itertools
 import json
 import pathlib
 import signal
@@ -38,9 +42,11 @@ from rclpy.signals import SignalHandlerOptions
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
+from s100_llm_msgs.srv import Embed
 from sensor_msgs.msg import CompressedImage
 
 from s100_llm.core.chat import ErrorCode
+from s100_llm.core.embedding import EmbedErrorCode
 from s100_llm.core.images import compressed_kind
 from s100_llm.qos import FEEDBACK_QOS
 
@@ -218,6 +224,32 @@ def print_stats(result: Chat.Result) -> None:
     print('\n' + line, file=sys.stderr)
 
 
+def embed_texts(client: ChatClient, service: str, texts: List[str], dimensions: int,
+                wait: float) -> int:
+    """--embed: the vectors' size and each pair's cosine similarity, or why there are none."""
+    embed = client.node.create_client(Embed, service)
+    if not embed.wait_for_service(timeout_sec=wait):
+        print(f'no embed service at {service} (is the node running?)', file=sys.stderr)
+        return 2
+    future = embed.call_async(Embed.Request(texts=texts, dimensions=dimensions))
+    client._spin_until(future.done)
+    reply = future.result()
+    if reply.error_code != Embed.Response.NONE:
+        print(f'{EmbedErrorCode(reply.error_code).name}: {reply.error_message}',
+              file=sys.stderr)
+        return 1
+    vectors = [list(embedding.vector) for embedding in reply.embeddings]
+    client.out.write(f'{len(vectors)} vector(s) of {len(vectors[0])} dimensions (model '
+                     f'{reply.model}, {reply.prompt_tokens} prompt tokens)\n')
+    for number, text in enumerate(texts, start=1):
+        client.out.write(f'[{number}] {text}\n')
+    for (i, a), (j, b) in itertools.combinations(enumerate(vectors, start=1), 2):
+        similarity = sum(x * y for x, y in zip(a, b))
+        client.out.write(f'cosine similarity [{i}] [{j}]: {similarity:.3f}\n')
+    client.out.flush()
+    return 0
+
+
 def parse_arguments(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='chat', description=__doc__.split('\n')[0])
     parser.add_argument('prompt', nargs='?', help='the question; none: interactive mode')
@@ -239,6 +271,11 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
                         help="show the model the latest frame of the node's camera_topic")
     parser.add_argument('--info', action='store_true',
                         help='print the served model and its capabilities, then exit')
+    parser.add_argument('--embed', nargs='+', metavar='TEXT',
+                        help="embed the texts with the node's embedding_model; print the "
+                        "vectors' size and the pairwise cosine similarities, then exit")
+    parser.add_argument('--dimensions', type=int, default=0,
+                        help='with --embed: shorten the vectors to this many dimensions')
     parser.add_argument('--wait', type=float, default=10.0,
                         help='seconds to wait for the action server')
     return parser.parse_args(argv)
@@ -259,6 +296,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         show_thinking=not args.hide_thinking, color=sys.stdout.isatty())
     signal.signal(signal.SIGINT, client.on_sigint)
     try:
+        if args.embed:
+            return embed_texts(client, f"{args.node.rstrip('/')}/embed", args.embed,
+                               args.dimensions, args.wait)
         if not client.wait_for_server(args.wait):
             print(f'no chat action server at {args.node}/chat (is the node running?)',
                   file=sys.stderr)

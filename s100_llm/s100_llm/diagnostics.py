@@ -1,12 +1,12 @@
 """Resource and health diagnostics on /diagnostics, in every lifecycle state.
 
-Six statuses named '<node>: <task>' (the diagnostic_updater convention) with hardware_id =
-the host name: System CPU, Memory, Temperature, Storage, Ollama server, Model. Their levels,
-messages and values are pure functions in core.status; this module only gathers their inputs
-once per period (a psutil sample through core.resources, the node's ServingState snapshot, one
-/api/ps call through the snapshot's engine, the chat figures), assembles the statuses and
-publishes them. A thread of its own does this, so transitions and chats never stall it; System
-CPU reports what the previous period's work cost.
+Seven statuses named '<node>: <task>' (the diagnostic_updater convention) with hardware_id =
+the host name: System CPU, Memory, Temperature, Storage, Ollama server, Model, Embedding model.
+Their levels, messages and values are pure functions in core.status; this module only gathers
+their inputs once per period (a psutil sample through core.resources, the node's ServingState
+snapshot, one /api/ps call through the snapshot's engine, the chat figures), assembles the
+statuses and publishes them. A thread of its own does this, so transitions and chats never stall
+it; System CPU reports what the previous period's work cost.
 
 The period is wall-clock time, not an rclpy timer on the node's clock: resource figures are per
 wall-clock second, and a paused simulation clock (use_sim_time) must not stop the health report.
@@ -27,6 +27,7 @@ from . import parameters
 from .core import status
 from .core.config import DiagnosticsSettings
 from .core.engine import EngineError
+from .core.engine import loaded_entry
 from .core.resources import ResourceSampler
 from .core.serving import ServingState
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class DiagnosticsPublisher:
-    """The diagnostics thread: samples, assembles the six statuses and publishes them."""
+    """The diagnostics thread: samples, assembles the seven statuses and publishes them."""
 
     def __init__(self, node: 'LlmNode') -> None:
         self.node = node
@@ -89,6 +90,7 @@ class DiagnosticsPublisher:
             status.server_status(state, probe, processes, time.monotonic(),
                                  system.per_core_percent),
             status.model_status(state, model, probe, processes, self._chat_figures()),
+            status.embedding_status(state, probe, processes),
         ]
         array = DiagnosticArray(status=[self._message(report) for report in reports])
         array.header.stamp = self.node.get_clock().now().to_msg()
@@ -106,10 +108,13 @@ class DiagnosticsPublisher:
             return status.OllamaProcesses()
         server_pid = state.server.pid
         samples = self.sampler.processes(([server_pid] if server_pid else [])
-                                         + list(state.runner_pids))
+                                         + list(state.runner_pids)
+                                         + list(state.embedding_runner_pids))
         return status.OllamaProcesses(
             server=next((s for s in samples if s.pid == server_pid), None),
-            runners=tuple(s for s in samples if s.pid != server_pid))
+            runners=tuple(s for s in samples if s.pid in state.runner_pids),
+            embedding_runners=tuple(s for s in samples
+                                    if s.pid in state.embedding_runner_pids))
 
     @staticmethod
     def _probe(state: ServingState) -> status.ServerProbe:
@@ -117,9 +122,12 @@ class DiagnosticsPublisher:
         if state.server is None or state.engine is None:
             return status.ServerProbe()
         try:
-            return status.ServerProbe(True, state.engine.loaded_model(state.model, quick=True))
+            loaded = state.engine.loaded(quick=True)
         except EngineError:
             return status.ServerProbe(reachable=False)
+        return status.ServerProbe(
+            True, loaded_entry(loaded, state.model),
+            loaded_entry(loaded, state.embedding_model) if state.embedding_model else None)
 
     def _chat_figures(self) -> status.ChatFigures:
         """The only reads of the chat action: its counters and the admission's occupancy."""

@@ -7,9 +7,10 @@
 configure   validates the parameters, starts `ollama serve` (or adopts a running server) and
             waits until it answers HTTP. SUCCESS -> inactive; FAILURE (bad parameter, missing
             binary, port taken, server died or timed out) -> unconfigured, nothing left running.
-activate    takes the model and chat parameters as they are now, pulls the model if it is
-            missing, checks that it fits in the available RAM, loads it (kept loaded for as
-            long as the node is active) and confirms it in /api/ps.
+activate    takes the model and chat parameters as they are now, pulls the model (and the
+            embedding_model, when set) if missing, checks that they fit in the available RAM
+            and that the embedding model embeds, loads them (kept loaded for as long as the
+            node is active) and confirms them in /api/ps.
             SUCCESS -> active, chats are accepted; FAILURE -> inactive, model not loaded.
 deactivate  stops accepting chats, aborts the running ones, unloads the model and confirms the
             runner has exited (an unload not confirmed in time is a warning: the node has
@@ -26,19 +27,20 @@ Who does what: core/serving.py's Serving owns the server, its HTTP client and th
 runners (every step above), core/supervision.py's Supervisor recovers them (restart with
 backoff, reload, or ErrorProcessing through `_enter_error_processing`), chat_action.py serves
 chats, camera.py keeps the camera_topic's latest frame while active (for use_camera goals),
-diagnostics.py publishes /diagnostics; chat and diagnostics read only
-`serving_state()`, an immutable snapshot taken without a lock.
+embed_service.py serves embeddings, diagnostics.py publishes /diagnostics; chat, embed and
+diagnostics read only `serving_state()`, an immutable snapshot taken without a lock.
 
 Threads and locks:
 - the executor's threads (main()): lifecycle services (change_state in a group of its own, so
   get_state and the others answer during a transition), parameter services, the chat action,
-  the TTS bridge, the camera's frames. A transition takes `_transitions` (one at a time,
-  whether a client or supervision asks) and then `Serving.lock` for its steps.
+  the TTS bridge, the camera's frames, the embed service (a group of its own). A transition
+  takes `_transitions` (one at a time, whether a client or supervision asks) and then
+  `Serving.lock` for its steps.
 - 'supervision' (Supervisor): takes `Serving.lock` only when free for a check, holds it for a
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
   ErrorProcessing.
-- 'diagnostics' (DiagnosticsPublisher) and chat executions: no lock of the node's or of
-  Serving's; they read `serving_state()`.
+- 'diagnostics' (DiagnosticsPublisher), chat executions and embed requests: no lock of the
+  node's or of Serving's; they read `serving_state()`.
 - 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
   stored turn; takes the session store's lock only to copy the sessions.
 - the main thread on exit (exit_process): takes `Serving.lock` when free, else stops the server
@@ -77,6 +79,7 @@ from .core.session_file import SessionFileError
 from .core.session_file import SessionWriter
 from .core.supervision import Supervisor
 from .diagnostics import DiagnosticsPublisher
+from .embed_service import EmbedService
 from .session_services import SessionServices
 from .tts_bridge import TtsBridge
 
@@ -111,6 +114,7 @@ class LlmNode(LifecycleNode):
         self.session_writer = SessionWriter(self.chat.sessions, self._log_line)
         self.chat.sessions.on_change = self.session_writer.changed
         self.session_services = SessionServices(self, self.chat.sessions)
+        self.embed = EmbedService(self)
         self.diagnostics = DiagnosticsPublisher(self)
         # Supervision is a plain thread, not an rclpy timer: a timer costs the executor a wake-up
         # and a dispatch (about 2 ms of CPU each on a 2-core machine), which made up a third of
@@ -195,7 +199,8 @@ class LlmNode(LifecycleNode):
             self.chat.configure(self.settings)      # the sessions' bounds, before loading
             self._open_sessions_file(self.settings.chat.sessions_file)
             self.serving.start(self.settings.server, self.settings.models_dir,
-                               self.settings.model)
+                               self.settings.model, self.settings.embedding.embedding_model)
+            self.embed.configure(self.settings)
             self.supervisor.budget.clear()
         return self._transition('configure', configure)
 
@@ -220,10 +225,15 @@ class LlmNode(LifecycleNode):
         def activate() -> None:
             assert self.settings is not None
             current = self._read_settings()     # server settings apply at configure only
-            self.settings = dataclasses.replace(self.settings, model=current.model,
-                                                chat=current.chat, vision=current.vision)
+            self.settings = dataclasses.replace(
+                self.settings, model=current.model, chat=current.chat, vision=current.vision,
+                # embedding_model applies at configure (the server makes room for it then)
+                embedding=dataclasses.replace(
+                    current.embedding,
+                    embedding_model=self.settings.embedding.embedding_model))
             self.serving.use_model(self.settings.model)
             self.chat.configure(self.settings)
+            self.embed.configure(self.settings)
             self.serving.activate()
             self.camera.start(self.settings.vision.camera_topic)
         result = self._transition('activate', activate, about_model=True)
@@ -385,9 +395,9 @@ def main(args: Optional[List[str]] = None) -> int:
     rclpy.init(args=args)
     node = LlmNode()
     # One thread per chat that runs (a waiting goal holds none: it is executed when a slot
-    # frees), plus the lifecycle, parameter and goal/cancel/result services and the TTS bridge
-    # (diagnostics and supervision have their own threads).
-    executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 4)
+    # frees), plus the lifecycle, parameter and goal/cancel/result services, the TTS bridge and
+    # the embed service (diagnostics and supervision have their own threads).
+    executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 5)
     executor.add_node(node)
     try:
         # Not executor.spin(): a signal can shut the context down while the executor rebuilds

@@ -105,9 +105,12 @@ class ServerSettings:
         bounds=(256, 1 << 20))
     max_queue: int = setting(
         64, CONFIGURE, 'OLLAMA_MAX_QUEUE: requests Ollama itself queues.', bounds=(1, 100000))
+    # Ollama unloads the least recently used model to load one beyond this: with an embedding
+    # model and 1, every embed would unload the chat model and every chat reload it.
     max_loaded_models: int = setting(
         1, CONFIGURE, 'OLLAMA_MAX_LOADED_MODELS: models kept in RAM at once (each its own '
-        'runner).', bounds=(1, 64))
+        'runner). Raised to 2 when embedding_model is set, so that Ollama never unloads the chat '
+        'model to load the embedding model (and back at the next chat).', bounds=(1, 64))
     kv_cache_type: str = setting(
         '', CONFIGURE, "OLLAMA_KV_CACHE_TYPE: KV-cache quantization; q8_0 halves the cache's "
         'RAM at a small quality cost, q4_0 quarters it (both need flash attention); empty = '
@@ -331,6 +334,29 @@ _TOPIC = re.compile(r'(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 
 
 @dataclasses.dataclass(frozen=True)
+class EmbeddingSettings:
+    """The embedding model and the limits of the ~/embed service."""
+
+    # At configure: the server is started with room for both models (max_loaded_models).
+    embedding_model: str = setting(
+        '', CONFIGURE, 'The Ollama embedding model (capability "embedding", e.g. '
+        'nomic-embed-text, all-minilm) served on ~/embed, loaded at activate next to model and '
+        'kept loaded while active; empty = no embedding service. The server is started with room '
+        'for both models (see max_loaded_models), so a change takes effect at the next '
+        'configure.')
+    max_embed_texts: int = setting(
+        64, ACTIVATE, 'Most texts one embed request may hold.', bounds=(1, 100000))
+    max_embed_chars: int = setting(
+        100000, ACTIVATE, 'Most characters one embed request may hold, all texts together.',
+        bounds=(1, 10_000_000))
+
+    def validate(self) -> None:
+        check_values(self)
+        if self.embedding_model:
+            validate_model_name(self.embedding_model, 'embedding_model')
+
+
+@dataclasses.dataclass(frozen=True)
 class DiagnosticsSettings:
     """Thresholds of the diagnostics statuses (WARN at *_warn, ERROR at *_error)."""
 
@@ -380,6 +406,7 @@ class NodeSettings:
     supervision: SupervisionSettings
     chat: ChatSettings
     vision: VisionSettings
+    embedding: EmbeddingSettings
     diagnostics: DiagnosticsSettings
     tts_bridge: bool = setting(
         False, START, 'Bridge /prompt_text (std_msgs/String) to the chat and publish the answer '
@@ -401,6 +428,7 @@ PARAMETERS: Tuple[Parameter, ...] = table(
     ('When the server or its runner dies', SupervisionSettings),
     ('The chat action', ChatSettings),
     ('Images and the camera', VisionSettings),
+    ('Embeddings (~/embed)', EmbeddingSettings),
     ('Diagnostics on /diagnostics', DiagnosticsSettings),
     ('Integration', NodeSettings),
 )
@@ -432,7 +460,7 @@ def settings_from(values: Mapping[str, Any]) -> NodeSettings:
     settings = NodeSettings(
         server=part(ServerSettings), model=part(ModelSettings),
         supervision=part(SupervisionSettings), chat=part(ChatSettings),
-        vision=part(VisionSettings),
+        vision=part(VisionSettings), embedding=part(EmbeddingSettings),
         diagnostics=part(DiagnosticsSettings), tts_bridge=values['tts_bridge'])
     settings.validate()
     return settings

@@ -41,6 +41,11 @@ class EngineError(RuntimeError):
     """An Ollama request failed; the message says why in words."""
 
 
+class RequestRefused(EngineError):
+    """Ollama refused the request itself (HTTP 400): the caller's input is at fault, not the
+    server (e.g. a text longer than the model's context with truncate false)."""
+
+
 class StreamTimeout(EngineError):
     """Ollama sent nothing on a chat stream for stream_timeout seconds."""
 
@@ -70,6 +75,14 @@ class LoadedModel:
     size: int
     context_length: int
     expires_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+    """What /api/embed answered: one unit-length vector per text, and the tokens counted."""
+
+    vectors: List[List[float]]
+    prompt_tokens: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,13 +257,19 @@ class OllamaEngine:
         if reply.done_reason != 'load':
             raise EngineError(f'load {model}: unexpected answer done_reason={reply.done_reason}')
 
+    def load_embedder(self, model: str, keep_alive: float = FOREVER) -> None:
+        """Load an embedding model (blocks until Ollama has it in memory) with the given
+        keep_alive. Such a model cannot generate, so Ollama's preload with an empty
+        /api/generate is refused for it ("does not support generate"); an /api/embed with no
+        input loads it instead (Ollama schedules the runner before it looks at the input)."""
+        self._call(f'load {model}', self.client.embed, model=model, input=[],
+                   keep_alive=_keep_alive(keep_alive), options=self.model_options)
+
     def unload(self, model: str) -> None:
-        """Ask Ollama to unload the model now (it answers before the runner has exited)."""
+        """Ask Ollama to unload the model now (it answers before the runner has exited); for
+        an embedding model too (Ollama expires the runner before it checks capabilities)."""
         self._call(f'unload {model}', self.client.generate, model=model, keep_alive=0,
                    options=self.model_options)
-
-    def set_keep_alive(self, model: str, seconds: float) -> None:
-        self.load(model, keep_alive=seconds)
 
     def loaded(self, quick: bool = False) -> List[LoadedModel]:
         """/api/ps; quick uses a 1 s timeout (for status reports)."""
@@ -261,8 +280,31 @@ class OllamaEngine:
                 for m in self._call('list loaded models', client.ps).models]
 
     def loaded_model(self, model: str, quick: bool = False) -> Optional[LoadedModel]:
-        wanted = _canonical(model)
-        return next((m for m in self.loaded(quick) if _canonical(m.name) == wanted), None)
+        return loaded_entry(self.loaded(quick), model)
+
+    # ---- embeddings ----------------------------------------------------------------------
+    def embed(self, model: str, texts: List[str], truncate: bool = True,
+              dimensions: int = 0) -> Embeddings:
+        """The embedding of each text (/api/embed), kept loaded (keep_alive forever, as every
+        request of the node's). dimensions 0: the model's size. Raises RequestRefused when
+        Ollama answers 400 (the input's fault: its reason is in the message), EngineError for
+        anything else."""
+        what = f'embed {len(texts)} text(s) with {model}'
+        try:
+            reply = self.client.embed(model=model, input=texts, truncate=truncate,
+                                      dimensions=dimensions or None, keep_alive=-1,
+                                      options=self.model_options)
+        except ollama.ResponseError as error:
+            if error.status_code == 400:
+                raise RequestRefused(f'{what}: Ollama refused the input (400, a fault of the '
+                                     f'request, not of the server): {error.error}') from None
+            raise EngineError(describe(error, what)) from None
+        except Exception as error:
+            raise EngineError(describe(error, what)) from None
+        vectors = [list(vector) for vector in reply.embeddings]
+        if len(vectors) != len(texts):
+            raise EngineError(f'{what}: Ollama answered {len(vectors)} vector(s)')
+        return Embeddings(vectors, int(reply.prompt_eval_count or 0))
 
     # ---- chat ----------------------------------------------------------------------------
     def chat(self, model: str, messages: List[Dict[str, Any]], think: Optional[bool],
@@ -281,6 +323,12 @@ class OllamaEngine:
         if tools:
             request['tools'] = tools
         return ChatStream(self._loop, self._async_client, request, idle_timeout)
+
+
+def loaded_entry(loaded: List[LoadedModel], model: str) -> Optional[LoadedModel]:
+    """The model's entry in what /api/ps listed (engine.loaded()), or None."""
+    wanted = _canonical(model)
+    return next((m for m in loaded if _canonical(m.name) == wanted), None)
 
 
 def _keep_alive(seconds: float) -> Any:

@@ -11,6 +11,7 @@ server's runners are its descendants, an orphan's parent is init or a subreaper.
 import ctypes
 import dataclasses
 import enum
+import json
 import os
 import re
 import shutil
@@ -146,6 +147,42 @@ def is_runner(process: psutil.Process, models_dir: str) -> bool:
         return False
     return '--model' in cmdline and any(
         part.startswith(os.path.join(models_dir, 'blobs') + os.sep) for part in cmdline)
+
+
+# Ollama's models directory: manifests/<host>/<namespace>/<model>/<tag>, the defaults filled in.
+DEFAULT_REGISTRY = 'registry.ollama.ai'
+DEFAULT_NAMESPACE = 'library'
+MEDIA_MODEL = 'application/vnd.ollama.image.model'
+
+
+def model_blob(models_dir: str, model: str) -> Optional[str]:
+    """The file name ('sha256-<hex>') of the model's weights in models_dir, from its manifest;
+    None when the manifest cannot be read. A runner names this file after --model: that is
+    how a runner is told to belong to a model when several are loaded."""
+    base = model.rsplit('/', 1)[-1]
+    name, tag = model.rsplit(':', 1) if ':' in base else (model, 'latest')
+    parts = name.split('/')
+    path = [DEFAULT_REGISTRY, DEFAULT_NAMESPACE][:max(0, 3 - len(parts))] + parts + [tag]
+    # Ollama writes the path lower-cased (names are case-insensitive); older ones as given.
+    for relative in (os.path.join(*path).lower(), os.path.join(*path)):
+        try:
+            with open(os.path.join(models_dir, 'manifests', relative), 'rb') as manifest:
+                layers = json.load(manifest).get('layers', [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        digest = next((layer.get('digest', '') for layer in layers
+                       if isinstance(layer, dict) and layer.get('mediaType') == MEDIA_MODEL), '')
+        if digest:
+            return digest.replace(':', '-')
+    return None
+
+
+def runs_blob(process: psutil.Process, blob: str) -> bool:
+    """Whether a runner's command line names the weights file `blob` (see model_blob)."""
+    try:
+        return any(os.path.basename(part) == blob for part in process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
 
 
 def is_ollama_server(process: psutil.Process) -> bool:
@@ -328,20 +365,25 @@ class OllamaServer:
     def pid(self) -> Optional[int]:
         return self.process.pid if self.process is not None else None
 
-    def runners(self) -> List[psutil.Process]:
-        """The runners this server started: its descendants serving models_dir.
+    def runners(self, model: Optional[str] = None) -> List[psutil.Process]:
+        """The runners this server started: its descendants serving models_dir; with `model`,
+        only those holding that model's weights (none when its manifest cannot be read).
 
         Only its own process tree: another server sharing the models directory (a second node
         on the default ~/.ollama/models) has runners of its own that this one must never count,
         watch or kill.
         """
+        blob = model_blob(self.models_dir, model) if model is not None else None
+        if model is not None and blob is None:
+            return []
         if self.process is None or self.process.poll() is not None:
             return []
         try:
             descendants = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [process for process in descendants if is_runner(process, self.models_dir)]
+        return [process for process in descendants if is_runner(process, self.models_dir)
+                and (blob is None or runs_blob(process, blob))]
 
     def signal_group(self, number: int) -> None:
         """Send a signal to the managed server's process group (it and its runners) now, from

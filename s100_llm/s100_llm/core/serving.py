@@ -2,11 +2,15 @@
 
 `Serving` does every step that changes what is served: start the server (models dir checks
 included), pull with progress, check that the model fits in RAM, load and verify, unload and
-confirm, stop, restart, reload. All of them run under its one lock (`Serving.lock`, reentrant);
-after every change it publishes a new `ServingState`, so readers (the chat action, the
-diagnostics, the node's status) read `Serving.state` without a lock and get a snapshot that
-stays consistent while they use it. A failed step raises ServingError whose message names the
-cause and what to do about it; the state keeps it as server_error or model_error.
+confirm, stop, restart, reload. With an embedding model configured it does each of them for
+both models: both are pulled, counted in the memory check, loaded and kept loaded while active,
+unloaded at deactivate; each model's runners are told apart by the weights file they hold, so a
+runner that exits is reloaded as the model it held. All of them run under its one lock
+(`Serving.lock`, reentrant); after every change it publishes a new `ServingState`, so readers
+(the chat action, the embed service, the diagnostics, the node's status) read `Serving.state`
+without a lock and get a snapshot that stays consistent while they use it. A failed step raises
+ServingError whose message names the cause and what to do about it; the state keeps it as
+server_error or model_error.
 
 The node runs each lifecycle transition inside `Serving.transition()`; supervision
 (core/supervision.py) calls `check()`, `reload()`, `restart()` and `fail()`.
@@ -18,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import psutil
 
@@ -26,6 +30,7 @@ from .config import ModelSettings
 from .config import ServerSettings
 from .engine import EngineError
 from .engine import FOREVER
+from .engine import loaded_entry
 from .engine import OllamaEngine
 from .server import LogSink
 from .server import OllamaServer
@@ -55,6 +60,11 @@ class ServingState:
     runner_pids: Tuple[int, ...] = ()
     num_thread: int = 0               # the model's threads as sent to Ollama (0: its default)
     engine: Optional[OllamaEngine] = None    # the HTTP client of the server (chats, /api/ps)
+    embedding_model: str = ''         # the embedding model served on ~/embed ('' for none)
+    embedding_loaded: bool = False
+    embedding_capabilities: Tuple[str, ...] = ()
+    embedding_runner_pids: Tuple[int, ...] = ()
+    embedding_recovering: str = ''    # cause of a reload of the embedding model in progress
 
     def in_lifecycle(self, label: str) -> 'ServingState':
         """This state as seen in lifecycle state `label`: whether chats are served, and if
@@ -71,6 +81,21 @@ class ServingState:
         return dataclasses.replace(self, lifecycle=label, serving=not reason,
                                    not_serving_reason=reason)
 
+    @property
+    def embedding_not_serving_reason(self) -> str:
+        """Why embeddings are not served now, as a client should read it ('' when they are);
+        for a state taken through in_lifecycle()."""
+        if not self.embedding_model:
+            return ('the node serves no embeddings: no embedding_model was set at the last '
+                    'configure (a change applies at the next configure)')
+        if not self.serving:
+            return self.not_serving_reason
+        if self.embedding_recovering:
+            return f'the node is recovering (state: active): {self.embedding_recovering}'
+        if not self.embedding_loaded:
+            return f"the embedding model '{self.embedding_model}' is not loaded (state: active)"
+        return ''
+
 
 class ServingError(RuntimeError):
     """A serving step failed for a reason the user can fix; the message says which."""
@@ -83,6 +108,8 @@ class Failure:
     problem: str
     epoch: int
     model_only: bool = False      # the model's runner went away; the server is fine
+    model: str = ''               # which model's runner (model_only)
+    embedding: bool = False       # that model is the embedding model: chats are unaffected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,23 +136,32 @@ class Serving:
         self._engine: Optional[OllamaEngine] = None
         self._server_settings: Optional[ServerSettings] = None
         self._model = ModelSettings()
+        self._embedding_model = ''
         self._models_dir = ''
         self._configured = False
         # The node is active: the model is to stay loaded (a runner that exits is reloaded, a
         # restarted server loads it again).
         self._keep_loaded = False
         self._load_requested = False
-        self._runners: List[psutil.Process] = []
+        # Each loaded model's runners, by model name (the chat model, the embedding model).
+        self._runners: Dict[str, List[psutil.Process]] = {}
         self.state = ServingState()
 
     # ---- snapshot ------------------------------------------------------------------------
     def _publish(self, **changes: object) -> None:
         """Apply `changes` to the published state and refresh what the objects own."""
         server = self._server
+        embedding = self._embedding_model
         self.state = dataclasses.replace(
             self.state, **changes, model=self._model.model if self._configured else '',
             models_dir=self._models_dir, server=server.status() if server else None,
-            runner_pids=tuple(p.pid for p in self._runners), engine=self._engine)
+            runner_pids=tuple(p.pid for p in self._runners.get(self._model.model, [])),
+            engine=self._engine, embedding_model=embedding if self._configured else '',
+            embedding_runner_pids=tuple(p.pid for p in self._runners.get(embedding, []))
+            if embedding else ())
+
+    def _all_runners(self) -> List[psutil.Process]:
+        return [runner for runners in self._runners.values() for runner in runners]
 
     # ---- transitions ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -151,12 +187,17 @@ class Serving:
                 self._publish(server_error=f'{name} raised {type(error).__name__}: {error}')
                 raise
 
-    def start(self, server: ServerSettings, models_dir: str, model: ModelSettings) -> None:
+    def start(self, server: ServerSettings, models_dir: str, model: ModelSettings,
+              embedding_model: str = '') -> None:
         """Check the models directory, start (or adopt) the server and wait until it answers,
-        and make its HTTP client; on failure nothing is left running."""
+        and make its HTTP client; on failure nothing is left running. embedding_model ('' for
+        none) is loaded next to the model at every activate: the server is started with room
+        for both."""
         with self.lock:
+            server = self._room_for_both(server, model.model, embedding_model)
             self._server_settings, self._models_dir = server, models_dir
             self._model, self._configured = model, True
+            self._embedding_model = embedding_model
             self._publish(model_error='')
             _prepare_models_dir(models_dir)
             self._server = OllamaServer(server, models_dir, self.log)
@@ -169,6 +210,19 @@ class Serving:
                     self._stop()
                 raise
             self._publish()
+
+    def _room_for_both(self, server: ServerSettings, model: str,
+                       embedding_model: str) -> ServerSettings:
+        """The server settings with OLLAMA_MAX_LOADED_MODELS at least 2 when an embedding model
+        is to be kept loaded: with 1, Ollama would unload the chat model to load the embedding
+        model, and back at the next chat (each a full load)."""
+        if not embedding_model or server.max_loaded_models >= 2:
+            return server
+        if server.manage_server:
+            self.log('info', 'OLLAMA_MAX_LOADED_MODELS 2 (max_loaded_models '
+                             f'{server.max_loaded_models} raised): embedding_model '
+                             f"'{embedding_model}' stays loaded next to '{model}'")
+        return dataclasses.replace(server, max_loaded_models=2)
 
     def use_model(self, model: ModelSettings) -> None:
         """Take the model settings for the next load (they apply at every activate)."""
@@ -197,38 +251,77 @@ class Serving:
             self._keep_loaded = True
 
     def _load(self) -> None:
-        """Pull the model when missing, check it fits in RAM, load it, confirm it in /api/ps."""
+        """Pull the model (and the embedding model) when missing, check they fit in RAM and
+        that the embedding model embeds, load both, confirm both in /api/ps."""
         if self._engine is None:
             raise ServingError('no Ollama server is running (configure first)')
-        engine, model = self._engine, self._model
+        engine, model, embedder = self._engine, self._model, self._embedding_model
         self._load_requested = False
-        size = engine.installed_size(model.model)
-        if size is None:
-            if not model.pull_missing:
-                raise ServingError(f"model '{model.model}' is not in models_dir and "
-                                   f'pull_missing is false; pull it: ollama pull {model.model}')
-            self._pull(engine, model.model)
-            size = engine.installed_size(model.model)
-            if size is None:
-                raise ServingError(f"model '{model.model}' is still missing after the pull")
-        if engine.loaded_model(model.model) is None:
-            _check_memory_fit(model, size)
+        sizes = {model.model: self._installed_size(engine, model.model, 'model')}
+        if embedder:
+            sizes[embedder] = self._installed_size(engine, embedder, 'embedding_model')
+        loaded_before = engine.loaded()
+        refusal = memory_refusal(
+            [(name, size) for name, size in sizes.items()
+             if loaded_entry(loaded_before, name) is None],
+            model.memory_margin_mb, psutil.virtual_memory().available, embedder)
+        if refusal:
+            raise ServingError(refusal)
         info = engine.show(model.model)
         capabilities = tuple(info['capabilities'])
+        embedding_capabilities: Tuple[str, ...] = ()
+        if embedder:
+            embedding_capabilities = tuple(engine.show(embedder)['capabilities'])
+            if 'embedding' not in embedding_capabilities:
+                raise ServingError(
+                    f"embedding_model '{embedder}' cannot embed: it lacks the embedding "
+                    f"capability (capabilities: {', '.join(embedding_capabilities) or 'none'}); "
+                    'pick an embedding model (e.g. nomic-embed-text, all-minilm)')
         self._warn_threads_beyond_cores(model.num_thread)
         started = time.monotonic()
         self._load_requested = True
         engine.load(model.model, FOREVER)
-        loaded = engine.loaded_model(model.model)
+        if embedder:
+            engine.load_embedder(embedder, FOREVER)
+        loaded_now = engine.loaded()
+        loaded = loaded_entry(loaded_now, model.model)
+        loaded_embedder = loaded_entry(loaded_now, embedder) if embedder else None
+        if loaded is None and loaded_embedder is not None:
+            raise ServingError(
+                f"loading embedding_model '{embedder}' unloaded '{model.model}': the server "
+                'keeps fewer than 2 models loaded (OLLAMA_MAX_LOADED_MODELS); a managed server '
+                'gets at least 2 from max_loaded_models, start an adopted one with '
+                'OLLAMA_MAX_LOADED_MODELS=2 or more')
         if loaded is None:
             raise ServingError(f"'{model.model}' was loaded but /api/ps does not list it")
+        if embedder and loaded_embedder is None:
+            raise ServingError(f"'{embedder}' was loaded but /api/ps does not list it")
         context_length = loaded.context_length or info['context_length']
-        self._runners = self._server.runners() if self._server else []
+        server = self._server
+        self._runners = {name: server.runners(name) if server else [] for name in sizes}
         self._publish(model_loaded=True, capabilities=capabilities,
-                      context_length=context_length)
+                      context_length=context_length, embedding_loaded=bool(embedder),
+                      embedding_capabilities=embedding_capabilities)
         self.log('info', f"model '{model.model}' loaded in {time.monotonic() - started:.3f} s "
                          f'({loaded.size / GiB:.2f} GiB, context {context_length}, capabilities '
-                         f"{', '.join(capabilities)})")
+                         f"{', '.join(capabilities)})" + (
+                             f"; embedding_model '{embedder}' loaded next to it "
+                             f'({loaded_embedder.size / GiB:.2f} GiB)'
+                             if loaded_embedder is not None else ''))
+
+    def _installed_size(self, engine: OllamaEngine, model: str, parameter: str) -> int:
+        """The model's size in models_dir, pulled first when missing and pull_missing allows."""
+        size = engine.installed_size(model)
+        if size is not None:
+            return size
+        if not self._model.pull_missing:
+            raise ServingError(f"{parameter} '{model}' is not in models_dir and pull_missing is "
+                               f'false; pull it: ollama pull {model}')
+        self._pull(engine, model)
+        size = engine.installed_size(model)
+        if size is None:
+            raise ServingError(f"{parameter} '{model}' is still missing after the pull")
+        return size
 
     def _warn_threads_beyond_cores(self, num_thread: int) -> None:
         """More threads than cores slow the model down and take every core: say so."""
@@ -258,7 +351,8 @@ class Serving:
         self.log('info', f"pulled '{model}'")
 
     def unload(self) -> None:
-        """Unload (or keep for keep_alive_inactive) and confirm the runner is gone.
+        """Unload the model and the embedding model (or keep them for keep_alive_inactive) and
+        confirm their runners are gone.
 
         Serving stops whatever happens: a failure to unload is a warning (model_error), never
         an error that would leave the node 'active' without a model. Runners still tracked
@@ -269,40 +363,60 @@ class Serving:
             self._keep_loaded = False
             if self._engine is None or self._server_settings is None:
                 return
-            self._publish(model_loaded=False)
+            self._publish(model_loaded=False, embedding_loaded=False)
             engine, model = self._engine, self._model
+            names = [model.model] + ([self._embedding_model] if self._embedding_model else [])
+            both = ' and '.join(f"'{name}'" for name in names)
             try:
                 if model.keep_alive_inactive > 0:
-                    engine.set_keep_alive(model.model, model.keep_alive_inactive)
-                    self.log('info', f"model '{model.model}' stays loaded for "
-                                     f'{model.keep_alive_inactive:g} s (keep_alive_inactive)')
+                    for name in names:
+                        self._request_load(name, model.keep_alive_inactive)
+                    self.log('info', f'{both} stay loaded for {model.keep_alive_inactive:g} s '
+                                     '(keep_alive_inactive)')
                     return
                 started = time.monotonic()
-                engine.unload(model.model)
+                for name in names:
+                    engine.unload(name)
             except EngineError as error:
                 self._warn_model(f'unload: {error}')
                 return
             stop_timeout = self._server_settings.stop_timeout
             deadline = time.monotonic() + stop_timeout
+            runners = self._all_runners()
             # Returns as soon as the runners have exited (psutil polls /proc at a fine interval).
-            psutil.wait_procs(self._runners, timeout=stop_timeout)
+            psutil.wait_procs(runners, timeout=stop_timeout)
             while True:
                 try:
-                    still_loaded = engine.loaded_model(model.model) is not None
+                    listed = engine.loaded()
                 except EngineError as error:   # the node stops serving whatever happens
                     self._warn_model(f'unload not confirmed: {error}')
                     return
-                if not still_loaded and not any(_alive(p) for p in self._runners):
+                still_loaded = [name for name in names if loaded_entry(listed, name)]
+                if not still_loaded and not any(_alive(p) for p in runners):
                     break
                 if time.monotonic() > deadline:
-                    self._warn_model(f"'{model.model}' is still loaded {stop_timeout:g} s after "
-                                     'unloading (the server ends it, or cleanup stops it)')
+                    self._warn_model(f"{', '.join(repr(n) for n in still_loaded) or both} still "
+                                     f'loaded {stop_timeout:g} s after unloading (the server '
+                                     'ends it, or cleanup stops it)')
                     return
                 time.sleep(0.02)
-            self._runners = []
+            self._runners = {}
             self._publish()
-            self.log('info', f"model '{model.model}' unloaded in "
-                             f'{time.monotonic() - started:.3f} s; its runner has exited')
+            self.log('info', f'{both} unloaded in {time.monotonic() - started:.3f} s; '
+                             f"{'its runner has' if len(names) == 1 else 'their runners have'} "
+                             'exited')
+
+    def _request_load(self, name: str, keep_alive: float) -> None:
+        """Load (or keep) a model with keep_alive: the embedding model through /api/embed."""
+        assert self._engine is not None
+        if self._is_embedder(name):
+            self._engine.load_embedder(name, keep_alive)
+        else:
+            self._engine.load(name, keep_alive)
+
+    def _is_embedder(self, name: str) -> bool:
+        """Whether `name` is the embedding model (and not also the chat model)."""
+        return name == self._embedding_model and name != self._model.model
 
     def _warn_model(self, message: str) -> None:
         self._publish(model_error=message)
@@ -323,8 +437,8 @@ class Serving:
             if server is not None:
                 server.stop()
         finally:
-            self._runners = []
-            self._publish(model_loaded=False)
+            self._runners = {}
+            self._publish(model_loaded=False, embedding_loaded=False)
 
     def release(self) -> None:
         """Unload the model (only from an adopted server: a managed one takes its runners
@@ -333,7 +447,8 @@ class Serving:
             self._release()
 
     def _release(self) -> None:
-        if self._server is not None and self._server.adopted and self.state.model_loaded:
+        if self._server is not None and self._server.adopted and (
+                self.state.model_loaded or self.state.embedding_loaded):
             self.unload()
         self._stop()
 
@@ -373,20 +488,22 @@ class Serving:
             if code is not None:
                 return Observation(self.epoch, Failure(
                     f'the Ollama server (pid {server.pid}) exited with code {code}', self.epoch))
-            for runner in self._runners:
-                if _alive(runner):
+            for name, runners in list(self._runners.items()):
+                dead = next((runner for runner in runners if not _alive(runner)), None)
+                if dead is None:
                     continue
-                if self._keep_loaded and self.state.model_loaded:
+                embedding = self._is_embedder(name)
+                loaded = self.state.embedding_loaded if embedding else self.state.model_loaded
+                if self._keep_loaded and loaded:
                     return Observation(self.epoch, Failure(
-                        f"the runner of '{self._model.model}' (pid {runner.pid}) exited",
-                        self.epoch, model_only=True))
+                        f"the runner of '{name}' (pid {dead.pid}) exited", self.epoch,
+                        model_only=True, model=name, embedding=embedding))
                 # Inactive: the model was unloaded (keep_alive_inactive ran out, a slow unload
                 # finished, or someone asked Ollama): not a failure.
-                self.log('info', f"model '{self._model.model}' unloaded: its runner (pid "
-                                 f'{runner.pid}) exited while the node was inactive')
-                self._runners = []
+                self.log('info', f"model '{name}' unloaded: its runner (pid {dead.pid}) exited "
+                                 'while the node was inactive')
+                del self._runners[name]
                 self._publish(model_error='')
-                break
             return Observation(self.epoch, None)
         finally:
             self.lock.release()
@@ -410,23 +527,30 @@ class Serving:
         """The server failed: it serves nothing until restarted (recovering says how it is
         being recovered, '' when it is not)."""
         with self.lock:
-            self._runners = []
-            self._publish(server_error=problem, model_loaded=False, recovering=recovering)
+            self._runners = {}
+            self._publish(server_error=problem, model_loaded=False, embedding_loaded=False,
+                          recovering=recovering)
 
     def mark_reloading(self, failure: Failure) -> None:
-        """The model's runner went away while active: serve nothing until it is reloaded (goals
-        arriving meanwhile are told the node is recovering)."""
+        """A model's runner went away while active: serve nothing of that model until it is
+        reloaded (requests arriving meanwhile are told the node is recovering). The embedding
+        model's runner: chats go on."""
         with self.lock:
-            self._runners = []
-            self._publish(model_loaded=False, recovering=f'{failure.problem}; reloading the model')
+            self._runners.pop(failure.model, None)
+            if failure.embedding:
+                self._publish(embedding_loaded=False, embedding_recovering=(
+                    f'{failure.problem}; reloading the embedding model'))
+            else:
+                self._publish(model_loaded=False,
+                              recovering=f'{failure.problem}; reloading the model')
 
     def reload(self, failure: Failure) -> None:
         """Load the model again after its runner went away while active; raises ServingError.
         """
         with self.lock:
             self.mark_reloading(failure)
-            self._load()
-            self._publish(recovering='', model_error='')
+            self._load()    # loads what is not loaded; the other model's runner stays
+            self._publish(recovering='', embedding_recovering='', model_error='')
 
     def restart(self) -> None:
         """Restart a managed server (check that an adopted one answers again) and load the
@@ -445,7 +569,7 @@ class Serving:
             self._publish()
             if self._keep_loaded:
                 self._load()
-            self._publish(recovering='', server_error='')
+            self._publish(recovering='', embedding_recovering='', server_error='')
 
     def wants_model(self) -> bool:
         """The node is active: the model is to be loaded."""
@@ -461,14 +585,20 @@ def _prepare_models_dir(path: str) -> None:
         raise ServingError(f"models_dir '{path}' is not a writable directory")
 
 
-def _check_memory_fit(model: ModelSettings, size: int) -> None:
-    available = psutil.virtual_memory().available
-    needed = size + model.memory_margin_mb * 1024 ** 2
-    if needed > available:
-        raise ServingError(
-            f"not enough memory for '{model.model}': it needs {size / GiB:.2f} GiB plus "
-            f'memory_margin_mb {model.memory_margin_mb}, and only {available / GiB:.2f} GiB is '
-            'available; free memory, pick a smaller quantization or lower memory_margin_mb')
+def memory_refusal(sizes: Sequence[Tuple[str, int]], margin_mb: int, available: int,
+                   embedding_model: str = '') -> str:
+    """Why the models still to load (name, bytes) do not fit in `available` bytes with
+    margin_mb to spare, naming each with its size; '' when they fit."""
+    needed = sum(size for _, size in sizes) + margin_mb * 1024 ** 2
+    if needed <= available:
+        return ''
+    named = ' and '.join(
+        f"{'embedding_model ' if name == embedding_model else ''}'{name}' ({size / GiB:.2f} GiB)"
+        for name, size in sizes)
+    return (f"not enough memory for {named}: {'they need' if len(sizes) > 1 else 'it needs'} "
+            f'{sum(size for _, size in sizes) / GiB:.2f} GiB plus memory_margin_mb {margin_mb}, '
+            f'and only {available / GiB:.2f} GiB is available; free memory, pick a smaller '
+            'quantization or lower memory_margin_mb')
 
 
 def _alive(process: psutil.Process) -> bool:

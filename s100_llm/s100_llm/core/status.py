@@ -1,10 +1,10 @@
-"""The six health statuses as pure functions: figures in, a level, a message and values out.
+"""The seven health statuses as pure functions: figures in, a level, a message and values out.
 
 System CPU, Memory, Temperature and Storage are a function of one SystemSample and the
-thresholds; Ollama server and Model of the ServingState snapshot, what the one /api/ps call of
-the period found, the Ollama processes' sample and the chat figures. Nothing here reads a
-clock, the system, the node or ROS: the ROS layer (diagnostics.py) samples, calls these and
-turns each StatusReport into a diagnostic_msgs/DiagnosticStatus. The levels are
+thresholds; Ollama server, Model and Embedding model of the ServingState snapshot, what the one
+/api/ps call of the period found, the Ollama processes' sample and the chat figures. Nothing
+here reads a clock, the system, the node or ROS: the ROS layer (diagnostics.py) samples, calls
+these and turns each StatusReport into a diagnostic_msgs/DiagnosticStatus. The levels are
 DiagnosticStatus's values (OK 0, WARN 1, ERROR 2).
 """
 
@@ -42,18 +42,22 @@ class StatusReport:
 @dataclasses.dataclass(frozen=True)
 class ServerProbe:
     """What the period's one /api/ps call found: whether the server answered, and the served
-    model's entry in it (None when it is not loaded or the server did not answer)."""
+    model's and the embedding model's entries in it (None when not loaded or the server did
+    not answer)."""
 
     reachable: bool = False
     loaded: Optional[LoadedModel] = None
+    embedding_loaded: Optional[LoadedModel] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class OllamaProcesses:
-    """The sampled Ollama processes: the server (None when not sampled) and its runners."""
+    """The sampled Ollama processes: the server (None when not sampled), the model's runners
+    and the embedding model's."""
 
     server: Optional[ProcessSample] = None
     runners: Tuple[ProcessSample, ...] = ()
+    embedding_runners: Tuple[ProcessSample, ...] = ()
 
     @property
     def runner_rss(self) -> int:
@@ -171,7 +175,8 @@ def cpu_share(num_thread: int, processes: OllamaProcesses,
     if server is None:
         return '', []
     cores = server.cores or tuple(range(len(per_core_percent)))
-    used = server.cpu_percent + sum(sample.cpu_percent for sample in processes.runners)
+    used = server.cpu_percent + sum(sample.cpu_percent for sample in
+                                    processes.runners + processes.embedding_runners)
     busy = [per_core_percent[core] for core in cores if core < len(per_core_percent)]
     threads = str(num_thread) if num_thread else "Ollama's default"
     summary = (f'model share: {threads} threads on cores {format_cores(cores)} at nice '
@@ -210,7 +215,7 @@ def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProc
         level, message = Level.OK, (f"{'managed' if server.managed else 'adopted'} server "
                                     f'running ({lifecycle})')
     uptime = now - server.started_at if server.started_at else 0.0
-    runners = processes.runners
+    runners = processes.runners + processes.embedding_runners
     share, share_values = cpu_share(state.num_thread, processes, per_core_percent)
     if share and level == Level.OK:
         message += f'; {share}'
@@ -223,7 +228,7 @@ def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProc
         ('server CPU (%)',
          f'{processes.server.cpu_percent:.1f}' if processes.server else '0.0'),
         ('runners', len(runners)),
-        ('runner RSS (MiB)', processes.runner_rss // MiB),
+        ('runner RSS (MiB)', sum(sample.rss for sample in runners) // MiB),
         ('runner CPU (%)', f'{sum(sample.cpu_percent for sample in runners):.1f}'),
     ] + share_values)
 
@@ -265,4 +270,36 @@ def model_status(state: ServingState, model: str, probe: ServerProbe,
         ('chats served', chat.served), ('chats failed', chat.failed),
         ('chats canceled', chat.canceled),
         ('goals running', chat.goals_running), ('goals queued', chat.goals_queued),
+    ])
+
+
+def embedding_status(state: ServingState, probe: ServerProbe,
+                     processes: OllamaProcesses) -> StatusReport:
+    """The embedding model (embedding_model), first match wins: none configured (OK); a reload
+    in progress while active (WARN); a model failure while it is not loaded (a load or unload
+    that failed: ERROR while active, else WARN); loaded (OK); active without it (ERROR); not
+    loaded outside active (OK)."""
+    name = state.embedding_model
+    loaded = probe.embedding_loaded
+    active = state.lifecycle == 'active'
+    if not name:
+        level, message = Level.OK, 'none: no embedding_model at the last configure'
+    elif active and state.embedding_recovering:
+        level, message = Level.WARN, f'recovering: {state.embedding_recovering}'
+    elif state.model_error and loaded is None:
+        level = Level.ERROR if active else Level.WARN
+        message = state.model_error
+    elif loaded is not None:
+        level, message = Level.OK, f'{name} loaded ({loaded.size / MiB / 1024:.2f} GiB)'
+    elif active:
+        level, message = Level.ERROR, f'{name} should be loaded and is not'
+    else:
+        level, message = Level.OK, f'{name} not loaded ({state.lifecycle})'
+    return _report('Embedding model', level, message, [
+        ('model', name), ('loaded', loaded is not None),
+        ('size (MiB)', loaded.size // MiB if loaded else 0),
+        ('runner RSS (MiB)', sum(sample.rss for sample in processes.embedding_runners) // MiB),
+        ('context length', loaded.context_length if loaded else 0),
+        ('capabilities', ', '.join(state.embedding_capabilities)),
+        ('expires at', loaded.expires_at if loaded else ''),
     ])

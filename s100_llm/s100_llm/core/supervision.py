@@ -7,7 +7,8 @@ own: every SUPERVISION_PERIOD it looks at the server's process and the model's r
 waitpid and a /proc read, under the Serving lock only when it is free: a transition in
 progress owns the server), probes HTTP every HEALTH_PERIOD (without the lock: a hung server
 takes the whole timeout), and then
-- reloads the model when its runner went away while active (no restart counted);
+- reloads a model when its runner went away while active (no restart counted); the embedding
+  model's runner going away ends no chat;
 - restarts the server when it exited or hung and the budget allows, after the backoff waited
   WITHOUT the lock (a transition requested meanwhile runs, and makes the restart moot);
 - gives up otherwise: it calls `enter_error_processing(cause, epoch)` once, and the node takes
@@ -184,12 +185,14 @@ class Supervisor:
                              'counted)')
             # Recovering before the chats end: goals arriving meanwhile are told so.
             self.serving.mark_reloading(failure)
-            self.abort_chats(failure.problem)
+            if not failure.embedding:   # the chat model's runner went, and its chats with it
+                self.abort_chats(failure.problem)
             try:
                 self.serving.reload(failure)
             except (ServingError, EngineError, ServerError) as error:
                 return Failure(f'{failure.problem}; reloading it failed: {error}', failure.epoch)
-        self.log('info', f"recovered: model '{self.serving.state.model}' reloaded")
+        self.log('info', f"recovered: model '{failure.model or self.serving.state.model}' "
+                         'reloaded')
         return None
 
     def restart(self, failure: Failure) -> None:

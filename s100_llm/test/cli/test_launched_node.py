@@ -90,11 +90,11 @@ def test_param_get_and_describe(shared_launch: Launch, shared_ros2: Ros2):
     assert 'Min value:' in described and 'Max value: 100.0' in described, described
 
 
-def test_diagnostics_echo_shows_the_six_statuses(shared_launch: Launch, shared_ros2: Ros2):
+def test_diagnostics_echo_shows_the_seven_statuses(shared_launch: Launch, shared_ros2: Ros2):
     echoed = shared_ros2('topic', 'echo', '/diagnostics', '--once').stdout
     names = [status['name'] for status in yaml.safe_load(echoed.split('---')[0])['status']]
     assert names == ['llm: System CPU', 'llm: Memory', 'llm: Temperature', 'llm: Storage',
-                     'llm: Ollama server', 'llm: Model'], echoed
+                     'llm: Ollama server', 'llm: Model', 'llm: Embedding model'], echoed
 
 
 def test_diagnostics_rate_is_the_configured_one(shared_launch: Launch, shared_ros2: Ros2,

@@ -20,7 +20,8 @@ from s100_llm.core.serving import ServingState
 from s100_llm.core.status import Level
 from s100_llm.diagnostics import DiagnosticsPublisher
 
-TASKS = ('System CPU', 'Memory', 'Temperature', 'Storage', 'Ollama server', 'Model')
+TASKS = ('System CPU', 'Memory', 'Temperature', 'Storage', 'Ollama server', 'Model',
+         'Embedding model')
 KEYS = {
     'System CPU': ['usage (%)', 'core 0 (%)', 'load average (1/5/15 min)', 'frequency (MHz)',
                    'diagnostics sampling CPU (ms)'],
@@ -30,6 +31,7 @@ KEYS = {
     'Ollama server': ['lifecycle state', 'running', 'reachable'],
     'Model': ['model', 'loaded', 'chats served', 'chats failed', 'chats canceled',
               'goals running', 'goals queued', 'last tokens/s', 'last time to first token (s)'],
+    'Embedding model': ['model', 'loaded', 'size (MiB)', 'capabilities'],
 }
 SERVER_KEYS = ['managed', 'pid', 'uptime (s)', 'restarts', 'server RSS (MiB)', 'server CPU (%)',
                'runner RSS (MiB)', 'runner CPU (%)']

@@ -8,6 +8,7 @@ import pytest
 from s100_llm.core.config import ChatSettings
 from s100_llm.core.config import ConfigError
 from s100_llm.core.config import DiagnosticsSettings
+from s100_llm.core.config import EmbeddingSettings
 from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import NodeSettings
 from s100_llm.core.config import parameter_name
@@ -105,7 +106,7 @@ def test_float_settings_take_integers():
 
 
 SETTINGS_CLASSES = (ServerSettings, ModelSettings, SupervisionSettings, ChatSettings,
-                    VisionSettings, DiagnosticsSettings)
+                    VisionSettings, EmbeddingSettings, DiagnosticsSettings)
 
 
 def test_every_setting_is_one_parameter():
@@ -133,7 +134,7 @@ def defaults():
 def test_settings_from_the_defaults_are_the_dataclass_defaults():
     assert settings_from(defaults()) == NodeSettings(
         ServerSettings(), ModelSettings(), SupervisionSettings(), ChatSettings(),
-        VisionSettings(), DiagnosticsSettings(), tts_bridge=False)
+        VisionSettings(), EmbeddingSettings(), DiagnosticsSettings(), tts_bridge=False)
 
 
 def test_settings_from_takes_integers_for_floats_as_floats():

@@ -1,4 +1,4 @@
-"""The six diagnostics statuses as pure functions: levels, messages and values, without ROS."""
+"""The diagnostics statuses as pure functions: levels, messages and values, without ROS."""
 
 import dataclasses
 
