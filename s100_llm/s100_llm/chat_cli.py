@@ -24,12 +24,13 @@ pair's cosine similarity (the vectors have unit length: their dot product).
 """
 
 import argparse
+import enum
 import itertools
 import json
 import pathlib
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO, Type
 import uuid
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -55,6 +56,14 @@ THINK = {'default': Chat.Goal.THINK_DEFAULT, 'on': Chat.Goal.THINK_ON,
          'off': Chat.Goal.THINK_OFF}
 # How long --info and interactive mode wait for the node's Model diagnostics status.
 INFO_WAIT = 3.0
+
+
+def code_name(codes: Type[enum.IntEnum], value: int) -> str:
+    """The name of an error code; a code newer than this CLI is shown as its number."""
+    try:
+        return codes(value).name
+    except ValueError:
+        return f'error code {value}'
 
 
 class UsageError(Exception):
@@ -220,7 +229,7 @@ def print_stats(result: Chat.Result) -> None:
             f'{stats.tokens_per_second:.1f} tokens/s, first token after '
             f'{stats.time_to_first_token * 1000:.0f} ms, prompt {stats.prompt_tokens} tokens')
     if result.error_code != Chat.Result.NONE:
-        line += f' - {ErrorCode(result.error_code).name}: {result.error_message}'
+        line += f' - {code_name(ErrorCode, result.error_code)}: {result.error_message}'
     print('\n' + line, file=sys.stderr)
 
 
@@ -235,7 +244,7 @@ def embed_texts(client: ChatClient, service: str, texts: List[str], dimensions: 
     client._spin_until(future.done)
     reply = future.result()
     if reply.error_code != Embed.Response.NONE:
-        print(f'{EmbedErrorCode(reply.error_code).name}: {reply.error_message}',
+        print(f'{code_name(EmbedErrorCode, reply.error_code)}: {reply.error_message}',
               file=sys.stderr)
         return 1
     vectors = [list(embedding.vector) for embedding in reply.embeddings]

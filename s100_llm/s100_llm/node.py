@@ -267,6 +267,7 @@ class LlmNode(LifecycleNode):
 
         def cleanup() -> None:
             self.serving.stop()
+            self.session_writer.close()     # so that clearing memory does not reach the file
             self.chat.sessions.clear()
         return self._transition('cleanup', cleanup)
 
@@ -353,8 +354,8 @@ class LlmNode(LifecycleNode):
         self._logger = self._exit_logger
         self.diagnostics.stop()
         self.chat.abort_all('the node is shutting down', failure=False)
+        self.serving.exit_now()         # first: a launch's SIGKILL may follow SIGTERM soon
         self.session_writer.flush()     # the last completed turns reach the file
-        self.serving.exit_now()
 
     def _log_line(self, level: str, line: str) -> None:
         # rclpy refuses one call site logging at several severities: one call per level.
@@ -395,8 +396,9 @@ def main(args: Optional[List[str]] = None) -> int:
     rclpy.init(args=args)
     node = LlmNode()
     # One thread per chat that runs (a waiting goal holds none: it is executed when a slot
-    # frees), plus the lifecycle, parameter and goal/cancel/result services, the TTS bridge and
-    # the embed service (diagnostics and supervision have their own threads).
+    # frees), plus the lifecycle, parameter and goal/cancel/result services, the TTS bridge, the
+    # embed service, and the quick callbacks of the camera and the session services
+    # (diagnostics, supervision and the sessions file have their own threads).
     executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 5)
     executor.add_node(node)
     try:

@@ -655,7 +655,9 @@ class ChatRun:
                 [{'function': {'name': name, 'arguments': arguments}}
                  for name, arguments in calls],
                 [call.call_id for call in outcome.tool_calls],
-                chunk.prompt_eval_count, chunk.eval_count)
+                # Ollama's counts include the images' tokens, which the stored turn does not
+                # hold: such a turn is estimated from its text.
+                0 if images else chunk.prompt_eval_count, 0 if images else chunk.eval_count)
         return outcome
 
     def _canceled(self, outcome: ChatOutcome, text: List[str],

@@ -110,6 +110,8 @@ def prepare(image: AnyImage, name: str, max_side: int) -> bytes:
         return _encoded(_fitted(picture, max_side), 'JPEG')
     try:
         picture = Image.open(io.BytesIO(image.data))
+    except Image.DecompressionBombError as error:   # Pillow's own limit, far above ours
+        raise ImageProblem(f'{name} is not decoded: {error}') from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise _undecodable(image, name, error) from None
     width, height = picture.size

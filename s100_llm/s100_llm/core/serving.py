@@ -85,6 +85,8 @@ class ServingState:
     def embedding_not_serving_reason(self) -> str:
         """Why embeddings are not served now, as a client should read it ('' when they are);
         for a state taken through in_lifecycle()."""
+        if self.lifecycle == 'unconfigured':    # embedding_model is read at configure
+            return self.not_serving_reason
         if not self.embedding_model:
             return ('the node serves no embeddings: no embedding_model was set at the last '
                     'configure (a change applies at the next configure)')

@@ -248,6 +248,11 @@ class SessionWriter:
         kept = self.store.snapshot()
         return {'sessions': len(kept), 'turns': sum(s.turn_count for _, s in kept)}
 
+    def close(self) -> None:
+        """Write what is pending, then write no more (cleanup: the file keeps the sessions
+        while the store is cleared)."""
+        self.use('')
+
     def changed(self) -> None:
         """The store changed: write it soon (returns at once)."""
         with self._condition:

@@ -29,7 +29,8 @@ one that best explains the count (prompt_eval_count closest to history - prefix 
 of the new messages) as reused, and the new turn counts prompt_eval_count + reused - history
 (its own messages) + eval_count. The error is bounded by the estimate's error on the new
 messages, and does not add up over turns. Where no count is known (the system prompt before a
-first turn, a server that reports none), CHARS_PER_TOKEN characters per token plus
+first turn, a server that reports none, a turn with images: its count includes the images'
+tokens, its stored note does not), CHARS_PER_TOKEN characters per token plus
 MESSAGE_TOKENS per message are assumed; a first turn that evaluated everything splits its
 count between the system prompt and the question by their estimates.
 """

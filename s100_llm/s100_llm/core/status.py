@@ -59,9 +59,9 @@ class OllamaProcesses:
     runners: Tuple[ProcessSample, ...] = ()
     embedding_runners: Tuple[ProcessSample, ...] = ()
 
-    @property
-    def runner_rss(self) -> int:
-        return sum(sample.rss for sample in self.runners)
+
+def total_rss(samples: Tuple[ProcessSample, ...]) -> int:
+    return sum(sample.rss for sample in samples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +228,7 @@ def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProc
         ('server CPU (%)',
          f'{processes.server.cpu_percent:.1f}' if processes.server else '0.0'),
         ('runners', len(runners)),
-        ('runner RSS (MiB)', sum(sample.rss for sample in runners) // MiB),
+        ('runner RSS (MiB)', total_rss(runners) // MiB),
         ('runner CPU (%)', f'{sum(sample.cpu_percent for sample in runners):.1f}'),
     ] + share_values)
 
@@ -259,7 +259,7 @@ def model_status(state: ServingState, model: str, probe: ServerProbe,
     return _report('Model', level, message, [
         ('model', model), ('loaded', loaded is not None),
         ('size (MiB)', loaded.size // MiB if loaded else 0),
-        ('runner RSS (MiB)', processes.runner_rss // MiB),
+        ('runner RSS (MiB)', total_rss(processes.runners) // MiB),
         ('context length', loaded.context_length if loaded else 0),
         ('capabilities', ', '.join(state.capabilities)),
         ('expires at', loaded.expires_at if loaded else ''),
@@ -282,7 +282,9 @@ def embedding_status(state: ServingState, probe: ServerProbe,
     name = state.embedding_model
     loaded = probe.embedding_loaded
     active = state.lifecycle == 'active'
-    if not name:
+    if state.lifecycle == 'unconfigured':   # embedding_model is read at configure
+        level, message = Level.OK, 'not configured'
+    elif not name:
         level, message = Level.OK, 'none: no embedding_model at the last configure'
     elif active and state.embedding_recovering:
         level, message = Level.WARN, f'recovering: {state.embedding_recovering}'
@@ -298,7 +300,7 @@ def embedding_status(state: ServingState, probe: ServerProbe,
     return _report('Embedding model', level, message, [
         ('model', name), ('loaded', loaded is not None),
         ('size (MiB)', loaded.size // MiB if loaded else 0),
-        ('runner RSS (MiB)', sum(sample.rss for sample in processes.embedding_runners) // MiB),
+        ('runner RSS (MiB)', total_rss(processes.embedding_runners) // MiB),
         ('context length', loaded.context_length if loaded else 0),
         ('capabilities', ', '.join(state.embedding_capabilities)),
         ('expires at', loaded.expires_at if loaded else ''),

@@ -8,7 +8,7 @@ waitpid and a /proc read, under the Serving lock only when it is free: a transit
 progress owns the server), probes HTTP every HEALTH_PERIOD (without the lock: a hung server
 takes the whole timeout), and then
 - reloads a model when its runner went away while active (no restart counted); the embedding
-  model's runner going away ends no chat;
+  model's runner going away ends no chat (unless its reload fails: then the server restarts);
 - restarts the server when it exited or hung and the budget allows, after the backoff waited
   WITHOUT the lock (a transition requested meanwhile runs, and makes the restart moot);
 - gives up otherwise: it calls `enter_error_processing(cause, epoch)` once, and the node takes

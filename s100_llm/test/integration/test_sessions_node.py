@@ -133,9 +133,12 @@ def test_a_kill_during_a_write_loses_at_most_that_turn(start_llm, tmp_path):
         state = wait_for(lambda: _temporary_open(node, tmp_path) or written(),
                          'the write of this turn to start or end')
         if state != 'written' and index > 0:   # a write in progress over an existing file
-            node.send_signal(signal.SIGKILL)
-            caught = index
-            break
+            node.suspend()      # stopped, then killed only if it is still writing
+            if _temporary_open(node, tmp_path):
+                node.send_signal(signal.SIGKILL)
+                caught = index
+                break
+            node.resume()
         wait_for(written, 'the write of this turn')
     assert caught is not None, 'no write was caught in progress'
     llm.node.process.wait(30)

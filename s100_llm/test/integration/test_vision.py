@@ -10,6 +10,7 @@ from action_msgs.msg import GoalStatus
 from PIL import Image as PilImage
 import pytest
 from s100_llm_msgs.action import Chat
+from s100_llm_msgs.srv import ListSessions
 from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 
@@ -127,6 +128,10 @@ def test_a_session_keeps_a_note_not_the_image(active):
     sent = ['what colour is this? [1 image was shown]', first.text, 'and now?']
     assert second.stats.prompt_tokens == sum(3 + len(text.split()) for text in sent)
     assert second.session_turns == 2
+    # The first turn's count held its image's 256 tokens, which the stored note does not.
+    (info,) = llm.client._call(ListSessions, '/llm/list_sessions',
+                               ListSessions.Request()).sessions
+    assert 0 < info.context_tokens < IMAGE_TOKENS
 
 
 def camera_publisher(llm, topic, message_type):

@@ -73,6 +73,9 @@ def test_not_served_without_an_embedding_model_inactive_or_while_it_reloads():
             '(a change applies at the next configure)')
     assert loaded.in_lifecycle('inactive').embedding_not_serving_reason == \
         'the node is not active (state: inactive)'
+    # Before the first configure embedding_model has not been read yet: not "none was set".
+    assert ServingState().in_lifecycle('unconfigured').embedding_not_serving_reason == \
+        'the node is not active (state: unconfigured)'
     reloading = dataclasses.replace(loaded, embedding_loaded=False,
                                     embedding_recovering='its runner exited; reloading')
     assert reloading.in_lifecycle('active').embedding_not_serving_reason == \
@@ -134,6 +137,7 @@ def test_no_embedding_model_is_ok():
      'recovering: its runner exited; reloading'),
     ('inactive', {'embedding_recovering': 'stale'}, Level.OK, f'{EMBEDDER} not loaded '
      '(inactive)'),
+    ('unconfigured', {}, Level.OK, 'not configured'),
     ('active', {'model_error': 'activate failed: x'}, Level.ERROR, 'activate failed: x'),
     ('inactive', {'model_error': 'activate failed: x'}, Level.WARN, 'activate failed: x'),
 ])

@@ -1,6 +1,8 @@
 """core/images.py: checks, conversion, downscaling; and the image rules of core/chat.py."""
 
 import io
+import struct
+import zlib
 
 from PIL import Image
 import pytest
@@ -125,6 +127,15 @@ def test_a_huge_compressed_image_is_not_decoded():
     image = compressed('PNG', 8000, 8000)
     with pytest.raises(ImageProblem, match='8000x8000: more than 40000000 pixels'):
         prepare(image, 'x', 1024)
+
+
+def test_a_header_claiming_a_decompression_bomb_is_refused():
+    # A 1x1 PNG whose header says 20000 x 10000: Pillow refuses to open more than ~179 MP.
+    data = bytearray(compressed('PNG', 1, 1).data)
+    data[16:24] = struct.pack('>II', 20000, 10000)     # IHDR width, height
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(data[12:29])))    # IHDR's CRC
+    with pytest.raises(ImageProblem, match='x is not decoded: Image size'):
+        prepare(CompressedImage('png', bytes(data)), 'x', 1024)
 
 
 def vision_reason(capabilities=('completion', 'vision'), **fields):
