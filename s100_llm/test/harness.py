@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from action_msgs.msg import GoalStatus
 from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray
 import httpx
@@ -81,6 +82,16 @@ def _settles(future: Any) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def assert_aborted(run: 'GoalRun', error_code: int, fragment: str) -> Chat.Result:
+    """The goal was accepted and ended ABORTED with error_code and fragment in its message."""
+    assert run.wait_accepted()
+    result = run.wait_result()
+    assert run.status == GoalStatus.STATUS_ABORTED, run.status
+    assert result.error_code == error_code, (result.error_code, result.error_message)
+    assert fragment in result.error_message, result.error_message
+    return result
 
 
 class RecordedLog(list):

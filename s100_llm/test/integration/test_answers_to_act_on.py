@@ -12,6 +12,7 @@ from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
 from std_msgs.msg import String
 
+from harness import assert_aborted
 from harness import install_prefix
 from harness import wait_for
 
@@ -33,15 +34,6 @@ def active(start_llm):
         llm.activate()
         return llm
     return start
-
-
-def assert_aborted(run, error_code, fragment):
-    assert run.wait_accepted()
-    result = run.wait_result()
-    assert run.status == GoalStatus.STATUS_ABORTED, run.status
-    assert result.error_code == error_code, (result.error_code, result.error_message)
-    assert fragment in result.error_message, result.error_message
-    return result
 
 
 def test_schema_constrained_output_of_the_real_model_parses_and_matches(active):

@@ -14,6 +14,7 @@ from s100_llm_msgs.srv import ListSessions
 from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 
+from harness import assert_aborted
 from harness import install_prefix
 from harness import wait_for
 
@@ -37,15 +38,6 @@ def encoded(colour, width, height, kind):
 
 def compressed(colour, width, height, kind='PNG'):
     return CompressedImage(format=kind.lower(), data=encoded(colour, width, height, kind))
-
-
-def assert_aborted(run, error_code, fragment):
-    assert run.wait_accepted()
-    result = run.wait_result()
-    assert run.status == GoalStatus.STATUS_ABORTED, run.status
-    assert result.error_code == error_code, (result.error_code, result.error_message)
-    assert fragment in result.error_message, result.error_message
-    return result
 
 
 def succeeded(run):
