@@ -326,6 +326,18 @@ class RosClient:
         assert self.chat_client.wait_for_server(timeout_sec=WAIT), 'no chat action server'
         return GoalRun(self, goal)
 
+    def on_executor(self, function: Callable[[], Any]) -> Any:
+        """Run function on this client's spinning thread; returns what it returned.
+
+        Jazzy's (and Humble's) rclpy ActionClient sends a request before it registers the
+        request's future, without a lock: a response that the spinning thread takes in between
+        makes send_goal_async fail ("list.remove(x): x not in list"). A request sent from the
+        spinning thread cannot race with it.
+        """
+        task = self.executor.create_task(function)
+        wait_for(task.done, 'the client thread to run a request')
+        return task.result()
+
     def wait_until_answered(self) -> None:
         """Send short goals until one is answered with its result.
 
@@ -339,7 +351,8 @@ class RosClient:
             run = self.send_chat(Chat.Goal(prompt='are you there?'))
             if _settles(run._goal_future):
                 run.handle = run._goal_future.result()
-                if any(_settles(run.handle.get_result_async()) for _ in range(REPLY_ATTEMPTS)):
+                if any(_settles(self.on_executor(run.handle.get_result_async))
+                       for _ in range(REPLY_ATTEMPTS)):
                     return
         raise AssertionError(f'no goal answered in {REPLY_ATTEMPTS} attempts')
 
@@ -382,8 +395,8 @@ class GoalRun:
     def __init__(self, client: RosClient, goal: Chat.Goal) -> None:
         self.client = client
         self.first_feedback_at: Optional[float] = None
-        self._goal_future = client.chat_client.send_goal_async(
-            goal, feedback_callback=self._on_feedback)
+        self._goal_future = client.on_executor(lambda: client.chat_client.send_goal_async(
+            goal, feedback_callback=self._on_feedback))
         self.handle = None
         self.result: Optional[Chat.Result] = None
         self.status: Optional[int] = None
@@ -406,14 +419,14 @@ class GoalRun:
         return self.handle.accepted
 
     def wait_result(self, timeout: float = WAIT) -> Chat.Result:
-        future = self.handle.get_result_async()
+        future = self.client.on_executor(self.handle.get_result_async)
         wait_for(future.done, 'the goal result', timeout)
         self.status = future.result().status
         self.result = future.result().result
         return self.result
 
     def cancel(self) -> None:
-        future = self.handle.cancel_goal_async()
+        future = self.client.on_executor(self.handle.cancel_goal_async)
         wait_for(future.done, 'the cancel response')
 
     @property

@@ -133,7 +133,7 @@ def test_concurrency_policy_under_20_simultaneous_goals(active, policy, served):
               for i in range(19)]
     assert all(run.wait_accepted() for run in others)
     # Goals without room end at once, while the first still streams.
-    ended = [run.handle.get_result_async() for run in others]
+    ended = llm.client.on_executor(lambda: [run.handle.get_result_async() for run in others])
     wait_for(lambda: sum(f.done() for f in ended) >= 20 - served, 'the goals without room')
     if policy == 'preempt':
         wait_for(lambda: sum(f.done() for f in ended) == 18, 'all but the newest preempted')

@@ -32,13 +32,16 @@ def test_a_burst_of_goals_from_five_clients_gets_an_answer_for_every_goal(active
     try:
         for client in clients:
             assert client.chat_client.wait_for_server(timeout_sec=WAIT)
-        futures = [client.chat_client.send_goal_async(Chat.Goal(prompt=f'goal {i}'))
-                   for client in clients for i in range(100)]
+        sent = [client.on_executor(lambda client=client: [
+            client.chat_client.send_goal_async(Chat.Goal(prompt=f'goal {i}'))
+            for i in range(100)]) for client in clients]
+        futures = [future for batch in sent for future in batch]
         wait_for(lambda: all(f.done() for f in futures), 'an answer to every goal request',
                  timeout=120)
-        handles = [f.result() for f in futures]
-        assert all(h.accepted for h in handles)
-        results = [h.get_result_async() for h in handles]
+        assert all(f.result().accepted for f in futures)
+        results = [result for client, batch in zip(clients, sent)
+                   for result in client.on_executor(lambda batch=batch: [
+                       f.result().get_result_async() for f in batch])]
         wait_for(lambda: all(r.done() for r in results), 'every goal to end', 120)
         # Each was served, or (no room in the queue) ended at once saying so.
         ends = [(r.result().status, r.result().result.error_code) for r in results]
