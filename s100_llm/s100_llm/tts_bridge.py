@@ -13,7 +13,6 @@ from typing import Deque, List, TYPE_CHECKING
 
 from rclpy.action import ActionClient
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.qos import HistoryPolicy
 from rclpy.qos import QoSProfile
 from rclpy.qos import ReliabilityPolicy
@@ -63,7 +62,11 @@ class TtsBridge:
     def __init__(self, node: 'LlmNode', input_topic: str = '/prompt_text',
                  output_topic: str = '/tts_text') -> None:
         self.node = node
-        group = ReentrantCallbackGroup()
+        # One mutually exclusive group for the prompts and the action client: prompts are taken
+        # one at a time, in order, and a goal is never sent while the client handles a response
+        # on another thread (Humble's and Jazzy's rclpy ActionClient sends a request before it
+        # registers its future, without a lock: a response handled in between raises).
+        group = MutuallyExclusiveCallbackGroup()
         self.publisher = node.create_publisher(String, output_topic, 10)
         self.client = ActionClient(node, Chat, '~/chat', callback_group=group,
                                    feedback_sub_qos_profile=FEEDBACK_QOS,
@@ -75,12 +78,10 @@ class TtsBridge:
         self._lock = threading.Lock()
         # KEEP_ALL: a burst of prompts waits in DDS until the callback queues (or drops) each,
         # rather than being overwritten unseen.
-        # Its own mutually exclusive group: prompts are taken one at a time, in order (in the
-        # reentrant group a second message could be handled before the first was queued).
         node.create_subscription(String, input_topic, self._on_prompt,
                                  QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=1,
                                             reliability=ReliabilityPolicy.RELIABLE),
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+                                 callback_group=group)
         node.get_logger().info(f'TTS bridge: {input_topic} -> chat -> {output_topic}')
 
     def _on_prompt(self, message: String) -> None:
@@ -110,18 +111,16 @@ class TtsBridge:
             return
         splitter = SentenceSplitter()
         fed = []   # the answer text given to the splitter so far
-        # Feedback and the result of one goal can be handled on two executor threads at once,
-        # and the last feedback even after the result: once the result has spoken, it is done.
-        speaking = threading.Lock()
+        # Feedback and result travel separately, so the last feedback may arrive after the
+        # result: once the result has spoken, the goal is done.
         spoken = threading.Event()
 
         def speak(text: str) -> None:
-            with speaking:
-                if spoken.is_set():
-                    return
-                fed.append(text)
-                for sentence in splitter.feed(text):
-                    self.publisher.publish(String(data=sentence))
+            if spoken.is_set():
+                return
+            fed.append(text)
+            for sentence in splitter.feed(text):
+                self.publisher.publish(String(data=sentence))
 
         def on_result(future) -> None:
             try:
@@ -130,13 +129,12 @@ class TtsBridge:
                     self.node.get_logger().warning(
                         f'TTS bridge: prompt {_excerpt(prompt)} was not answered in full: '
                         f'{result.error_message}')
-                with speaking:
-                    # rclpy drops feedback that arrives after the result: the result has it all.
-                    already = ''.join(fed)
-                    rest = result.text[len(already):] if result.text.startswith(already) else ''
-                    for sentence in splitter.feed(rest) + splitter.flush():
-                        self.publisher.publish(String(data=sentence))
-                    spoken.set()
+                # rclpy drops feedback that arrives after the result: the result has it all.
+                already = ''.join(fed)
+                rest = result.text[len(already):] if result.text.startswith(already) else ''
+                for sentence in splitter.feed(rest) + splitter.flush():
+                    self.publisher.publish(String(data=sentence))
+                spoken.set()
             finally:    # whatever happened to this prompt, the next one is answered
                 self._answer_next()
 
