@@ -250,19 +250,10 @@ def model_status(state: ServingState, model: str, probe: ServerProbe,
     elif state.model_error:
         level = Level.ERROR if active and loaded is None else Level.WARN
         message = state.model_error
-    elif loaded is not None:
-        level, message = Level.OK, f'{model} loaded ({loaded.size / MiB / 1024:.2f} GiB)'
-    elif active:
-        level, message = Level.ERROR, f'{model} should be loaded and is not'
     else:
-        level, message = Level.OK, f'{model} not loaded ({lifecycle})'
-    return _report('Model', level, message, [
-        ('model', model), ('loaded', loaded is not None),
-        ('size (MiB)', loaded.size // MiB if loaded else 0),
-        ('runner RSS (MiB)', total_rss(processes.runners) // MiB),
-        ('context length', loaded.context_length if loaded else 0),
-        ('capabilities', ', '.join(state.capabilities)),
-        ('expires at', loaded.expires_at if loaded else ''),
+        level, message = _presence(model, loaded, lifecycle)
+    return _report('Model', level, message, _model_values(
+        model, loaded, processes.runners, state.capabilities) + [
         ('pull progress (%)', f'{state.pull_progress * 100:.0f}'
          if state.pull_progress is not None else ''),
         ('last tokens/s', f'{chat.last_tokens_per_second:.1f}'),
@@ -291,17 +282,30 @@ def embedding_status(state: ServingState, probe: ServerProbe,
     elif state.model_error and loaded is None:
         level = Level.ERROR if active else Level.WARN
         message = state.model_error
-    elif loaded is not None:
-        level, message = Level.OK, f'{name} loaded ({loaded.size / MiB / 1024:.2f} GiB)'
-    elif active:
-        level, message = Level.ERROR, f'{name} should be loaded and is not'
     else:
-        level, message = Level.OK, f'{name} not loaded ({state.lifecycle})'
-    return _report('Embedding model', level, message, [
+        level, message = _presence(name, loaded, state.lifecycle)
+    return _report('Embedding model', level, message, _model_values(
+        name, loaded, processes.embedding_runners, state.embedding_capabilities))
+
+
+def _presence(name: str, loaded: Optional[LoadedModel], lifecycle: str) -> Tuple[Level, str]:
+    """A model's status when nothing went wrong: loaded (OK), active without it (ERROR), not
+    loaded outside active (OK)."""
+    if loaded is not None:
+        return Level.OK, f'{name} loaded ({loaded.size / MiB / 1024:.2f} GiB)'
+    if lifecycle == 'active':
+        return Level.ERROR, f'{name} should be loaded and is not'
+    return Level.OK, f'{name} not loaded ({lifecycle})'
+
+
+def _model_values(name: str, loaded: Optional[LoadedModel], runners: Tuple[ProcessSample, ...],
+                  capabilities: Sequence[str]) -> List[Tuple[str, object]]:
+    """The values the Model and Embedding model statuses both show."""
+    return [
         ('model', name), ('loaded', loaded is not None),
         ('size (MiB)', loaded.size // MiB if loaded else 0),
-        ('runner RSS (MiB)', total_rss(processes.embedding_runners) // MiB),
+        ('runner RSS (MiB)', total_rss(runners) // MiB),
         ('context length', loaded.context_length if loaded else 0),
-        ('capabilities', ', '.join(state.embedding_capabilities)),
+        ('capabilities', ', '.join(capabilities)),
         ('expires at', loaded.expires_at if loaded else ''),
-    ])
+    ]
