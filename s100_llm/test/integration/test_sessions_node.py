@@ -281,7 +281,7 @@ def test_values_a_message_cannot_carry_are_refused_at_load_and_the_node_stays_up
 def test_two_nodes_on_one_sessions_file_the_second_is_refused(
         start_llm, tmp_path, module_domain_id):
     """Issue 22 item 7: the second node's configure fails naming the first; after the first
-    cleans up, the second configures. (A domain each: both are /llm.)"""
+    cleans up, shuts down or exits, the second configures. (A domain each: both are /llm.)"""
     path = str(tmp_path / 'sessions.json')
     first = start_llm(sessions_file=path)
     assert first.client.change_state('configure'), first.node.output()
@@ -299,6 +299,18 @@ def test_two_nodes_on_one_sessions_file_the_second_is_refused(
         assert first.client.change_state('cleanup')
         assert second.change_state('configure'), second_node.output()
         assert second.change_state('cleanup')
+        # Released at shutdown too, and when the process exits.
+        assert first.client.change_state('configure')
+        assert first.client.change_state('inactive_shutdown')
+        assert second.change_state('configure'), second_node.output()
+        assert second.change_state('cleanup')
+        first.client.close()
+        assert first.node.stop() == 0
+        again = start_llm(sessions_file=path)
+        assert again.client.change_state('configure')
+        again.client.close()
+        assert again.node.stop() == 0
+        assert second.change_state('configure'), second_node.output()
     finally:
         second.close()
         second_node.stop()

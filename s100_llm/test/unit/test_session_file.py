@@ -1,6 +1,8 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -231,6 +233,24 @@ def test_a_second_writer_on_one_file_is_refused_until_the_first_closes(tmp_path)
     first.close()
     assert second.use(path)['sessions'] == 1
     second.close()
+
+
+def test_the_lock_of_a_killed_process_goes_with_it(tmp_path):
+    path = os.path.realpath(tmp_path / 'sessions.json')
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time\n'
+         'from s100_llm.core import session_file\n'
+         f'session_file.lock({path!r})\n'
+         'print("locked", flush=True)\n'
+         'time.sleep(600)\n'], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'locked\n'
+        with pytest.raises(SessionFileError, match=f'process {holder.pid} holds'):
+            session_file.lock(path)
+    finally:
+        holder.kill()
+        holder.wait()
+    os.close(session_file.lock(path))
 
 
 def test_a_file_on_a_kernel_file_system_is_refused_with_that_reason():
