@@ -7,8 +7,22 @@ least recently used first; messages as they are sent to Ollama.
 Writes are atomic: the whole file goes to a temporary file in the same directory (flushed and
 fsynced), which then replaces the file (os.replace) and the directory is fsynced; a kill -9 at
 any point leaves the old file or the new one, never a torn one. A temporary file left by such
-a kill is removed at the next load. A file that cannot be read or parsed, or does not hold
-this format, is moved aside (<file>.corrupt-<UTC time>) and the node starts with no sessions.
+a kill is removed at the next load. A file that cannot be parsed, does not hold this format or
+holds values a ROS message cannot carry (NaN or infinite numbers, counts beyond uint32, times
+beyond builtin_interfaces/Time, text that is not valid Unicode) is moved aside
+(<file>.corrupt-<UTC time>) and the node starts with no sessions: the node wrote every value
+itself, so a bad one means the file was damaged or edited, and the whole file is kept for
+inspection rather than loaded in part.
+
+What the node refuses (SessionFileError: configure fails with the reason, nothing is renamed or
+replaced): a path that is not a regular file (a device such as /dev/null, a FIFO, a directory,
+a socket), a file it cannot read, a file over MAX_FILE_BYTES, a path on a kernel file system
+(/proc, /sys), and a file another node uses: a node holds an flock on <file>.lock while it
+uses the file (from configure to cleanup, shutdown or its exit; the kernel releases it when
+the process dies, however it dies). A symbolic link is followed: the node reads and replaces
+the file it points to, so the link stays (a link lets a read-only system keep its sessions on
+a writable disk). The file is opened without following a link and without blocking (a FIFO put
+there after the check) and checked again after opening (fstat).
 
 SessionWriter writes on a thread of its own after each change of the store (a stored turn, a
 reset): the store's lock is held only to copy the sessions, never during I/O, and the chat
@@ -37,8 +51,9 @@ from .sessions import Turn
 FORMAT_VERSION = 1
 TEMP_MARK = '.tmp-'
 LOCK_SUFFIX = '.lock'
-# The largest file read (and written): far above what the default bounds fill (64 sessions of
-# 20 turns), and a bound on the memory and time a load takes.
+# The largest file read (and written): a bound on the memory and time a load takes, far above
+# what the default bounds fill (64 sessions of 20 turns, each history within a model's context:
+# 8 MB with 32k-token contexts).
 MAX_FILE_BYTES = 64 * 1024 * 1024
 # What a ROS message can carry: counts are uint32, builtin_interfaces/Time's sec an int32.
 UINT32_MAX = 2 ** 32 - 1
