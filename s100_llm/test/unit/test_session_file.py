@@ -1,6 +1,7 @@
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 
@@ -135,6 +136,11 @@ def _not_a_file(tmp_path, kind):
         os.mkfifo(path)
     elif kind == 'directory':
         path.mkdir()
+    elif kind == 'character device':    # a copy of /dev/zero: read, it never ends
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.stat('/dev/zero').st_rdev)
+        except PermissionError:
+            pytest.skip('making a device node needs root (CAP_MKNOD)')
     elif kind == 'socket':
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(str(path))
@@ -142,7 +148,7 @@ def _not_a_file(tmp_path, kind):
     return path
 
 
-@pytest.mark.parametrize('kind', ['FIFO', 'directory', 'socket'])
+@pytest.mark.parametrize('kind', ['FIFO', 'directory', 'socket', 'character device'])
 def test_what_is_not_a_regular_file_is_refused_and_left_in_place(tmp_path, kind):
     path = _not_a_file(tmp_path, kind)
     before = os.lstat(path)
