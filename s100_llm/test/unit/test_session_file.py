@@ -180,7 +180,8 @@ def test_a_fifo_put_there_after_the_check_is_not_waited_for(tmp_path):
 
 def test_a_file_over_the_size_bound_is_refused_and_kept(tmp_path, monkeypatch):
     path = tmp_path / 'sessions.json'
-    session_file.save(str(path), filled_store().snapshot())
+    sessions = filled_store().snapshot()
+    session_file.save(str(path), sessions)
     content = path.read_bytes()
     monkeypatch.setattr(session_file, 'MAX_FILE_BYTES', len(content) - 1)
     writer, log = _writer()
@@ -189,7 +190,7 @@ def test_a_file_over_the_size_bound_is_refused_and_kept(tmp_path, monkeypatch):
         writer.use(str(path))
     assert path.read_bytes() == content and not log
     with pytest.raises(ValueError, match='more than the'):    # the writer makes none
-        session_file.save(str(path), filled_store().snapshot())
+        session_file.save(str(path), sessions)
     assert path.read_bytes() == content
 
 
