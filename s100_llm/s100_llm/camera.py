@@ -24,6 +24,8 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 
+from . import guard
+
 if TYPE_CHECKING:
     from rclpy.node import Node
 
@@ -51,7 +53,8 @@ class Camera:
             return
         message_type = CompressedImage if topic.rstrip('/').endswith('/compressed') else Image
         subscription = self.node.create_subscription(
-            message_type, topic, self._on_frame, CAMERA_QOS, callback_group=self._group)
+            message_type, topic, guard.subscription(self.node, f'camera {topic}', self._on_frame),
+            CAMERA_QOS, callback_group=self._group)
         with self._lock:
             self._subscription, self.topic = subscription, subscription.topic_name
         self.node.get_logger().info(

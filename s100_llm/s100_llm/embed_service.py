@@ -15,6 +15,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from s100_llm_msgs.msg import Embedding
 from s100_llm_msgs.srv import Embed
 
+from . import guard
 from .core import embedding
 from .core.config import EmbeddingSettings
 from .core.embedding import EmbedErrorCode
@@ -32,9 +33,10 @@ class EmbedService:
         self.node = node
         self.settings = EmbeddingSettings()
         # KEEP_ALL: requests from many clients wait in DDS while one is served, none dropped.
+        # A defect (guard.py) is answered UNKNOWN with "internal error: <cause>".
         self._service = node.create_service(
-            Embed, '~/embed', self._on_request, qos_profile=SERVICE_QOS,
-            callback_group=MutuallyExclusiveCallbackGroup())
+            Embed, '~/embed', guard.service(node, '~/embed', self._on_request, _internal_error),
+            qos_profile=SERVICE_QOS, callback_group=MutuallyExclusiveCallbackGroup())
 
     def configure(self, settings: 'NodeSettings') -> None:
         """Take the request limits (at configure and activate)."""
@@ -42,12 +44,8 @@ class EmbedService:
 
     def _on_request(self, request: Embed.Request, response: Embed.Response) -> Embed.Response:
         started = time.monotonic()
-        try:
-            outcome = embedding.embed(self.node.serving_state, list(request.texts),
-                                      request.truncate, request.dimensions, self.settings)
-        except Exception as error:  # a defect: the request still gets an answer that says so
-            self.node.get_logger().error(f'embed failed: {error!r}')
-            outcome = embedding.EmbedOutcome(EmbedErrorCode.UNKNOWN, f'internal error: {error!r}')
+        outcome = embedding.embed(self.node.serving_state, list(request.texts),
+                                  request.truncate, request.dimensions, self.settings)
         code = outcome.error_code
         if code == EmbedErrorCode.SERVER_FAILED or code == EmbedErrorCode.UNKNOWN:
             self.node.get_logger().error(f'embed failed: {outcome.error_message} ({code.name})')
@@ -66,3 +64,8 @@ class EmbedService:
         response.error_code = int(code)
         response.error_message = outcome.error_message
         return response
+
+
+def _internal_error(response: Embed.Response, cause: str) -> None:
+    response.error_code = int(EmbedErrorCode.UNKNOWN)
+    response.error_message = cause

@@ -66,6 +66,7 @@ from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 
+from . import guard
 from . import parameters
 from .camera import Camera
 from .chat_action import ChatActionServer
@@ -96,8 +97,8 @@ class LlmNode(LifecycleNode):
     def __init__(self, node_name: str = 'llm', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         parameters.declare(self)
-        self.add_on_set_parameters_callback(
-            lambda changed: parameters.validate_change(self, changed))
+        self.add_on_set_parameters_callback(guard.parameters(
+            self, lambda changed: parameters.validate_change(self, changed)))
         # After Ctrl-C/SIGTERM the context is gone and the node's logger can no longer publish
         # to /rosout (rcl says so on stderr for every line): the last lines go to this one,
         # which only writes to the console.
@@ -202,17 +203,21 @@ class LlmNode(LifecycleNode):
                                self.settings.model, self.settings.embedding.embedding_model)
             self.embed.configure(self.settings)
             self.supervisor.budget.clear()
-        return self._transition('configure', configure)
+        result = self._transition('configure', configure)
+        if result is FAILURE:   # unconfigured: the sessions file is free for another node
+            self.session_writer.close()
+        return result
 
     def _open_sessions_file(self, parameter: str) -> None:
-        """Load the sessions file (a corrupt one is moved aside with a WARN); an unwritable
-        directory fails the configure."""
+        """Lock and load the sessions file (a corrupt one is moved aside with a WARN); a file
+        the node must not use (not a regular file, too large, used by another node, an
+        unwritable directory: core/session_file.py) fails the configure."""
         try:
             loaded = self.session_writer.use(expand(parameter))
         except SessionFileError as error:
             raise ServingError(str(error)) from None
         if parameter:
-            self.log.info(f"sessions file {expand(parameter)}: {loaded['sessions']} session(s), "
+            self.log.info(f"sessions file {loaded['path']}: {loaded['sessions']} session(s), "
                           f"{loaded['turns']} turn(s) loaded")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -344,6 +349,7 @@ class LlmNode(LifecycleNode):
         self.chat.abort_all('the node is shutting down', failure=False)
         self.camera.stop()
         self.serving.release()
+        self.session_writer.close()     # written, and its lock released for another node
 
     def exit_process(self) -> None:
         """The process is going down (Ctrl-C, SIGTERM): stop everything within seconds, whatever

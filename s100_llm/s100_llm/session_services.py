@@ -1,6 +1,9 @@
 """The session services: `~/list_sessions` and `~/get_session`, for a behaviour or a UI that
 shows the conversations the node keeps.
 
+Both are guarded (guard.py): a defect or a value their messages cannot carry is logged at ERROR
+and answered with an empty response (they have no error field), never ends the node.
+
 They answer in every lifecycle state from what the session store holds: nothing before the
 first configure, the sessions file's conversations from configure on (kept while inactive;
 cleanup forgets them in memory, the next configure loads the file again). Each call copies
@@ -19,6 +22,8 @@ from s100_llm_msgs.msg import ToolCall
 from s100_llm_msgs.srv import GetSession
 from s100_llm_msgs.srv import ListSessions
 
+from . import guard
+from .core.session_file import UINT32_MAX
 from .core.sessions import Message
 from .core.sessions import Session
 from .core.sessions import SessionStore
@@ -32,10 +37,12 @@ class SessionServices:
         self.store = store
         # A group of their own: a long answer never waits for (or delays) chats or transitions.
         group = MutuallyExclusiveCallbackGroup()
-        node.create_service(ListSessions, '~/list_sessions', self._list, qos_profile=SERVICE_QOS,
-                            callback_group=group)
-        node.create_service(GetSession, '~/get_session', self._get, qos_profile=SERVICE_QOS,
-                            callback_group=group)
+        node.create_service(ListSessions, '~/list_sessions',
+                            guard.service(node, '~/list_sessions', self._list, check_answer=True),
+                            qos_profile=SERVICE_QOS, callback_group=group)
+        node.create_service(GetSession, '~/get_session',
+                            guard.service(node, '~/get_session', self._get, check_answer=True),
+                            qos_profile=SERVICE_QOS, callback_group=group)
 
     def _list(self, request: ListSessions.Request,
               response: ListSessions.Response) -> ListSessions.Response:
@@ -62,7 +69,8 @@ def info(session_id: str, session: Session) -> SessionInfo:
     return SessionInfo(
         session_id=session_id, turns=session.turn_count,
         messages=sum(len(turn.messages) for turn in session.turns),
-        context_tokens=session.context_tokens,
+        # A sum of uint32 counts: the field holds the most it can.
+        context_tokens=min(session.context_tokens, UINT32_MAX),
         updated=Time(sec=seconds, nanosec=int((session.updated - seconds) * 1e9)))
 
 

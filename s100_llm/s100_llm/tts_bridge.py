@@ -19,6 +19,7 @@ from rclpy.qos import ReliabilityPolicy
 from s100_llm_msgs.action import Chat
 from std_msgs.msg import String
 
+from . import guard
 from .qos import FEEDBACK_QOS
 from .qos import SERVICE_QOS
 
@@ -78,7 +79,9 @@ class TtsBridge:
         self._lock = threading.Lock()
         # KEEP_ALL: a burst of prompts waits in DDS until the callback queues (or drops) each,
         # rather than being overwritten unseen.
-        node.create_subscription(String, input_topic, self._on_prompt,
+        node.create_subscription(String, input_topic,
+                                 guard.subscription(node, f'TTS bridge {input_topic}',
+                                                    self._on_prompt),
                                  QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=1,
                                             reliability=ReliabilityPolicy.RELIABLE),
                                  callback_group=group)

@@ -7,12 +7,17 @@ import signal
 from action_msgs.msg import GoalStatus
 import ollama
 import psutil
+import pytest
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
 from s100_llm_msgs.srv import GetSession
 from s100_llm_msgs.srv import ListSessions
 
+from conftest import default_parameters
+from harness import free_port
+from harness import NodeProcess
+from harness import RosClient
 from harness import wait_for
 
 
@@ -219,3 +224,93 @@ def test_the_sessions_token_count_matches_the_models_own(active):
                               keep_alive=-1).prompt_eval_count
     # The model's count includes the 3 tokens that open the answer (<|im_start|>assistant\n).
     assert abs(node_count - model_count) <= 0.1 * model_count, (node_count, model_count)
+
+
+def test_a_sessions_file_that_is_not_a_regular_file_fails_configure_and_stays(start_llm,
+                                                                              tmp_path):
+    """Issue 22 item 4: a FIFO (read, it would block configure for ever) and /dev/null (the
+    node must not rename or replace it) are refused with the reason, and left as they were."""
+    fifo = tmp_path / 'sessions.json'
+    os.mkfifo(fifo)
+    for path, kind in ((str(fifo), 'a FIFO'), ('/dev/null', 'a character device')):
+        before = os.lstat(path)
+        llm = start_llm(sessions_file=path)
+        assert not llm.client.change_state('configure')
+        reason = llm.client.wait_log('not a regular file')
+        assert f'sessions_file {path} is {kind}' in reason
+        assert llm.client.state() == 'unconfigured' and not llm.leftovers()
+        after = os.lstat(path)
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+        llm.client.close()
+        assert llm.node.stop() == 0
+    assert not [name for name in os.listdir(tmp_path) if name.startswith('sessions.json.')]
+
+
+def _session_entry(**fields):
+    entry = {'session_id': 's', 'system_prompt': 'be kind', 'base_tokens': 3,
+             'updated': 1700000000.5,
+             'turns': [{'messages': [{'role': 'user', 'content': 'hi'},
+                                     {'role': 'assistant', 'content': 'hello'}],
+                        'call_ids': [], 'tokens': 9}]}
+    entry.update(fields)
+    return entry
+
+
+@pytest.mark.parametrize('entry, cause', [
+    (_session_entry(updated=float('inf')), 'Infinity is not a JSON number'),
+    (_session_entry(base_tokens=float('inf')), 'Infinity is not a JSON number'),
+    (_session_entry(system_prompt='\ud800'), 'system_prompt must be text'),
+    (_session_entry(updated=1e12), 'updated must be a time in seconds'),
+])
+def test_values_a_message_cannot_carry_are_refused_at_load_and_the_node_stays_up(
+        start_llm, tmp_path, entry, cause):
+    """Issue 22 items 5 and 6: such a file used to end the node at the first list or get (or
+    to send configure to ErrorProcessing); it is now corrupt: moved aside, no sessions."""
+    path = tmp_path / 'sessions.json'
+    good = _session_entry(session_id='good')
+    path.write_text(json.dumps({'version': 1, 'sessions': [good, entry]}))
+    llm = start_llm(sessions_file=str(path))
+    assert llm.client.change_state('configure'), llm.node.output()
+    warning = llm.client.wait_log('moved to')
+    assert cause in warning and 'starting with no sessions' in warning
+    assert list_sessions(llm) == []
+    assert not get_session(llm, 's').found and not get_session(llm, 'good').found
+    assert llm.client.state() == 'inactive' and llm.node.process.poll() is None
+
+
+def test_two_nodes_on_one_sessions_file_the_second_is_refused(
+        start_llm, tmp_path, module_domain_id):
+    """Issue 22 item 7: the second node's configure fails naming the first; after the first
+    cleans up, shuts down or exits, the second configures. (A domain each: both are /llm.)"""
+    path = str(tmp_path / 'sessions.json')
+    first = start_llm(sessions_file=path)
+    assert first.client.change_state('configure'), first.node.output()
+    second_node = NodeProcess(
+        module_domain_id, tmp_path / 'second.log',
+        dict(default_parameters(free_port(), str(tmp_path / 'models2')), sessions_file=path))
+    second = RosClient(module_domain_id)
+    try:
+        wait_for(lambda: second.service_ready('get_state'), 'the second node to come up')
+        second.wait_for_node()
+        assert not second.change_state('configure')
+        reason = second.wait_log('in use by another node')
+        assert f'process {first.node.pid} holds {path}.lock' in reason
+        assert second.state() == 'unconfigured'
+        assert first.client.change_state('cleanup')
+        assert second.change_state('configure'), second_node.output()
+        assert second.change_state('cleanup')
+        # Released at shutdown too, and when the process exits.
+        assert first.client.change_state('configure')
+        assert first.client.change_state('inactive_shutdown')
+        assert second.change_state('configure'), second_node.output()
+        assert second.change_state('cleanup')
+        first.client.close()
+        assert first.node.stop() == 0
+        again = start_llm(sessions_file=path)
+        assert again.client.change_state('configure')
+        again.client.close()
+        assert again.node.stop() == 0
+        assert second.change_state('configure'), second_node.output()
+    finally:
+        second.close()
+        second_node.stop()
