@@ -43,7 +43,6 @@ SCENARIOS: Dict[str, Dict[str, Any]] = {
     'every core': {'num_thread': CORES, 'nice': 0},
     'defaults': {},
     'scaled': {'num_thread': SCALED_THREADS, 'nice': 10},
-    # cpu_cores '1-1' rather than '1': a bare number on the command line is an integer.
     'pinned': {'num_thread': max(1, min(SCALED_THREADS, CORES - 1)), 'nice': 10,
                'cpu_cores': f'1-{CORES - 1}'},
 }
