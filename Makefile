@@ -5,7 +5,7 @@ export ROS_DISTRO ?= kilted
 ROS_ENV := scripts/ros-env
 PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/setup.py tools bench scripts/*.py
 
-.PHONY: setup build test lint demo bench bench-sessions bench-cpu soak clean
+.PHONY: setup build test lint demo bench bench-quick bench-sessions bench-cpu soak clean
 
 setup:
 	scripts/setup-dev-env
@@ -30,6 +30,13 @@ demo: setup
 bench: setup
 	$(ROS_ENV) python bench/run.py
 	$(ROS_ENV) python bench/sessions.py
+
+# Every benchmark end to end with tiny sizes (about 3 minutes; results in bench/results/quick):
+# fails when one breaks, says nothing about speed. CI runs it.
+bench-quick: setup
+	BENCH_QUICK=1 $(ROS_ENV) python bench/run.py
+	BENCH_QUICK=1 $(ROS_ENV) python bench/sessions.py
+	BENCH_QUICK=1 $(ROS_ENV) python bench/cpu_share.py
 
 # The 30-turn conversation alone: the node's sessions against a client's sliding window.
 bench-sessions: setup

@@ -9,7 +9,7 @@ generates continuously through the node with each CPU share in turn:
                cores, at least 1; nice 10);
   pinned:      scaled, with the model on every core but 0 and the control loop on core 0.
 One run, the same model and prompt; writes bench/results/cpu_share.json, cpu_share.md and
-cpu_share.png.
+cpu_share.png. BENCH_QUICK=1: 2 s per case, answers of 16 tokens (bench/sizes.py).
 """
 
 import json
@@ -30,9 +30,12 @@ sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
 from harness import free_port  # noqa: E402,I100
 from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
+from sizes import results_dir  # noqa: E402,I100,I201
+from sizes import sized  # noqa: E402
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-SECONDS = float(os.environ.get('BENCH_CPU_SECONDS', '20'))
+SECONDS = float(os.environ.get('BENCH_CPU_SECONDS', sized('20', '2')))
+ANSWER_TOKENS = sized(256, 16)
 DOMAIN = int(os.environ.get('BENCH_DOMAIN', '79'))
 CORES = os.cpu_count() or 1
 SCALED_THREADS = max(1, CORES * 2 // 3)
@@ -40,7 +43,6 @@ SCENARIOS: Dict[str, Dict[str, Any]] = {
     'every core': {'num_thread': CORES, 'nice': 0},
     'defaults': {},
     'scaled': {'num_thread': SCALED_THREADS, 'nice': 10},
-    # cpu_cores '1-1' rather than '1': a bare number on the command line is an integer.
     'pinned': {'num_thread': max(1, min(SCALED_THREADS, CORES - 1)), 'nice': 10,
                'cpu_cores': f'1-{CORES - 1}'},
 }
@@ -73,7 +75,7 @@ class Generation:
     def _run(self) -> None:
         while not self._stop.is_set():
             sent = time.monotonic()
-            run = self.client.send_chat(Chat.Goal(prompt=PROMPT, max_tokens=256,
+            run = self.client.send_chat(Chat.Goal(prompt=PROMPT, max_tokens=ANSWER_TOKENS,
                                                   temperature=0.8))
             assert run.wait_accepted(), 'chat goal rejected'
             self.started.set()
@@ -151,8 +153,7 @@ def plot(results: Dict[str, Dict[str, Any]], path: pathlib.Path) -> None:
 
 
 def main() -> int:
-    out = HERE / 'results'
-    out.mkdir(exist_ok=True)
+    out = results_dir()
     results: Dict[str, Dict[str, Any]] = {}
     print(f'idle ({SECONDS:g} s)...', flush=True)
     results['idle'] = control_loop()

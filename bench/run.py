@@ -4,16 +4,16 @@ Every figure is taken in the same run against the same emulator server (the node
 one, reached directly with the official `ollama` client for the baseline), repeated, and
 reported with its spread. What the node adds is split from what it cannot change: rclpy's and
 DDS's own cost is measured against bench/floor_server.py (a bare action server), and the
-server's own start/load/unload/stop time is taken from the node's log of that very transition.
-Writes bench/results/results.json, summary.md and bench.png. These machines are noisy: ratios
-say more than absolute times.
+server's own start/load/unload/stop time by the bench itself against a server of the same
+executable and models (see own_work_figures). Writes bench/results/results.json, summary.md
+and bench.png. These machines are noisy: ratios say more than absolute times. BENCH_QUICK=1
+runs it all with tiny sizes (bench/sizes.py).
 """
 
 import json
 import os
 import pathlib
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -36,21 +36,23 @@ from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
 from harness import TRANSITIONS  # noqa: E402
 from harness import wait_for  # noqa: E402
+from sizes import results_dir  # noqa: E402,I100,I201
+from sizes import sized  # noqa: E402
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-REPEATS = int(os.environ.get('BENCH_REPEATS', '20'))
+REPEATS = int(os.environ.get('BENCH_REPEATS', sized('20', '2')))
+# Rounds of the slower measurements (transitions, streaming, the real model).
+ROUNDS = sized(3, 1)
 # The first goals of a new client and server pair still wait on DDS discovery (up to seconds
 # for the floor server, which is measured right after it starts): left out of the figures.
-WARMUP = 3
-FLOOR_WARMUP = 10
-NODE_DOMAIN, FLOOR_DOMAIN = 77, 78
-# The server's own share of each transition, as the node logs it (server.py, node.py).
-OWN_WORK = {
-    'configure': r'Ollama server ready at \S+ \(pid \d+, ([0-9.]+) s\)',
-    'activate': r"model '[^']+' loaded in ([0-9.]+) s",
-    'deactivate': r"model '[^']+' unloaded in ([0-9.]+) s",
-    'cleanup': r'the Ollama server exited ([0-9.]+) s after SIGTERM',
-}
+WARMUP = sized(3, 1)
+FLOOR_WARMUP = sized(10, 2)
+NODE_DOMAIN = int(os.environ.get('BENCH_DOMAIN', '77'))
+FLOOR_DOMAIN = NODE_DOMAIN + 1
+TRANSITIONS_MEASURED = ('configure', 'activate', 'deactivate', 'cleanup')
+# Tokens of one streaming goal, and of one answer of the real model.
+STREAMED_TOKENS = sized(4000, 200)
+REAL_TOKENS = sized(64, 8)
 
 
 def percentile(values: List[float], fraction: float) -> float:
@@ -104,12 +106,6 @@ class Bench:
         assert answered.wait(300) and future.result().success, self.node.output()
         return time.monotonic() - started
 
-    def own_work(self, name: str, count: int) -> float:
-        """The server's own time in the count-th `name` transition, from the node's log."""
-        found = wait_for(lambda: (lambda f: f if len(f) >= count else None)(
-            re.findall(OWN_WORK[name], self.node.output())), f'the log of {name} #{count}')
-        return float(found[count - 1])
-
     def node_chat(self, prompt: str, **fields: Any) -> Dict[str, Any]:
         sent = time.monotonic()
         run = self.client.send_chat(Chat.Goal(prompt=prompt, **fields))
@@ -147,21 +143,70 @@ class Bench:
 
 def transition_figures(workdir: pathlib.Path) -> Dict[str, Any]:
     """Each transition as a client sees it, minus the server's own part of that transition."""
-    names = ('configure', 'activate', 'deactivate', 'cleanup')
+    names = TRANSITIONS_MEASURED
+    cycles = max(ROUNDS, REPEATS // 2)
     seen: Dict[str, List[float]] = {name: [] for name in names}
-    own: Dict[str, List[float]] = {name: [] for name in names}
     bench = Bench(workdir, 'echo:latest', {})
     try:
-        for cycle in range(1, max(3, REPEATS // 2) + 1):
+        for _ in range(cycles):
             for name in names:
                 seen[name].append(bench.transition(name))
-                own[name].append(bench.own_work(name, cycle))
     finally:
         bench.close()
+    own = own_work_figures(workdir, 'echo:latest', cycles)
     overhead = {name: [(s - o) * 1000 for s, o in zip(seen[name], own[name])] for name in names}
     return {'transition_ms': {name: spread([v * 1000 for v in seen[name]]) for name in names},
             'server_own_ms': {name: spread([v * 1000 for v in own[name]]) for name in names},
             'overhead_ms': {name: spread(overhead[name]) for name in names}}
+
+
+def own_work_figures(workdir: pathlib.Path, model: str, cycles: int) -> Dict[str, List[float]]:
+    """The server's own part of each transition, in seconds, measured by the bench against a
+    server it runs itself (the node's executable and models directory, another port), through
+    Ollama's API only: spawn until it answers (configure), load until /api/ps lists the model
+    (activate), unload until /api/ps lists nothing (deactivate), SIGTERM until it exits
+    (cleanup). Nothing here reads the node's log, whose wording may change."""
+    own: Dict[str, List[float]] = {name: [] for name in TRANSITIONS_MEASURED}
+    port = free_port()
+    url = f'http://127.0.0.1:{port}'
+    env = dict(os.environ, OLLAMA_HOST=f'127.0.0.1:{port}', OLLAMA_MODELS=str(workdir / 'models'))
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f'{url}/api/version', timeout=1.0).is_success
+        except httpx.TransportError:
+            return False
+
+    def loaded() -> bool:
+        return bool(httpx.get(f'{url}/api/ps', timeout=5.0).json()['models'])
+
+    def timed(step: Any, done: Any) -> float:
+        started = time.monotonic()
+        step()
+        while not done():     # polled finely: the steps take milliseconds
+            if time.monotonic() - started > 300:
+                raise AssertionError(f'{done.__name__} did not happen within 300 s')
+            time.sleep(0.002)
+        return time.monotonic() - started
+
+    for _ in range(cycles):
+        server: List[subprocess.Popen] = []
+        try:
+            own['configure'].append(timed(lambda: server.append(subprocess.Popen(
+                ['s100-ollama-emulator', 'serve'], env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)), answers))
+            direct = ollama.Client(host=url)
+            own['activate'].append(timed(lambda: direct.generate(model, keep_alive=-1), loaded))
+            own['deactivate'].append(timed(lambda: direct.generate(model, keep_alive=0),
+                                           lambda: not loaded()))
+            own['cleanup'].append(timed(server[0].terminate,
+                                        lambda: server[0].poll() is not None))
+        finally:
+            for process in server:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    return own
 
 
 def ttft_and_idle_figures(workdir: pathlib.Path) -> Dict[str, Any]:
@@ -188,7 +233,7 @@ def ttft_and_idle_figures(workdir: pathlib.Path) -> Dict[str, Any]:
         # Idle with diagnostics at 1 Hz, active, no chat.
         process = psutil.Process(bench.node.pid)
         cpu_before, wall_before = cpu_seconds(process), time.monotonic()
-        time.sleep(float(os.environ.get('BENCH_IDLE_SECONDS', '30')))
+        time.sleep(float(os.environ.get('BENCH_IDLE_SECONDS', sized('30', '2'))))
         cpu = cpu_seconds(process) - cpu_before
         memory = process.memory_full_info()
         figures['idle'] = {'cpu_percent_of_a_core': 100 * cpu / (time.monotonic() - wall_before),
@@ -245,14 +290,14 @@ def streaming_figures(workdir: pathlib.Path, env: Dict[str, str],
         bench.transition('activate')
         process = psutil.Process(bench.node.pid)
         node_rates, direct_rates, lost, complete, cpu_per_token = [], [], [], [], []
-        for _ in range(max(3, REPEATS // 4)):
+        for _ in range(max(ROUNDS, REPEATS // 4)):
             cpu_before = cpu_seconds(process)
-            run = bench.node_chat('go', max_tokens=4000)
+            run = bench.node_chat('go', max_tokens=STREAMED_TOKENS)
             cpu_per_token.append((cpu_seconds(process) - cpu_before) / run['tokens'])
             node_rates.append(run['tokens'] / run['total'])
             lost.append(run['feedback_sent'] - run['feedback'])
             complete.append(run['text_complete'])
-            direct = bench.direct_chat('go', {'num_predict': 4000})
+            direct = bench.direct_chat('go', {'num_predict': STREAMED_TOKENS})
             direct_rates.append(direct['tokens'] / direct['total'])
         return {
             'node_tokens_per_s': spread(node_rates), 'direct_tokens_per_s': spread(direct_rates),
@@ -296,10 +341,10 @@ def real_model_figures(workdir: pathlib.Path, threads: int) -> Dict[str, Any]:
         bench.transition('activate')
         prompt = 'Write three sentences about robots.'
         node, direct = [], []
-        for _ in range(max(3, REPEATS // 5)):
-            node.append(bench.node_chat(prompt, temperature=0.0, max_tokens=64))
+        for _ in range(max(ROUNDS, REPEATS // 5)):
+            node.append(bench.node_chat(prompt, temperature=0.0, max_tokens=REAL_TOKENS))
             # The node's num_thread too: Ollama reloads the model for another one.
-            direct.append(bench.direct_chat(prompt, {'temperature': 0, 'num_predict': 64,
+            direct.append(bench.direct_chat(prompt, {'temperature': 0, 'num_predict': REAL_TOKENS,
                                                      'num_thread': threads}))
         return {'node_ttft_ms': spread([r['ttft'] * 1000 for r in node]),
                 'direct_ttft_ms': spread([r['ttft'] * 1000 for r in direct]),
@@ -410,8 +455,7 @@ def plot(results: Dict[str, Any], path: pathlib.Path) -> None:
 
 
 def main() -> int:
-    out = HERE / 'results'
-    out.mkdir(exist_ok=True)
+    out = results_dir()
     with tempfile.TemporaryDirectory() as directory:
         workdir = pathlib.Path(directory)
         print('transitions...', flush=True)

@@ -9,7 +9,8 @@ for INTERLEAVED_TURNS turns each, which shows what sharing one slot costs. Per t
 time to first token (the node's, from goal acceptance to the first token) and the prompt
 tokens Ollama evaluated (prompt_eval_count: the tokens not reused from its cache).
 Writes bench/results/sessions.json, sessions.md and sessions.png (`make bench` runs it after
-run.py; `make bench-sessions` alone, about 3 minutes here).
+run.py; `make bench-sessions` alone, about 3 minutes here). BENCH_QUICK=1: 4 turns of 8 tokens
+(bench/sizes.py).
 """
 
 import json
@@ -32,13 +33,15 @@ sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
 from harness import free_port  # noqa: E402,I100
 from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
+from sizes import results_dir  # noqa: E402,I100,I201
+from sizes import sized  # noqa: E402
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 DOMAIN = int(os.environ.get('BENCH_DOMAIN', '80'))
-TURNS = 30
-WINDOW = 8              # session_max_turns of the node, turns kept by the client
-MAX_TOKENS = 48         # per answer: the same work per turn in both conversations
-INTERLEAVED_TURNS = 8   # per session
+TURNS = sized(30, 4)
+WINDOW = sized(8, 2)    # session_max_turns of the node, turns kept by the client
+MAX_TOKENS = sized(48, 8)   # per answer: the same work per turn in both conversations
+INTERLEAVED_TURNS = sized(8, 2)   # per session
 THREADS = 1             # llama.cpp threads: the fastest setting on the 2-core machine
 SYSTEM = ('You are the voice of a home robot. Answer in one or two short sentences, '
           'friendly and concrete.')
@@ -56,7 +59,8 @@ QUESTIONS = [
     'Lock the front door.', 'How warm is the oven?', 'Tell me a joke.',
     'What should I remember for tomorrow?', 'Good night, robot.',
 ]
-EARLY, LATE = range(1, 6), range(20, 30)       # turn indices (0-based): 2-6 and 21-30
+# Turn indices (0-based): 2-6 and 21-30 (quick: 2 and 4).
+EARLY, LATE = sized((range(1, 6), range(20, 30)), (range(1, 2), range(3, 4)))
 
 
 def start_node(workdir: pathlib.Path, port: int) -> Tuple[NodeProcess, RosClient]:
@@ -160,6 +164,12 @@ def summary(turns: List[Dict[str, float]]) -> Dict[str, float]:
                 t['prompt_tokens'] >= 100 for t in turns) else 0.0}
 
 
+def turns(indices: range) -> str:
+    """0-based turn indices as the table numbers turns: '2-6'."""
+    first, last = indices[0] + 1, indices[-1] + 1
+    return str(first) if first == last else f'{first}-{last}'
+
+
 def table(results: Dict[str, Any]) -> str:
     node, client = results['node'], results['client']
     lines = ['| turn | node: TTFT (ms) | node: prompt tokens evaluated | node: turns kept | '
@@ -172,14 +182,16 @@ def table(results: Dict[str, Any]) -> str:
     lines.append('')
     for name in ('node', 'client'):
         s = results['summary'][name]
-        lines.append(f"- {name}: TTFT median turns 2-6 {s['early_ttft_ms']:.0f} ms, turns "
-                     f"21-30 {s['late_ttft_ms']:.0f} ms ({s['late_over_early']:.2f}x; worst "
-                     f"{s['late_max_ttft_ms']:.0f} ms); prompt tokens evaluated per late turn "
-                     f"(median) {s['late_prompt_tokens_median']:.0f}, in all 30 turns "
+        lines.append(f"- {name}: TTFT median turns {turns(EARLY)} {s['early_ttft_ms']:.0f} ms, "
+                     f"turns {turns(LATE)} {s['late_ttft_ms']:.0f} ms "
+                     f"({s['late_over_early']:.2f}x; worst {s['late_max_ttft_ms']:.0f} ms); "
+                     'prompt tokens evaluated per late turn '
+                     f"(median) {s['late_prompt_tokens_median']:.0f}, in all {TURNS} turns "
                      f"{s['prompt_tokens_total']}")
     check = results['count_check']
-    lines.append(f"- the session's history after 30 turns: {check['node_context_tokens']} tokens "
-                 f"by the node's count, {check['model_prompt_eval_count']} evaluated whole by "
+    lines.append(f"- the session's history after {TURNS} turns: "
+                 f"{check['node_context_tokens']} tokens by the node's count, "
+                 f"{check['model_prompt_eval_count']} evaluated whole by "
                  'the model (with the generation prompt)')
     pairs = results['interleaved']
     lines.append('- two sessions alternating on one slot: prompt tokens evaluated per turn '
@@ -205,15 +217,14 @@ def plot(results: Dict[str, Any], path: pathlib.Path) -> None:
     bottom.set_ylabel('prompt tokens evaluated')
     bottom.set_xlabel('turn')
     top.legend(fontsize=8)
-    figure.suptitle(f'SmolLM2-135M, {THREADS} llama.cpp thread, 30 turns, answers of up to '
+    figure.suptitle(f'SmolLM2-135M, {THREADS} llama.cpp thread, {TURNS} turns, answers of up to '
                     f'{MAX_TOKENS} tokens')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
 
 def main() -> int:
-    out = HERE / 'results'
-    out.mkdir(exist_ok=True)
+    out = results_dir()
     with tempfile.TemporaryDirectory() as directory:
         port = free_port()
         node, client = start_node(pathlib.Path(directory), port)

@@ -2,7 +2,6 @@
 
     ros2 run s100_llm chat "What is the capital of France?"
     ros2 run s100_llm chat                     # interactive; one session for the whole talk
-    ros2 run s100_llm chat --format json "List three colours"
     ros2 run s100_llm chat --format command.schema.json "Go to the kitchen"
     ros2 run s100_llm chat --tools robot_tools.json "Go to the kitchen"
     ros2 run s100_llm chat --image door.jpg "Is the door open?"

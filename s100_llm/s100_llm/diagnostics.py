@@ -76,7 +76,7 @@ class DiagnosticsPublisher:
         thresholds = self._thresholds()
         state = self.node.serving_state()
         # Before the first configure the snapshot names no model: report the parameter's.
-        model = state.model or self.node.get_parameter('model').value
+        model = state.model or parameters.value(self.node, 'model')
         if self.sampler is None or self.sampler.disk_path != state.models_dir:
             self.sampler = ResourceSampler(state.models_dir)
         system = self.sampler.system()

@@ -185,7 +185,7 @@ class LlmNode(LifecycleNode):
         state = self.serving.state.in_lifecycle(self.state_label)
         if not state.models_dir:    # before the first configure: where models will be
             state = dataclasses.replace(state, models_dir=parameters.expand_models_dir(
-                self.get_parameter('models_dir').value))
+                parameters.value(self, 'models_dir')))
         return state
 
     # ---- transitions ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .core.config import settings_part
 from .core.params import Parameter
 
 # What the node and diagnostics use from here; the settings types and helpers live in core.
-__all__ = ['declare', 'read', 'read_part', 'validate_change', 'NodeSettings',
+__all__ = ['declare', 'read', 'read_part', 'validate_change', 'value', 'NodeSettings',
            'expand_models_dir']
 SettingsT = TypeVar('SettingsT')
 
@@ -39,6 +39,11 @@ def declare(node: Node) -> None:
 def _descriptor(parameter: Parameter) -> ParameterDescriptor:
     """The description, read-only flag, range and choices of a parameter.
 
+    A string parameter is declared with dynamic typing too: YAML makes `-p cpu_cores:=0`, a
+    params file's `cpu_cores: 3` and `ros2 param set /llm cpu_cores 3` integers, which rclpy
+    would refuse (at startup with a traceback, InvalidParameterTypeException); value() turns
+    them into their text, and check_values refuses what has none (a list) with the reason.
+
     A float parameter is declared with dynamic typing so that it also takes an integer, at
     startup (`-p start_timeout:=5`, a YAML `95`) and from `ros2 param set` (which sends `95` as
     an integer): rclpy refuses a statically typed double parameter an integer ("Wrong
@@ -48,6 +53,8 @@ def _descriptor(parameter: Parameter) -> ParameterDescriptor:
     """
     descriptor = ParameterDescriptor(description=parameter.documentation,
                                      read_only=parameter.read_only)
+    if parameter.value_type is str:
+        descriptor.dynamic_typing = True
     if parameter.choices:
         descriptor.additional_constraints = f"one of {', '.join(parameter.choices)}"
     if parameter.bounds is None:
@@ -60,6 +67,16 @@ def _descriptor(parameter: Parameter) -> ParameterDescriptor:
     else:
         descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high))]
     return descriptor
+
+
+def value(node: Node, name: str) -> Any:
+    """A parameter's value in its declared type where it can be (a number given for a string
+    parameter as its text, an integer for a float as a float), for the few read one by one
+    (read() and read_part() convert the same way)."""
+    return _BY_NAME[name].as_declared(node.get_parameter(name).value)
+
+
+_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 
 
 def read(node: Node, overrides: Optional[Dict[str, Any]] = None) -> NodeSettings:

@@ -194,23 +194,46 @@ def parse_ollama_env(text: str) -> Dict[str, str]:
 
 def parse_cores(text: str, core_count: int) -> FrozenSet[int]:
     """'2-5', '0,2-3' -> core ids; '' -> empty (every core). ConfigError names what is wrong,
-    including cores beyond this machine's core_count."""
+    including cores beyond this machine's core_count.
+
+    The work is bounded by core_count and the text's length, whatever the ranges say: only the
+    ids this machine has are built, and a refusal names at most a few offending parts (a
+    `ros2 param set` of '0-100000000' must not build a hundred million ids).
+    """
+    shown = _shortened(text)
     cores = set()
+    beyond = []    # the offending part of each piece naming cores this machine lacks
     for part in filter(None, (piece.strip() for piece in text.split(','))):
-        match = re.fullmatch(r'(\d+)(?:\s*-\s*(\d+))?', part)
+        # Nine digits is beyond any machine's core count, and int() of a longer digit string
+        # could cost (or, above 4300 digits, refuse) more than this check is worth.
+        match = re.fullmatch(r'(\d{1,9})(?:\s*-\s*(\d{1,9}))?', part)
         if not match:
-            raise ConfigError(f"cpu_cores '{text}': '{part}' is not a core id or range "
-                              "(write e.g. '2-5' or '0,2-3')")
+            raise ConfigError(f"cpu_cores '{shown}': '{_shortened(part)}' is not a core id or "
+                              "range (write e.g. '2-5' or '0,2-3')")
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) else first
         if last < first:
-            raise ConfigError(f"cpu_cores '{text}': the range '{part}' runs backwards")
-        cores.update(range(first, last + 1))
-    missing = sorted(core for core in cores if core >= core_count)
-    if missing:
-        raise ConfigError(f"cpu_cores '{text}': core(s) {', '.join(map(str, missing))} do not "
-                          f'exist (this machine has {core_count} cores: 0-{core_count - 1})')
+            raise ConfigError(f"cpu_cores '{shown}': the range '{part}' runs backwards")
+        if last >= core_count:
+            low = max(first, core_count)
+            beyond.append(str(low) if low == last else f'{low}-{last}')
+        cores.update(range(first, min(last, core_count - 1) + 1))
+    if beyond:
+        named = ', '.join(beyond[:_NAMED_PARTS]) + (
+            f' and {len(beyond) - _NAMED_PARTS} more' if len(beyond) > _NAMED_PARTS else '')
+        raise ConfigError(f"cpu_cores '{shown}': core(s) {named} do not exist (this machine "
+                          f'has {core_count} cores: 0-{core_count - 1})')
     return frozenset(cores)
+
+
+# A refusal names this many offending parts of cpu_cores at most, and this much of its text.
+_NAMED_PARTS = 3
+_SHOWN_CHARS = 60
+
+
+def _shortened(text: str) -> str:
+    """text as a reason quotes it: cut with '...' beyond _SHOWN_CHARS characters."""
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + '...'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,24 +8,36 @@ takes JPEG or PNG bytes (base64 on the wire, which its Python client does). Two 
   the data, JPEG/PNG magic bytes, byte limit), with the image named in the reason.
 - `prepare()`: decoding, downscaling so that the longest side is at most max_side (aspect
   kept), encoding; done where the goal runs. A compressed image that is small enough is
-  passed through byte for byte; a raw one becomes a JPEG (quality 90; alpha is dropped,
-  as vision models look at RGB), mono16 keeps its high byte. An image that does not decode
-  raises ImageProblem with its name.
+  passed through byte for byte (after a decode that proves it whole); a raw one becomes a
+  JPEG (quality 90; alpha is dropped, as vision models look at RGB), mono16 keeps its high
+  byte. An image that does not decode, or is cut short, raises ImageProblem with its name.
+
+What decoding may cost is bounded by pixels, not bytes (a PNG of one colour compresses
+40 megapixels into 150 KB): the header's size is read first (Image.open reads no pixel data),
+a JPEG larger than needed is decoded at 1/2 to 1/8 scale (draft mode), and an image whose
+decoding would still hold more than MAX_DECODE_PIXELS is refused before Pillow allocates them.
+A goal's images are prepared one after another, so a goal holds one decoded image at a time.
 """
 
 import dataclasses
 import io
+import struct
 from typing import Dict, Tuple, Union
+import zlib
 
 from PIL import Image
+from PIL import ImageFile
 from PIL import UnidentifiedImageError
 
 JPEG_MAGIC = b'\xff\xd8\xff'
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 JPEG_QUALITY = 90
-# A compressed image may expand to far more than its bytes: refuse to decode beyond this many
-# pixels (a 12 MP photo is 12e6), before Pillow allocates them.
-MAX_DECODE_PIXELS = 40_000_000
+# Most pixels one compressed image may be decoded to (after JPEG's draft scaling): 4000x3000.
+# Pillow holds RGB as 4 bytes a pixel, so about 48 MB, and 96 MB while a palette or alpha
+# PNG is converted to RGB.
+MAX_DECODE_PIXELS = 12_000_000
+# Pillow pads a cut image with black when this is true; it is Pillow's default, kept false.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 # encoding -> (Pillow mode, Pillow raw mode of the data, bytes per pixel).
 ENCODINGS: Dict[str, Tuple[str, str, int]] = {
     'rgb8': ('RGB', 'RGB', 3),
@@ -109,26 +121,85 @@ def prepare(image: AnyImage, name: str, max_side: int) -> bytes:
                                    raw_mode, image.step, 1)
         return _encoded(_fitted(picture, max_side), 'JPEG')
     try:
-        picture = Image.open(io.BytesIO(image.data))
+        picture = Image.open(io.BytesIO(image.data))   # reads the header, not the pixels
     except Image.DecompressionBombError as error:   # Pillow's own limit, far above ours
         raise ImageProblem(f'{name} is not decoded: {error}') from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise _undecodable(image, name, error) from None
     width, height = picture.size
-    if width * height > MAX_DECODE_PIXELS:
-        raise ImageProblem(f'{name} is {width}x{height}: more than {MAX_DECODE_PIXELS} pixels '
-                           'are not decoded')
-    if max(width, height) <= max_side:
-        return image.data   # small enough: as the camera or the caller encoded it
+    small = max(width, height) <= max_side
+    if not small:
+        picture.draft('RGB', _fitted_size(picture.size, max_side))  # JPEG: at a reduced scale
+    decoded_width, decoded_height = picture.size
+    if decoded_width * decoded_height > MAX_DECODE_PIXELS:
+        raise ImageProblem(f'{name} is {width}x{height}: decoding it would take '
+                           f'{decoded_width * decoded_height} pixels, more than the '
+                           f'{MAX_DECODE_PIXELS} an image may take')
     try:
-        picture.draft('RGB', (max_side, max_side))     # JPEG: decode at a reduced scale
+        if compressed_kind(image.data) == 'png':
+            _check_png_whole(image.data, picture)
         picture.load()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SyntaxError, struct.error, zlib.error) as error:
         raise _undecodable(image, name, error) from None
+    if small:
+        return image.data   # as the camera or the caller encoded it, now known to decode
     if picture.mode not in ('RGB', 'L'):    # palette, alpha, 16-bit PNG, CMYK JPEG
         picture = picture.convert('RGB')
     kind = 'PNG' if compressed_kind(image.data) == 'png' else 'JPEG'
     return _encoded(_fitted(picture, max_side), kind)
+
+
+# PNG colour type -> samples per pixel; Adam7's passes as (x start, y start, x step, y step).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+
+
+def _check_png_whole(data: bytes, picture: Image.Image) -> None:
+    """ValueError unless the PNG's image data holds every row and the file ends with IEND.
+
+    Pillow pads a PNG whose compressed stream ends early with black, without an error, even
+    with LOAD_TRUNCATED_IMAGES false (Pillow 9 to 13), and does not mind a missing IEND: a cut
+    file could be described to the model as a black picture. The stream is inflated in
+    pieces and only counted, so this costs time, not memory.
+    """
+    inflater = zlib.decompressobj()
+    inflated = 0
+    offset = len(PNG_MAGIC)
+    header = b''
+    while True:
+        if offset + 8 > len(data):
+            raise ValueError('the file ends before its IEND chunk (cut short?)')
+        length, kind = struct.unpack('>I4s', data[offset:offset + 8])
+        body = data[offset + 8:offset + 8 + length]
+        offset += 12 + length
+        if kind == b'IHDR':
+            header = body
+        elif kind == b'IDAT':
+            inflated += _inflated_size(inflater, body)
+        elif kind == b'IEND':
+            break
+    width, height = picture.size
+    depth, colour, _, _, interlaced = struct.unpack('>BBBBB', header[8:13])
+    bits = depth * _PNG_SAMPLES.get(colour, 4)
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    expected = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            expected += rows * (1 + -(-columns * bits // 8))    # a filter byte per row
+    if inflated < expected or not inflater.eof:
+        raise ValueError(f'its image data ends after {inflated} of {expected} bytes '
+                         '(cut short?)')
+
+
+def _inflated_size(inflater: 'zlib._Decompress', chunk: bytes) -> int:
+    """How many bytes chunk inflates to, in pieces of at most 1 MB."""
+    size = 0
+    while chunk and not inflater.eof:
+        size += len(inflater.decompress(chunk, 1 << 20))
+        chunk = inflater.unconsumed_tail
+    return size
 
 
 def _undecodable(image: CompressedImage, name: str, error: Exception) -> ImageProblem:
@@ -136,13 +207,20 @@ def _undecodable(image: CompressedImage, name: str, error: Exception) -> ImagePr
                         f'{error}')
 
 
+def _fitted_size(size: Tuple[int, int], max_side: int) -> Tuple[int, int]:
+    """size scaled so that its longest side is at most max_side, aspect ratio kept."""
+    width, height = size
+    if max(width, height) <= max_side:
+        return size
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _fitted(picture: Image.Image, max_side: int) -> Image.Image:
     """picture with its longest side at most max_side, aspect ratio kept."""
-    width, height = picture.size
-    if max(width, height) <= max_side:
+    size = _fitted_size(picture.size, max_side)
+    if size == picture.size:
         return picture
-    scale = max_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return picture.resize(size, Image.BILINEAR, reducing_gap=2.0)
 
 

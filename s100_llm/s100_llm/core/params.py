@@ -70,10 +70,15 @@ class Parameter:
         return ', '.join(self.choices)
 
     def as_declared(self, value: Any) -> Any:
-        """An integer given for a float parameter, as a float (anything else is kept for
-        check_values to judge): float parameters take integers as people type them."""
+        """A value in the parameter's type where people's typing allows it (anything else is
+        kept for check_values to judge): an integer given for a float parameter becomes a
+        float, and a number or bool given for a string parameter its text (YAML, and so
+        `-p cpu_cores:=0`, a params file's `cpu_cores: 3` or `ros2 param set /llm cpu_cores 3`,
+        makes `0` an integer and `true` a bool)."""
         if self.value_type is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if self.value_type is str and isinstance(value, (bool, int, float)):
+            return _yaml(value) if isinstance(value, bool) else str(value)
         return value
 
 

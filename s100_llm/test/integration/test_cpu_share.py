@@ -7,7 +7,9 @@ from action_msgs.msg import GoalStatus
 import pytest
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
+import yaml
 
+from conftest import default_parameters
 from harness import runners
 from harness import servers
 
@@ -44,11 +46,35 @@ def test_the_share_reaches_the_server_and_runner_and_chats_keep_the_runner(start
     assert 'model share: 1 threads on cores' in shown['llm: Ollama server'].message
 
 
+@pytest.mark.parametrize('given', ['command line', 'params file', 'param set'])
+def test_a_bare_core_number_is_that_core(start_llm, tmp_path, ollama_port, models_dir, given):
+    # Issue 22.11: YAML makes `-p cpu_cores:=0`, a params file's `cpu_cores: 0` and `ros2 param
+    # set /llm cpu_cores 0` integers, which the string parameter refused (at startup with a
+    # traceback); they are the core's number.
+    if given == 'command line':
+        llm = start_llm(cpu_cores=0)     # the harness passes -p cpu_cores:=0
+    elif given == 'params file':
+        params_file = tmp_path / 'robot.yaml'
+        params_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
+            **default_parameters(ollama_port, models_dir), 'cpu_cores': 0}}}))
+        assert 'cpu_cores: 0\n' in params_file.read_text()
+        llm = start_llm(params_file=str(params_file))
+    else:
+        llm = start_llm()
+        reply = llm.client._call(SetParameters, '/llm/set_parameters', SetParameters.Request(
+            parameters=[Parameter('cpu_cores', value=0).to_parameter_msg()]))
+        assert reply.results[0].successful, reply.results[0].reason
+    llm.activate()
+    assert [process.cpu_affinity() for process in servers(llm) + runners(llm)] == [[0], [0]]
+
+
 @pytest.mark.parametrize('parameters, message', [
     ({'cpu_cores': '0-4096'}, 'do not exist (this machine has'),
     ({'cpu_cores': 'all'}, "'all' is not a core id or range"),
     ({'ollama_env': 'PATH=/tmp'}, "'PATH' is not an Ollama variable"),
     ({'ollama_env': 'OLLAMA_MODELS=/tmp'}, 'is set by the node; use the parameter models_dir'),
+    ({'cpu_cores': '[0, 1]'}, 'cpu_cores must be a string (got '),
+    ({'flash_attention': 'true'}, "flash_attention 'true' must be one of auto, enabled"),
 ])
 def test_bad_shares_and_variables_fail_configure_with_the_reason(start_llm, parameters,
                                                                  message):

@@ -24,8 +24,10 @@ def test_every_parameter_is_declared_as_the_table_says(start_llm):
             parameter.documentation, parameter.read_only,
             [parameter.bounds] if parameter.bounds else [],
             f"one of {', '.join(parameter.choices)}" if parameter.choices else ''), parameter.name
-        # Float parameters take integers too (dynamic typing); the node checks their type.
-        assert descriptor.dynamic_typing == (parameter.value_type is float), parameter.name
+        # Float parameters take integers too, and string parameters numbers (dynamic typing);
+        # the node checks their type.
+        assert descriptor.dynamic_typing == (parameter.value_type in (float, str)), \
+            parameter.name
 
 
 def test_a_parameter_read_at_start_refuses_a_change(start_llm):

@@ -2,6 +2,7 @@ import dataclasses
 import math
 import os
 import re
+import tracemalloc
 
 import pytest
 
@@ -146,7 +147,7 @@ def test_settings_from_takes_integers_for_floats_as_floats():
 @pytest.mark.parametrize('name, value, message', [
     ('manage_server', 1, 'manage_server must be true or false (got 1)'),
     ('tts_bridge', 'yes', "tts_bridge must be true or false (got 'yes')"),
-    ('host', 11434, 'host must be a string (got 11434)'),
+    ('host', ['::1'], "host must be a string (got ['::1'])"),
     ('max_sessions', True, 'max_sessions must be an integer (got True)'),
     ('concurrency', 'fifo', "concurrency 'fifo' must be one of reject, queue, preempt"),
     ('diagnostics_period', 0, 'diagnostics_period must be in 0.1..60 (got 0)'),
@@ -156,19 +157,54 @@ def test_settings_from_refuses_a_value_naming_the_parameter(name, value, message
         settings_from({**defaults(), name: value})
 
 
+def test_a_number_or_bool_given_for_a_string_parameter_is_its_text():
+    # Issue 22.11: YAML makes `-p cpu_cores:=0` an integer and `flash_attention:=true` a bool.
+    assert settings_from({**defaults(), 'cpu_cores': 0}).server.cpu_cores == '0'
+    assert settings_from({**defaults(), 'model': 7}).model.model == '7'
+    with pytest.raises(ConfigError, match="flash_attention 'true' must be one of auto, "):
+        settings_from({**defaults(), 'flash_attention': True})
+    with pytest.raises(ConfigError, match="cpu_cores '2.5': '2.5' is not a core id"):
+        settings_from({**defaults(), 'cpu_cores': 2.5})
+
+
 def test_cpu_cores_are_parsed_and_cores_that_do_not_exist_refused():
     assert parse_cores('', 6) == frozenset()
     assert parse_cores('2-5', 6) == {2, 3, 4, 5}
     assert parse_cores(' 0, 2 - 3 ', 6) == {0, 2, 3}
-    with pytest.raises(ConfigError, match=r'core\(s\) 6, 7 do not exist \(this machine has 6 '
+    with pytest.raises(ConfigError, match=r'core\(s\) 6-7 do not exist \(this machine has 6 '
                                           r'cores: 0-5\)'):
         parse_cores('4-7', 6)
+    with pytest.raises(ConfigError, match=r'core\(s\) 8, 6-9 do not exist'):
+        parse_cores('8,1,3-9', 6)
     with pytest.raises(ConfigError, match="'two' is not a core id or range"):
         parse_cores('two', 6)
     with pytest.raises(ConfigError, match="the range '5-2' runs backwards"):
         parse_cores('5-2', 6)
     with pytest.raises(ConfigError, match='do not exist'):
         ServerSettings(cpu_cores=str(os.cpu_count())).validate()
+
+
+def test_cpu_cores_work_and_reason_are_bounded_by_the_machines_core_count():
+    # Issue 22.3: the parser built every id of the range, and the reason listed them all.
+    with pytest.raises(ConfigError) as refused:
+        parse_cores('0-3000000', 6)
+    assert str(refused.value) == ("cpu_cores '0-3000000': core(s) 6-3000000 do not exist (this "
+                                  'machine has 6 cores: 0-5)')
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match='6-100000000 do not exist'):
+            parse_cores('0-100000000', 6)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+    many = ','.join(map(str, range(6, 20000)))
+    with pytest.raises(ConfigError) as refused:
+        parse_cores(many, 6)
+    assert 'core(s) 6, 7, 8 and 19991 more do not exist' in str(refused.value)
+    assert len(str(refused.value)) < 300
+    with pytest.raises(ConfigError, match=re.escape(f"'{'9' * 60}...' is not a core id or range")):
+        parse_cores('9' * 100_000, 6)
 
 
 def test_ollama_env_takes_ollama_variables_and_refuses_the_rest_with_the_reason():

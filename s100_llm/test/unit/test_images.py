@@ -1,7 +1,11 @@
 """core/images.py: checks, conversion, downscaling; and the image rules of core/chat.py."""
 
 import io
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 
 from PIL import Image
@@ -122,11 +126,106 @@ def test_a_compressed_image_that_does_not_decode_raises_with_its_name():
         prepare(garbage, 'x', 16)
 
 
-def test_a_huge_compressed_image_is_not_decoded():
-    # 8000 x 8000 of one colour compresses to a few hundred KB but would take 192 MB.
-    image = compressed('PNG', 8000, 8000)
-    with pytest.raises(ImageProblem, match='8000x8000: more than 40000000 pixels'):
+def png_chunk(kind, body):
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+
+
+def handmade_png(width, height, rows=None, iend=True, interlaced=False, cut=0):
+    """An RGB PNG of RED written without Pillow (nothing decoded in memory, one row at a time):
+    `rows` rows of data (all by default) or, interlaced, Adam7's seven passes; `cut` bytes
+    fewer of the inflated data."""
+    if interlaced:
+        passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                  (1, 0, 2, 2), (0, 1, 1, 2))
+        sizes = [(-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in passes]
+        lines = [(columns, count) for columns, count in sizes if columns > 0 and count > 0]
+    else:
+        lines = [(width, height if rows is None else rows)]
+    raw = (b'\0' + bytes(RED) * columns for columns, count in lines for _ in range(count))
+    if cut:
+        raw = iter([b''.join(raw)[:-cut]])
+    compressor = zlib.compressobj()
+    stream = b''.join(compressor.compress(line) for line in raw) + compressor.flush()
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, int(interlaced))
+    data = b'\x89PNG\r\n\x1a\n' + png_chunk(b'IHDR', header) + png_chunk(b'IDAT', stream)
+    return CompressedImage('png', data + (png_chunk(b'IEND', b'') if iend else b''))
+
+
+@pytest.mark.parametrize('image', [
+    # Issue 22.15: the header says 2000x2000, the data holds 10 rows and the file no IEND:
+    # Pillow decoded it padded with black.
+    handmade_png(2000, 2000, rows=10, iend=False),
+    handmade_png(2000, 2000, rows=10),
+    handmade_png(2000, 2000, iend=False),
+    handmade_png(40, 30, rows=10),         # small: was passed on byte for byte
+    handmade_png(40, 30, interlaced=True, cut=1),
+])
+def test_a_cut_png_does_not_decode(image):
+    with pytest.raises(ImageProblem, match=r'compressed_images\[0\] does not decode as PNG: '):
+        prepare(image, 'compressed_images[0]', 1024)
+
+
+@pytest.mark.parametrize('mode', ['1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'I;16'])
+@pytest.mark.parametrize('size', [(37, 23), (1, 1)])
+def test_whole_pngs_of_every_depth_decode(mode, size):
+    out = io.BytesIO()
+    source = Image.new('I;16', size, 3000) if mode == 'I;16' else Image.new('RGB', size, RED)
+    source.convert(mode).save(out, 'PNG')
+    image = CompressedImage('png', out.getvalue())
+    assert prepare(image, 'x', 1024) is image.data
+    assert decoded(prepare(image, 'x', 16)).size[0] <= 16
+    for interlaced in (handmade_png(*size, interlaced=True), handmade_png(37, 23)):
+        assert prepare(interlaced, 'x', 1024) is interlaced.data
+
+
+def test_a_cut_jpeg_does_not_decode():
+    data = compressed('JPEG', 300, 200).data
+    with pytest.raises(ImageProblem, match='does not decode as JPEG: image file is truncated'):
+        prepare(CompressedImage('jpeg', data[:len(data) // 2]), 'x', 100)
+
+
+def test_an_image_whose_decoding_would_exceed_the_pixel_budget_is_not_decoded():
+    # 8000 x 8000 of one colour compresses to a few hundred KB but would take 256 MB.
+    image = handmade_png(8000, 8000)
+    with pytest.raises(ImageProblem, match='8000x8000: decoding it would take 64000000 pixels, '
+                                           'more than the 12000000 an image may take'):
         prepare(image, 'x', 1024)
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_within_the_budget():
+    # 5000 x 4000 = 20 MP, above the budget; draft mode decodes it at 1/4: 1250 x 1000.
+    picture = decoded(prepare(compressed('JPEG', 5000, 4000), 'x', 1024))
+    assert picture.size == (1024, 819)
+
+
+# Run in a process of its own: ru_maxrss is the process's peak resident memory.
+MEMORY_PROBE = textwrap.dedent("""
+    import resource, sys
+    sys.path[:0] = sys.argv[1:]
+    from test_images import handmade_png
+    from s100_llm.core.images import ImageProblem, prepare
+    # Four 39.7-megapixel PNGs of 154 KB each (issue 22.16), made without decoding them.
+    images = [handmade_png(7280, 5456) for _ in range(4)]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused = 0
+    for index, image in enumerate(images):
+        try:
+            prepare(image, f'compressed_images[{index}]', 1024)
+        except ImageProblem:
+            refused += 1
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(refused, (after - before) // 1024)
+""")
+
+
+def test_images_beyond_the_budget_cost_no_decoding_memory():
+    here = os.path.dirname(os.path.abspath(__file__))
+    answer = subprocess.run([sys.executable, '-c', MEMORY_PROBE, here] + sys.path,
+                            capture_output=True, text=True, check=True).stdout.split()
+    refused, grown_mb = map(int, answer)
+    # Decoded, each would have taken 159 MB (Pillow's 4 bytes a pixel); the node peaked at
+    # 410 MB with them.
+    assert refused == 4 and grown_mb < 20, answer
 
 
 def test_a_header_claiming_a_decompression_bomb_is_refused():
