@@ -344,7 +344,7 @@ def format_mismatch(text: str, fmt: Any, done_reason: str) -> str:
         return f'the answer is nested deeper than {DEPTH_NOTE}'
     if fmt == FORMAT_JSON:
         return ''
-    mismatch = document_problem(document, fmt)
+    mismatch = document_problem(fmt, document)
     return mismatch + cut if mismatch.startswith('the answer does not match') else mismatch
 
 

@@ -390,7 +390,7 @@ def _validator(schema: Dict[str, Any]) -> Any:
     return checker(schema, resolver=LocalResolver.from_schema(schema, id_of=checker.ID_OF))
 
 
-def document_problem(document: Any, schema: Dict[str, Any], subject: str = 'the answer',
+def document_problem(schema: Dict[str, Any], document: Any, subject: str = 'the answer',
                      against: str = 'the format schema',
                      seconds: float = CHECK_SECONDS) -> str:
     """Why document does not satisfy schema (which passed schema_problem), or ''. Takes about
