@@ -349,8 +349,9 @@ def _additional_properties(validator: Any, additional: Any, instance: Any,
         for extra in extras:
             yield from validator.descend(instance[extra], additional, path=extra)
     elif additional is False and extras:
+        verb = 'was' if len(extras) == 1 else 'were'
         yield ValidationError('Additional properties are not allowed '
-                              f"({', '.join(map(repr, sorted(extras)))} unexpected)")
+                              f"({', '.join(map(repr, sorted(extras)))} {verb} unexpected)")
 
 
 def _on_time(keyword: Callable[..., Any]) -> Callable[..., Iterator[Any]]:

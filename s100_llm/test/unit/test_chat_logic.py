@@ -141,6 +141,20 @@ def test_tools_need_the_capability_and_a_session_for_results():
                                                       'm')
 
 
+def test_a_tool_whose_parameters_refer_in_a_circle_or_nowhere_is_refused():
+    def found(parameters):
+        tool = {'name': 'go', 'description': '', 'parameters_json': json.dumps(parameters)}
+        return validate(ChatRequest(prompt='x', tools=[tool]), ChatSettings(),
+                        SessionStore(5, 5), ['tools'], 'm')
+    cyclic = {'type': 'object', 'definitions': {'p': {'allOf': [{'$ref': '#/definitions/p'}]}},
+              'properties': {'place': {'$ref': '#/definitions/p'}}}
+    assert found(cyclic).startswith(
+        "tool 'go': parameters_json: $ref '#/definitions/p' (at #/definitions/p/allOf/0) is "
+        'cyclic'), found(cyclic)
+    dangling = {'type': 'object', 'properties': {'place': {'$ref': '#/definitions/none'}}}
+    assert 'is dangling' in found(dangling)
+
+
 def test_a_tool_call_answered_twice_is_refused_naming_it():
     tool = {'name': 'say', 'description': '', 'parameters_json': ''}
     sessions = SessionStore(5, 5)
