@@ -22,7 +22,7 @@ import importlib.metadata
 import inspect
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 from urllib.parse import unquote
 
 from jsonschema import validators as jsonschema_validators
@@ -391,24 +391,22 @@ def _validator(schema: Dict[str, Any]) -> Any:
     return checker(schema, resolver=LocalResolver.from_schema(schema, id_of=checker.ID_OF))
 
 
-def document_problem(schema: Dict[str, Any], document: Any, subject: str = 'the answer',
-                     against: str = 'the format schema',
+def document_problem(schema: Dict[str, Any], document: Any,
                      seconds: float = CHECK_SECONDS) -> str:
-    """Why document does not satisfy schema (which passed schema_problem), or ''. Takes about
-    seconds at most; past that the reason says what took too long."""
+    """Why document (the answer) does not satisfy schema (which passed schema_problem), or ''.
+    Takes about seconds at most; past that the reason says what took too long."""
     _running.deadline = time.monotonic() + seconds
     try:
-        errors: Iterable[Any] = _validator(schema).iter_errors(document)
-        error = next(iter(errors), None)
+        error = next(iter(_validator(schema).iter_errors(document)), None)
     except _Overtime as overtime:
-        return (f'checking {subject} against {overtime} took longer than {seconds:g} s (the '
-                'limit for checking one document)')
+        return (f'checking the answer against {overtime} took longer than {seconds:g} s (the '
+                'limit for checking one answer)')
     except RecursionError:
-        return f'{subject} is nested deeper than {DEPTH_NOTE}'
+        return f'the answer is nested deeper than {DEPTH_NOTE}'
     except Exception as error:  # the schema passed its check but cannot be applied
-        return f'{against} could not be applied to {subject}: {brief(str(error))}'
+        return f'the format schema could not be applied to the answer: {brief(str(error))}'
     if error is None:
         return ''
     path = '/'.join(str(p) for p in error.absolute_path)
-    return (f'{subject} does not match {against}: {brief(error.message)}'
+    return (f'the answer does not match the format schema: {brief(error.message)}'
             + (f' (at {brief(path)})' if path else ''))

@@ -43,7 +43,7 @@ def test_a_pattern_that_backtracks_without_end_stops_at_the_bound_and_names_it(
         document_schema, document):
     found = document_problem(accepted(document_schema), document, seconds=0.2)
     assert found == (f"checking the answer against pattern '{EXPONENTIAL}' took longer than "
-                     '0.2 s (the limit for checking one document)')
+                     '0.2 s (the limit for checking one answer)')
 
 
 def test_other_threads_run_while_a_pattern_is_checked():
@@ -91,7 +91,7 @@ def test_a_long_check_of_the_schema_as_a_whole_is_bounded_too():
         deep = [deep]
     assert document_problem(accepted(branching), deep, seconds=0.2) == (
         'checking the answer against the schema took longer than 0.2 s (the limit for checking '
-        'one document)')
+        'one answer)')
 
 
 # --- Item 2: cyclic and dangling $ref are refused when the goal is accepted -----------------
