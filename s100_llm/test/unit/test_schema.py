@@ -7,6 +7,7 @@ with today's jsonschema 4.x.
 
 import http.server
 import threading
+import time
 from typing import Any, Dict, Iterator, List
 
 from jsonschema import validators
@@ -47,23 +48,25 @@ def test_a_pattern_that_backtracks_without_end_stops_at_the_bound_and_names_it(
 
 
 def test_other_threads_run_while_a_pattern_is_checked():
-    # Python's re holds the GIL for the whole search: no other thread of the node ran.
-    progress: List[int] = []
-    checked = threading.Event()
+    # Python's re holds the GIL for the whole search: no other thread ran until it ended (with
+    # this value: never). Here this thread wakes from short sleeps (many more than the check's
+    # set-up takes) while the check, which lasts its whole second of CPU time, still runs.
+    started, checked = threading.Event(), threading.Event()
 
     def check() -> None:
+        started.set()
         document_problem({'type': 'string', 'pattern': EXPONENTIAL}, 'a' * 60 + '!',
-                         seconds=0.5)
+                         seconds=1.0)
         checked.set()
 
     checker = threading.Thread(target=check)
     checker.start()
-    while not checked.is_set():
-        progress.append(1)
-        if len(progress) > 100000:   # this thread ran on while the check went on
-            break
+    started.wait()
+    for _ in range(50):
+        time.sleep(0.001)    # waking needs the GIL
+    ran_meanwhile = not checked.is_set()
     checker.join()
-    assert len(progress) > 100000
+    assert ran_meanwhile
 
 
 def test_patterns_still_decide_as_before():
