@@ -13,10 +13,6 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 import uuid
 
-from jsonschema.exceptions import SchemaError
-from jsonschema.exceptions import ValidationError
-from jsonschema.validators import validator_for
-
 from .config import ChatSettings
 from .config import VisionSettings
 from .engine import ChatCanceled
@@ -31,6 +27,9 @@ from .images import ImageProblem
 from .images import prepare as prepare_image
 from .images import problem as image_problem
 from .images import RawImage
+from .schema import DEPTH_NOTE
+from .schema import document_problem
+from .schema import schema_problem
 from .sessions import context_budget
 from .sessions import SessionStore
 
@@ -259,60 +258,10 @@ def format_problem(text: str) -> str:
     except ValueError as error:
         return f'format is neither "json" nor a JSON document (a JSON Schema): {error}'
     except RecursionError:
-        return f'format is nested deeper than {_DEPTH_NOTE}'
+        return f'format is nested deeper than {DEPTH_NOTE}'
     if not isinstance(schema, dict):
         return 'format must be "json" or a JSON Schema object ({...})'
     return schema_problem(schema, 'format')
-
-
-def schema_problem(schema: Dict[str, Any], what: str) -> str:
-    """Why schema is not a valid JSON Schema (under its own meta-schema), or ''.
-
-    A reference outside the document is refused: jsonschema would fetch it from the network
-    while the answer is checked, with no timeout and no way to cancel it.
-    """
-    reference = _outside_reference(schema)
-    if reference:
-        return (f'{what} refers outside itself ({_brief(reference)}): only references within '
-                'the schema ("#/...") are allowed')
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as error:
-        path = '/'.join(str(p) for p in error.absolute_path)
-        return f'{what} is not a valid JSON Schema: {_brief(error.message)}' + (
-            f' (at {_brief(path)})' if path else '')
-    except RecursionError:
-        return f'{what} is nested deeper than {_DEPTH_NOTE}'
-    except Exception as error:  # jsonschema's own errors on odd documents ("$schema": [])
-        return f'{what} is not a usable JSON Schema: {_brief(str(error))}'
-    return ''
-
-
-def _outside_reference(schema: Any) -> str:
-    """The first $ref / $dynamicRef that does not point into the schema itself, or ''."""
-    pending = [schema]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ('$ref', '$dynamicRef') and not (
-                        isinstance(value, str) and value.startswith('#')):
-                    return str(value)
-                pending.append(value)
-        elif isinstance(node, list):
-            pending.extend(node)
-    return ''
-
-
-# Deeply nested JSON exhausts Python's recursion limit (in json and jsonschema) long before
-# max_prompt_chars: such a document is refused, not a crash of the goal's callback.
-_DEPTH_NOTE = "Python's JSON parser and jsonschema can follow"
-MAX_QUOTE_CHARS = 300
-
-
-def _brief(text: str) -> str:
-    """text, cut to MAX_QUOTE_CHARS: jsonschema's messages quote the offending value whole."""
-    return text if len(text) <= MAX_QUOTE_CHARS else text[:MAX_QUOTE_CHARS] + '...'
 
 
 def tools_problem(request: ChatRequest, sessions: SessionStore, capabilities: List[str],
@@ -340,8 +289,12 @@ def tools_problem(request: ChatRequest, sessions: SessionStore, capabilities: Li
         if not pending:
             return (f"tool_results: session '{request.session_id}' has no tool calls to "
                     'answer (unknown, reset, or its last turn called no tool)')
+        answered = set()
         for result in request.tool_results:
             call_id = result['tool_call_id']
+            if call_id in answered:     # the session would store (and send) it twice
+                return f'tool_results: call {call_id[:70]!r} is answered more than once'
+            answered.add(call_id)
             if call_id not in pending:
                 return (f'tool_results: {call_id[:70]!r} is not a tool call of the last turn '
                         f"(its calls: {', '.join(sorted(pending))})")
@@ -359,7 +312,7 @@ def _parameters_problem(text: str, name: str) -> str:
     except ValueError as error:
         return f"tool '{name}': parameters_json is not JSON: {error}"
     except RecursionError:
-        return f"tool '{name}': parameters_json is nested deeper than {_DEPTH_NOTE}"
+        return f"tool '{name}': parameters_json is nested deeper than {DEPTH_NOTE}"
     if not isinstance(schema, dict) or schema.get('type', 'object') != 'object':
         return (f"tool '{name}': parameters_json must be a JSON Schema of type object "
                 '({"type": "object", "properties": {...}})')
@@ -388,20 +341,11 @@ def format_mismatch(text: str, fmt: Any, done_reason: str) -> str:
     except ValueError as error:
         return f'the answer is not valid JSON: {error}{cut}'
     except RecursionError:
-        return f'the answer is nested deeper than {_DEPTH_NOTE}'
+        return f'the answer is nested deeper than {DEPTH_NOTE}'
     if fmt == FORMAT_JSON:
         return ''
-    try:
-        validator_for(fmt)(fmt).validate(document)
-    except ValidationError as error:
-        path = '/'.join(str(p) for p in error.absolute_path)
-        return (f'the answer does not match the format schema: {_brief(error.message)}'
-                + (f' (at {_brief(path)})' if path else '') + cut)
-    except RecursionError:
-        return f'the answer is nested deeper than {_DEPTH_NOTE}'
-    except Exception as error:  # the schema passed its check but cannot be applied
-        return f'the format schema could not be applied to the answer: {_brief(str(error))}'
-    return ''
+    mismatch = document_problem(fmt, document)
+    return mismatch + cut if mismatch.startswith('the answer does not match') else mismatch
 
 
 def ollama_options(request: ChatRequest, settings: ChatSettings) -> Dict[str, Any]:

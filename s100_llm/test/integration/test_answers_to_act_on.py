@@ -65,6 +65,7 @@ def test_json_mode_of_a_scripted_model(active):
     ('{"type": ', 'format is neither "json" nor a JSON document'),
     ('[1, 2]', 'format must be "json" or a JSON Schema object'),
     ('yaml', 'format is neither "json" nor a JSON document'),
+    ('{"$ref": "#"}', "format: $ref '#' (at #) is cyclic"),
 ])
 def test_an_invalid_format_ends_invalid_goal_with_its_reason(active, fmt, reason):
     llm = active()
@@ -94,6 +95,22 @@ def test_a_whole_answer_that_breaks_the_schema_ends_format_mismatch(active):
                             'does not match the format schema: 6 is greater than the maximum '
                             'of 5 (at speed)')
     assert json.loads(result.text)['speed'] == 6
+
+
+def test_a_pattern_that_backtracks_without_end_ends_format_mismatch_and_the_node_answers(
+        active):
+    # Issue 22: jsonschema ran the pattern with Python's re, which holds the GIL: the check of
+    # this answer ("user: aaa...a!") never ended and no thread of the node ran meanwhile.
+    llm = active()
+    fmt = {'type': 'object', 'properties': {'said': {'type': 'string', 'pattern': '(a|aa)+$'}},
+           'required': ['said']}
+    run = llm.client.send_chat(Chat.Goal(prompt='a' * 60 + '!', format=json.dumps(fmt)))
+    assert run.wait_accepted()
+    ended = llm.client.on_executor(run.handle.get_result_async)
+    while not ended.done():     # each call fails past the harness's liveness bound (WAIT)
+        assert llm.client.state() == 'active'
+    assert_aborted(run, Chat.Result.FORMAT_MISMATCH,
+                   "checking the answer against pattern '(a|aa)+$' took longer than 1 s")
 
 
 def test_a_cut_json_mode_answer_ends_format_mismatch(active):

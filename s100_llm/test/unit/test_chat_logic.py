@@ -106,15 +106,16 @@ def test_schemas_that_jsonschema_cannot_use_safely_are_refused(schema, reason):
     assert chat.format_problem(json.dumps(schema)).startswith(reason)
 
 
-def test_a_schema_referring_within_itself_is_fine_and_a_broken_one_is_a_mismatch():
+def test_a_schema_referring_within_itself_is_fine_and_a_dangling_one_is_refused():
     local = {'$defs': {'n': {'type': 'integer'}}, 'type': 'object',
              'properties': {'a': {'$ref': '#/$defs/n'}}}
     assert chat.format_problem(json.dumps(local)) == ''
     assert chat.format_mismatch('{"a": "x"}', local, 'stop').startswith(
         'the answer does not match the format schema')
     dangling = {'type': 'object', 'properties': {'a': {'$ref': '#/nowhere'}}}
-    assert chat.format_mismatch('{"a": 1}', dangling, 'stop').startswith(
-        'the format schema could not be applied to the answer')
+    assert chat.format_problem(json.dumps(dangling)) == (
+        "format: $ref '#/nowhere' (at #/properties/a) is dangling: the schema has nothing at "
+        'that path')
 
 
 def test_tools_need_the_capability_and_a_session_for_results():
@@ -138,6 +139,33 @@ def test_tools_need_the_capability_and_a_session_for_results():
     request.tool_results[0]['tool_call_id'] = 'call_1'
     assert 'its last turn called no tool' in validate(request, SETTINGS, sessions, ['tools'],
                                                       'm')
+
+
+def test_a_tool_whose_parameters_refer_in_a_circle_or_nowhere_is_refused():
+    def found(parameters):
+        tool = {'name': 'go', 'description': '', 'parameters_json': json.dumps(parameters)}
+        return validate(ChatRequest(prompt='x', tools=[tool]), ChatSettings(),
+                        SessionStore(5, 5), ['tools'], 'm')
+    cyclic = {'type': 'object', 'definitions': {'p': {'allOf': [{'$ref': '#/definitions/p'}]}},
+              'properties': {'place': {'$ref': '#/definitions/p'}}}
+    assert found(cyclic).startswith(
+        "tool 'go': parameters_json: $ref '#/definitions/p' (at #/definitions/p/allOf/0) is "
+        'cyclic'), found(cyclic)
+    dangling = {'type': 'object', 'properties': {'place': {'$ref': '#/definitions/none'}}}
+    assert 'is dangling' in found(dangling)
+
+
+def test_a_tool_call_answered_twice_is_refused_naming_it():
+    tool = {'name': 'say', 'description': '', 'parameters_json': ''}
+    sessions = SessionStore(5, 5)
+    sessions.commit('s', '', sessions.prompt('s', '', 'say hi'), '', tool_calls=[
+        {'function': {'name': 'say', 'arguments': {}}}] * 2, call_ids=['call_1', 'call_2'])
+    answer = {'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}
+    request = ChatRequest(prompt='', tools=[tool], session_id='s', tool_results=[answer] * 3)
+    assert validate(request, SETTINGS, sessions, ['tools'], 'm') == (
+        "tool_results: call 'call_1' is answered more than once")
+    request.tool_results = [answer, dict(answer, tool_call_id='call_2')]
+    assert validate(request, SETTINGS, sessions, ['tools'], 'm') == ''
 
 
 def test_a_good_goal_has_no_reason():

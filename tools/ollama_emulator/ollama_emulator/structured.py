@@ -5,9 +5,10 @@ Both are as deterministic as the scripted models' text, so tests know what to ex
 format      A scripted model's answer becomes a JSON document: `{"response": <text>}` in JSON
             mode, an instance of the schema otherwise (object: its required properties, all of
             them when none are required; string: the text the model would have answered;
-            integer/number: that text's word count; boolean: true; array: one item; enum and
-            const: the first value). It is streamed token by token like any answer, so a
-            num_predict cut leaves an unfinished document, as it does with a real model.
+            integer/number: that text's word count; boolean: true; array: one item, a tuple
+            one per position; enum and const: the first value). It is streamed token by token
+            like any answer, so a num_predict cut leaves an unfinished document, as it does
+            with a real model.
 tools       The `tooler` script calls every offered tool whose name appears in the last user
             message, in the order they appear, with arguments taken from `key=value` words of
             that message for the parameters the tool declares, and type defaults for the other
@@ -22,6 +23,7 @@ import re
 from typing import Any, Dict, List, Optional
 
 from jsonschema.exceptions import SchemaError
+from jsonschema.validators import Draft7Validator
 from jsonschema.validators import validator_for
 
 _KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|\S+)')
@@ -49,9 +51,10 @@ def response_format(value: Any) -> Optional[Dict[str, Any]]:
 
 
 def check_schema(schema: Dict[str, Any]) -> None:
-    """FormatError when the schema is not valid under its own meta-schema."""
+    """FormatError when the schema is not valid under its own meta-schema (Draft 7's when it
+    names none, as the node takes it)."""
     try:
-        validator_for(schema).check_schema(schema)
+        validator_for(schema, default=Draft7Validator).check_schema(schema)
     except SchemaError as error:
         raise FormatError(f'JSON schema error: {error.message}') from None
 
@@ -81,6 +84,10 @@ def _instance(schema: Any, text: str) -> Any:
         names = schema.get('required') or list(properties)
         return {name: _instance(properties.get(name, {}), text) for name in names}
     if kind == 'array':
+        # A tuple: Draft 2020-12's prefixItems, or Draft 7's items as a list.
+        prefix = schema.get('prefixItems') or schema.get('items')
+        if isinstance(prefix, list):
+            return [_instance(item, text) for item in prefix]
         return [_instance(schema.get('items', {}), text)]
     if kind in ('integer', 'number'):
         return len(text.split())

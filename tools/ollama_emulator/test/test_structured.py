@@ -45,6 +45,18 @@ def test_schema_output_is_an_instance_of_the_schema(emulator):
                         'mood': 'calm'}
 
 
+@pytest.mark.parametrize('schema', [
+    # Draft 7's tuple: a schema without "$schema" is Draft 7, as the node takes it.
+    {'type': 'array', 'items': [{'type': 'string'}, {'type': 'integer'}]},
+    {'$schema': 'https://json-schema.org/draft/2020-12/schema', 'type': 'array',
+     'prefixItems': [{'type': 'string'}, {'type': 'integer'}], 'items': False},
+])
+def test_a_tuple_gets_one_item_per_position(emulator, schema):
+    reply = emulator.client.chat('echo', [{'role': 'user', 'content': 'two words'}],
+                                 format=schema)
+    assert json.loads(reply.message.content) == ['user: two words\n', 3]
+
+
 def test_num_predict_cuts_the_document(emulator):
     reply = emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}], format=SCHEMA,
                                  options={'num_predict': 3})
