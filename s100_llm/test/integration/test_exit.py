@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from action_msgs.msg import GoalStatus
 import httpx
@@ -37,7 +38,9 @@ def streaming_goals(llm, count):
 
 
 def assert_clean_exit(llm, number):
+    asked = time.monotonic()
     assert llm.node.stop(number) == 0, llm.node.output()
+    print(f'exit {time.monotonic() - asked:.2f} s after {signal.Signals(number).name}')
     output = llm.node.output()
     assert TRACEBACK not in output and EXECUTE_ERROR not in output, output
     assert not processes_of(llm.models_dir, llm.port)
