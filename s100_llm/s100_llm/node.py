@@ -386,13 +386,13 @@ def exit_with_parent() -> None:
 
     `ros2 launch` dies at once on SIGTERM (launch installs no handler for it), `ros2 run` and a
     shell die on it too; the node would then live on without a parent, keeping the server and
-    the model's RAM. SIGTERM takes the normal exit path (rclpy's handler: the node stops its
-    server). A node whose parent never goes away (systemd, PID 1) is not affected. Linux sends
-    it when the parent *thread* that started the node ends: a program starting llm_node from a
-    short-lived thread stops it too. The notice covers only a parent death after prctl(): one
-    between reading the parent here and prctl() is caught by checking the parent again; one
-    while the interpreter starts (before main) is not seen, and leaves an unconfigured node
-    (no server) that the user ends.
+    the model's RAM. SIGTERM takes the normal exit path (main()'s own handler: the node
+    stops its server). A node whose parent never goes away (systemd, PID 1) is not affected.
+    Linux sends it when the parent *thread* that started the node ends: a program starting
+    llm_node from a short-lived thread stops it too. The notice covers only a parent death
+    after prctl(): one between reading the parent here and prctl() is caught by checking the
+    parent again; one while the interpreter starts (before main) is not seen, and leaves an
+    unconfigured node (no server) that the user ends.
     """
     parent = os.getppid()
     pr_set_pdeathsig = 1
