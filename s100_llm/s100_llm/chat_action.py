@@ -12,8 +12,13 @@ end without running (canceled or preempted while waiting, refused, drained by ab
 executed too, straight to its result, so no accepted goal is left without one. Each running
 goal streams through core.chat.ChatRun, whose chunks become feedback.
 
+A client that goes away without canceling (killed, crashed) cannot receive its goals' results:
+while a goal streams, the action's feedback topic is checked once per CLIENT_CHECK_PERIOD, and
+when no client of ~/chat is left, the running goals stop (ended with CANCELED, as aborted: the
+client did not ask) and the waiting ones end too, so the next behaviour is not kept waiting.
+
 Threads: the executor runs the goal, cancel and accepted callbacks and each goal's execution;
-the node's transition callbacks call abort_all(). The node is read only through
+the node's transition callbacks and its exit call abort_all(). The node is read only through
 serving_state().
 """
 
@@ -21,6 +26,7 @@ import dataclasses
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TYPE_CHECKING
+import uuid
 
 from rclpy.action import ActionServer
 from rclpy.action import CancelResponse
@@ -57,8 +63,11 @@ if TYPE_CHECKING:
 RCLError = _rclpy.RCLError
 CANCELED_BY_CLIENT = 'canceled by the client'
 PREEMPTED = 'preempted by a newer goal'
-# How long abort_all() waits for the running chats to end (each closes its stream at once).
+NO_CLIENT_LEFT = 'no client of ~/chat left'
+# How long abort_all() waits for the chats to end (each closes its stream at once).
 ABORT_WAIT = 5.0
+# Seconds between two looks of a streaming goal at whether any client of the action is left.
+CLIENT_CHECK_PERIOD = 1.0
 
 
 def request_from_goal(goal: Chat.Goal) -> ChatRequest:
@@ -131,6 +140,12 @@ class ChatActionServer:
         self._goals: Dict[bytes, ChatGoal] = {}     # goal uuid -> goal, until its result
         self._cancels: List[ChatGoal] = []          # cancel requests not yet acted on
         self._lock = threading.Lock()
+        # Notified when a goal's execution has ended (its result set): abort_all waits on it.
+        self._ended = threading.Condition(self._lock)
+        self._executing = 0
+        # Set when the node is going down: every goal that arrives is refused with it.
+        self.closing = ''
+        self._clients_checked = 0.0
         self._server = _ChatServer(
             node, Chat, '~/chat', after_requests=self._apply_cancels,
             execute_callback=self._execute,
@@ -177,6 +192,8 @@ class ChatActionServer:
         _end_unrun(goal, code, reason)
 
     def _refusal(self, request: ChatRequest) -> Tuple[ErrorCode, str]:
+        if self.closing:
+            return ErrorCode.NOT_SERVING, self.closing
         state = self.node.serving_state()
         if not state.serving:
             return ErrorCode.NOT_SERVING, state.not_serving_reason
@@ -243,6 +260,7 @@ class ChatActionServer:
     def _execute(self, handle: ServerGoalHandle) -> Chat.Result:
         with self._lock:
             goal = self._goals[bytes(handle.goal_id.uuid)]
+            self._executing += 1
         state = self.node.serving_state()
         try:
             try:
@@ -254,8 +272,13 @@ class ChatActionServer:
                 del self._goals[goal.uuid]
             return self._finish(goal, outcome, state.model)
         finally:    # its slot goes to the next waiting goals, after its result is set
-            for starting in self.admission.release(goal):
-                _execute(starting.handle)
+            try:
+                for starting in self.admission.release(goal):
+                    _execute(starting.handle)
+            finally:
+                with self._lock:
+                    self._executing -= 1
+                    self._ended.notify_all()
 
     def _outcome(self, goal: ChatGoal, state: ServingState) -> ChatOutcome:
         if goal.ending is not None:
@@ -266,6 +289,7 @@ class ChatActionServer:
         def publish(seq: int, delta: str, thinking_delta: str) -> None:
             goal.handle.publish_feedback(
                 Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta))
+            self._check_clients()
 
         run = ChatRun(state.engine, state.model, goal.request, self.settings, self.sessions,
                       state.context_length, keep_alive=-1, publish=publish,
@@ -312,28 +336,60 @@ class ChatActionServer:
             elif code not in (ErrorCode.CANCELED, ErrorCode.PREEMPTED):
                 self.node.get_logger().error(
                     f'chat aborted: {outcome.error_message} ({code.name})')
-        if code == ErrorCode.CANCELED:
+        if code == ErrorCode.CANCELED and goal.handle.is_cancel_requested:
             goal.handle.canceled()
-        else:   # preempted included: the server, not the client, ended it
+        else:   # preempted and no client left included: the client did not ask for it
             goal.handle.abort()
         return result
 
+    # ---- clients ------------------------------------------------------------------------
+    def _check_clients(self) -> None:
+        """End every goal when no client of the action is left (at most once per
+        CLIENT_CHECK_PERIOD, from the goals that stream). Every action client subscribes to the
+        feedback topic (rclpy, rclcpp, `ros2 action send_goal`); counting its subscribers works
+        the same on Humble, Jazzy and Kilted. A killed client is gone once DDS notices (its
+        lease runs out: seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._clients_checked < CLIENT_CHECK_PERIOD:
+                return
+            self._clients_checked = now
+        if self.node.count_subscribers('~/chat/_action/feedback') > 0:
+            return
+        with self._lock:
+            goals = [g for g in self._goals.values() if g.ending is None and g.stop is None]
+        for goal in goals:
+            self.node.get_logger().warning(
+                f'chat goal {uuid.UUID(bytes=goal.uuid)} canceled: {NO_CLIENT_LEFT}')
+        self.abort_all(NO_CLIENT_LEFT, code=ErrorCode.CANCELED, wait=False)
+
     # ---- for the node --------------------------------------------------------------------
-    def abort_all(self, reason: str, failure: bool = True) -> None:
-        """End every running or waiting chat and wait for the running ones: because something
-        failed (SERVER_FAILED) or on purpose (failure=False: deactivate, shutdown; NOT_SERVING,
-        logged as a warning)."""
-        code = ErrorCode.SERVER_FAILED if failure else ErrorCode.NOT_SERVING
+    def close(self, reason: str) -> None:
+        """The node is going down: refuse every goal from now on."""
+        self.closing = reason
+
+    def abort_all(self, reason: str, failure: bool = True,
+                  code: Optional[ErrorCode] = None, wait: bool = True) -> None:
+        """End every running or waiting chat and wait until each has its result: because
+        something failed (SERVER_FAILED) or on purpose (failure=False: deactivate, shutdown;
+        NOT_SERVING, logged as a warning), or with the code given."""
+        if code is None:
+            code = ErrorCode.SERVER_FAILED if failure else ErrorCode.NOT_SERVING
         for goal in self.admission.withdraw_all():
             _end_unrun(goal, code, reason)
         with self._lock:
             running = [g for g in self._goals.values() if g.ending is None]
         for goal in running:
             self._stop(goal, code, reason)
-        if not self.admission.wait_until_idle(ABORT_WAIT):
+        if not wait:
+            return
+        with self._lock:
+            ended = self._ended.wait_for(
+                lambda: not self._goals and not self._executing, ABORT_WAIT)
+            left = len(self._goals)
+        if not ended:
             self.node.get_logger().error(
-                f'{self.admission.running} chat(s) still running {ABORT_WAIT:g} s after: '
-                f'{reason}')
+                f'{left} chat(s) without a result {ABORT_WAIT:g} s after: {reason}')
 
 
 def _execute(handle: ServerGoalHandle) -> None:

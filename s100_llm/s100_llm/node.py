@@ -43,8 +43,10 @@ Threads and locks:
   node's or of Serving's; they read `serving_state()`.
 - 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
   stored turn; takes the session store's lock only to copy the sessions.
-- the main thread on exit (exit_process): takes `Serving.lock` when free, else stops the server
-  at once so the step holding it gives way (Serving.exit_now).
+- the main thread: waits for SIGINT/SIGTERM (main() handles both, not rclpy), then runs the
+  exit (exit_process) while the executor still spins on its own thread, so that every goal's
+  result reaches its client; takes `Serving.lock` when free, else stops the server at once so
+  the step holding it gives way (Serving.exit_now).
 """
 
 import ctypes
@@ -58,13 +60,13 @@ from typing import Any, Callable, List, Optional
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
 
 from . import guard
 from . import parameters
@@ -353,15 +355,24 @@ class LlmNode(LifecycleNode):
 
     def exit_process(self) -> None:
         """The process is going down (Ctrl-C, SIGTERM): stop everything within seconds, whatever
-        runs (a pull or load in progress is ended by stopping the server: Serving.exit_now)."""
-        self.supervisor.stop()
-        # rclpy's own lifecycle code logs through the node's logger too (e.g. a transition it
-        # can no longer complete): from now on that logger writes to the console only.
-        self._logger = self._exit_logger
-        self.diagnostics.stop()
-        self.chat.abort_all('the node is shutting down', failure=False)
-        self.serving.exit_now()         # first: a launch's SIGKILL may follow SIGTERM soon
-        self.session_writer.flush()     # the last completed turns reach the file
+        runs (a pull or load in progress is ended by stopping the server: Serving.exit_now).
+
+        Runs while rclpy still works (the executor spins): every goal ends with its result
+        (NOT_SERVING, 'the node is shutting down'), which reaches its client. Each step is
+        guarded: the server is stopped whatever an earlier step did.
+        """
+        reason = 'the node is shutting down'
+        self.log.info(f'{reason}: ending chats, stopping the Ollama server')
+        try:
+            self.supervisor.stop()
+            self.diagnostics.stop()
+            self.chat.close(reason)
+            self.chat.abort_all(reason, failure=False)
+        except Exception as error:      # never keeps the server from being stopped
+            self.log.error(f'exit: ending the chats failed: {error!r}')
+        finally:
+            self.serving.exit_now()
+            self.session_writer.flush()     # the last completed turns reach the file
 
     def _log_line(self, level: str, line: str) -> None:
         # rclpy refuses one call site logging at several severities: one call per level.
@@ -381,13 +392,13 @@ def exit_with_parent() -> None:
 
     `ros2 launch` dies at once on SIGTERM (launch installs no handler for it), `ros2 run` and a
     shell die on it too; the node would then live on without a parent, keeping the server and
-    the model's RAM. SIGTERM takes the normal exit path (rclpy's handler: the node stops its
-    server). A node whose parent never goes away (systemd, PID 1) is not affected. Linux sends
-    it when the parent *thread* that started the node ends: a program starting llm_node from a
-    short-lived thread stops it too. The notice covers only a parent death after prctl(): one
-    between reading the parent here and prctl() is caught by checking the parent again; one
-    while the interpreter starts (before main) is not seen, and leaves an unconfigured node
-    (no server) that the user ends.
+    the model's RAM. SIGTERM takes the normal exit path (main()'s own handler: the node
+    stops its server). A node whose parent never goes away (systemd, PID 1) is not affected.
+    Linux sends it when the parent *thread* that started the node ends: a program starting
+    llm_node from a short-lived thread stops it too. The notice covers only a parent death
+    after prctl(): one between reading the parent here and prctl() is caught by checking the
+    parent again; one while the interpreter starts (before main) is not seen, and leaves an
+    unconfigured node (no server) that the user ends.
     """
     parent = os.getppid()
     pr_set_pdeathsig = 1
@@ -397,9 +408,25 @@ def exit_with_parent() -> None:
         sys.exit('llm_node: the process that started it exited; not starting')
 
 
+# After the exit sequence: how long the executor may take to send what it still has (the
+# goals' results are sent from tasks of its own) before the context goes away.
+EXECUTOR_DRAIN = 2.0
+
+
 def main(args: Optional[List[str]] = None) -> int:
     exit_with_parent()
-    rclpy.init(args=args)
+    # rclpy's own SIGINT/SIGTERM handlers shut the context down at once: running goals could
+    # then neither publish nor send their results (the client never got one), and goals still
+    # waiting raised RCLError in the exit path, before the server was stopped. The node handles
+    # both signals itself: they start the exit, which ends the goals while rclpy works, stops
+    # the server, and shuts the context down last.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    exit_requested = threading.Event()
+
+    def request_exit(number: int, frame: Any) -> None:
+        exit_requested.set()    # a second signal during the exit changes nothing
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, request_exit)
     node = LlmNode()
     # One thread per chat that runs (a waiting goal holds none: it is executed when a slot
     # frees), plus the lifecycle, parameter and goal/cancel/result services, the TTS bridge, the
@@ -407,27 +434,50 @@ def main(args: Optional[List[str]] = None) -> int:
     # (diagnostics, supervision and the sessions file have their own threads).
     executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 5)
     executor.add_node(node)
+    spinning = True
+    failures: List[BaseException] = []
+
+    def spin() -> None:
+        # Spun from its own thread: Python runs signal handlers in the main thread only, which
+        # waits for them here instead of inside a wait set. 1 s steps: `spinning` is read
+        # between them (the executor's shutdown wakes the wait at once).
+        try:
+            while spinning:
+                executor.spin_once(timeout_sec=1.0)
+        except BaseException as error:     # a defect: the node exits 1 after its exit sequence
+            if spinning:
+                failures.append(error)
+                exit_requested.set()
+    spinner = threading.Thread(target=spin, name='executor')
+    spinner.start()
+    exit_requested.wait()
     try:
-        # Not executor.spin(): a signal can shut the context down while the executor rebuilds
-        # its wait set, and the wake-up is then lost (seen on Jazzy, about 1 exit in 15). With
-        # no timer left to wake it, the process would never exit; waiting in 1 s steps bounds
-        # that, for one executor pass per idle second.
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=1.0)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # A signal can shut the context down while the executor builds its wait set, which
-        # then raises RCLError "context is not valid": that is a normal exit, anything else not.
-        if rclpy.ok():
-            raise
-    finally:
-        # rclpy runs no shutdown transition on Ctrl-C/SIGTERM: stop the server here.
         node.exit_process()
+        wait_until_idle(executor, EXECUTOR_DRAIN)
+    finally:
+        spinning = False
         executor.shutdown(timeout_sec=1.0)
+        spinner.join()
         node.destroy_node()
         rclpy.try_shutdown()
+    if failures:
+        raise failures[0]
     return 0
+
+
+def wait_until_idle(executor: MultiThreadedExecutor, timeout: float) -> bool:
+    """Wait until the executor has run every task it was given (a goal's result is sent by a
+    task of the executor's, after the goal's execution ended), at most timeout seconds.
+
+    rclpy has no public way to ask: `_tasks` (the same list on Humble, Jazzy and Kilted) holds
+    each task until the executor's next pass after it is done.
+    """
+    deadline = time.monotonic() + timeout
+    while any(not task.done() for task, *_ in list(getattr(executor, '_tasks', []))):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 if __name__ == '__main__':

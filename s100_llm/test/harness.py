@@ -253,6 +253,9 @@ class RosClient:
         self._closing = True
         self.executor.shutdown(timeout_sec=2.0)
         self._thread.join(timeout=5)
+        # destroy_node leaves an action client alive (rclpy destroys no waitables): the node
+        # would still see it as a client of its action.
+        self.chat_client.destroy()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 

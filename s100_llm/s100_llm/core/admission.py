@@ -40,21 +40,21 @@ class Admission(Generic[Goal]):
         self._running: List[Goal] = []              # hold a slot, in start order
         self._waiting: Deque[Goal] = collections.deque()   # in arrival order
         self._preempted: List[Goal] = []            # running goals already told to make room
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     @property
     def running(self) -> int:
-        with self._changed:
+        with self._lock:
             return len(self._running)
 
     @property
     def waiting(self) -> int:
-        with self._changed:
+        with self._lock:
             return len(self._waiting)
 
     def admit(self, goal: Goal) -> Arrival[Goal]:
         """Take a new goal: start it, queue it (after preempting another) or refuse it."""
-        with self._changed:
+        with self._lock:
             busy = len(self._running) + len(self._waiting)
             if busy < self.slots:
                 self._running.append(goal)
@@ -84,7 +84,7 @@ class Admission(Generic[Goal]):
 
     def withdraw(self, goal: Goal) -> bool:
         """Take a waiting goal out of the queue (it was canceled); False if it was not waiting."""
-        with self._changed:
+        with self._lock:
             if goal not in self._waiting:
                 return False
             self._waiting.remove(goal)
@@ -92,14 +92,14 @@ class Admission(Generic[Goal]):
 
     def withdraw_all(self) -> List[Goal]:
         """Empty the queue (the node stopped serving); the goals that were waiting."""
-        with self._changed:
+        with self._lock:
             goals = list(self._waiting)
             self._waiting.clear()
             return goals
 
     def release(self, goal: Goal) -> List[Goal]:
         """The goal ended: free its slot; the waiting goals that start now (in order)."""
-        with self._changed:
+        with self._lock:
             if goal in self._running:
                 self._running.remove(goal)
             if goal in self._preempted:
@@ -108,10 +108,4 @@ class Admission(Generic[Goal]):
             while self._waiting and len(self._running) < self.slots:
                 starting.append(self._waiting.popleft())
                 self._running.append(starting[-1])
-            self._changed.notify_all()
             return starting
-
-    def wait_until_idle(self, timeout: float) -> bool:
-        """Block until no goal runs (or timeout); True when none does."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._running, timeout)

@@ -173,7 +173,8 @@ class ChatStream:
 
 
 class OllamaEngine:
-    def __init__(self, base_url: str, request_timeout: float, num_thread: int = 0) -> None:
+    def __init__(self, base_url: str, request_timeout: float, num_thread: int = 0,
+                 unload_timeout: float = 5.0) -> None:
         self.base_url = base_url
         # Sent with the load and every chat alike: Ollama reloads a model whose request asks
         # for another num_thread than it was loaded with (omitted = its default).
@@ -183,6 +184,10 @@ class OllamaEngine:
         # For the diagnostics' once-a-second look at /api/ps: a dead server must not stall it.
         self.status_client = ollama.Client(host=base_url, timeout=1.0, verify=_no_tls(),
                                            trust_env=False)
+        # For the unload and its confirmation (the node's stop_timeout): an unload is quick, and
+        # a server that does not answer it must not hold a deactivate for the load's timeout.
+        self.unload_client = ollama.Client(host=base_url, timeout=unload_timeout,
+                                           verify=_no_tls(), trust_env=False)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name='ollama-stream',
                                         daemon=True)
@@ -212,6 +217,7 @@ class OllamaEngine:
         self._loop.close()
         self.client.close()
         self.status_client.close()
+        self.unload_client.close()
 
     def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -267,13 +273,15 @@ class OllamaEngine:
 
     def unload(self, model: str) -> None:
         """Ask Ollama to unload the model now (it answers before the runner has exited); for
-        an embedding model too (Ollama expires the runner before it checks capabilities)."""
-        self._call(f'unload {model}', self.client.generate, model=model, keep_alive=0,
+        an embedding model too (Ollama expires the runner before it checks capabilities).
+        Bounded by unload_timeout."""
+        self._call(f'unload {model}', self.unload_client.generate, model=model, keep_alive=0,
                    options=self.model_options)
 
-    def loaded(self, quick: bool = False) -> List[LoadedModel]:
-        """/api/ps; quick uses a 1 s timeout (for status reports)."""
-        client = self.status_client if quick else self.client
+    def loaded(self, quick: bool = False, unloading: bool = False) -> List[LoadedModel]:
+        """/api/ps; quick uses a 1 s timeout (for status reports), unloading the unload's."""
+        client = (self.status_client if quick else self.unload_client if unloading
+                  else self.client)
         return [LoadedModel(name=m.model or '', size=int(m.size or 0),
                             context_length=int(getattr(m, 'context_length', 0) or 0),
                             expires_at=str(m.expires_at or ''))

@@ -1,13 +1,15 @@
 """OllamaServer: start, adopt, watch and stop `ollama serve`, leaving no process behind.
 
 A managed server runs in its own session (so its process group holds it and the runners it
-spawns) with an explicit environment, dies with the node (PR_SET_PDEATHSIG), and is stopped
-with SIGTERM, a grace period, then SIGKILL of the whole group, then a sweep of orphaned runners
+spawns) with an explicit environment, dies with the node (PR_SET_PDEATHSIG, set from a
+spawning thread that lives as long as the process), and is stopped with SIGTERM, a grace
+period, then SIGKILL of the whole group, then a sweep of orphaned runners
 that serve this models directory (Ollama's runners get no parent-death signal and outlive a
 SIGKILLed server, holding the model in RAM). Runners are told apart by the process tree: a
 server's runners are its descendants, an orphan's parent is init or a subreaper.
 """
 
+import concurrent.futures
 import ctypes
 import dataclasses
 import enum
@@ -34,6 +36,13 @@ _PR_SET_PDEATHSIG = 1
 # Longest line of the server's output that is logged; the rest of a longer line is dropped.
 MAX_LOG_LINE_BYTES = 16384
 _libc = ctypes.CDLL(None, use_errno=True)
+# Every server is spawned from this one thread, which lives as long as the process:
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process. A server
+# restarted by supervision's thread was SIGKILLed when the node, going down, stopped that thread
+# before its own SIGTERM could reach the server. Created at the first spawn; an idle worker
+# of a ThreadPoolExecutor never exits before the interpreter does.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix='ollama-spawner')
 # Variables the server needs from the node's environment; everything else is left out.
 # The proxy variables are for the server's pulls from the registry, as Ollama documents them
 # (Go never proxies requests to loopback, so the node's and the runners' traffic stays direct).
@@ -296,10 +305,10 @@ class OllamaServer:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
 
         try:
-            self.process = subprocess.Popen(
-                command, env=self._environment(), stdin=subprocess.DEVNULL,
+            self.process = _SPAWNER.submit(
+                subprocess.Popen, command, env=self._environment(), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=prepare_child, close_fds=True)
+                preexec_fn=prepare_child, close_fds=True).result()
         except subprocess.SubprocessError as error:
             # prepare_child failed (e.g. cores offline or outside the node's cpuset); the
             # child has exited without running the server.

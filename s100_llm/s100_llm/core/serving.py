@@ -206,7 +206,7 @@ class Serving:
             try:
                 self._server.start()
                 self._engine = OllamaEngine(server.base_url, model.load_timeout,
-                                            model.num_thread)
+                                            model.num_thread, server.stop_timeout)
             except BaseException:
                 if not self.exiting.is_set():   # else the exit path stops what is left
                     self._stop()
@@ -236,7 +236,7 @@ class Serving:
                 assert self._server_settings is not None
                 self._engine.close()
                 self._engine = OllamaEngine(self._server_settings.base_url, model.load_timeout,
-                                            model.num_thread)
+                                            model.num_thread, self._server_settings.stop_timeout)
             self._model = model
             self._publish(num_thread=model.num_thread)
 
@@ -389,7 +389,7 @@ class Serving:
             psutil.wait_procs(runners, timeout=stop_timeout)
             while True:
                 try:
-                    listed = engine.loaded()
+                    listed = engine.loaded(unloading=True)
                 except EngineError as error:   # the node stops serving whatever happens
                     self._warn_model(f'unload not confirmed: {error}')
                     return

@@ -351,6 +351,22 @@ def test_a_deactivate_that_cannot_reach_the_server_still_stops_serving(start_llm
     assert 'not active (state: inactive)' in llm.client.wait_log('chat goal rejected')
 
 
+def test_an_unload_the_server_does_not_answer_is_bounded_by_stop_timeout(start_llm):
+    # Issue 22 item 8: the unload request used load_timeout (here 600 s) and held deactivate.
+    stop_timeout = 0.5
+    llm = start_llm(load_timeout=600.0, stop_timeout=stop_timeout)
+    llm.activate()
+    (server,) = servers(llm)
+    server.suspend()
+    asked = time.monotonic()
+    # Liveness: the unload request and its confirmation are each bounded by stop_timeout;
+    # the rest is the transition's own work and the service round trip on a loaded machine.
+    assert llm.client.change_state('deactivate', timeout=30 + 3 * stop_timeout)
+    print(f'deactivate answered {time.monotonic() - asked:.2f} s after the server froze')
+    assert llm.client.state() == 'inactive'
+    assert 'did not answer in time' in llm.client.wait_log('unload: ')
+
+
 def test_transitions_run_during_a_restart_backoff(start_llm):
     llm = start_llm(restart_backoff=600.0)
     llm.activate()

@@ -1,5 +1,3 @@
-import threading
-
 from s100_llm.core.admission import Admission
 
 
@@ -56,15 +54,3 @@ def test_withdraw_all_empties_the_queue():
     assert admission.withdraw_all() == ['w1', 'w2']
     assert (admission.running, admission.waiting) == (1, 0)
     assert admission.release('running') == []
-
-
-def test_wait_until_idle_returns_when_the_last_running_goal_is_released():
-    admission = Admission('queue', slots=2, max_queued=0)
-    admission.admit('a')
-    admission.admit('b')
-    assert not admission.wait_until_idle(0.0)
-    admission.release('a')
-    releaser = threading.Thread(target=admission.release, args=('b',))
-    releaser.start()
-    assert admission.wait_until_idle(60.0)
-    releaser.join()

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 
 import psutil
 import pytest
@@ -143,6 +144,22 @@ def test_orphaned_runners_of_a_killed_server_are_swept_on_start(make_server):
     again.start()
     wait_for(lambda: not runner.is_running(), 'the orphan to be swept')
     assert 'orphaned runner' in again.log.text()
+
+
+def test_a_server_started_from_a_thread_outlives_the_thread(make_server):
+    # Issue 23 item 6: PR_SET_PDEATHSIG follows the thread that forked the server; supervision
+    # restarts it from its own thread, which the node stops first at exit.
+    server = make_server()
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    starter.join()
+    wait_for(lambda: not os.path.exists(f'/proc/self/task/{starter.native_id}'),
+             'the thread to be gone from the kernel')
+    # The parent-death signal is sent as the thread exits: a server that answers after that
+    # has not received it (a killed one runs no more code; its socket would only accept).
+    assert server.reachable(timeout=5.0)
+    server.stop()
+    assert 'after SIGTERM (code 0)' in server.log.text()
 
 
 def test_the_server_dies_with_its_owner(tmp_path):
