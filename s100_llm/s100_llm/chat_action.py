@@ -10,7 +10,7 @@ A goal runs when `goal_handle.execute()` is called for it: at acceptance when a 
 or when a running goal ends and frees its slot. Waiting goals hold no thread. A goal that must
 end without running (canceled or preempted while waiting, refused, drained by abort_all) is
 executed too, straight to its result, so no accepted goal is left without one. Each running
-goal streams through core.chat.ChatRun, whose chunks become feedback.
+goal streams through core.chat.run.ChatRun, whose chunks become feedback.
 
 A client that goes away without canceling (killed, crashed) cannot receive its goals' results:
 while a goal streams, the action's feedback topic is checked once per CLIENT_CHECK_PERIOD, and
@@ -41,15 +41,15 @@ from sensor_msgs.msg import CompressedImage as CompressedImageMsg
 from sensor_msgs.msg import Image
 
 from .core.admission import Admission
-from .core.chat import ChatOutcome
-from .core.chat import ChatRequest
-from .core.chat import ChatRun
-from .core.chat import ErrorCode
-from .core.chat import validate
+from .core.chat.checks import validate
+from .core.chat.request import ChatOutcome
+from .core.chat.request import ChatRequest
+from .core.chat.request import ErrorCode
+from .core.chat.request import Refusal
+from .core.chat.run import ChatRun
 from .core.config import ChatSettings
 from .core.config import VisionSettings
 from .core.images import CompressedImage
-from .core.images import problem as image_problem
 from .core.images import RawImage
 from .core.serving import ServingState
 from .core.sessions import SessionStore
@@ -170,12 +170,13 @@ class ChatActionServer:
         with self._lock:
             self._goals[goal.uuid] = goal
         try:
-            code, reason = self._refusal(goal.request)
+            self._check(goal.request)
+        except Refusal as refusal:
+            self._refuse(goal, refusal.code, refusal.reason)
+            return
         except Exception as error:  # a defect: the goal still gets a result that says so
             self.node.get_logger().error(f'chat goal check failed: {error!r}')
-            code, reason = ErrorCode.UNKNOWN, f'internal error: {error!r}'
-        if reason:
-            self._refuse(goal, code, reason)
+            self._refuse(goal, ErrorCode.UNKNOWN, f'internal error: {error!r}')
             return
         arrival = self.admission.admit(goal)
         if arrival.refusal:
@@ -191,26 +192,27 @@ class ChatActionServer:
         self.node.get_logger().warning(f'chat goal rejected: {reason} ({code.name})')
         _end_unrun(goal, code, reason)
 
-    def _refusal(self, request: ChatRequest) -> Tuple[ErrorCode, str]:
+    def _check(self, request: ChatRequest) -> None:
+        """Raise Refusal when the goal cannot be served."""
         if self.closing:
-            return ErrorCode.NOT_SERVING, self.closing
+            raise Refusal(ErrorCode.NOT_SERVING, self.closing)
         state = self.node.serving_state()
         if not state.serving:
-            return ErrorCode.NOT_SERVING, state.not_serving_reason
-        reason = validate(request, self.settings, self.sessions, list(state.capabilities),
-                          state.model, self.vision)
-        if reason or not request.use_camera:
-            return ErrorCode.INVALID_GOAL, reason
-        # The frame current when the goal is accepted: a goal that waits in the queue still
-        # sees what the robot saw when it asked.
-        frame, reason = self.node.camera.latest(self.vision.camera_max_age)
-        if frame is None:
-            return ErrorCode.NO_IMAGE, reason
-        request.camera_name = f'the camera frame from {self.node.camera.topic}'
-        request.camera_image = (compressed_image(frame) if isinstance(frame, CompressedImageMsg)
-                                else raw_image(frame))
-        return ErrorCode.NO_IMAGE, image_problem(request.camera_image, request.camera_name,
-                                                 self.vision.max_image_bytes)
+            raise Refusal(ErrorCode.NOT_SERVING, state.not_serving_reason)
+        if request.use_camera:
+            # The frame current when the goal is accepted: a goal that waits in the queue
+            # still sees what the robot saw when it asked. Taken before validate(), which
+            # checks it (or refuses the goal for its absence) after the goal's own fields.
+            frame, missing = self.node.camera.latest(self.vision.camera_max_age)
+            request.camera_name = f'the camera frame from {self.node.camera.topic}'
+            if frame is None:
+                request.camera_missing = missing
+            else:
+                request.camera_image = (compressed_image(frame)
+                                        if isinstance(frame, CompressedImageMsg)
+                                        else raw_image(frame))
+        validate(request, self.settings, self.sessions, list(state.capabilities), state.model,
+                 self.vision)
 
     def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
         if was_waiting:

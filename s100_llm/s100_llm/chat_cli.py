@@ -45,7 +45,7 @@ from s100_llm_msgs.msg import ToolResult
 from s100_llm_msgs.srv import Embed
 from sensor_msgs.msg import CompressedImage
 
-from s100_llm.core.chat import ErrorCode
+from s100_llm.core.chat.request import ErrorCode
 from s100_llm.core.embedding import EmbedErrorCode
 from s100_llm.core.images import compressed_kind
 from s100_llm.qos import FEEDBACK_QOS

@@ -4,13 +4,17 @@ import math
 import pytest
 from s100_llm_msgs.action import Chat
 
-from s100_llm.core import chat
-from s100_llm.core.chat import ChatRequest
-from s100_llm.core.chat import FeedbackBatch
-from s100_llm.core.chat import ollama_options
-from s100_llm.core.chat import THINK_ON
-from s100_llm.core.chat import ThinkTagSplitter
-from s100_llm.core.chat import validate
+from s100_llm.core.chat import request as chat_request
+from s100_llm.core.chat.checks import check_format
+from s100_llm.core.chat.checks import format_mismatch
+from s100_llm.core.chat.checks import validate
+from s100_llm.core.chat.request import ChatRequest
+from s100_llm.core.chat.request import ErrorCode
+from s100_llm.core.chat.request import Refusal
+from s100_llm.core.chat.request import THINK_ON
+from s100_llm.core.chat.stream import FeedbackBatch
+from s100_llm.core.chat.stream import ollama_options
+from s100_llm.core.chat.stream import ThinkTagSplitter
 from s100_llm.core.config import ChatSettings
 from s100_llm.core.sessions import SessionStore
 from s100_llm.tts_bridge import SentenceSplitter
@@ -18,9 +22,20 @@ from s100_llm.tts_bridge import SentenceSplitter
 SETTINGS = ChatSettings(max_prompt_chars=100, max_tokens_limit=50)
 
 
+def refused(check, *args):
+    """The reason check(*args) refuses the goal for (INVALID_GOAL), or None when it passes."""
+    try:
+        check(*args)
+    except Refusal as refusal:
+        assert refusal.code == ErrorCode.INVALID_GOAL, refusal
+        return refusal.reason
+    return None
+
+
 def reason(**fields):
     request = ChatRequest(**{'prompt': 'hello', **fields})
-    return validate(request, SETTINGS, SessionStore(5, 5), ['completion'], 'echo:latest')
+    return refused(validate, request, SETTINGS, SessionStore(5, 5), ['completion'],
+                   'echo:latest')
 
 
 @pytest.mark.parametrize('fields, fragment', [
@@ -56,12 +71,12 @@ def test_bad_goals_get_a_reason(fields, fragment):
 def test_the_core_constants_are_the_interfaces():
     """core.chat is ROS-free: its copies of Chat.action's constants must equal them."""
     for name in ('THINK_DEFAULT', 'THINK_ON', 'THINK_OFF'):
-        assert getattr(chat, name) == getattr(Chat.Goal, name), name
+        assert getattr(chat_request, name) == getattr(Chat.Goal, name), name
     for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR', 'DONE_TOOL_CALLS'):
-        assert getattr(chat, name) == getattr(Chat.Result, name), name
+        assert getattr(chat_request, name) == getattr(Chat.Result, name), name
     constants = type(Chat.Result).__prepare__('Result', ())   # rosidl: the constants by name
     codes = {name: value for name, value in constants.items() if not name.startswith('DONE_')}
-    assert codes == {code.name: code.value for code in chat.ErrorCode}
+    assert codes == {code.name: code.value for code in ErrorCode}
 
 
 SCHEMA = {'type': 'object', 'properties': {'place': {'type': 'string'}},
@@ -79,7 +94,7 @@ SCHEMA = {'type': 'object', 'properties': {'place': {'type': 'string'}},
     ('free text', None, 'stop', ''),
 ])
 def test_the_final_text_is_checked_against_the_format(text, fmt, done_reason, fragment):
-    found = chat.format_mismatch(text, fmt, done_reason)
+    found = format_mismatch(text, fmt, done_reason)
     assert fragment in found and bool(found) == bool(fragment), found
 
 
@@ -87,14 +102,14 @@ def test_deep_or_huge_json_is_refused_with_a_bounded_reason():
     deep = '[' * 20000
     settings = ChatSettings(max_prompt_chars=100000)
     request = ChatRequest(prompt='x', output_format=deep)
-    found = validate(request, settings, SessionStore(5, 5), [], 'm')
+    found = refused(validate, request, settings, SessionStore(5, 5), [], 'm')
     assert found.startswith('format is nested deeper than'), found
     # JSON that parses, but too deep for jsonschema's recursion.
     nested = '{"type": "object", "properties": {"a": ' * 600 + '{}' + '}}' * 600
-    assert 'nested deeper' in chat.format_problem(nested)
-    assert 'nested deeper' in chat.format_mismatch('[' * 20000 + ']' * 20000, 'json', 'stop')
+    assert 'nested deeper' in refused(check_format, nested)
+    assert 'nested deeper' in format_mismatch('[' * 20000 + ']' * 20000, 'json', 'stop')
     huge_enum = json.dumps({'type': 'string', 'enum': 'x' * 50000})
-    assert len(chat.format_problem(huge_enum)) < 400
+    assert len(refused(check_format, huge_enum)) < 400
 
 
 @pytest.mark.parametrize('schema, reason', [
@@ -103,17 +118,17 @@ def test_deep_or_huge_json_is_refused_with_a_bounded_reason():
     ({'properties': {'a': {'$ref': 'other.json#/x'}}}, 'format refers outside itself'),
 ])
 def test_schemas_that_jsonschema_cannot_use_safely_are_refused(schema, reason):
-    assert chat.format_problem(json.dumps(schema)).startswith(reason)
+    assert refused(check_format, json.dumps(schema)).startswith(reason)
 
 
 def test_a_schema_referring_within_itself_is_fine_and_a_dangling_one_is_refused():
     local = {'$defs': {'n': {'type': 'integer'}}, 'type': 'object',
              'properties': {'a': {'$ref': '#/$defs/n'}}}
-    assert chat.format_problem(json.dumps(local)) == ''
-    assert chat.format_mismatch('{"a": "x"}', local, 'stop').startswith(
+    assert refused(check_format, json.dumps(local)) is None
+    assert format_mismatch('{"a": "x"}', local, 'stop').startswith(
         'the answer does not match the format schema')
     dangling = {'type': 'object', 'properties': {'a': {'$ref': '#/nowhere'}}}
-    assert chat.format_problem(json.dumps(dangling)) == (
+    assert refused(check_format, json.dumps(dangling)) == (
         "format: $ref '#/nowhere' (at #/properties/a) is dangling: the schema has nothing at "
         'that path')
 
@@ -124,28 +139,28 @@ def test_tools_need_the_capability_and_a_session_for_results():
     sessions = SessionStore(5, 5)
     request = ChatRequest(prompt='', tools=[tool], session_id='s', tool_results=[
         {'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}])
-    assert 'has no tool calls' in validate(request, SETTINGS, sessions, ['tools'], 'm')
+    assert 'has no tool calls' in refused(validate, request, SETTINGS, sessions, ['tools'], 'm')
     sessions.commit('s', '', sessions.prompt('s', '', 'say hi'), '', tool_calls=[
         {'function': {'name': 'say', 'arguments': {}}}], call_ids=['call_1'])
-    assert validate(request, SETTINGS, sessions, ['tools'], 'm') == ''
+    assert refused(validate, request, SETTINGS, sessions, ['tools'], 'm') is None
     request.tool_results[0]['name'] = 'jump'
-    assert "call call_1 was to 'say', not 'jump'" in validate(
-        request, SETTINGS, sessions, ['tools'], 'm')
+    assert "call call_1 was to 'say', not 'jump'" in refused(
+        validate, request, SETTINGS, sessions, ['tools'], 'm')
     request.tool_results[0].update(name='say', tool_call_id='call_9')
-    assert "'call_9' is not a tool call of the last turn (its calls: call_1)" in validate(
-        request, SETTINGS, sessions, ['tools'], 'm')
+    assert "'call_9' is not a tool call of the last turn (its calls: call_1)" in refused(
+        validate, request, SETTINGS, sessions, ['tools'], 'm')
     sent = sessions.prompt('s', '', '', tool_results=request.tool_results)
     sessions.commit('s', '', sent, 'done')   # answered: nothing pending
     request.tool_results[0]['tool_call_id'] = 'call_1'
-    assert 'its last turn called no tool' in validate(request, SETTINGS, sessions, ['tools'],
-                                                      'm')
+    assert 'its last turn called no tool' in refused(validate, request, SETTINGS, sessions,
+                                                     ['tools'], 'm')
 
 
 def test_a_tool_whose_parameters_refer_in_a_circle_or_nowhere_is_refused():
     def found(parameters):
         tool = {'name': 'go', 'description': '', 'parameters_json': json.dumps(parameters)}
-        return validate(ChatRequest(prompt='x', tools=[tool]), ChatSettings(),
-                        SessionStore(5, 5), ['tools'], 'm')
+        return refused(validate, ChatRequest(prompt='x', tools=[tool]), ChatSettings(),
+                       SessionStore(5, 5), ['tools'], 'm')
     cyclic = {'type': 'object', 'definitions': {'p': {'allOf': [{'$ref': '#/definitions/p'}]}},
               'properties': {'place': {'$ref': '#/definitions/p'}}}
     assert found(cyclic).startswith(
@@ -162,20 +177,20 @@ def test_a_tool_call_answered_twice_is_refused_naming_it():
         {'function': {'name': 'say', 'arguments': {}}}] * 2, call_ids=['call_1', 'call_2'])
     answer = {'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}
     request = ChatRequest(prompt='', tools=[tool], session_id='s', tool_results=[answer] * 3)
-    assert validate(request, SETTINGS, sessions, ['tools'], 'm') == (
+    assert refused(validate, request, SETTINGS, sessions, ['tools'], 'm') == (
         "tool_results: call 'call_1' is answered more than once")
     request.tool_results = [answer, dict(answer, tool_call_id='call_2')]
-    assert validate(request, SETTINGS, sessions, ['tools'], 'm') == ''
+    assert refused(validate, request, SETTINGS, sessions, ['tools'], 'm') is None
 
 
 def test_a_good_goal_has_no_reason():
-    assert reason(temperature=0.0, top_p=0.9, top_k=40, max_tokens=50, seed=1, stop=['x']) == ''
+    assert reason(temperature=0.0, top_p=0.9, top_k=40, max_tokens=50, seed=1, stop=['x']) is None
 
 
 def test_goals_at_every_limit_are_accepted():
     assert reason(stop=['s' * 256] * 16, session_id='Zoë visitor-1 ' + 'x' * 114,
-                  prompt='p' * 50) == ''
-    assert reason(context=[{'role': 'user', 'content': ''}] * 1000) == ''
+                  prompt='p' * 50) is None
+    assert reason(context=[{'role': 'user', 'content': ''}] * 1000) is None
 
 
 def test_options_leave_defaults_to_the_model_and_cap_tokens():

@@ -1,4 +1,4 @@
-"""core/images.py: checks, conversion, downscaling; and the image rules of core/chat.py."""
+"""core/images.py: checks, conversion, downscaling; and the image rules of core/chat/."""
 
 import io
 import os
@@ -11,9 +11,11 @@ import zlib
 from PIL import Image
 import pytest
 
-from s100_llm.core.chat import ChatRequest
-from s100_llm.core.chat import image_note
-from s100_llm.core.chat import validate
+from s100_llm.core.chat.checks import validate
+from s100_llm.core.chat.request import ChatRequest
+from s100_llm.core.chat.request import ErrorCode
+from s100_llm.core.chat.request import image_note
+from s100_llm.core.chat.request import Refusal
 from s100_llm.core.config import ChatSettings
 from s100_llm.core.config import ConfigError
 from s100_llm.core.config import VisionSettings
@@ -237,15 +239,29 @@ def test_a_header_claiming_a_decompression_bomb_is_refused():
         prepare(CompressedImage('png', bytes(data)), 'x', 1024)
 
 
-def vision_reason(capabilities=('completion', 'vision'), **fields):
+def vision_refusal(capabilities=('completion', 'vision'), **fields):
+    """The Refusal of the goal, or None when it passes."""
     request = ChatRequest(**{'prompt': 'look', **fields})
-    return validate(request, ChatSettings(), SessionStore(5, 5), list(capabilities), 'seer:latest',
-                    VisionSettings(max_images=2, max_image_bytes=4096))
+    try:
+        validate(request, ChatSettings(), SessionStore(5, 5), list(capabilities),
+                 'seer:latest', VisionSettings(max_images=2, max_image_bytes=4096))
+    except Refusal as refusal:
+        return refusal
+    return None
+
+
+def vision_reason(**fields):
+    """The reason the goal is refused for (INVALID_GOAL), or None when it passes."""
+    refusal = vision_refusal(**fields)
+    if refusal is None:
+        return None
+    assert refusal.code == ErrorCode.INVALID_GOAL, refusal
+    return refusal.reason
 
 
 def test_validation_of_images_in_a_goal():
     image = raw('rgb8', 4, 4)
-    assert vision_reason(images=[image], use_camera=True) == ''
+    assert vision_reason(images=[image], use_camera=True) is None
     assert vision_reason(images=[image], capabilities=['completion']) == (
         "model 'seer:latest' cannot see images (capabilities: completion); send no images or "
         'use a model with the "vision" capability')
@@ -259,6 +275,24 @@ def test_validation_of_images_in_a_goal():
         compressed_images=[CompressedImage('jpeg', bytes(5000))])
     assert 'images[1] has encoding' in vision_reason(
         images=[image, RawImage(1, 1, '8UC1', 1, False, b'\0')])
+
+
+def test_the_camera_frame_is_checked_with_the_goal_after_its_own_fields():
+    """The node takes the frame before validate(), which checks it once: NO_IMAGE for a frame
+    missing or unusable, but a goal's own faults (INVALID_GOAL) are named first."""
+    name = 'the camera frame from /camera/image_raw'
+    yuyv = RawImage(4, 2, 'yuv422', 8, False, bytes(16))
+    unusable = vision_refusal(use_camera=True, camera_image=yuyv, camera_name=name)
+    assert unusable.code == ErrorCode.NO_IMAGE
+    assert unusable.reason.startswith(f"{name} has encoding 'yuv422'; supported: rgb8")
+    missing = vision_refusal(use_camera=True, camera_missing='use_camera: no frame yet')
+    assert (missing.code, missing.reason) == (ErrorCode.NO_IMAGE, 'use_camera: no frame yet')
+    assert 'cannot see images' in vision_reason(
+        use_camera=True, camera_missing='use_camera: no frame yet', capabilities=['completion'])
+    assert vision_reason(use_camera=True, camera_image=yuyv, output_format='[') == (
+        'format is neither "json" nor a JSON document (a JSON Schema): Expecting value: line 1 '
+        'column 2 (char 1)')
+    assert vision_refusal(use_camera=True, camera_image=raw('rgb8', 4, 4)) is None
 
 
 def test_the_session_note():

@@ -1,0 +1,246 @@
+"""The checks of a chat goal, ROS-free: validate() raises Refusal with the code and reason a
+goal that cannot be served ends with (every field bounded, values in range, what the model can
+do, images, format, tools and tool results, the camera frame); and format_mismatch(), the
+check of the final answer against the goal's format.
+"""
+
+import json
+import math
+import re
+from typing import Any, List
+
+from .request import ChatRequest
+from .request import DONE_LENGTH
+from .request import ErrorCode
+from .request import FORMAT_JSON
+from .request import Refusal
+from .request import THINK_DEFAULT
+from .request import THINK_OFF
+from .request import THINK_ON
+from ..config import ChatSettings
+from ..config import VisionSettings
+from ..images import problem as image_problem
+from ..schema import DEPTH_NOTE
+from ..schema import document_problem
+from ..schema import schema_problem
+from ..sessions import SessionStore
+
+ROLES = ('system', 'user', 'assistant')
+# Limits of the goal fields that max_prompt_chars does not cover: every field of a goal is
+# bounded, so what the node holds per goal (and in a session) is bounded whatever clients send.
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256            # per stop string
+MAX_SESSION_ID_CHARS = 128
+MAX_CONTEXT_MESSAGES = 1000     # context[] entries (their text counts in max_prompt_chars)
+MAX_TOOLS = 64                  # tools[] and tool_results[] entries (their text counts too)
+# Ollama's function names (and what OpenAI-style tool parsers accept).
+TOOL_NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')
+
+
+def invalid(reason: str) -> Refusal:
+    """The refusal of a goal that is at fault itself (INVALID_GOAL)."""
+    return Refusal(ErrorCode.INVALID_GOAL, reason)
+
+
+def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
+             capabilities: List[str], model: str,
+             vision: VisionSettings = VisionSettings()) -> None:
+    """Raise Refusal when the goal cannot be served: INVALID_GOAL, or NO_IMAGE for the camera.
+
+    Sizes are checked first, so that no reason quotes an unbounded field; the camera frame
+    last, so that a goal's own faults are named before the view it asked for.
+    """
+    check_sizes(request, settings, vision)
+    check_fields(request, settings, sessions, capabilities, model)
+    check_images(request, capabilities, model, vision)
+    check_format(request.output_format)
+    check_tools(request, sessions, capabilities, model)
+    check_camera(request, vision)
+
+
+def check_sizes(request: ChatRequest, settings: ChatSettings, vision: VisionSettings) -> None:
+    """The counts and lengths of the goal's fields."""
+    if request.image_count > vision.max_images:
+        raise invalid(f'the goal has {request.image_count} images (camera included); the '
+                      f'limit (max_images) is {vision.max_images}')
+    if len(request.context) > MAX_CONTEXT_MESSAGES:
+        raise invalid(f'context has {len(request.context)} messages; at most '
+                      f'{MAX_CONTEXT_MESSAGES} are accepted')
+    if len(request.tools) > MAX_TOOLS or len(request.tool_results) > MAX_TOOLS:
+        raise invalid(f'tools and tool_results take at most {MAX_TOOLS} entries each')
+    size = (len(request.prompt) + len(request.system_prompt) + len(request.output_format)
+            + sum(len(m.get('content', '')) + len(m.get('thinking', ''))
+                  for m in request.context)
+            + sum(len(value) for entry in request.tools + request.tool_results
+                  for value in entry.values()))
+    if size > settings.max_prompt_chars:
+        raise invalid(f'prompt, system prompt, format, tools, tool results and context (with '
+                      f'its thinking) have {size} characters; the limit (max_prompt_chars) is '
+                      f'{settings.max_prompt_chars}')
+    if len(request.session_id) > MAX_SESSION_ID_CHARS:
+        raise invalid(f'session_id has {len(request.session_id)} characters; at most '
+                      f'{MAX_SESSION_ID_CHARS} are accepted')
+
+
+def check_fields(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
+                 capabilities: List[str], model: str) -> None:
+    """The values of the goal's fields, and how they go together."""
+    if not request.session_id.isprintable():
+        raise invalid('session_id must be printable text (no control characters or line '
+                      'breaks)')
+    if len(request.stop) > MAX_STOP_STRINGS or any(
+            not 0 < len(s) <= MAX_STOP_CHARS for s in request.stop):
+        raise invalid(f'stop takes 1..{MAX_STOP_STRINGS} non-empty strings of at most '
+                      f'{MAX_STOP_CHARS} characters')
+    for message in request.context:
+        if message.get('role') not in ROLES:
+            raise invalid(f"context role {message.get('role', '')[:20]!r} must be one of "
+                          f"{', '.join(ROLES)}")
+    if not request.prompt.strip() and not request.tool_results:
+        raise invalid('prompt is empty (it may be empty only with tool_results)')
+    if request.think not in (THINK_DEFAULT, THINK_ON, THINK_OFF):
+        raise invalid('think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not '
+                      f'{request.think}')
+    if request.think == THINK_ON and 'thinking' not in capabilities:
+        raise invalid(f"model '{model}' cannot think (capabilities: "
+                      f"{', '.join(capabilities)}); use THINK_DEFAULT or THINK_OFF")
+    for name, value, high in (('temperature', request.temperature, 2.0),
+                              ('top_p', request.top_p, 1.0)):
+        if math.isnan(value) or math.isinf(value):
+            raise invalid(f'{name} is not a number')
+        if value > high:
+            raise invalid(f'{name} {value:g} is out of range 0..{high:g} (negative: model '
+                          'default)')
+    if request.top_k > 1000:
+        raise invalid(f'top_k {request.top_k} is out of range 1..1000 (0 or negative: model '
+                      'default)')
+    if request.max_tokens < 0 or request.max_tokens > settings.max_tokens_limit:
+        raise invalid(f'max_tokens {request.max_tokens} is out of range '
+                      f'0..{settings.max_tokens_limit} (0: up to max_tokens_limit)')
+    if request.reset_session and not request.session_id:
+        raise invalid('reset_session needs a session_id')
+    if request.reset_session and request.session_id not in sessions:
+        raise invalid(f"reset_session: unknown session '{request.session_id}'")
+    if request.context and request.session_id:
+        raise invalid('context is for single-turn goals; a session keeps its own history')
+
+
+def check_images(request: ChatRequest, capabilities: List[str], model: str,
+                 vision: VisionSettings) -> None:
+    """The goal's own images (checks that need no decoding); the camera has check_camera()."""
+    if not request.image_count:
+        return
+    if 'vision' not in capabilities:
+        raise invalid(f"model '{model}' cannot see images (capabilities: "
+                      f"{', '.join(capabilities)}); send no images or use a model with the "
+                      '"vision" capability')
+    if not request.prompt.strip():
+        raise invalid('images need a prompt (they are shown with the prompt, saying what to '
+                      'do)')
+    for name, image in request.goal_images():
+        reason = image_problem(image, name, vision.max_image_bytes)
+        if reason:
+            raise invalid(reason)
+
+
+def check_format(text: str) -> None:
+    """The goal's format: '', 'json' or a usable JSON Schema object."""
+    if text in ('', FORMAT_JSON):
+        return
+    try:
+        schema = json.loads(text)
+    except ValueError as error:
+        raise invalid(f'format is neither "json" nor a JSON document (a JSON Schema): {error}')
+    except RecursionError:
+        raise invalid(f'format is nested deeper than {DEPTH_NOTE}')
+    if not isinstance(schema, dict):
+        raise invalid('format must be "json" or a JSON Schema object ({...})')
+    reason = schema_problem(schema, 'format')
+    if reason:
+        raise invalid(reason)
+
+
+def check_tools(request: ChatRequest, sessions: SessionStore, capabilities: List[str],
+                model: str) -> None:
+    """The goal's tools, and its tool results against the calls its session waits for."""
+    if request.tools and 'tools' not in capabilities:
+        raise invalid(f"model '{model}' cannot call tools (capabilities: "
+                      f"{', '.join(capabilities)}); send no tools or use a model with the "
+                      '"tools" capability')
+    names = set()
+    for tool in request.tools:
+        name = tool['name']
+        if not TOOL_NAME.fullmatch(name):
+            raise invalid(f'tool name {name[:70]!r} must be 1..64 letters, digits, "_" or "-"')
+        if name in names:
+            raise invalid(f"tool '{name}' is offered twice")
+        names.add(name)
+        _check_parameters(tool['parameters_json'], name)
+    if not request.tool_results:
+        return
+    if not request.session_id:
+        raise invalid('tool_results need the session_id of the turn whose tool calls they '
+                      'answer')
+    pending = {} if request.reset_session else sessions.pending_calls(request.session_id)
+    if not pending:
+        raise invalid(f"tool_results: session '{request.session_id}' has no tool calls to "
+                      'answer (unknown, reset, or its last turn called no tool)')
+    answered = set()
+    for result in request.tool_results:
+        call_id = result['tool_call_id']
+        if call_id in answered:     # the session would store (and send) it twice
+            raise invalid(f'tool_results: call {call_id[:70]!r} is answered more than once')
+        answered.add(call_id)
+        if call_id not in pending:
+            raise invalid(f'tool_results: {call_id[:70]!r} is not a tool call of the last '
+                          f"turn (its calls: {', '.join(sorted(pending))})")
+        if result['name'] != pending[call_id]:
+            raise invalid(f"tool_results: call {call_id} was to '{pending[call_id]}', not "
+                          f"{result['name'][:70]!r}")
+
+
+def _check_parameters(text: str, name: str) -> None:
+    if not text:
+        return
+    try:
+        schema = json.loads(text)
+    except ValueError as error:
+        raise invalid(f"tool '{name}': parameters_json is not JSON: {error}")
+    except RecursionError:
+        raise invalid(f"tool '{name}': parameters_json is nested deeper than {DEPTH_NOTE}")
+    if not isinstance(schema, dict) or schema.get('type', 'object') != 'object':
+        raise invalid(f"tool '{name}': parameters_json must be a JSON Schema of type object "
+                      '({"type": "object", "properties": {...}})')
+    reason = schema_problem(schema, f"tool '{name}': parameters_json")
+    if reason:
+        raise invalid(reason)
+
+
+def check_camera(request: ChatRequest, vision: VisionSettings) -> None:
+    """The frame a use_camera goal sees: NO_IMAGE when there is none or it cannot be used."""
+    if request.camera_missing is not None:
+        raise Refusal(ErrorCode.NO_IMAGE, request.camera_missing)
+    if request.camera_image is not None:
+        reason = image_problem(request.camera_image, request.camera_name,
+                               vision.max_image_bytes)
+        if reason:
+            raise Refusal(ErrorCode.NO_IMAGE, reason)
+
+
+def format_mismatch(text: str, fmt: Any, done_reason: str) -> str:
+    """Why the final text does not satisfy the goal's format (None, 'json' or a schema), or
+    ''. A text cut by max_tokens says so: it is the usual cause."""
+    if fmt is None:
+        return ''
+    cut = (' (the answer was cut by max_tokens or the context: done_reason length)'
+           if done_reason == DONE_LENGTH else '')
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        return f'the answer is not valid JSON: {error}{cut}'
+    except RecursionError:
+        return f'the answer is nested deeper than {DEPTH_NOTE}'
+    if fmt == FORMAT_JSON:
+        return ''
+    mismatch = document_problem(fmt, document)
+    return mismatch + cut if mismatch.startswith('the answer does not match') else mismatch

@@ -1,0 +1,221 @@
+"""One goal's run, ROS-free: ChatRun prepares the goal's images, sends the session's messages
+to Ollama, streams the reply into feedback, stops at once when canceled from any thread, and
+ends in the goal's outcome (statistics, tool calls, the answer checked against the format, the
+turn kept in its session).
+"""
+
+import json
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+import uuid
+
+from .checks import format_mismatch
+from .request import ChatOutcome
+from .request import ChatRequest
+from .request import DONE_ERROR
+from .request import DONE_LENGTH
+from .request import DONE_STOP
+from .request import DONE_TOOL_CALLS
+from .request import ErrorCode
+from .request import image_note
+from .request import THINK_DEFAULT
+from .request import THINK_OFF
+from .request import THINK_ON
+from .request import ToolCall
+from .stream import FeedbackBatch
+from .stream import FeedbackSink
+from .stream import ollama_options
+from .stream import ollama_tools
+from .stream import output_format
+from .stream import ThinkTagSplitter
+from ..config import ChatSettings
+from ..engine import ChatCanceled
+from ..engine import ChatChunk
+from ..engine import ChatStream
+from ..engine import EngineError
+from ..engine import OllamaEngine
+from ..engine import StreamTimeout
+from ..images import ImageProblem
+from ..images import prepare as prepare_image
+from ..sessions import context_budget
+from ..sessions import Prompt
+from ..sessions import SessionStore
+
+
+class _Reply:
+    """What the stream has given so far: the answer and the reasoning (each piece also sent
+    as feedback), the tool calls, and the chunks that carried text."""
+
+    def __init__(self, inline_think: bool, batch: FeedbackBatch) -> None:
+        self.splitter = ThinkTagSplitter(inline_think)
+        self.batch = batch
+        self.text: List[str] = []
+        self.thinking: List[str] = []
+        self.calls: List[Tuple[str, Dict[str, Any]]] = []
+        # Ollama streams one token per chunk, so this is the number of tokens generated when
+        # the stream ends without Ollama's final statistics.
+        self.streamed = 0
+
+    def take(self, answer: str, thinking: str) -> None:
+        self.text.append(answer)
+        self.thinking.append(thinking)
+        self.batch.add(answer, thinking)
+
+    def end(self, outcome: ChatOutcome) -> None:
+        """Send what is held and put the text so far in the outcome."""
+        self.batch.flush()
+        outcome.feedback_messages = self.batch.sent
+        outcome.text, outcome.thinking = ''.join(self.text), ''.join(self.thinking)
+
+
+class ChatRun:
+    """Streams one chat into feedback; cancel() (any thread) stops it at once."""
+
+    def __init__(self, engine: OllamaEngine, model: str, request: ChatRequest,
+                 settings: ChatSettings, sessions: SessionStore, context_length: int,
+                 keep_alive: float, publish: FeedbackSink, accepted_at: float,
+                 inline_think: bool = False, image_max_side: int = 1024) -> None:
+        self.engine = engine
+        self.model = model
+        self.request = request
+        self.settings = settings
+        self.sessions = sessions
+        self.context_length = context_length
+        self.keep_alive = keep_alive
+        self.publish = publish
+        self.accepted_at = accepted_at
+        self.inline_think = inline_think      # the model thinks: parse a leading <think> block
+        self.image_max_side = image_max_side
+        self._stream: Optional[ChatStream] = None
+        self._cancel_reason = ''
+        self._cancel_code = ErrorCode.NONE
+        self._lock = threading.Lock()
+
+    def cancel(self, reason: str, error_code: ErrorCode) -> None:
+        """Close the stream now; the outcome carries error_code and the reason (the first
+        cancel wins). Any thread."""
+        with self._lock:
+            if self._cancel_reason:
+                return
+            self._cancel_reason = reason
+            self._cancel_code = error_code
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
+    def run(self) -> ChatOutcome:
+        request = self.request
+        try:    # decoding and downscaling: here, in the goal's own thread, not at acceptance
+            images = [prepare_image(image, name, self.image_max_side)
+                      for name, image in request.named_images()]
+        except ImageProblem as error:
+            return ChatOutcome.unserved(ErrorCode.INVALID_GOAL, str(error))
+        if request.reset_session:
+            self.sessions.reset(request.session_id)
+        # The history is trimmed to the model's context minus room for the answer.
+        budget = context_budget(self.context_length,
+                                request.max_tokens or self.settings.max_tokens_limit)
+        sent = self.sessions.prompt(request.session_id, request.system_prompt, request.prompt,
+                                    request.context, budget, request.tool_results)
+        messages = sent.messages
+        if images:  # on this turn's user message (validate() made sure there is a prompt)
+            messages[-1] = dict(messages[-1], images=images)
+        fmt = output_format(request.output_format)
+        think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
+        outcome = ChatOutcome(error_code=ErrorCode.NONE)
+        reply = _Reply(self.inline_think,
+                       FeedbackBatch(self.settings.feedback_min_interval, self.publish))
+        with self._lock:
+            if self._cancel_reason:
+                return self._canceled(outcome, reply)
+            self._stream = stream = self.engine.chat(
+                self.model, messages, think, ollama_options(request, self.settings),
+                self.keep_alive, self.settings.stream_timeout, output_format=fmt,
+                tools=ollama_tools(request.tools))
+        try:
+            final = self._read(stream, reply, outcome)
+        except ChatCanceled:
+            outcome.completion_tokens = reply.streamed
+            return self._canceled(outcome, reply)
+        except EngineError as error:
+            reply.end(outcome)
+            outcome.completion_tokens = reply.streamed
+            outcome.error_message = str(error)
+            outcome.error_code = (ErrorCode.TIMEOUT if isinstance(error, StreamTimeout)
+                                  else ErrorCode.SERVER_FAILED)
+            return outcome
+        reply.end(outcome)
+        outcome.done_reason = DONE_LENGTH if final.done_reason == 'length' else DONE_STOP
+        _fill_stats(outcome, final)
+        if reply.calls:     # the model asked for tools: there is no answer to check yet
+            outcome.done_reason = DONE_TOOL_CALLS
+            outcome.tool_calls = [
+                ToolCall(f'call_{uuid.uuid4().hex[:8]}', name, json.dumps(arguments))
+                for name, arguments in reply.calls]     # Ollama's client drops Ollama's ids
+        else:
+            mismatch = format_mismatch(outcome.text, fmt, outcome.done_reason)
+            if mismatch:    # the session keeps no turn whose answer is unusable
+                outcome.done_reason = DONE_ERROR
+                outcome.error_code = ErrorCode.FORMAT_MISMATCH
+                outcome.error_message = mismatch
+                return outcome
+        if request.session_id:
+            outcome.session_turns = self._commit(sent, outcome, reply, final, len(images))
+        return outcome
+
+    def _read(self, stream: ChatStream, reply: _Reply, outcome: ChatOutcome) -> ChatChunk:
+        """Stream the reply into feedback; returns the final chunk (Ollama's statistics)."""
+        while True:
+            chunk = stream.read(reply.batch.due_in())
+            if chunk is None:       # held text is due and the model is quiet: send it
+                reply.batch.flush()
+                continue
+            if chunk.content or chunk.thinking:
+                reply.streamed += 1
+            answer_part, inline_thinking = reply.splitter.feed(chunk.content)
+            thinking_part = chunk.thinking + inline_thinking
+            if (answer_part or thinking_part) and not outcome.time_to_first_token:
+                outcome.time_to_first_token = time.monotonic() - self.accepted_at
+            reply.take(answer_part, thinking_part)
+            reply.calls.extend(chunk.tool_calls)
+            if chunk.done:
+                reply.take(*reply.splitter.flush())
+                return chunk
+
+    def _commit(self, sent: Prompt, outcome: ChatOutcome, reply: _Reply, final: ChatChunk,
+                images: int) -> int:
+        """Keep the turn in its session; returns the session's number of turns."""
+        request = self.request
+        if images:
+            # The session keeps a note in place of the images (sent.request holds the message
+            # without them): later turns know they were shown, and the context is not filled
+            # with them.
+            sent.request[-1] = dict(sent.request[-1],
+                                    content=f'{request.prompt} {image_note(images)}')
+        return self.sessions.commit(
+            request.session_id, request.system_prompt, sent, outcome.text,
+            [{'function': {'name': name, 'arguments': arguments}}
+             for name, arguments in reply.calls],
+            [call.call_id for call in outcome.tool_calls],
+            # Ollama's counts include the images' tokens, which the stored turn does not hold:
+            # such a turn is estimated from its text.
+            0 if images else final.prompt_eval_count, 0 if images else final.eval_count)
+
+    def _canceled(self, outcome: ChatOutcome, reply: _Reply) -> ChatOutcome:
+        reply.end(outcome)
+        ended = ChatOutcome.unserved(self._cancel_code, self._cancel_reason)
+        outcome.done_reason, outcome.error_code = ended.done_reason, ended.error_code
+        outcome.error_message = ended.error_message
+        return outcome
+
+
+def _fill_stats(outcome: ChatOutcome, final: ChatChunk) -> None:
+    outcome.prompt_tokens = final.prompt_eval_count
+    outcome.completion_tokens = final.eval_count
+    outcome.total_duration = final.total_duration / 1e9
+    outcome.load_duration = final.load_duration / 1e9
+    outcome.prompt_eval_duration = final.prompt_eval_duration / 1e9
+    outcome.eval_duration = final.eval_duration / 1e9
+    if final.eval_duration:
+        outcome.tokens_per_second = final.eval_count / outcome.eval_duration
