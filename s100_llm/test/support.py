@@ -4,7 +4,7 @@ packages without the ROS wheels) import these; harness re-exports them for the n
 import os
 import socket
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Union
 
 import psutil
 
@@ -56,3 +56,10 @@ def processes_of(models_dir: str, port: int) -> List[psutil.Process]:
         if runner or server:
             found.append(process)
     return found
+
+
+def log_level(level: Union[int, bytes]) -> int:
+    """An rcl_interfaces/Log level as an int, to compare levels on every distro: Humble's
+    generated constants (Log.WARN ...: `byte WARN=30` in Log.msg) are one-byte bytes (b'\\x1e'),
+    newer distros' are ints, and the level field of a received message (uint8) is an int."""
+    return ord(level) if isinstance(level, bytes) else int(level)

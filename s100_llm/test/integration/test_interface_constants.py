@@ -1,13 +1,16 @@
 """What the ROS-free core shares with the ROS side: its copies of the interfaces' constants, and
 the TTS bridge's sentence splitter (tts_bridge imports rclpy). Moved out of test/unit, which
-runs without the ROS 2 wheels too (make test-jammy)."""
+runs without the ROS 2 wheels too (make test-jammy). And the Log level constants, whatever type
+this distro's rosidl gives them, are the levels a received message carries."""
 
+from rcl_interfaces.msg import Log
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.srv import Embed
 
 from s100_llm.core import chat
 from s100_llm.core.embedding import EmbedErrorCode
 from s100_llm.tts_bridge import SentenceSplitter
+from support import log_level
 
 
 def test_the_core_constants_are_the_interfaces():
@@ -32,3 +35,8 @@ def test_sentence_splitter_hands_out_whole_sentences():
     assert splitter.feed(' are you? Fine') == ['How are you?']
     assert splitter.feed('\nOK') == ['Fine']
     assert splitter.flush() == ['OK']
+
+
+def test_the_log_constants_are_the_levels():
+    assert [log_level(level) for level in (Log.DEBUG, Log.INFO, Log.WARN, Log.ERROR, Log.FATAL)] \
+        == [10, 20, 30, 40, 50]
