@@ -30,8 +30,9 @@ sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
 from harness import free_port  # noqa: E402,I100
 from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
+from support import localhost_discovery  # noqa: E402
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+localhost_discovery(os.environ)
 SECONDS = float(os.environ.get('BENCH_CPU_SECONDS', '20'))
 DOMAIN = int(os.environ.get('BENCH_DOMAIN', '79'))
 CORES = os.cpu_count() or 1

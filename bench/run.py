@@ -36,8 +36,9 @@ from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
 from harness import TRANSITIONS  # noqa: E402
 from harness import wait_for  # noqa: E402
+from support import localhost_discovery  # noqa: E402
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+localhost_discovery(os.environ)
 REPEATS = int(os.environ.get('BENCH_REPEATS', '20'))
 # The first goals of a new client and server pair still wait on DDS discovery (up to seconds
 # for the floor server, which is measured right after it starts): left out of the figures.

@@ -32,8 +32,9 @@ sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
 from harness import free_port  # noqa: E402,I100
 from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
+from support import localhost_discovery  # noqa: E402
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+localhost_discovery(os.environ)
 DOMAIN = int(os.environ.get('BENCH_DOMAIN', '80'))
 TURNS = 30
 WINDOW = 8              # session_max_turns of the node, turns kept by the client

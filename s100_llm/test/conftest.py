@@ -10,10 +10,9 @@ from typing import Any, Dict
 import pytest
 
 from support import free_port
+from support import localhost_discovery
 
-# Discovery stays on this machine (Jazzy and newer; Humble used ROS_LOCALHOST_ONLY=1).
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.pop('ROS_LOCALHOST_ONLY', None)
+localhost_discovery(os.environ)
 # Test runs that share a machine (and so DDS discovery) stay apart with disjoint domain ranges:
 # S100_LLM_TEST_DOMAINS=FIRST-LAST (default 1-100; FastDDS accepts 0..232).
 _FIRST_DOMAIN, _LAST_DOMAIN = (int(x) for x in

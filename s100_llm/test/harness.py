@@ -1,7 +1,8 @@
 """Test harness: the node as a separate process, talked to over DDS like a robot behaviour.
 
 NodeProcess starts the installed `llm_node` executable (what `ros2 run s100_llm llm_node`
-runs) with its own ROS_DOMAIN_ID, localhost-only discovery, Ollama port and models dir.
+runs) with its own ROS_DOMAIN_ID, localhost-only discovery (conftest: support.localhost_discovery),
+Ollama port and models dir.
 RosClient is an rclpy node in its own context that calls the lifecycle services
 (`ros2 lifecycle set` uses the same), sends Chat goals and listens to /diagnostics and /rosout.
 """

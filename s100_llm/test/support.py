@@ -4,9 +4,23 @@ packages without the ROS wheels) import these; harness re-exports them for the n
 import os
 import socket
 import time
-from typing import Any, Callable, List, Union
+from typing import Any, Callable, List, MutableMapping, Union
 
 import psutil
+
+
+def localhost_discovery(environ: MutableMapping[str, str]) -> None:
+    """Keep DDS discovery (of the nodes and clients started with environ) on this machine.
+
+    ROS_AUTOMATIC_DISCOVERY_RANGE exists from Iron on; Humble ignores it and needs
+    ROS_LOCALHOST_ONLY=1, which Jazzy reports as deprecated: so that one is set on Humble only.
+    """
+    environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    if environ.get('ROS_DISTRO') == 'humble':
+        environ['ROS_LOCALHOST_ONLY'] = '1'
+    else:
+        environ.pop('ROS_LOCALHOST_ONLY', None)
+
 
 # Generous bounds for "this must happen", never expectations of speed.
 WAIT = 60.0
