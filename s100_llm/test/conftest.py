@@ -13,6 +13,10 @@ from support import free_port
 from support import localhost_discovery
 
 localhost_discovery(os.environ)
+# Humble's generated messages type-check every field they are given; Jazzy's and Kilted's only
+# with this set when a message module is imported (here, before any is): the tests' clients and
+# the nodes they start check as on the robot.
+os.environ['ROS_PYTHON_CHECK_FIELDS'] = '1'
 # Test runs that share a machine (and so DDS discovery) stay apart with disjoint domain ranges:
 # S100_LLM_TEST_DOMAINS=FIRST-LAST (default 1-100; FastDDS accepts 0..232).
 _FIRST_DOMAIN, _LAST_DOMAIN = (int(x) for x in

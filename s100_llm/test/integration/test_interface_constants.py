@@ -3,6 +3,7 @@ the TTS bridge's sentence splitter (tts_bridge imports rclpy). Moved out of test
 runs without the ROS 2 wheels too (make test-jammy). And the Log level constants, whatever type
 this distro's rosidl gives them, are the levels a received message carries."""
 
+import pytest
 from rcl_interfaces.msg import Log
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.srv import Embed
@@ -40,3 +41,10 @@ def test_sentence_splitter_hands_out_whole_sentences():
 def test_the_log_constants_are_the_levels():
     assert [log_level(level) for level in (Log.DEBUG, Log.INFO, Log.WARN, Log.ERROR, Log.FATAL)] \
         == [10, 20, 30, 40, 50]
+
+
+def test_messages_check_their_fields_as_on_humble():
+    """conftest sets ROS_PYTHON_CHECK_FIELDS=1: a field of the wrong type fails in the tests as
+    it does on Humble, which always checks."""
+    with pytest.raises(AssertionError, match='max_tokens'):
+        Chat.Goal(max_tokens='many')
