@@ -5,7 +5,7 @@ export ROS_DISTRO ?= kilted
 ROS_ENV := scripts/ros-env
 PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/setup.py tools bench scripts/*.py
 
-.PHONY: setup build test lint demo bench bench-sessions bench-cpu soak clean
+.PHONY: setup build test test-jammy lint demo bench bench-sessions bench-cpu soak clean
 
 setup:
 	scripts/setup-dev-env
@@ -14,6 +14,12 @@ build: setup
 
 test: setup
 	$(ROS_ENV) scripts/run-tests
+
+# The robot's own software without ROS 2: Python 3.10 with Ubuntu 22.04's package versions
+# (.venv-jammy, requirements/jammy.txt), the unit tests with jammy's pytest and the emulator's.
+test-jammy:
+	scripts/setup-jammy-env
+	scripts/run-jammy-tests
 
 # The -m given here replaces s100_llm/pytest.ini's `-m "not soak"`.
 soak: setup
@@ -40,4 +46,4 @@ bench-cpu: setup
 	$(ROS_ENV) python bench/cpu_share.py
 
 clean:
-	rm -rf .venv build install log bench/results
+	rm -rf .venv .venv-jammy build install log bench/results
