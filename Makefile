@@ -5,7 +5,7 @@ export ROS_DISTRO ?= kilted
 ROS_ENV := scripts/ros-env
 PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/setup.py tools bench scripts/*.py
 
-.PHONY: setup build test test-jammy lint demo bench bench-sessions bench-cpu soak clean
+.PHONY: setup build test lint demo bench bench-sessions bench-cpu soak clean
 
 setup:
 	scripts/setup-dev-env
@@ -17,6 +17,7 @@ test: setup
 
 # The robot's own software without ROS 2: Python 3.10 with Ubuntu 22.04's package versions
 # (.venv-jammy, requirements/jammy.txt), the unit tests with jammy's pytest and the emulator's.
+.PHONY: test-jammy
 test-jammy:
 	scripts/setup-jammy-env
 	scripts/run-jammy-tests
