@@ -15,6 +15,13 @@ build: setup
 test: setup
 	$(ROS_ENV) scripts/run-tests
 
+# The robot's own software without ROS 2: Python 3.10 with Ubuntu 22.04's package versions
+# (.venv-jammy, requirements/jammy.txt), the unit tests with jammy's pytest and the emulator's.
+.PHONY: test-jammy
+test-jammy:
+	scripts/setup-jammy-env
+	scripts/run-jammy-tests
+
 # The -m given here replaces s100_llm/pytest.ini's `-m "not soak"`.
 soak: setup
 	$(ROS_ENV) pytest s100_llm/test -m soak
@@ -47,4 +54,4 @@ bench-cpu: setup
 	$(ROS_ENV) python bench/cpu_share.py
 
 clean:
-	rm -rf .venv build install log bench/results
+	rm -rf .venv .venv-jammy build install log bench/results

@@ -32,8 +32,9 @@ from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
 from sizes import results_dir  # noqa: E402,I100,I201
 from sizes import sized  # noqa: E402
+from support import localhost_discovery  # noqa: E402
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+localhost_discovery(os.environ)
 SECONDS = float(os.environ.get('BENCH_CPU_SECONDS', sized('20', '2')))
 ANSWER_TOKENS = sized(256, 16)
 DOMAIN = int(os.environ.get('BENCH_DOMAIN', '79'))

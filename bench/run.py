@@ -38,8 +38,9 @@ from harness import TRANSITIONS  # noqa: E402
 from harness import wait_for  # noqa: E402
 from sizes import results_dir  # noqa: E402,I100,I201
 from sizes import sized  # noqa: E402
+from support import localhost_discovery  # noqa: E402
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+localhost_discovery(os.environ)
 REPEATS = int(os.environ.get('BENCH_REPEATS', sized('20', '2')))
 # Rounds of the slower measurements (transitions, streaming, the real model).
 ROUNDS = sized(3, 1)

@@ -35,8 +35,9 @@ from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
 from sizes import results_dir  # noqa: E402,I100,I201
 from sizes import sized  # noqa: E402
+from support import localhost_discovery  # noqa: E402
 
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+localhost_discovery(os.environ)
 DOMAIN = int(os.environ.get('BENCH_DOMAIN', '80'))
 TURNS = sized(30, 4)
 WINDOW = sized(8, 2)    # session_max_turns of the node, turns kept by the client

@@ -252,8 +252,12 @@ def main() -> int:
     domain_id = int(os.environ.get('ROS_DOMAIN_ID') or 42)
     print(f'demo: {MODEL} on {"Ollama at " + ollama if ollama else "the Ollama emulator"}, '
           f'models in {models_dir}', flush=True)
+    # Discovery stays on this machine: Humble has no ROS_AUTOMATIC_DISCOVERY_RANGE (Iron and
+    # newer), and Jazzy reports ROS_LOCALHOST_ONLY as deprecated.
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id),
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    if env.get('ROS_DISTRO') == 'humble':
+        env['ROS_LOCALHOST_ONLY'] = '1'
     parameters = {'model': MODEL, 'ollama_bin': binary, 'host': f'127.0.0.1:{port}',
                   'models_dir': str(models_dir)}
     if shutil.which('ros2'):

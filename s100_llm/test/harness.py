@@ -1,7 +1,8 @@
 """Test harness: the node as a separate process, talked to over DDS like a robot behaviour.
 
 NodeProcess starts the installed `llm_node` executable (what `ros2 run s100_llm llm_node`
-runs) with its own ROS_DOMAIN_ID, localhost-only discovery, Ollama port and models dir.
+runs) with its own ROS_DOMAIN_ID, localhost-only discovery (conftest: support.localhost_discovery),
+Ollama port and models dir.
 RosClient is an rclpy node in its own context that calls the lifecycle services
 (`ros2 lifecycle set` uses the same), sends Chat goals and listens to /diagnostics and /rosout.
 """
@@ -11,7 +12,6 @@ import os
 import pathlib
 import shlex
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -41,6 +41,13 @@ from s100_llm_msgs.action import Chat
 
 from s100_llm.qos import FEEDBACK_QOS
 from s100_llm.qos import SERVICE_QOS
+# The ROS-free helpers live in support (the unit tests import them from there); the node's
+# tests import them from here too.
+from support import free_port  # noqa: F401
+from support import processes_of
+from support import RecordedLog  # noqa: F401
+from support import WAIT
+from support import wait_for
 
 TRANSITIONS = {
     'configure': Transition.TRANSITION_CONFIGURE,
@@ -51,29 +58,9 @@ TRANSITIONS = {
     'inactive_shutdown': Transition.TRANSITION_INACTIVE_SHUTDOWN,
     'active_shutdown': Transition.TRANSITION_ACTIVE_SHUTDOWN,
 }
-# Generous bounds for "this must happen", never expectations of speed.
-WAIT = 60.0
 # A reply the node sent reaches a client within this or was dropped (see wait_until_answered).
 REPLY_WAIT = 10.0
 REPLY_ATTEMPTS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll until condition() is truthy; fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout:g} s waiting for {what}')
-        time.sleep(0.02)
 
 
 def _settles(future: Any) -> bool:
@@ -94,37 +81,9 @@ def assert_aborted(run: 'GoalRun', error_code: int, fragment: str) -> Chat.Resul
     return result
 
 
-class RecordedLog(list):
-    """A log sink of the core (called with level and line) that keeps every line."""
-
-    def __call__(self, level: str, line: str) -> None:
-        self.append((level, line))
-
-    def text(self) -> str:
-        return '\n'.join(line for _, line in self)
-
-
 def install_prefix() -> pathlib.Path:
     """Where s100_llm is installed (what `ros2 pkg prefix s100_llm` prints)."""
     return pathlib.Path(get_package_prefix('s100_llm'))
-
-
-def processes_of(models_dir: str, port: int) -> List[psutil.Process]:
-    """Every Ollama (emulator) server of this models dir or port, or runner of this models dir,
-    still alive."""
-    found = []
-    for process in psutil.process_iter(['cmdline', 'environ', 'status']):
-        cmdline = process.info['cmdline'] or []
-        environ = process.info['environ'] or {}
-        if process.info['status'] == psutil.STATUS_ZOMBIE:
-            continue
-        runner = any(part.startswith(os.path.join(models_dir, 'blobs')) for part in cmdline)
-        server = cmdline[-1:] == ['serve'] and (
-            environ.get('OLLAMA_MODELS') == models_dir
-            or environ.get('OLLAMA_HOST', '').endswith(f':{port}'))
-        if runner or server:
-            found.append(process)
-    return found
 
 
 def api_ps(llm: Any) -> List[Dict[str, Any]]:

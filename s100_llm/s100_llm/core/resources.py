@@ -46,6 +46,22 @@ class ProcessSample:
     nice: int = 0
 
 
+# No CPU the node runs on clocks below this; a smaller "MHz" value is in GHz.
+_LOWEST_MHZ = 100.0
+
+
+def frequency_mhz(current: Optional[float]) -> Optional[float]:
+    """psutil.cpu_freq().current in MHz, None when unknown (0 or missing).
+
+    psutil 5.9.0 (Ubuntu 22.04's python3-psutil) returns GHz on Linux hosts whose /proc/cpuinfo
+    lists "cpu MHz" for every cpufreq policy (most x86 machines; psutil issue 2049, fixed in
+    5.9.1); the S100's ARM cores are not affected.
+    """
+    if not current:
+        return None
+    return current * 1000.0 if current < _LOWEST_MHZ else current
+
+
 class ResourceSampler:
     def __init__(self, disk_path: str) -> None:
         self.disk_path = disk_path
@@ -65,7 +81,7 @@ class ResourceSampler:
             cpu_percent=sum(per_core) / max(1, len(per_core)),
             per_core_percent=per_core,
             load_average=tuple(os.getloadavg()),  # type: ignore[arg-type]
-            cpu_frequency_mhz=frequency.current if frequency and frequency.current else None,
+            cpu_frequency_mhz=frequency_mhz(frequency.current if frequency else None),
             memory_total=memory.total, memory_available=memory.available,
             memory_used=memory.total - memory.available,
             swap_total=swap.total, swap_used=swap.used,

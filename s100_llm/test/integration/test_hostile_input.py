@@ -24,6 +24,7 @@ from harness import runners
 from harness import WAIT
 from harness import wait_for
 from s100_llm.core.config import RANGES
+from support import log_level
 
 
 def test_a_burst_of_goals_from_five_clients_gets_an_answer_for_every_goal(active, domain_id):
@@ -187,8 +188,9 @@ def test_an_intentional_deactivate_is_a_warning_and_streamed_tokens_are_counted(
     assert result.stats.completion_tokens == len(result.text.split()) > 0
     llm.client.wait_log('the node is deactivating')
     with llm.client._lock:
-        levels = {m.level for m in llm.client.rosout if 'the node is deactivating' in m.msg}
-    assert levels == {Log.WARN}
+        levels = {log_level(m.level) for m in llm.client.rosout
+                  if 'the node is deactivating' in m.msg}
+    assert levels == {log_level(Log.WARN)}
 
 
 def test_the_runners_per_request_lines_are_not_logged_at_info(active):

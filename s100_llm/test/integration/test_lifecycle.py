@@ -23,11 +23,13 @@ from harness import servers
 from harness import TRANSITIONS
 from harness import WAIT
 from harness import wait_for
+from support import log_level
 
 
 def warnings(client):
     with client._lock:
-        return [m.msg for m in client.rosout if m.name == client.name and m.level >= Log.WARN]
+        return [m.msg for m in client.rosout
+                if m.name == client.name and log_level(m.level) >= log_level(Log.WARN)]
 
 
 def change_state_async(client, transition):

@@ -2,7 +2,6 @@ import json
 import math
 
 import pytest
-from s100_llm_msgs.action import Chat
 
 from s100_llm.core.chat import request as chat_request
 from s100_llm.core.chat.checks import check_format
@@ -17,7 +16,6 @@ from s100_llm.core.chat.stream import ollama_options
 from s100_llm.core.chat.stream import ThinkTagSplitter
 from s100_llm.core.config import ChatSettings
 from s100_llm.core.sessions import SessionStore
-from s100_llm.tts_bridge import SentenceSplitter
 
 SETTINGS = ChatSettings(max_prompt_chars=100, max_tokens_limit=50)
 
@@ -66,17 +64,6 @@ def reason(**fields):
 ])
 def test_bad_goals_get_a_reason(fields, fragment):
     assert fragment in reason(**fields)
-
-
-def test_the_core_constants_are_the_interfaces():
-    """core.chat is ROS-free: its copies of Chat.action's constants must equal them."""
-    for name in ('THINK_DEFAULT', 'THINK_ON', 'THINK_OFF'):
-        assert getattr(chat_request, name) == getattr(Chat.Goal, name), name
-    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR', 'DONE_TOOL_CALLS'):
-        assert getattr(chat_request, name) == getattr(Chat.Result, name), name
-    constants = type(Chat.Result).__prepare__('Result', ())   # rosidl: the constants by name
-    codes = {name: value for name, value in constants.items() if not name.startswith('DONE_')}
-    assert codes == {code.name: code.value for code in ErrorCode}
 
 
 SCHEMA = {'type': 'object', 'properties': {'place': {'type': 'string'}},
@@ -241,14 +228,6 @@ def test_only_a_leading_think_block_is_reasoning(chunks, expected):
 def test_a_model_that_does_not_think_keeps_its_think_tags():
     assert split(['<think>plan</think>Paris']) == ('Paris', 'plan')
     assert split(['<think>plan</think>Paris'], enabled=False) == ('<think>plan</think>Paris', '')
-
-
-def test_sentence_splitter_hands_out_whole_sentences():
-    splitter = SentenceSplitter()
-    assert splitter.feed('Hello there. How') == ['Hello there.']
-    assert splitter.feed(' are you? Fine') == ['How are you?']
-    assert splitter.feed('\nOK') == ['Fine']
-    assert splitter.flush() == ['OK']
 
 
 class Clock:

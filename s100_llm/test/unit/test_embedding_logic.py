@@ -9,11 +9,7 @@ from typing import List, Tuple
 
 import psutil
 import pytest
-from s100_llm_msgs.srv import Embed
 
-from harness import free_port
-from harness import RecordedLog
-from harness import wait_for
 from s100_llm.core.config import EmbeddingSettings
 from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import ServerSettings
@@ -35,6 +31,9 @@ from s100_llm.core.status import OllamaProcesses
 from s100_llm.core.status import server_status
 from s100_llm.core.status import ServerProbe
 from s100_llm.core.supervision import Supervisor
+from support import free_port
+from support import RecordedLog
+from support import wait_for
 
 MiB = 1024 ** 2
 GiB = 1024 * MiB
@@ -43,11 +42,6 @@ EMBEDDER = 'embedder:latest'
 
 
 # ---- request checks ------------------------------------------------------------------------
-def test_the_error_codes_are_the_services():
-    for code in EmbedErrorCode:
-        assert getattr(Embed.Response, code.name) == code.value
-
-
 @pytest.mark.parametrize('texts, reason', [
     ([], 'texts is empty: give at least one text to embed'),
     (['a'] * 4, '4 texts exceed max_embed_texts 3: send them in several requests'),

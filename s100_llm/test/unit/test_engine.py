@@ -6,13 +6,13 @@ import signal
 import httpx
 import pytest
 
-from harness import free_port
-from harness import wait_for
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.engine import ChatCanceled
 from s100_llm.core.engine import EngineError
 from s100_llm.core.engine import OllamaEngine
 from s100_llm.core.server import OllamaServer
+from support import free_port
+from support import wait_for
 
 
 @pytest.fixture

@@ -11,9 +11,6 @@ import threading
 import psutil
 import pytest
 
-from harness import free_port
-from harness import RecordedLog
-from harness import wait_for
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.engine import OllamaEngine
 from s100_llm.core.server import bounded_lines
@@ -21,6 +18,9 @@ from s100_llm.core.server import log_level
 from s100_llm.core.server import OllamaServer
 from s100_llm.core.server import port_is_free
 from s100_llm.core.server import ServerError
+from support import free_port
+from support import RecordedLog
+from support import wait_for
 
 EMULATOR = 's100-ollama-emulator'
 

@@ -10,9 +10,6 @@ from typing import Optional
 import psutil
 import pytest
 
-from harness import free_port
-from harness import RecordedLog
-from harness import wait_for
 from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.server import port_is_free
@@ -20,6 +17,9 @@ from s100_llm.core.serving import Failure
 from s100_llm.core.serving import Serving
 from s100_llm.core.serving import ServingError
 from s100_llm.core.serving import ServingState
+from support import free_port
+from support import RecordedLog
+from support import wait_for
 
 EMULATOR = 's100-ollama-emulator'
 MODEL = 'echo:latest'

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from harness import RecordedLog
 from s100_llm.core import session_file
 from s100_llm.core.session_file import SessionFileError
 from s100_llm.core.session_file import SessionWriter
 from s100_llm.core.sessions import SessionStore
+from support import RecordedLog
 
 
 def filled_store(turns=3, sessions=('a', 'b')):

@@ -10,9 +10,6 @@ from typing import Any, List, Tuple
 import psutil
 import pytest
 
-from harness import free_port
-from harness import RecordedLog
-from harness import wait_for
 from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.config import SupervisionSettings
@@ -23,6 +20,9 @@ from s100_llm.core.supervision import HealthCheck
 from s100_llm.core.supervision import HUNG_AFTER
 from s100_llm.core.supervision import RestartBudget
 from s100_llm.core.supervision import Supervisor
+from support import free_port
+from support import RecordedLog
+from support import wait_for
 
 EMULATOR = 's100-ollama-emulator'
 
