@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / 's100_llm' / 'test'))
 from harness import free_port  # noqa: E402,I100
 from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
-from sizes import results_dir  # noqa: E402,I100,I201
+from sizes import results_dir  # noqa: E402
 from sizes import sized  # noqa: E402
 from support import localhost_discovery  # noqa: E402
 

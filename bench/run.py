@@ -36,7 +36,7 @@ from harness import NodeProcess  # noqa: E402
 from harness import RosClient  # noqa: E402
 from harness import TRANSITIONS  # noqa: E402
 from harness import wait_for  # noqa: E402
-from sizes import results_dir  # noqa: E402,I100,I201
+from sizes import results_dir  # noqa: E402
 from sizes import sized  # noqa: E402
 from support import localhost_discovery  # noqa: E402
 

@@ -3,7 +3,6 @@ import math
 
 import pytest
 
-from s100_llm.core.chat import request as chat_request
 from s100_llm.core.chat.checks import check_format
 from s100_llm.core.chat.checks import format_mismatch
 from s100_llm.core.chat.checks import validate
