@@ -1,11 +1,20 @@
 """A client of the chat action, shared by the TTS bridge, the chat CLI and the examples.
 
-ChatClient is an ActionClient with the QoS profiles of s100_llm.qos (a client's own
-KEEP_LAST(10) default loses feedback and its own requests, see qos.py), a send() for callback
-code and an ask() that waits for the result. ask() raises the typed errors below instead of
-leaving every caller to test `error_code` and `accepted` by hand.
+ChatClient is an ActionClient with the QoS profiles below (FEEDBACK_QOS, SERVICE_QOS), a
+send() for callback code and an ask() that waits for the result. ask() raises the typed
+errors below instead of leaving every caller to test `error_code` and `accepted` by hand.
 
 A behaviour in another package may copy this file: it needs only rclpy and s100_llm_msgs.
+
+The QoS of the chat action (the server, chat_action.py, uses the same, through qos.py): nothing
+a burst sends is overwritten. rclpy's defaults keep the last 10 messages: a model streaming
+hundreds of chunks per second would overwrite most feedback before the client takes it. Goal
+requests are worse: rclpy's ActionServer takes one request per executor wake-up (about 1-3 ms
+each here), so a burst of a few hundred goals waits in the DDS reader, and a KEEP_LAST reader
+drops the oldest unread requests without any answer (5 clients x 100 goals lost 342-383 of them
+with depth 100). KEEP_ALL keeps every request; DDS's reliable flow control holds back a writer
+instead of dropping. A client's own KEEP_LAST(10) default loses its own requests and answers
+beyond 10 in flight, whatever the server does.
 """
 
 from typing import Callable, Optional
@@ -14,13 +23,20 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy
+from rclpy.qos import QoSProfile
+from rclpy.qos import ReliabilityPolicy
 from rclpy.task import Future
 from s100_llm_msgs.action import Chat
 
-from .qos import FEEDBACK_QOS
-from .qos import SERVICE_QOS
+__all__ = ['ChatClient', 'ChatError', 'GoalNotAccepted', 'check', 'FEEDBACK_QOS',
+           'SERVICE_QOS']
 
-__all__ = ['ChatClient', 'ChatError', 'GoalNotAccepted', 'FEEDBACK_QOS', 'SERVICE_QOS']
+FEEDBACK_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+# Goal, cancel and result services: requests from many clients at once are all kept (depth is
+# ignored with KEEP_ALL; rclpy requires a value).
+SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=1000,
+                         reliability=ReliabilityPolicy.RELIABLE)
 
 FeedbackCallback = Callable[[Chat.Feedback], None]
 # Wait until the condition holds, spinning the client's node meanwhile.

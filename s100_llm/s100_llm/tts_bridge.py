@@ -165,10 +165,13 @@ def main(args: Optional[List[str]] = None) -> int:
     # Started by `ros2 launch`, it must not outlive a launch killed without Ctrl-C.
     exit_with_parent()
     rclpy.init(args=args)
-    bridge = TtsBridge()
-    executor = SingleThreadedExecutor()
-    executor.add_node(bridge)
+    bridge: Optional[TtsBridge] = None
+    executor: Optional[SingleThreadedExecutor] = None
     try:
+        # Inside the try: Ctrl-C right after start shuts the context down under them.
+        bridge = TtsBridge()
+        executor = SingleThreadedExecutor()
+        executor.add_node(bridge)
         # In 1 s steps, as llm_node's main(): a signal that shuts the context down while the
         # executor rebuilds its wait set would otherwise never wake it.
         while rclpy.ok():
@@ -181,8 +184,10 @@ def main(args: Optional[List[str]] = None) -> int:
         if rclpy.ok():
             raise
     finally:
-        executor.shutdown(timeout_sec=1.0)
-        bridge.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if bridge is not None:
+            bridge.destroy_node()
         rclpy.try_shutdown()
     return 0
 
