@@ -34,7 +34,8 @@ from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
 ARGUMENTS = {
-    'namespace': ('', 'Namespace of the node (its services become /<ns>/llm/...).'),
+    'namespace': ('', "Namespace of the nodes (services become /<ns>/llm/..., the bridge's "
+                      'topics /<ns>/prompt_text and /<ns>/tts_text).'),
     'params_file': (os.path.join('__share__', 'config', 'llm.yaml'),
                     'Parameters file of llm_node; model, models_dir, host and ollama_bin '
                     'override it when given.'),
