@@ -1,12 +1,13 @@
 """Bring the LLM up: `ros2 launch s100_llm llm.launch.py [model:=...] [autostart:=true]`.
 
-Starts llm_node as a lifecycle node and, with autostart (the default), drives it to active
-once: configure when the process starts, activate when that first configure succeeded. This is
-the event pattern that works on Humble (whose launch_ros has no `autostart`) as well as on Jazzy
-and Kilted. Autostart is spent on the first configure whatever its outcome: later manual
-transitions (`ros2 lifecycle set /llm deactivate`, a configure after a failed one) stick.
+Starts llm_node as a lifecycle node (and, with tts_bridge:=true, the tts_bridge node next to
+it) and, with autostart (the default), drives it to active once: configure when the process
+starts, activate when that first configure succeeded. This is the event pattern that works
+on Humble (whose launch_ros has no `autostart`) as well as on Jazzy and Kilted. Autostart is
+spent on the first configure whatever its outcome: later manual transitions (`ros2 lifecycle
+set /llm deactivate`, a configure after a failed one) stick.
 On Ctrl-C, launch sends SIGINT: the node stops the Ollama server before it exits; when launch
-dies without that (SIGTERM kills it at once), the node notices and does the same.
+dies without that (SIGTERM kills it at once), the nodes notice and exit too.
 """
 
 import os
@@ -33,9 +34,10 @@ from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
 ARGUMENTS = {
-    'namespace': ('', 'Namespace of the node (its services become /<ns>/llm/...).'),
+    'namespace': ('', "Namespace of the nodes (services become /<ns>/llm/..., the bridge's "
+                      'topics /<ns>/prompt_text and /<ns>/tts_text).'),
     'params_file': (os.path.join('__share__', 'config', 'llm.yaml'),
-                    'Parameters file; model, models_dir, host, ollama_bin and tts_bridge '
+                    'Parameters file of llm_node; model, models_dir, host and ollama_bin '
                     'override it when given.'),
     'model': ('', "Ollama model to serve; empty: params_file's (deepseek-r1:1.5b in llm.yaml)."),
     'models_dir': ('', "OLLAMA_MODELS; empty: params_file's (llm.yaml: Ollama's default, "
@@ -45,13 +47,13 @@ ARGUMENTS = {
     'ollama_bin': ('', "The ollama executable; empty: params_file's (ollama in llm.yaml)."),
     'autostart': ('true', 'Configure and activate the node once it starts.'),
     'log_level': ('info', 'Logging level of the node.'),
-    'tts_bridge': ('', 'true: bridge /prompt_text to /tts_text (D-Robotics speech chain); '
-                       "empty: params_file's (false in llm.yaml)."),
+    'tts_bridge': ('false', 'true: also start the tts_bridge node, prompt_text -> llm/chat -> '
+                            'tts_text in the namespace (D-Robotics speech chain).'),
     'diagnostic_aggregator': ('false', 'Also start diagnostic_aggregator with the LLM analyzers '
                                        '(needs the diagnostic_aggregator package).'),
 }
 # Parameters the arguments above set; an argument left empty leaves the params file's value.
-OVERRIDING_ARGUMENTS = ('model', 'models_dir', 'host', 'ollama_bin', 'tts_bridge')
+OVERRIDING_ARGUMENTS = ('model', 'models_dir', 'host', 'ollama_bin')
 
 
 def require_aggregator_package(context: LaunchContext) -> List[Action]:
@@ -116,6 +118,13 @@ def generate_launch_description() -> launch.LaunchDescription:
         package='diagnostic_aggregator', executable='aggregator_node', output='screen',
         parameters=[[share, '/config/diagnostic_aggregator.yaml']],
         condition=IfCondition(LaunchConfiguration('diagnostic_aggregator')))
+    # A client of llm_node's chat action like any behaviour: its relative names follow the
+    # namespace, and it waits for the action (prompts before it is served are dropped, logged).
+    tts_bridge = Node(
+        package='s100_llm', executable='tts_bridge', name='tts_bridge',
+        namespace=LaunchConfiguration('namespace'), output='screen',
+        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+        condition=IfCondition(LaunchConfiguration('tts_bridge')))
     return launch.LaunchDescription(
         declared + [aggregator_check, OpaqueFunction(function=llm_node_with_autostart),
-                    aggregator])
+                    tts_bridge, aggregator])

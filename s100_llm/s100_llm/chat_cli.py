@@ -35,7 +35,6 @@ import uuid
 from diagnostic_msgs.msg import DiagnosticArray
 
 import rclpy
-from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -45,10 +44,12 @@ from s100_llm_msgs.msg import ToolResult
 from s100_llm_msgs.srv import Embed
 from sensor_msgs.msg import CompressedImage
 
+from s100_llm.client import ChatClient as ChatAction
+from s100_llm.client import ChatError
+from s100_llm.client import GoalNotAccepted
 from s100_llm.core.chat.request import ErrorCode
 from s100_llm.core.embedding import EmbedErrorCode
 from s100_llm.core.images import compressed_kind
-from s100_llm.qos import FEEDBACK_QOS
 
 DIM, RESET = '\x1b[2m', '\x1b[0m'
 THINK = {'default': Chat.Goal.THINK_DEFAULT, 'on': Chat.Goal.THINK_ON,
@@ -121,7 +122,7 @@ class ChatClient:
     def __init__(self, node: Node, action: str, out: TextIO, show_thinking: bool,
                  color: bool) -> None:
         self.node = node
-        self.client = ActionClient(node, Chat, action, feedback_sub_qos_profile=FEEDBACK_QOS)
+        self.client = ChatAction(node, action)
         self.out = out
         self.show_thinking = show_thinking
         self.color = color
@@ -136,7 +137,7 @@ class ChatClient:
         self.interrupted = False
 
     def wait_for_server(self, timeout: float) -> bool:
-        return self.client.wait_for_server(timeout_sec=timeout)
+        return self.client.wait_for_server(timeout)
 
     def _on_diagnostics(self, message: DiagnosticArray) -> None:
         for status in message.status:
@@ -168,22 +169,16 @@ class ChatClient:
         accepts every goal, and ends one it cannot serve with an error_code)."""
         self.asking, self.interrupted = True, False
         try:
-            future = self.client.send_goal_async(goal, feedback_callback=self._on_feedback)
-            self._spin_until(future.done)
-            handle = future.result()
-            if not handle.accepted:
-                print('\n[the goal was not accepted]', file=sys.stderr)
-                return None
-            result_future = handle.get_result_async()
-            self._spin_until(lambda: result_future.done() or self.interrupted)
-            if not result_future.done():
-                print('\n[canceling]', file=sys.stderr)
-                handle.cancel_goal_async()
-                self._spin_until(result_future.done)
+            result = self.client.ask(goal, self._on_feedback, self._spin_until,
+                                     cancel_when=self._cancel_requested)
+        except GoalNotAccepted:
+            print('\n[the goal was not accepted]', file=sys.stderr)
+            return None
+        except ChatError as error:      # printed with the stats
+            result = error.result
         finally:
             self.asking = False
         self._end_thinking()
-        result = result_future.result().result
         # rclpy drops feedback that arrives after the result: print what it did not show.
         if result.text.startswith(self._printed):
             self.out.write(result.text[len(self._printed):])
@@ -191,14 +186,18 @@ class ChatClient:
         self._printed = ''
         return result
 
+    def _cancel_requested(self) -> bool:
+        if self.interrupted:
+            print('\n[canceling]', file=sys.stderr)
+        return self.interrupted
+
     def _spin_until(self, condition: Callable[[], bool]) -> None:
         # Python runs the SIGINT handler only between bytecodes and rcl_wait is not woken by
         # signals: wake at least every 0.1 s so that Ctrl-C is seen while the model is quiet.
         while not condition():
             self.executor.spin_once(timeout_sec=0.1)
 
-    def _on_feedback(self, message: Chat.Impl.FeedbackMessage) -> None:
-        feedback = message.feedback
+    def _on_feedback(self, feedback: Chat.Feedback) -> None:
         if feedback.thinking_delta and self.show_thinking:
             if not self._in_thinking and self.color:
                 self.out.write(DIM)

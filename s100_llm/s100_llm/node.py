@@ -33,9 +33,9 @@ diagnostics read only `serving_state()`, an immutable snapshot taken without a l
 Threads and locks:
 - the executor's threads (main()): lifecycle services (change_state in a group of its own, so
   get_state and the others answer during a transition), parameter services, the chat action,
-  the TTS bridge, the camera's frames, the embed service (a group of its own). A transition
-  takes `_transitions` (one at a time, whether a client or supervision asks) and then
-  `Serving.lock` for its steps.
+  the camera's frames, the embed service (a group of its own). A transition takes
+  `_transitions` (one at a time, whether a client or supervision asks) and then `Serving.lock`
+  for its steps.
 - 'supervision' (Supervisor): takes `Serving.lock` only when free for a check, holds it for a
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
   ErrorProcessing.
@@ -84,7 +84,6 @@ from .core.supervision import Supervisor
 from .diagnostics import DiagnosticsPublisher
 from .embed_service import EmbedService
 from .session_services import SessionServices
-from .tts_bridge import TtsBridge
 
 RCLError = _rclpy.RCLError
 SUCCESS = TransitionCallbackReturn.SUCCESS
@@ -94,7 +93,7 @@ ERROR = TransitionCallbackReturn.ERROR
 
 class LlmNode(LifecycleNode):
     """Declares the parameters, maps lifecycle transitions to Serving, wires chat,
-    diagnostics, supervision and the TTS bridge."""
+    diagnostics and supervision."""
 
     def __init__(self, node_name: str = 'llm', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -126,7 +125,6 @@ class LlmNode(LifecycleNode):
                                      self.chat.abort_all, self._enter_error_processing,
                                      self._log_line)
         self.supervisor.start()
-        self.tts_bridge = TtsBridge(self) if self.get_parameter('tts_bridge').value else None
         self.log.info('ready (unconfigured): configure starts the Ollama server')
 
     @property
@@ -429,7 +427,7 @@ def main(args: Optional[List[str]] = None) -> int:
         signal.signal(number, request_exit)
     node = LlmNode()
     # One thread per chat that runs (a waiting goal holds none: it is executed when a slot
-    # frees), plus the lifecycle, parameter and goal/cancel/result services, the TTS bridge, the
+    # frees), plus the lifecycle, parameter and goal/cancel/result services, the
     # embed service, and the quick callbacks of the camera and the session services
     # (diagnostics, supervision and the sessions file have their own threads).
     executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 5)

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from action_msgs.msg import GoalStatus
 from ament_index_python.packages import get_package_prefix
@@ -114,15 +114,19 @@ class NodeProcess:
     """The llm_node executable, started with parameters, stopped with a signal."""
 
     def __init__(self, domain_id: int, log_path: pathlib.Path, parameters: Dict[str, Any],
-                 extra_env: Optional[Dict[str, str]] = None, name: str = 'llm') -> None:
+                 extra_env: Optional[Dict[str, str]] = None, name: str = 'llm',
+                 executable: str = 'llm_node', ros_arguments: Sequence[str] = ()) -> None:
         """extra_env: OLLAMA_* variables reach the server through the ollama_env parameter
-        (the node passes no other way), the rest is the node's environment."""
+        (the node passes no other way), the rest is the node's environment. executable: this
+        package's executable to run (tts_bridge); ros_arguments: more of them, e.g. a
+        namespace (`-r __ns:=/robot1`)."""
         extra_env, server_env = split_server_env(extra_env)
         if server_env:
             parameters = dict(parameters, ollama_env=server_env)
         self.parameters = parameters
-        executable = install_prefix() / 'lib' / 's100_llm' / 'llm_node'
-        arguments = [str(executable), '--ros-args', '-r', f'__node:={name}']
+        self.executable = executable
+        path = install_prefix() / 'lib' / 's100_llm' / executable
+        arguments = [str(path), '--ros-args', '-r', f'__node:={name}', *ros_arguments]
         parameters = dict(parameters)
         if 'params_file' in parameters:
             arguments += ['--params-file', parameters.pop('params_file')]
@@ -152,7 +156,8 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f'llm_node did not exit within {timeout:g} s of {number}')
+            raise AssertionError(f'{self.executable} did not exit within {timeout:g} s of '
+                                 f'{number}')
         finally:
             self.log.close()
 

@@ -422,7 +422,7 @@ class DiagnosticsSettings:
 
 @dataclasses.dataclass(frozen=True)
 class NodeSettings:
-    """Everything the node is set up with: one settings object per concern, and the bridges."""
+    """Everything the node is set up with: one settings object per concern."""
 
     server: ServerSettings
     model: ModelSettings
@@ -431,9 +431,6 @@ class NodeSettings:
     vision: VisionSettings
     embedding: EmbeddingSettings
     diagnostics: DiagnosticsSettings
-    tts_bridge: bool = setting(
-        False, START, 'Bridge /prompt_text (std_msgs/String) to the chat and publish the answer '
-        'on /tts_text sentence by sentence (D-Robotics speech chain).')
 
     def validate(self) -> None:
         check_values(self)
@@ -453,7 +450,6 @@ PARAMETERS: Tuple[Parameter, ...] = table(
     ('Images and the camera', VisionSettings),
     ('Embeddings (~/embed)', EmbeddingSettings),
     ('Diagnostics on /diagnostics', DiagnosticsSettings),
-    ('Integration', NodeSettings),
 )
 # The allowed range (inclusive) of every numeric parameter, by name.
 RANGES = {parameter.name: parameter.bounds for parameter in PARAMETERS
@@ -484,7 +480,7 @@ def settings_from(values: Mapping[str, Any]) -> NodeSettings:
         server=part(ServerSettings), model=part(ModelSettings),
         supervision=part(SupervisionSettings), chat=part(ChatSettings),
         vision=part(VisionSettings), embedding=part(EmbeddingSettings),
-        diagnostics=part(DiagnosticsSettings), tts_bridge=values['tts_bridge'])
+        diagnostics=part(DiagnosticsSettings))
     settings.validate()
     return settings
 

@@ -148,8 +148,8 @@ PARAMS_FILE_HEADER = """\
 Parameters of the s100_llm node, with their defaults. Generated from the settings in
 s100_llm/core/config.py by scripts/params_docs.py: edit those, not this file.
 `ros2 launch s100_llm llm.launch.py params_file:=<copy of this file>` to change them;
-the launch arguments model, models_dir, host, ollama_bin and tts_bridge override this file
-when they are given.
+the launch arguments model, models_dir, host and ollama_bin override this file when they
+are given.
 """
 
 

@@ -17,10 +17,12 @@ import sys
 from typing import List, Optional, Sequence
 
 import rclpy
-from rclpy.action import ActionClient
 from rclpy.node import Node
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.srv import Embed
+
+from s100_llm.client import ChatClient
+from s100_llm.client import ChatError
 
 FACTS = [
     'The charging dock is in the hall, next to the front door.',
@@ -48,7 +50,7 @@ class RememberRecall(Node):
     def __init__(self, llm_node: str) -> None:
         super().__init__('remember_recall')
         self.embed_client = self.create_client(Embed, f"{llm_node.rstrip('/')}/embed")
-        self.chat = ActionClient(self, Chat, f"{llm_node.rstrip('/')}/chat")
+        self.chat = ChatClient(self, f"{llm_node.rstrip('/')}/chat")
 
     def embed(self, texts: List[str]) -> Optional[List[List[float]]]:
         """One vector per text, or None (the reason is logged)."""
@@ -63,16 +65,12 @@ class RememberRecall(Node):
 
     def ask(self, prompt: str) -> Optional[str]:
         """The chat model's answer, or None (the reason is logged)."""
-        sent = self.chat.send_goal_async(Chat.Goal(prompt=prompt))
-        rclpy.spin_until_future_complete(self, sent)
-        result = sent.result().get_result_async()
-        rclpy.spin_until_future_complete(self, result)
-        answer = result.result().result
-        if answer.error_code != Chat.Result.NONE:
-            self.get_logger().error(f'the model did not answer: {answer.error_message} '
-                                    f'(error_code {answer.error_code})')
+        try:
+            return self.chat.ask(Chat.Goal(prompt=prompt)).text
+        except ChatError as error:
+            self.get_logger().error(f'the model did not answer: {error.error_message} '
+                                    f'(error_code {error.error_code})')
             return None
-        return answer.text
 
     def answer(self, question: str, facts: List[str], count: int) -> Optional[str]:
         vectors = self.embed(facts + [question])
@@ -97,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     behaviour = RememberRecall(args.node)
     try:
         if not (behaviour.embed_client.wait_for_service(timeout_sec=args.wait)
-                and behaviour.chat.wait_for_server(timeout_sec=args.wait)):
+                and behaviour.chat.wait_for_server(args.wait)):
             print(f'no embed service or chat action at {args.node} (is the node running?)',
                   file=sys.stderr)
             return 2

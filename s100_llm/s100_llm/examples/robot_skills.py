@@ -17,12 +17,14 @@ from typing import Callable, Dict, List, Optional
 import uuid
 
 import rclpy
-from rclpy.action import ActionClient
 from rclpy.node import Node
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
 from std_msgs.msg import String
+
+from s100_llm.client import ChatClient
+from s100_llm.client import ChatError
 
 # Tool calls the behaviour runs for one request before it gives up (a model may loop).
 MAX_STEPS = 8
@@ -54,7 +56,7 @@ class RobotSkills(Node):
 
     def __init__(self, llm_node: str) -> None:
         super().__init__('robot_skills')
-        self.chat = ActionClient(self, Chat, f"{llm_node.rstrip('/')}/chat")
+        self.chat = ChatClient(self, f"{llm_node.rstrip('/')}/chat")
         self.skill_calls = self.create_publisher(String, '~/skill_calls', 10)
         self.skills: Dict[str, Callable[..., str]] = {
             'navigate_to': self.navigate_to, 'say': self.say,
@@ -84,23 +86,17 @@ class RobotSkills(Node):
             return f'error: {error}'
 
     # ---- the exchange with the model -----------------------------------------------------
-    def ask(self, goal: Chat.Goal) -> Chat.Result:
-        sent = self.chat.send_goal_async(goal)
-        rclpy.spin_until_future_complete(self, sent)
-        result = sent.result().get_result_async()
-        rclpy.spin_until_future_complete(self, result)
-        return result.result().result
-
     def fulfil(self, request: str) -> Optional[str]:
         """The model's final answer to the request, or None (the reason is logged)."""
         session = f'robot-skills-{uuid.uuid4().hex[:8]}'
         goal = Chat.Goal(prompt=request, system_prompt=SYSTEM_PROMPT, session_id=session,
                          tools=SKILLS)
         for _ in range(MAX_STEPS):
-            result = self.ask(goal)
-            if result.error_code != Chat.Result.NONE:
-                self.get_logger().error(f'the model did not answer: {result.error_message} '
-                                        f'(error_code {result.error_code})')
+            try:
+                result = self.chat.ask(goal)
+            except ChatError as error:
+                self.get_logger().error(f'the model did not answer: {error.error_message} '
+                                        f'(error_code {error.error_code})')
                 return None
             if result.done_reason != Chat.Result.DONE_TOOL_CALLS:
                 return result.text
@@ -123,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init()
     behaviour = RobotSkills(args.node)
     try:
-        if not behaviour.chat.wait_for_server(timeout_sec=args.wait):
+        if not behaviour.chat.wait_for_server(args.wait):
             print(f'no chat action server at {args.node}/chat (is the node running?)',
                   file=sys.stderr)
             return 2

@@ -1,5 +1,6 @@
 """Issue 13: the launch file's arguments as a user sets them: autostart:=false,
-namespace:=robot1, params_file:= a user file, tts_bridge:=true with `ros2 topic pub/echo`."""
+namespace:=robot1, params_file:= a user file, tts_bridge:=true with `ros2 topic pub/echo` (and
+with namespace:=robot1, issue 25)."""
 
 import importlib.util
 import re
@@ -70,24 +71,40 @@ def test_params_file_is_a_users_copy_of_llm_yaml(launch, ros2: Ros2, tmp_path, o
     assert [m['name'] for m in api_ps(llm)] == ['echo:latest']
 
 
-def test_tts_bridge_speaks_what_prompt_text_asked(launch, ros2: Ros2, tmp_path):
-    llm = launch('tts_bridge:=true')
-    llm.wait_state('active')
+def spoken_through_the_bridge(ros2: Ros2, tmp_path, namespace: str = '') -> str:
+    """What `ros2 topic echo <ns>/tts_text` printed after `ros2 topic pub <ns>/prompt_text`."""
     spoken_log = tmp_path / 'echo.log'
-    echo = ros2.start('topic', 'echo', '/tts_text', 'std_msgs/msg/String', '--once',
+    echo = ros2.start('topic', 'echo', f'{namespace}/tts_text', 'std_msgs/msg/String', '--once',
                       log_path=spoken_log)
     try:
-        wait_for(lambda: 'Subscription count: 1' in ros2('topic', 'info', '/tts_text',
+        wait_for(lambda: 'Subscription count: 1' in ros2('topic', 'info', f'{namespace}/tts_text',
                                                          check=False).stdout,
                  'ros2 topic echo to subscribe')
-        # -w 1: publish once the node's bridge listens.
-        ros2('topic', 'pub', '--once', '-w', '1', '/prompt_text', 'std_msgs/msg/String',
-             "{data: 'Hello robot'}")
+        # -w 1: publish once the bridge listens.
+        ros2('topic', 'pub', '--once', '-w', '1', f'{namespace}/prompt_text',
+             'std_msgs/msg/String', "{data: 'Hello robot'}")
         wait_for(lambda: echo.poll() is not None, 'ros2 topic echo --once to get a sentence')
     finally:
         stop_process(echo, signal.SIGINT)
-    assert re.search(r"^data: '?user: Hello robot'?$", spoken_log.read_text(), re.MULTILINE), \
-        spoken_log.read_text()
+    return spoken_log.read_text()
+
+
+def test_tts_bridge_speaks_what_prompt_text_asked(launch, ros2: Ros2, tmp_path):
+    llm = launch('tts_bridge:=true')
+    llm.wait_state('active')
+    spoken = spoken_through_the_bridge(ros2, tmp_path)
+    assert re.search(r"^data: '?user: Hello robot'?$", spoken, re.MULTILINE), spoken
+
+
+def test_tts_bridge_follows_the_namespace(launch, ros2: Ros2, tmp_path):
+    """Issue 25: the bridge is its own node, its topics and action relative to namespace:=."""
+    llm = launch('tts_bridge:=true', 'namespace:=robot1')
+    llm.wait_state('active', '/robot1/llm')
+    assert '/robot1/tts_bridge' in ros2('node', 'list').stdout.split()
+    spoken = spoken_through_the_bridge(ros2, tmp_path, '/robot1')
+    assert re.search(r"^data: '?user: Hello robot'?$", spoken, re.MULTILINE), spoken
+    topics = ros2('topic', 'list').stdout.split()
+    assert '/prompt_text' not in topics and '/tts_text' not in topics, topics
 
 
 def test_launch_arguments_name_the_defaults_of_the_parameters_they_override():

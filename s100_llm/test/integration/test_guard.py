@@ -1,4 +1,5 @@
-"""guard.py: a callback that raises, or answers what its message cannot carry, is an internal
+"""guard.py (ROS layer: needs the ROS wheels, so not in unit/, which the jammy lane runs without
+them): a callback that raises, or answers what its message cannot carry, is an internal
 error answered and logged, never an exception left to the executor."""
 
 from s100_llm_msgs.msg import ChatMessage

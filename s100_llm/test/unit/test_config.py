@@ -112,7 +112,7 @@ SETTINGS_CLASSES = (ServerSettings, ModelSettings, SupervisionSettings, ChatSett
 
 def test_every_setting_is_one_parameter():
     fields = [(owner, field.name) for owner in SETTINGS_CLASSES
-              for field in dataclasses.fields(owner)] + [(NodeSettings, 'tts_bridge')]
+              for field in dataclasses.fields(owner)]
     assert [(p.owner, p.field) for p in PARAMETERS] == fields
     assert len({p.name for p in PARAMETERS}) == len(PARAMETERS)
     assert parameter_name(DiagnosticsSettings, 'period') == 'diagnostics_period'
@@ -135,7 +135,7 @@ def defaults():
 def test_settings_from_the_defaults_are_the_dataclass_defaults():
     assert settings_from(defaults()) == NodeSettings(
         ServerSettings(), ModelSettings(), SupervisionSettings(), ChatSettings(),
-        VisionSettings(), EmbeddingSettings(), DiagnosticsSettings(), tts_bridge=False)
+        VisionSettings(), EmbeddingSettings(), DiagnosticsSettings())
 
 
 def test_settings_from_takes_integers_for_floats_as_floats():
@@ -146,7 +146,6 @@ def test_settings_from_takes_integers_for_floats_as_floats():
 
 @pytest.mark.parametrize('name, value, message', [
     ('manage_server', 1, 'manage_server must be true or false (got 1)'),
-    ('tts_bridge', 'yes', "tts_bridge must be true or false (got 'yes')"),
     ('host', ['::1'], "host must be a string (got ['::1'])"),
     ('max_sessions', True, 'max_sessions must be an integer (got True)'),
     ('concurrency', 'fifo', "concurrency 'fifo' must be one of reject, queue, preempt"),

@@ -42,4 +42,4 @@ def test_every_description_ends_with_when_a_change_applies_once():
 
 def test_parameters_read_at_start_are_read_only():
     assert sorted(p.name for p in PARAMETERS if p.read_only) == [
-        'diagnostics_period', 'num_parallel', 'tts_bridge']
+        'diagnostics_period', 'num_parallel']
