@@ -229,10 +229,14 @@ class ModelSettings:
     keep_alive_inactive: float = setting(
         0.0, ACTIVATE, 'Seconds the model stays loaded after deactivate (0: unload at once).',
         bounds=(0.0, 86400.0))
+    # Never 0 to Ollama: its runner would take one thread per performance core, blind to the
+    # node's affinity and a container's quota (core/threads.py resolves 0).
     num_thread: int = setting(
-        4, ACTIVATE, "Ollama's num_thread: threads the model computes with, sent with the load "
-        "and every chat; 0 = Ollama's default (one per performance core: all 6 on the S100). "
-        "4 leaves 2 of the S100's 6 cores to the robot.",
+        0, ACTIVATE, "Ollama's num_thread: threads the model computes with, sent with the load "
+        'and every chat. 0 = automatic: the cores the model may use (cpu_cores, else the '
+        "node's CPU affinity, fewer under a cgroup CPU quota), at most 4 (on the S100: 4 of "
+        'its 6 cores, 2 left to the robot); the log and diagnostics say what was chosen and '
+        'why. More threads than usable cores stall the model (warned about).',
         bounds=(0, 256))
 
     def validate(self) -> None:
