@@ -24,7 +24,9 @@ class SlogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:  # noqa: A003 (logging's API)
         moment = datetime.datetime.fromtimestamp(record.created).astimezone()
-        return (f'time={moment.isoformat(timespec="milliseconds")} level={record.levelname} '
+        # Go's slog says WARN where Python's logging says WARNING.
+        level = 'WARN' if record.levelno == logging.WARNING else record.levelname
+        return (f'time={moment.isoformat(timespec="milliseconds")} level={level} '
                 f'source=emulator msg="{record.getMessage()}"')
 
 
