@@ -127,6 +127,12 @@ class ServerSettings:
         10, CONFIGURE, 'Scheduling priority (nice) of the server and its runners: higher '
         "yields the CPU sooner to the robot's nodes (nice 0); 0 = normal priority. Cannot be "
         "below the node's own nice.", bounds=(0, 19))
+    # Ollama reaches out to ollama.com (sign-in, cloud models) unless OLLAMA_NO_CLOUD is set;
+    # a robot offline logs warnings for it and should not depend on it.
+    allow_cloud: bool = setting(
+        False, CONFIGURE, 'false: a managed server runs with OLLAMA_NO_CLOUD=1 (no Ollama cloud '
+        'models or lookups of ollama.com from the robot); true: leave it unset. Pulls '
+        '(pull_missing) are not affected.')
     ollama_env: str = setting(
         '', CONFIGURE, 'Further OLLAMA_* variables for the server, as NAME=VALUE words '
         "(shell quoting), e.g. 'OLLAMA_DEBUG=1 OLLAMA_LOAD_TIMEOUT=10m'; the variables the "
@@ -164,7 +170,7 @@ NODE_SET_VARIABLES = {
     'OLLAMA_HOST': 'host', 'OLLAMA_MODELS': 'models_dir', 'OLLAMA_NUM_PARALLEL': 'num_parallel',
     'OLLAMA_CONTEXT_LENGTH': 'context_length', 'OLLAMA_MAX_QUEUE': 'max_queue',
     'OLLAMA_MAX_LOADED_MODELS': 'max_loaded_models', 'OLLAMA_KV_CACHE_TYPE': 'kv_cache_type',
-    'OLLAMA_FLASH_ATTENTION': 'flash_attention',
+    'OLLAMA_FLASH_ATTENTION': 'flash_attention', 'OLLAMA_NO_CLOUD': 'allow_cloud',
     'OLLAMA_KEEP_ALIVE': 'keep_alive_inactive (the node decides when the model is unloaded)'}
 _OLLAMA_VARIABLE = re.compile(r'OLLAMA_[A-Z0-9_]+')
 

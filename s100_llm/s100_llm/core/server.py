@@ -297,6 +297,10 @@ class OllamaServer:
         })
         if self.settings.kv_cache_type:
             env['OLLAMA_KV_CACHE_TYPE'] = self.settings.kv_cache_type
+        if not self.settings.allow_cloud:
+            # No sign-in or cloud models, no lookups of ollama.com from the robot (offline,
+            # Ollama logs warnings for them at start).
+            env['OLLAMA_NO_CLOUD'] = '1'
         if self.settings.flash_attention != 'auto':
             env['OLLAMA_FLASH_ATTENTION'] = str(self.settings.flash_attention == 'enabled').lower()
         # Validated: OLLAMA_* names only, none of those set above.

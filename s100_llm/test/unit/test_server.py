@@ -320,6 +320,17 @@ def test_lines_without_a_level_keep_the_streams_default(line):
     assert log_level(line, 'info') == 'info'
 
 
+def test_the_server_runs_offline_unless_the_cloud_is_allowed(make_server):
+    # Checked on the running process: the variable is in the server's own environment.
+    offline = make_server()
+    offline.start()
+    assert psutil.Process(offline.pid).environ()['OLLAMA_NO_CLOUD'] == '1'
+    offline.stop()
+    allowed = make_server(allow_cloud=True)
+    allowed.start()
+    assert 'OLLAMA_NO_CLOUD' not in psutil.Process(allowed.pid).environ()
+
+
 def test_cores_nice_and_variables_reach_the_server_and_its_runner(make_server, monkeypatch):
     # The node's own OLLAMA_EMULATOR_* variables no longer pass: only ollama_env does.
     monkeypatch.setenv('OLLAMA_EMULATOR_TOKEN_RATE', '7')

@@ -73,6 +73,10 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     await runner.setup()
     await web.SockSite(runner, sock).start()
     log.info('Listening on %s:%d (version %s)', settings.host, settings.port, VERSION)
+    # Ollama would reach ollama.com (sign-in, cloud models) unless OLLAMA_NO_CLOUD is set; the
+    # emulator never does, it only says which way it was started.
+    log.info('cloud features %s', 'disabled (OLLAMA_NO_CLOUD)' if settings.no_cloud
+             else 'enabled (the emulator contacts no one)')
     await stop.wait()
     # Like Ollama: in-flight streams are cut, runners SIGKILLed and waited for, exit 0.
     await api.scheduler.stop_all()
