@@ -66,10 +66,11 @@ class Threads:
         return f'{self.count} ({self.why})'
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str, limit: int = 256) -> Optional[str]:
+    """The start of a small kernel file (at most `limit` characters); None if unreadable."""
     try:
         with open(path, encoding='ascii') as file:
-            return file.read(256).strip()
+            return file.read(limit).strip()
     except (OSError, UnicodeDecodeError):
         return None
 
@@ -115,7 +116,8 @@ def cgroup_quota(root: str = '/') -> Optional[Tuple[float, str]]:
     """The tightest CPU quota on this process's cgroups (v2 cpu.max, v1 CFS quota) as (cores,
     the directory that sets it); None when there is none or it cannot be read. `root` is where
     /proc and /sys are found (a test passes a fake tree)."""
-    text = _read(os.path.join(root, 'proc/self/cgroup'))
+    # A line per v1 hierarchy (a dozen, each with its path) and the v2 one.
+    text = _read(os.path.join(root, 'proc/self/cgroup'), limit=65536)
     quotas: List[Tuple[float, str]] = []
     for line in (text or '').splitlines():
         number, _, rest = line.partition(':')

@@ -104,6 +104,19 @@ def test_a_cgroup_v1_cfs_quota_limits_the_cores(tmp_path):
     assert usable_cores(frozenset({0, 1, 2, 3}), root=root).count == 2
 
 
+def test_a_long_proc_self_cgroup_is_read_to_its_cpu_line(tmp_path):
+    # A systemd v1 host lists a dozen hierarchies, each with the session's path.
+    path = '/user.slice/user-1000.slice/session-2.scope'
+    others = '\n'.join(f'{number}:{name}:{path}' for number, name in enumerate(
+        ('blkio', 'devices', 'freezer', 'hugetlb', 'memory', 'net_cls,net_prio', 'perf_event',
+         'pids', 'rdma', 'misc', 'name=systemd'), start=2))
+    root = tree(tmp_path, {
+        'proc/self/cgroup': f'{others}\n1:cpu,cpuacct:{path}\n0::{path}',
+        f'sys/fs/cgroup/cpu,cpuacct{path}/cpu.cfs_quota_us': '300000',
+        f'sys/fs/cgroup/cpu,cpuacct{path}/cpu.cfs_period_us': '100000'})
+    assert cgroup_quota(root) == (3.0, f'{root}/sys/fs/cgroup/cpu,cpuacct{path}')
+
+
 def test_v1_with_cpu_mounted_alone_as_on_this_machine(tmp_path):
     # This development machine: cpu and cpuacct mounted separately, cgroup v2 (unified) without
     # the cpu controller; no quota at the root.
