@@ -109,13 +109,15 @@ _LLAMA_CPP_LINE = re.compile(r'^(?:[\d.]+ )?([IWED]) (\w+)\s+(\S+?):')
 # What llama.cpp's server logs for every request (slot use, timings, the HTTP request).
 _PER_REQUEST_FUNCTIONS = ('log_server_r', 'params_from_', 'update_slots')
 # llama.cpp's model loading, printed by the runner as "function: text" on every load (~210
-# lines for SmolLM2: the GGUF's metadata, tensor types, vocabulary, buffers, the context).
+# lines for SmolLM2: the GGUF's metadata, tensor types, vocabulary, buffers, the context);
+# llama-server (Ollama 0.30 and later) puts its time and level letter first.
 _LOADER_LINE = re.compile(
-    r'^(?:llama_\w+|llm_load_\w+|print_info|load_tensors|load|load_backend|ggml_\w+|gguf_\w+'
-    r'|clip_\w+|init_tokenizer|system_info|graph_reserve|sched_reserve)\s*:')
+    r'^(?:[\d.]+ )?(?:[IWED] )?(?:llama_\w+|llm_load_\w+|print_info|load_tensors|load'
+    r'|load_backend|ggml_\w+|gguf_\w+|clip_\w+|init_tokenizer|system_info|graph_reserve'
+    r'|sched_reserve)\s*:')
 # The loader's dump of the GGUF's keys and tensor types ("llama_model_loader: - kv  3: ...",
 # "- type  f32: 61 tensors"): the model's own strings, never a failure.
-_LOADER_DUMP = re.compile(r'^llama_model_loader: - ')
+_LOADER_DUMP = re.compile(r'^(?:[\d.]+ )?(?:[IWED] )?llama_model_loader: - ')
 # How the loader says a load failed ("llama_model_load: error loading model: ...",
 # "gguf_init_from_file_impl: failed to read magic"): the cause of a failed activate.
 _LOADER_FAILURE = re.compile(r'\b(?:error|failed|unable to|cannot)\b', re.IGNORECASE)

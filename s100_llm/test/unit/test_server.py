@@ -283,6 +283,12 @@ LOADER_LINES = [
     'load_backend: loaded CPU backend from /usr/lib/ollama/libggml-cpu-haswell.so',
     'ggml_backend_load_best: /usr/lib/ollama/libggml-cpu-icelake.so score: 0',
     'system_info: n_threads = 2 / 2 | CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 |',
+    # llama-server (Ollama 0.30 and later) prefixes time and level.
+    '0.00.189.951 I print_info: EOG token        = 128001',
+    '0.00.189.952 I load_tensors: loading model tensors, this can take a while... (mmap = true)',
+    '0.00.190.100 W llama_context: n_ctx_seq (4096) < n_ctx_train (8192) -- the full capacity '
+    'of the model will not be utilized',
+    '0.00.100.000 I llama_model_loader: - kv  12: general.description str = no errors',
 ]
 LOADER_FAILURES = [
     'llama_model_load: error loading model: error loading model vocabulary: unknown '
@@ -292,6 +298,7 @@ LOADER_FAILURES = [
     'gguf_init_from_file_impl: failed to read magic',
     'ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 1610612768',
     'llama_init_from_model: cannot allocate the KV cache: out of memory',
+    '0.00.120.000 E llama_model_load: error loading model: missing tensor token_embd.weight',
 ]
 
 
