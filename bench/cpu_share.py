@@ -4,7 +4,8 @@ bench/control_loop.py (a process of its own at nice 0, as a robot's controller r
 how late each period starts, first on an idle machine, then while the real SmolLM2-135M
 generates continuously through the node with each CPU share in turn:
   every core:  num_thread = all cores, nice 0, every core (what Ollama does by itself);
-  defaults:    the node's defaults as they are (num_thread 4, nice 10, every core);
+  old default: num_thread 4 (the default before it became automatic), nice 10, every core;
+  defaults:    the node's defaults as they are (num_thread 0: automatic, nice 10, every core);
   scaled:      the defaults' share of a 6-core S100 on this machine (num_thread = 2/3 of the
                cores, at least 1; nice 10);
   pinned:      scaled, with the model on every core but 0 and the control loop on core 0.
@@ -42,6 +43,7 @@ CORES = os.cpu_count() or 1
 SCALED_THREADS = max(1, CORES * 2 // 3)
 SCENARIOS: Dict[str, Dict[str, Any]] = {
     'every core': {'num_thread': CORES, 'nice': 0},
+    'old default': {'num_thread': 4, 'nice': 10},
     'defaults': {},
     'scaled': {'num_thread': SCALED_THREADS, 'nice': 10},
     'pinned': {'num_thread': max(1, min(SCALED_THREADS, CORES - 1)), 'nice': 10,
@@ -121,7 +123,7 @@ def table(results: Dict[str, Dict[str, Any]]) -> str:
     for name, figures in results.items():
         parameters = figures.get('parameters')
         share = ('-' if parameters is None else
-                 f"{parameters.get('num_thread', 4)}, {parameters.get('nice', 10)}, "
+                 f"{parameters.get('num_thread', 'automatic')}, {parameters.get('nice', 10)}, "
                  f"{parameters.get('cpu_cores') or 'all'}")
         tokens = f"{figures['tokens_per_s']:.1f}" if 'tokens_per_s' in figures else '-'
         lines.append(f"| {name} | {share} | {figures['p50_ms']:.3f} | {figures['p99_ms']:.3f} "

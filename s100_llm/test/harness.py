@@ -115,11 +115,13 @@ class NodeProcess:
 
     def __init__(self, domain_id: int, log_path: pathlib.Path, parameters: Dict[str, Any],
                  extra_env: Optional[Dict[str, str]] = None, name: str = 'llm',
-                 executable: str = 'llm_node', ros_arguments: Sequence[str] = ()) -> None:
+                 executable: str = 'llm_node', ros_arguments: Sequence[str] = (),
+                 preexec: Optional[Callable[[], None]] = None) -> None:
         """extra_env: OLLAMA_* variables reach the server through the ollama_env parameter
         (the node passes no other way), the rest is the node's environment. executable: this
         package's executable to run (tts_bridge); ros_arguments: more of them, e.g. a
-        namespace (`-r __ns:=/robot1`)."""
+        namespace (`-r __ns:=/robot1`). preexec runs in the node's process before it starts
+        (e.g. to restrict its CPU affinity)."""
         extra_env, server_env = split_server_env(extra_env)
         if server_env:
             parameters = dict(parameters, ollama_env=server_env)
@@ -139,7 +141,7 @@ class NodeProcess:
         self.log_path = log_path
         self.log = open(log_path, 'wb')
         self.process = subprocess.Popen(arguments, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env=env)
+                                        env=env, preexec_fn=preexec)
 
     @property
     def pid(self) -> int:

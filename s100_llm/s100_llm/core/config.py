@@ -127,6 +127,12 @@ class ServerSettings:
         10, CONFIGURE, 'Scheduling priority (nice) of the server and its runners: higher '
         "yields the CPU sooner to the robot's nodes (nice 0); 0 = normal priority. Cannot be "
         "below the node's own nice.", bounds=(0, 19))
+    # Ollama reaches out to ollama.com (sign-in, cloud models) unless OLLAMA_NO_CLOUD is set;
+    # a robot offline logs warnings for it and should not depend on it.
+    allow_cloud: bool = setting(
+        False, CONFIGURE, 'false: a managed server runs with OLLAMA_NO_CLOUD=1 (no Ollama cloud '
+        'models or lookups of ollama.com from the robot); true: leave it unset. Pulls '
+        '(pull_missing) are not affected.')
     ollama_env: str = setting(
         '', CONFIGURE, 'Further OLLAMA_* variables for the server, as NAME=VALUE words '
         "(shell quoting), e.g. 'OLLAMA_DEBUG=1 OLLAMA_LOAD_TIMEOUT=10m'; the variables the "
@@ -164,7 +170,7 @@ NODE_SET_VARIABLES = {
     'OLLAMA_HOST': 'host', 'OLLAMA_MODELS': 'models_dir', 'OLLAMA_NUM_PARALLEL': 'num_parallel',
     'OLLAMA_CONTEXT_LENGTH': 'context_length', 'OLLAMA_MAX_QUEUE': 'max_queue',
     'OLLAMA_MAX_LOADED_MODELS': 'max_loaded_models', 'OLLAMA_KV_CACHE_TYPE': 'kv_cache_type',
-    'OLLAMA_FLASH_ATTENTION': 'flash_attention',
+    'OLLAMA_FLASH_ATTENTION': 'flash_attention', 'OLLAMA_NO_CLOUD': 'allow_cloud',
     'OLLAMA_KEEP_ALIVE': 'keep_alive_inactive (the node decides when the model is unloaded)'}
 _OLLAMA_VARIABLE = re.compile(r'OLLAMA_[A-Z0-9_]+')
 
@@ -252,10 +258,14 @@ class ModelSettings:
     keep_alive_inactive: float = setting(
         0.0, ACTIVATE, 'Seconds the model stays loaded after deactivate (0: unload at once).',
         bounds=(0.0, 86400.0))
+    # Never 0 to Ollama: its runner would take one thread per performance core, blind to the
+    # node's affinity and a container's quota (core/threads.py resolves 0).
     num_thread: int = setting(
-        4, ACTIVATE, "Ollama's num_thread: threads the model computes with, sent with the load "
-        "and every chat; 0 = Ollama's default (one per performance core: all 6 on the S100). "
-        "4 leaves 2 of the S100's 6 cores to the robot.",
+        0, ACTIVATE, "Ollama's num_thread: threads the model computes with, sent with the load "
+        'and every chat. 0 = automatic: the cores the model may use (cpu_cores, else the '
+        "node's CPU affinity, fewer under a cgroup CPU quota), at most 4 (on the S100: 4 of "
+        'its 6 cores, 2 left to the robot); the log and diagnostics say what was chosen and '
+        'why. More threads than usable cores stall the model (warned about).',
         bounds=(0, 256))
 
     def validate(self) -> None:

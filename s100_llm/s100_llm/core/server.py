@@ -31,7 +31,7 @@ import psutil
 from .config import parse_host
 from .config import ServerSettings
 
-LogSink = Callable[[str, str], None]  # (level: 'info'|'warn'|'error', line)
+LogSink = Callable[[str, str], None]  # (level: 'debug'|'info'|'warn'|'error', line)
 _PR_SET_PDEATHSIG = 1
 # Longest line of the server's output that is logged; the rest of a longer line is dropped.
 MAX_LOG_LINE_BYTES = 16384
@@ -106,21 +106,51 @@ def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[Tuple[bytes, bool]]:
             yield piece, False
 
 
+# Go slog's level, as Ollama's server and its 0.2x runner print it ("time=... level=WARN
+# source=... msg=..."); TRACE is Ollama's own level below DEBUG.
+_SLOG_LINE = re.compile(r'^time=\S+ level=([A-Z]+)')
+# The level of the old runner's C++ server lines ("INFO [main] build info | ...").
+_BRACKET_LINE = re.compile(r'^(INFO|WARN|ERROR|DEBUG|VERB) \[')
+_TO_ROS = {'TRACE': 'debug', 'DEBUG': 'debug', 'VERB': 'debug', 'INFO': 'info', 'WARN': 'warn',
+           'ERROR': 'error'}
 # A llama.cpp log line (the runner's): "[time ]L module function: text", L in I W E D.
 _LLAMA_CPP_LINE = re.compile(r'^(?:[\d.]+ )?([IWED]) (\w+)\s+(\S+?):')
 # What llama.cpp's server logs for every request (slot use, timings, the HTTP request).
 _PER_REQUEST_FUNCTIONS = ('log_server_r', 'params_from_', 'update_slots')
+# llama.cpp's model loading, printed by the runner as "function: text" on every load (~210
+# lines for SmolLM2: the GGUF's metadata, tensor types, vocabulary, buffers, the context);
+# llama-server (Ollama 0.30 and later) puts its time and level letter first.
+_LOADER_LINE = re.compile(
+    r'^(?:[\d.]+ )?(?:[IWED] )?(?:llama_\w+|llm_load_\w+|print_info|load_tensors|load'
+    r'|load_backend|ggml_\w+|gguf_\w+|clip_\w+|init_tokenizer|system_info|graph_reserve'
+    r'|sched_reserve)\s*:')
+# The loader's dump of the GGUF's keys and tensor types ("llama_model_loader: - kv  3: ...",
+# "- type  f32: 61 tensors"): the model's own strings, never a failure.
+_LOADER_DUMP = re.compile(r'^(?:[\d.]+ )?(?:[IWED] )?llama_model_loader: - ')
+# How the loader says a load failed ("llama_model_load: error loading model: ...",
+# "gguf_init_from_file_impl: failed to read magic"): the cause of a failed activate.
+_LOADER_FAILURE = re.compile(r'\b(?:error|failed|unable to|cannot)\b', re.IGNORECASE)
 
 
 def log_level(line: str, default: str) -> str:
-    """The node's log level for one line of the server's output ('debug'|'info'|'error').
+    """The node's log level for one line of the server's output ('debug'|'info'|'warn'|
+    'error').
 
-    Errors stay errors. The runner's per-request lines (llama.cpp's slot lines and timings,
-    several per chat, also its per-request notices such as prompt cache reuse) are debug: at
-    info every chat would flood /rosout.
+    Ollama's own lines carry their level (Go slog: TRACE and DEBUG -> debug, INFO -> info,
+    WARN -> warn, ERROR -> error). llama.cpp's model loading in the runner (~210 lines per
+    load) is debug, except a line saying the load failed, which is an error: it names the
+    cause. The runner's per-request lines (llama.cpp's slot lines and timings, several per
+    chat, also its per-request notices such as prompt cache reuse) are debug: at info every
+    chat would flood /rosout. Anything else keeps `default`.
     """
-    if 'level=ERROR' in line or line.startswith('Error'):
+    match = _SLOG_LINE.match(line) or _BRACKET_LINE.match(line)
+    if match:
+        return _TO_ROS.get(match.group(1), default)
+    if line.startswith('Error'):
         return 'error'
+    if _LOADER_LINE.match(line):
+        failed = not _LOADER_DUMP.match(line) and _LOADER_FAILURE.search(line)
+        return 'error' if failed else 'debug'
     match = _LLAMA_CPP_LINE.match(line)
     if match:
         letter, module, function = match.groups()
@@ -278,6 +308,10 @@ class OllamaServer:
         })
         if self.settings.kv_cache_type:
             env['OLLAMA_KV_CACHE_TYPE'] = self.settings.kv_cache_type
+        if not self.settings.allow_cloud:
+            # No sign-in or cloud models, no lookups of ollama.com from the robot (offline,
+            # Ollama logs warnings for them at start).
+            env['OLLAMA_NO_CLOUD'] = '1'
         if self.settings.flash_attention != 'auto':
             env['OLLAMA_FLASH_ATTENTION'] = str(self.settings.flash_attention == 'enabled').lower()
         # Validated: OLLAMA_* names only, none of those set above.

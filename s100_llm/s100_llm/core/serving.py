@@ -36,6 +36,9 @@ from .server import LogSink
 from .server import OllamaServer
 from .server import ServerError
 from .server import ServerStatus
+from .threads import resolve
+from .threads import Threads
+from .threads import usable_cores
 
 GiB = 1024 ** 3
 
@@ -58,7 +61,8 @@ class ServingState:
     models_dir: str = ''              # OLLAMA_MODELS as the server uses it (expanded)
     server: Optional[ServerStatus] = None    # None while no server is running or adopted
     runner_pids: Tuple[int, ...] = ()
-    num_thread: int = 0               # the model's threads as sent to Ollama (0: its default)
+    num_thread: int = 0               # the model's threads as sent to Ollama (0: none yet)
+    num_thread_why: str = ''          # how they were chosen (e.g. 'automatic: 2 usable cores...')
     engine: Optional[OllamaEngine] = None    # the HTTP client of the server (chats, /api/ps)
     embedding_model: str = ''         # the embedding model served on ~/embed ('' for none)
     embedding_loaded: bool = False
@@ -138,6 +142,7 @@ class Serving:
         self._engine: Optional[OllamaEngine] = None
         self._server_settings: Optional[ServerSettings] = None
         self._model = ModelSettings()
+        self._threads: Optional[Threads] = None     # num_thread as resolved for the engine
         self._embedding_model = ''
         self._models_dir = ''
         self._configured = False
@@ -205,13 +210,20 @@ class Serving:
             self._server = OllamaServer(server, models_dir, self.log)
             try:
                 self._server.start()
-                self._engine = OllamaEngine(server.base_url, model.load_timeout,
-                                            model.num_thread, server.stop_timeout)
+                threads = self._threads = self._resolve_threads(model)
+                self._engine = OllamaEngine(server.base_url, model.load_timeout, threads.count,
+                                            server.stop_timeout)
             except BaseException:
                 if not self.exiting.is_set():   # else the exit path stops what is left
                     self._stop()
                 raise
-            self._publish()
+            self._publish(num_thread=threads.count, num_thread_why=threads.why)
+
+    def _resolve_threads(self, model: ModelSettings) -> Threads:
+        """The num_thread to send with the model's requests (automatic for 0: see
+        core/threads.py), for the cores the server's settings give the model."""
+        assert self._server_settings is not None
+        return resolve(model.num_thread, usable_cores(self._server_settings.cores()))
 
     def _room_for_both(self, server: ServerSettings, model: str,
                        embedding_model: str) -> ServerSettings:
@@ -229,16 +241,20 @@ class Serving:
     def use_model(self, model: ModelSettings) -> None:
         """Take the model settings for the next load (they apply at every activate)."""
         with self.lock:
-            if self._engine is not None and (model.load_timeout, model.num_thread) != (
-                    self._model.load_timeout, self._model.num_thread):
-                # The engine's HTTP clients carry the timeout, its requests num_thread: a new
-                # engine for new values.
-                assert self._server_settings is not None
-                self._engine.close()
-                self._engine = OllamaEngine(self._server_settings.base_url, model.load_timeout,
-                                            model.num_thread, self._server_settings.stop_timeout)
+            if self._engine is not None:
+                threads = self._resolve_threads(model)
+                assert self._threads is not None and self._server_settings is not None
+                if (model.load_timeout, threads.count) != (self._model.load_timeout,
+                                                           self._threads.count):
+                    # The engine's HTTP clients carry the timeout, its requests num_thread: a
+                    # new engine for new values.
+                    self._engine.close()
+                    self._engine = OllamaEngine(self._server_settings.base_url,
+                                                model.load_timeout, threads.count,
+                                                self._server_settings.stop_timeout)
+                self._threads = threads
+                self._publish(num_thread=threads.count, num_thread_why=threads.why)
             self._model = model
-            self._publish(num_thread=model.num_thread)
 
     def activate(self) -> None:
         """Load the model and keep it loaded; after a failure, unload what the load may have
@@ -279,7 +295,7 @@ class Serving:
                     f"embedding_model '{embedder}' cannot embed: it lacks the embedding "
                     f"capability (capabilities: {', '.join(embedding_capabilities) or 'none'}); "
                     'pick an embedding model (e.g. nomic-embed-text, all-minilm)')
-        self._warn_threads_beyond_cores(model.num_thread)
+        self._log_threads()
         started = time.monotonic()
         self._load_requested = True
         engine.load(model.model, FOREVER)
@@ -325,16 +341,18 @@ class Serving:
             raise ServingError(f"{parameter} '{model}' is still missing after the pull")
         return size
 
-    def _warn_threads_beyond_cores(self, num_thread: int) -> None:
-        """More threads than cores slow the model down and take every core: say so."""
-        if self._server_settings is None:
-            return
-        cores = len(self._server_settings.cores()) or os.cpu_count() or 1
-        if num_thread > cores:
-            self.log('warn', f'num_thread {num_thread} exceeds the {cores} core(s) the model may '
-                             f"use (cpu_cores '{self._server_settings.cpu_cores}'): its threads "
-                             'wait for each other and take every core; set num_thread to at most '
-                             f'{cores}')
+    def _log_threads(self) -> None:
+        """Say how many threads the model computes with and why; warn when a num_thread set
+        explicitly exceeds the cores it may use (its threads wait for each other at every token
+        and take every core)."""
+        assert self._threads is not None
+        threads, usable = self._threads, self._threads.usable
+        self.log('info', f'num_thread {threads}')
+        if threads.oversubscribed:
+            self.log('warn', f'num_thread {threads.count} exceeds the {usable.count} core(s) the '
+                             f'model may use ({usable.why}): its threads wait for each other and '
+                             f'take every core; set num_thread to at most {usable.count}, or 0 '
+                             '(automatic)')
 
     def _pull(self, engine: OllamaEngine, model: str) -> None:
         self.log('info', f"model '{model}' is not in models_dir: pulling it")

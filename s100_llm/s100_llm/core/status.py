@@ -10,13 +10,14 @@ DiagnosticStatus's values (OK 0, WARN 1, ERROR 2).
 
 import dataclasses
 import enum
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .config import DiagnosticsSettings
 from .engine import LoadedModel
 from .resources import ProcessSample
 from .resources import SystemSample
 from .serving import ServingState
+from .threads import format_cores
 
 MiB = 1024 ** 2
 # The states in which the node keeps a server running: it must then run and answer.
@@ -155,22 +156,11 @@ def storage_status(system: SystemSample, thresholds: DiagnosticsSettings) -> Sta
 
 
 # ---- Ollama --------------------------------------------------------------------------------
-def format_cores(cores: Iterable[int]) -> str:
-    """Core ids as ranges: (0, 1, 2, 4) -> '0-2,4'."""
-    ranges: List[List[int]] = []
-    for core in sorted(cores):
-        if ranges and core == ranges[-1][1] + 1:
-            ranges[-1][1] = core
-        else:
-            ranges.append([core, core])
-    return ','.join(str(a) if a == b else f'{a}-{b}' for a, b in ranges)
-
-
-def cpu_share(num_thread: int, processes: OllamaProcesses,
-              per_core_percent: Sequence[float]) -> Tuple[str, List[Tuple[str, object]]]:
-    """The model's share of the CPU (threads, cores and nice, as the running server has them)
-    and what it uses: (a summary for the message, the values). The runners inherit the
-    server's cores and nice."""
+def cpu_share(num_thread: int, processes: OllamaProcesses, per_core_percent: Sequence[float],
+              threads_why: str = '') -> Tuple[str, List[Tuple[str, object]]]:
+    """The model's share of the CPU (the threads sent to Ollama and how they were chosen,
+    cores and nice as the running server has them) and what it uses: (a summary for the
+    message, the values). The runners inherit the server's cores and nice."""
     server = processes.server
     if server is None:
         return '', []
@@ -178,11 +168,11 @@ def cpu_share(num_thread: int, processes: OllamaProcesses,
     used = server.cpu_percent + sum(sample.cpu_percent for sample in
                                     processes.runners + processes.embedding_runners)
     busy = [per_core_percent[core] for core in cores if core < len(per_core_percent)]
-    threads = str(num_thread) if num_thread else "Ollama's default"
-    summary = (f'model share: {threads} threads on cores {format_cores(cores)} at nice '
+    summary = (f'model share: {num_thread} threads on cores {format_cores(cores)} at nice '
                f'{server.nice}, using {used / 100:.1f} cores')
     return summary, [
-        ('model threads (num_thread)', threads),
+        ('model threads (num_thread)', num_thread),
+    ] + ([('model threads chosen', threads_why)] if threads_why else []) + [
         ('model cores', f'{format_cores(cores)} ({len(cores)} of {len(per_core_percent)})'),
         ('model nice', server.nice),
         ('server + runners CPU (% of one core)', f'{used:.1f}'),
@@ -216,7 +206,8 @@ def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProc
                                     f'running ({lifecycle})')
     uptime = now - server.started_at if server.started_at else 0.0
     runners = processes.runners + processes.embedding_runners
-    share, share_values = cpu_share(state.num_thread, processes, per_core_percent)
+    share, share_values = cpu_share(state.num_thread, processes, per_core_percent,
+                                    state.num_thread_why)
     if share and level == Level.OK:
         message += f'; {share}'
     return _report('Ollama server', level, message, [

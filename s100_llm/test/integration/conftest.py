@@ -36,11 +36,14 @@ def start_llm(tmp_path: pathlib.Path, domain_id: int, ollama_port: int,
               models_dir: str) -> Iterator[Callable[..., LlmUnderTest]]:
     started: List[Tuple[NodeProcess, RosClient]] = []
 
-    def start(env: Optional[Dict[str, str]] = None, **parameters: Any) -> LlmUnderTest:
+    def start(env: Optional[Dict[str, str]] = None, preexec: Optional[Callable[[], None]] = None,
+              **parameters: Any) -> LlmUnderTest:
+        """env: see NodeProcess; preexec: runs in the node's process before it starts."""
         values = ({} if 'params_file' in parameters
                   else default_parameters(ollama_port, models_dir))
         values.update(parameters)
-        node = NodeProcess(domain_id, tmp_path / f'node{len(started)}.log', values, env)
+        node = NodeProcess(domain_id, tmp_path / f'node{len(started)}.log', values, env,
+                           preexec=preexec)
         client = RosClient(domain_id)
         started.append((node, client))
         wait_for(lambda: node.process.poll() is not None or client.service_ready('get_state'),

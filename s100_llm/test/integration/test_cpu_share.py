@@ -1,7 +1,11 @@
 """Issue 18: the model's share of the CPU (threads, cores, nice) and the server's variables
 reach the running server and runner, read from /proc; bad values are refused with the reason."""
 
+import json
 import os
+import pathlib
+import random
+from typing import Iterator
 
 from action_msgs.msg import GoalStatus
 import pytest
@@ -12,6 +16,7 @@ import yaml
 from conftest import default_parameters
 from harness import runners
 from harness import servers
+from harness import wait_for
 
 
 def test_the_share_reaches_the_server_and_runner_and_chats_keep_the_runner(start_llm):
@@ -66,6 +71,83 @@ def test_a_bare_core_number_is_that_core(start_llm, tmp_path, ollama_port, model
         assert reply.results[0].successful, reply.results[0].reason
     llm.activate()
     assert [process.cpu_affinity() for process in servers(llm) + runners(llm)] == [[0], [0]]
+
+
+def sent_num_thread(requests: pathlib.Path) -> int:
+    """The num_thread of the last chat request the node sent (the emulator's request log)."""
+    body = json.loads(requests.read_text().splitlines()[-1])['body']
+    return json.loads(body)['options']['num_thread']
+
+
+def threads_shown(llm) -> dict:
+    shown = llm.client.fresh_statuses(
+        lambda s: 'model threads chosen' in {kv.key for kv in s['llm: Ollama server'].values},
+        'the model threads')
+    return {kv.key: kv.value for kv in shown['llm: Ollama server'].values}
+
+
+def test_automatic_num_thread_never_exceeds_the_nodes_affinity(start_llm, tmp_path):
+    # Issue 23 item 1: the node started on one core (as `taskset -c N` would) sends 1 thread
+    # where the old default sent 4, and says why in the log and the diagnostics.
+    last_core = (os.cpu_count() or 1) - 1
+    requests = tmp_path / 'requests.jsonl'
+    llm = start_llm(preexec=lambda: os.sched_setaffinity(0, {last_core}),
+                    env={'OLLAMA_EMULATOR_REQUEST_LOG': str(requests)})
+    llm.activate()
+    run = llm.client.chat('hello')
+    assert run.status == GoalStatus.STATUS_SUCCEEDED, run.result.error_message
+    assert sent_num_thread(requests) == 1
+    why = f'automatic: 1 usable cores: affinity {last_core}'
+    assert f'num_thread 1 ({why})' in llm.client.wait_log('num_thread 1 (')
+    shown = threads_shown(llm)
+    assert (shown['model threads (num_thread)'], shown['model threads chosen']) == ('1', why)
+
+
+@pytest.fixture
+def one_core_quota() -> Iterator[pathlib.Path]:
+    """A cgroup with a CPU quota of one core (cgroup v2 cpu.max, else v1's CFS quota); yields
+    its cgroup.procs. Skips, saying why, where this process may not create one (not root, a
+    read-only /sys/fs/cgroup, no cpu controller)."""
+    name = f's100_llm_test_{os.getpid()}_{random.randrange(1 << 30)}'
+    unified = pathlib.Path('/sys/fs/cgroup')
+    controllers = unified / 'cgroup.subtree_control'
+    if controllers.exists() and 'cpu' in controllers.read_text().split():
+        group, quota = unified / name, {'cpu.max': '100000 100000'}
+    else:
+        group, quota = pathlib.Path('/sys/fs/cgroup/cpu') / name, {
+            'cpu.cfs_period_us': '100000', 'cpu.cfs_quota_us': '100000'}
+    try:
+        group.mkdir()
+    except OSError as error:
+        pytest.skip(f'cannot create a cgroup with a CPU quota here ({group}): {error}')
+    try:
+        for file, value in quota.items():
+            (group / file).write_text(value)
+        yield group / 'cgroup.procs'
+    finally:
+        # rmdir fails while a process of the test is still in the group (the teardown of
+        # start_llm, set up after this fixture, has ended them).
+        wait_for(lambda: not (group / 'cgroup.procs').read_text().strip(),
+                 'the cgroup to be empty')
+        group.rmdir()
+
+
+def test_automatic_num_thread_never_exceeds_a_cgroup_cpu_quota(one_core_quota, start_llm,
+                                                               tmp_path):
+    # Every core in the affinity, but the cgroup the node (and so the server) runs in may use
+    # one core's time: 1 thread, not one per core.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip('one core in this affinity: the quota would not change the thread count')
+    requests = tmp_path / 'requests.jsonl'
+    llm = start_llm(preexec=lambda: one_core_quota.write_text(str(os.getpid())),
+                    env={'OLLAMA_EMULATOR_REQUEST_LOG': str(requests)})
+    llm.activate()
+    run = llm.client.chat('hello')
+    assert run.status == GoalStatus.STATUS_SUCCEEDED, run.result.error_message
+    assert sent_num_thread(requests) == 1
+    line = llm.client.wait_log('num_thread 1 (')
+    assert f'cgroup CPU quota 1 cores ({one_core_quota.parent})' in line, line
+    assert 'cgroup CPU quota 1 cores' in threads_shown(llm)['model threads chosen']
 
 
 @pytest.mark.parametrize('parameters, message', [

@@ -214,6 +214,7 @@ def test_ollama_env_takes_ollama_variables_and_refuses_the_rest_with_the_reason(
                          ('ollama_debug=1', "'ollama_debug' is not an Ollama variable"),
                          ('OLLAMA_KV_CACHE_TYPE=q4_0', 'use the parameter kv_cache_type'),
                          ('OLLAMA_HOST=0.0.0.0:1', 'use the parameter host'),
+                         ('OLLAMA_NO_CLOUD=0', 'use the parameter allow_cloud'),
                          ("OLLAMA_DEBUG='1", 'cannot be split into words')):
         with pytest.raises(ConfigError, match=reason):
             ServerSettings(ollama_env=text).validate()

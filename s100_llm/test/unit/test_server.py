@@ -244,6 +244,117 @@ def test_per_request_runner_lines_are_debug_and_errors_stay_errors(line, level):
     assert log_level(line, 'info') == level
 
 
+# What a real `ollama serve` 0.24 writes on stderr (Go slog) and its runner on every load of
+# SmolLM2 (llama.cpp's loader, ~210 lines), in their real shapes.
+SERVER_LINES = [
+    ('time=2026-12-05T10:14:02.113Z level=INFO source=routes.go:1331 msg="Listening on '
+     '127.0.0.1:11434 (version 0.24.0)"', 'info'),
+    ('time=2026-12-05T10:14:02.120Z level=WARN source=cloud.go:58 msg="cloud features '
+     'unavailable" error="dial tcp: lookup ollama.com: no such host"', 'warn'),
+    ('time=2026-12-05T10:14:09.512Z level=ERROR source=sched.go:489 msg="error loading llama '
+     'server" error="llama runner process has terminated: exit status 2"', 'error'),
+    ('time=2026-12-05T10:14:05.004Z level=DEBUG source=cache.go:104 msg="loading cache slot" '
+     'id=0 cache=77 prompt=94 used=77 remaining=17', 'debug'),
+    ('time=2026-12-05T10:14:05.004Z level=TRACE source=runner.go:600 msg="forwardBatch"',
+     'debug'),
+    ('time=2026-12-05T10:14:03.001Z level=INFO source=server.go:1289 msg="llama runner started '
+     'in 0.41 seconds"', 'info'),
+    ('time=2026-12-05T10:14:03.001+00:00 level=WARN source=emulator msg="received SIGTERM: '
+     'ignored (injected fault)"', 'warn'),
+    ('INFO [main] build info | build=3871 commit="63424972" tid="27324"', 'info'),
+    ('WARN [main] something odd | tid="27324"', 'warn'),
+]
+LOADER_LINES = [
+    'llama_model_loader: loaded meta data with 33 key-value pairs and 272 tensors from '
+    '/home/robot/.ollama/models/blobs/sha256-5e0fcd2a5c2bd6bc2b0ba5d2e8e1c6e0f0a1d8b3 '
+    '(version GGUF V3 (latest))',
+    'llama_model_loader: Dumping metadata keys/values. Note: KV overrides do not apply in this '
+    'output.',
+    'llama_model_loader: - kv   0:                       general.architecture str              '
+    '= llama',
+    'llama_model_loader: - kv  37:                    tokenizer.chat_template str              '
+    "= {% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' "
+    "%}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM...",
+    # A key dump that says "error" is the model's metadata, not a failure.
+    'llama_model_loader: - kv  12:                  general.description str              = '
+    'Fewer errors, failed less: unable to hallucinate',
+    'llama_model_loader: - type  f32:   61 tensors',
+    'llama_model_loader: - type q8_0:  211 tensors',
+    'print_info: file format = GGUF V3 (latest)',
+    'print_info: file type   = Q8_0',
+    'print_info: file size   = 138.65 MiB (8.50 BPW)',
+    'load: special tokens cache size = 17',
+    'load: token to piece cache size = 0.3170 MB',
+    "print_info: EOG token        = 2 '<|im_end|>'",
+    'load_tensors: loading model tensors, this can take a while... (mmap = true)',
+    'load_tensors:   CPU_Mapped model buffer size =   138.65 MiB',
+    'llama_context: constructing llama_context',
+    'llama_context: n_ctx         = 4096',
+    'llama_context:        CPU  output buffer size =     0.19 MiB',
+    'llama_kv_cache_unified:        CPU KV buffer size =    90.00 MiB',
+    'llama_context:        CPU compute buffer size =   168.01 MiB',
+    'llama_context: graph nodes  = 966',
+    "llm_load_vocab: missing or unrecognized pre-tokenizer type, using: 'default'",
+    'llm_load_print_meta: format           = GGUF V3 (latest)',
+    'llama_new_context_with_model: n_ctx      = 8192',
+    'load_backend: loaded CPU backend from /usr/lib/ollama/libggml-cpu-haswell.so',
+    'ggml_backend_load_best: /usr/lib/ollama/libggml-cpu-icelake.so score: 0',
+    'system_info: n_threads = 2 / 2 | CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 |',
+    # llama-server (Ollama 0.30 and later) prefixes time and level.
+    '0.00.189.951 I print_info: EOG token        = 128001',
+    '0.00.189.952 I load_tensors: loading model tensors, this can take a while... (mmap = true)',
+    '0.00.190.100 W llama_context: n_ctx_seq (4096) < n_ctx_train (8192) -- the full capacity '
+    'of the model will not be utilized',
+    '0.00.100.000 I llama_model_loader: - kv  12: general.description str = no errors',
+]
+LOADER_FAILURES = [
+    'llama_model_load: error loading model: error loading model vocabulary: unknown '
+    "pre-tokenizer type: 'smollm9'",
+    'llama_load_model_from_file: failed to load model',
+    'llama_model_load_from_file_impl: failed to load model',
+    'gguf_init_from_file_impl: failed to read magic',
+    'ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 1610612768',
+    'llama_init_from_model: cannot allocate the KV cache: out of memory',
+    '0.00.120.000 E llama_model_load: error loading model: missing tensor token_embd.weight',
+]
+
+
+@pytest.mark.parametrize('line, level', SERVER_LINES)
+def test_ollamas_levels_become_ros_levels(line, level):
+    assert log_level(line, 'info') == level
+
+
+@pytest.mark.parametrize('line', LOADER_LINES)
+def test_the_runners_loader_chatter_is_debug(line):
+    assert log_level(line, 'info') == 'debug'
+
+
+@pytest.mark.parametrize('line', LOADER_FAILURES)
+def test_a_loader_line_saying_the_load_failed_is_an_error(line):
+    assert log_level(line, 'info') == 'error'
+
+
+@pytest.mark.parametrize('line', [
+    'key clip.vision.image_grid_pinpoints not found in file',
+    '[GIN] 2026/12/05 - 10:14:05 | 200 |  1.09s |  127.0.0.1 | POST "/api/chat"',
+    'goroutine 1 [running]:',
+])
+def test_lines_without_a_level_keep_the_streams_default(line):
+    assert log_level(line, 'debug') == 'debug'
+    assert log_level(line, 'info') == 'info'
+
+
+def test_the_server_runs_offline_unless_the_cloud_is_allowed(make_server):
+    # Checked on the running process: the variable is in the server's own environment.
+    offline = make_server()
+    offline.start()
+    assert psutil.Process(offline.pid).environ()['OLLAMA_NO_CLOUD'] == '1'
+    offline.stop()
+    allowed = make_server(allow_cloud=True)
+    allowed.start()
+    assert 'OLLAMA_NO_CLOUD' not in psutil.Process(allowed.pid).environ()
+
+
 def test_cores_nice_and_variables_reach_the_server_and_its_runner(make_server, monkeypatch):
     # The node's own OLLAMA_EMULATOR_* variables no longer pass: only ollama_env does.
     monkeypatch.setenv('OLLAMA_EMULATOR_TOKEN_RATE', '7')

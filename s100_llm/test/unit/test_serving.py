@@ -17,6 +17,7 @@ from s100_llm.core.serving import Failure
 from s100_llm.core.serving import Serving
 from s100_llm.core.serving import ServingError
 from s100_llm.core.serving import ServingState
+from s100_llm.core.threads import format_cores
 from support import free_port
 from support import RecordedLog
 from support import wait_for
@@ -203,7 +204,7 @@ def test_exit_during_a_long_load_stops_the_server_and_the_load_gives_way(setup):
 
 
 def test_more_threads_than_cores_is_warned_about_at_load(setup):
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     fitting = setup(num_thread=cores)
     fitting.start()
     fitting.activate()
@@ -211,6 +212,25 @@ def test_more_threads_than_cores_is_warned_about_at_load(setup):
     beyond = setup(num_thread=cores + 1)
     beyond.start()
     beyond.activate()
+    affinity = format_cores(os.sched_getaffinity(0))
+    assert ('info', f'num_thread {cores + 1} (set: {cores} usable cores: affinity '
+                    f'{affinity})') in beyond.log
     assert ('warn', f'num_thread {cores + 1} exceeds the {cores} core(s) the model may use '
-                    "(cpu_cores ''): its threads wait for each other and take every core; set "
-                    f'num_thread to at most {cores}') in beyond.log
+                    f'(affinity {affinity}): its threads wait for each other and take every '
+                    f'core; set num_thread to at most {cores}, or 0 (automatic)') in beyond.log
+
+
+def test_automatic_num_thread_is_resolved_sent_and_published(setup):
+    # num_thread 0 is never sent to Ollama (its runner would take one thread per core it
+    # sees): the node sends the usable cores, at most 4, and says why.
+    each = setup(num_thread=0)
+    each.start()
+    each.activate()
+    usable = len(os.sched_getaffinity(0))
+    expected = min(4, usable)
+    why = (f'automatic: {usable} usable cores: affinity '
+           f'{format_cores(os.sched_getaffinity(0))}')
+    assert ('info', f'num_thread {expected} ({why})') in each.log
+    assert each.serving.state.engine.model_options == {'num_thread': expected}
+    assert (each.serving.state.num_thread, each.serving.state.num_thread_why) == (expected, why)
+    assert 'exceeds' not in each.log.text()

@@ -178,12 +178,15 @@ def test_a_running_server_that_answers_is_ok():
         ('core 3 busy (%)', '92.0'), ('core 4 busy (%)', '88.0'), ('core 5 busy (%)', '94.0'))
 
 
-def test_the_share_says_ollamas_default_threads_and_every_core_when_not_restricted():
+def test_the_share_says_how_the_threads_were_chosen_and_every_core_when_not_restricted():
     everywhere = OllamaProcesses(server=ProcessSample(100, 0, 0.0, (0, 1), 0))
-    summary, shown = cpu_share(0, everywhere, (50.0, 30.0))
-    assert summary == "model share: Ollama's default threads on cores 0-1 at nice 0, using " \
-                      '0.0 cores'
+    summary, shown = cpu_share(2, everywhere, (50.0, 30.0),
+                               'automatic: 2 usable cores: affinity 0-1')
+    assert summary == 'model share: 2 threads on cores 0-1 at nice 0, using 0.0 cores'
     assert dict(shown)['model cores'] == '0-1 (2 of 2)'
+    assert [value for value in shown if value[0].startswith('model threads')] == [
+        ('model threads (num_thread)', 2),
+        ('model threads chosen', 'automatic: 2 usable cores: affinity 0-1')]
     assert cpu_share(4, OllamaProcesses(), (50.0, 30.0)) == ('', [])
     assert format_cores((0, 1, 2, 4, 6, 7)) == '0-2,4,6-7'
     assert format_cores(()) == ''

@@ -24,7 +24,9 @@ class SlogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:  # noqa: A003 (logging's API)
         moment = datetime.datetime.fromtimestamp(record.created).astimezone()
-        return (f'time={moment.isoformat(timespec="milliseconds")} level={record.levelname} '
+        # Go's slog says WARN where Python's logging says WARNING.
+        level = 'WARN' if record.levelno == logging.WARNING else record.levelname
+        return (f'time={moment.isoformat(timespec="milliseconds")} level={level} '
                 f'source=emulator msg="{record.getMessage()}"')
 
 
@@ -71,6 +73,10 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     await runner.setup()
     await web.SockSite(runner, sock).start()
     log.info('Listening on %s:%d (version %s)', settings.host, settings.port, VERSION)
+    # Ollama would reach ollama.com (sign-in, cloud models) unless OLLAMA_NO_CLOUD is set; the
+    # emulator never does, it only says which way it was started.
+    log.info('cloud features %s', 'disabled (OLLAMA_NO_CLOUD)' if settings.no_cloud
+             else 'enabled (the emulator contacts no one)')
     await stop.wait()
     # Like Ollama: in-flight streams are cut, runners SIGKILLed and waited for, exit 0.
     await api.scheduler.stop_all()

@@ -51,6 +51,8 @@ class Settings:
     # OLLAMA_EMULATOR_REQUEST_LOG: a file that gets every /api/chat request body as it
     # arrived, one JSON line each ({"path", "body"}); for tests, off by default.
     request_log: str = ''
+    # OLLAMA_NO_CLOUD: no ollama.com sign-in or cloud models (a bool as Go parses one).
+    no_cloud: bool = False
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> 'Settings':
@@ -87,4 +89,6 @@ class Settings:
             context_length=int(number('OLLAMA_CONTEXT_LENGTH', 4096)),
             faults=faults,
             request_log=env.get('OLLAMA_EMULATOR_REQUEST_LOG', ''),
+            no_cloud=env.get('OLLAMA_NO_CLOUD', '').strip().lower() not in (
+                '', '0', 'f', 'false'),
         )

@@ -25,6 +25,7 @@ class Emulator:
         self.models = models
         environment = dict(os.environ, OLLAMA_HOST=f'127.0.0.1:{self.port}',
                            OLLAMA_MODELS=models, **env)
+        self.log_path = log_path
         self.log = open(log_path, 'wb')
         self.process = subprocess.Popen(['s100-ollama-emulator', 'serve'], env=environment,
                                         stdout=self.log, stderr=subprocess.STDOUT,

@@ -100,6 +100,16 @@ def test_an_opt_in_request_log_keeps_each_chat_body_as_it_arrived(start_emulator
     assert json.loads(entries[1]['body'])['messages'] == [{'role': 'user', 'content': 'again'}]
 
 
+@pytest.mark.parametrize('value, said', [
+    ('1', 'level=INFO source=emulator msg="cloud features disabled (OLLAMA_NO_CLOUD)"'),
+    (None, 'level=INFO source=emulator msg="cloud features enabled'),
+])
+def test_ollama_no_cloud_is_accepted_and_said(start_emulator, value, said):
+    emulator = start_emulator(**({} if value is None else {'OLLAMA_NO_CLOUD': value}))
+    wait(lambda: said in pathlib.Path(emulator.log_path).read_text(), 'the cloud line')
+    assert emulator.client.list().models == []
+
+
 def test_raw_ndjson_stream_and_stream_false(emulator):
     with httpx.stream('POST', emulator.url + '/api/chat', json={
             'model': 'echo', 'messages': [{'role': 'user', 'content': 'a b'}]}) as reply:
