@@ -40,7 +40,7 @@ def structured_blocks():
 
 
 def test_every_format_command_of_the_readme_is_run_here():
-    # The "Talk to it" list points to the block below it; `--format json` is not shown (the
+    # README.md's "Talk to it" list points to the guide's block; `--format json` is not shown (the
     # demo model, unguided by a schema, wrote 2,036 emoji tokens and ended FORMAT_MISMATCH).
     assert structured_blocks()
     listed = [line for block in shell_blocks() for line in block.splitlines()
