@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write config/llm.yaml and the README's parameter table from the parameter table.
+"""Write config/llm.yaml and the parameter table of s100_llm/README.md from the parameter table.
 
 Every parameter is written once, in s100_llm/core/config.py; run this after changing one:
     python3 scripts/params_docs.py
@@ -19,7 +19,7 @@ from s100_llm.core.config import PARAMETERS  # noqa: E402
 
 def main() -> None:
     (ROOT / 's100_llm' / 'config' / 'llm.yaml').write_text(params.params_file(PARAMETERS))
-    readme = ROOT / 'README.md'
+    readme = ROOT / 's100_llm' / 'README.md'
     readme.write_text(params.with_readme_table(readme.read_text(), PARAMETERS))
 
 

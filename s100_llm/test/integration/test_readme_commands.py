@@ -1,5 +1,6 @@
-"""Issue 22.13: the README's structured-output commands run as written against the demo model
-(the real SmolLM2-135M behind the emulator) and print what the README shows.
+"""Issue 22.13: the docs' structured-output commands (README.md's "Talk to it" and
+docs/structured-output.md) run as written against the demo model (the real SmolLM2-135M behind
+the emulator) and print what the docs show.
 
 `ros2 run s100_llm chat` is run as the installed entry point it starts (the same client; `ros2`
 itself is not installed on every lane), in a shell, from an empty directory, so that the files
@@ -18,12 +19,18 @@ import pytest
 
 from harness import install_prefix
 
-README = pathlib.Path(__file__).resolve().parents[3] / 'README.md'
+REPOSITORY = pathlib.Path(__file__).resolve().parents[3]
+# Every doc: README.md lists the commands, docs/structured-output.md holds the blocks that
+# write the schema and run them.
+DOCS = [REPOSITORY / 'README.md', *sorted((REPOSITORY / 'docs').glob('*.md')),
+        REPOSITORY / 's100_llm' / 'README.md', REPOSITORY / 's100_llm_msgs' / 'README.md']
 CHAT = 'ros2 run s100_llm chat'
 
 
 def shell_blocks():
-    return re.findall(r'^```sh\n(.*?)^```', README.read_text(), re.MULTILINE | re.DOTALL)
+    return [block for doc in DOCS
+            for block in re.findall(r'^```sh\n(.*?)^```', doc.read_text(),
+                                    re.MULTILINE | re.DOTALL)]
 
 
 def structured_blocks():
@@ -33,7 +40,7 @@ def structured_blocks():
 
 
 def test_every_format_command_of_the_readme_is_run_here():
-    # The "Talk to it" list points to the block below it; `--format json` is not shown (the
+    # README.md's "Talk to it" list points to the guide's block; `--format json` is not shown (the
     # demo model, unguided by a schema, wrote 2,036 emoji tokens and ended FORMAT_MISMATCH).
     assert structured_blocks()
     listed = [line for block in shell_blocks() for line in block.splitlines()

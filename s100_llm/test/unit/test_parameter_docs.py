@@ -1,5 +1,5 @@
-"""config/llm.yaml and the README's parameter table are what the parameter table says
-(scripts/params_docs.py writes both from s100_llm/core/config.py)."""
+"""config/llm.yaml and the parameter table of s100_llm/README.md are what the parameter table
+says (scripts/params_docs.py writes both from s100_llm/core/config.py)."""
 
 import pathlib
 
@@ -11,7 +11,7 @@ from s100_llm.core.params import TakesEffect
 from s100_llm.core.params import with_readme_table
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2]
-README = PACKAGE.parent / 'README.md'
+README = PACKAGE / 'README.md'
 REGENERATE = 'out of date: run python3 scripts/params_docs.py'
 
 
