@@ -30,11 +30,11 @@ setup(
             # `ros2 run s100_llm llm_node` / `ros2 run s100_llm chat` (installed to lib/s100_llm).
             'llm_node = s100_llm.node:main',
             'chat = s100_llm.chat_cli:main',
-            # The speech chain bridge (README "Speech chain"; launch argument tts_bridge:=true).
+            # The speech chain bridge (docs/tts-bridge.md; launch argument tts_bridge:=true).
             'tts_bridge = s100_llm.tts_bridge:main',
-            # The tool-calling example behaviour (README "Tool calls").
+            # The tool-calling example behaviour (docs/tools.md).
             'robot_skills = s100_llm.examples.robot_skills:main',
-            # The embeddings example (README "Embeddings").
+            # The embeddings example (docs/embeddings.md).
             'remember_recall = s100_llm.examples.remember_recall:main',
         ],
     },

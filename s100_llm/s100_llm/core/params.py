@@ -5,7 +5,7 @@ Each parameter is written once, as a field of a settings dataclass in core/confi
 with `setting(...)`: its default, range (or choices), description and when a change takes
 effect. Everything else is derived from those fields: `table()` lists them as `Parameter`s for
 the ROS declarations (parameters.py), `check_values()` validates a settings object against
-them, and `params_file()` / `readme_table()` write config/llm.yaml and the README's table
+them, and `params_file()` / `readme_table()` write config/llm.yaml and s100_llm/README.md's table
 (scripts/params_docs.py writes both; test_parameter_docs.py fails when they differ).
 """
 
