@@ -25,7 +25,7 @@ import inspect
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Iterator, List, Set, Tuple
 
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
@@ -356,14 +356,17 @@ def test_execute_race_and_execute_goal(actions: ActionPair,
     then runs the goal as canceled."""
     handle, client_handle = actions.canceling_goal()
     real = ServerGoalHandle.is_cancel_requested
-    looks: List[Optional[bool]] = []
+    looks: List[bool] = []      # per look: whether the goal's lock was held during it
 
     def first_look_misses(self: ServerGoalHandle) -> bool:
-        looks.append(None)
+        looks.append(self._lock.locked())
         return False if len(looks) == 1 else real.fget(self)
     monkeypatch.setattr(ServerGoalHandle, 'is_cancel_requested', property(first_look_misses))
     with pytest.raises(compat.RCLError):
         handle.execute()
+    # Nothing held while it looks: a cancel can come in between (a fix taking the lock there
+    # would show here).
+    assert looks == [False]
     looks.clear()
     compat.execute_goal(handle)
     monkeypatch.undo()
