@@ -25,14 +25,12 @@ serving_state().
 import dataclasses
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, TYPE_CHECKING
+from typing import Dict, List, Optional, Tuple, TYPE_CHECKING
 import uuid
 
-from rclpy.action import ActionServer
 from rclpy.action import CancelResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import GenerationStats
@@ -40,6 +38,8 @@ from s100_llm_msgs.msg import ToolCall
 from sensor_msgs.msg import CompressedImage as CompressedImageMsg
 from sensor_msgs.msg import Image
 
+from .compat import CancelHookActionServer
+from .compat import execute_goal
 from .core.admission import Admission
 from .core.chat.checks import validate
 from .core.chat.request import ChatOutcome
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from .node import LlmNode
     from .parameters import NodeSettings
 
-RCLError = _rclpy.RCLError
 CANCELED_BY_CLIENT = 'canceled by the client'
 PREEMPTED = 'preempted by a newer goal'
 NO_CLIENT_LEFT = 'no client of ~/chat left'
@@ -146,8 +145,8 @@ class ChatActionServer:
         # Set when the node is going down: every goal that arrives is refused with it.
         self.closing = ''
         self._clients_checked = 0.0
-        self._server = _ChatServer(
-            node, Chat, '~/chat', after_requests=self._apply_cancels,
+        self._server = CancelHookActionServer(
+            node, Chat, '~/chat', after_cancel=self._apply_cancels,
             execute_callback=self._execute,
             handle_accepted_callback=self._on_accepted, cancel_callback=self._on_cancel,
             callback_group=ReentrantCallbackGroup(), feedback_pub_qos_profile=FEEDBACK_QOS,
@@ -186,7 +185,7 @@ class ChatActionServer:
         if arrival.preempted is not None:
             self._preempt(arrival.preempted, arrival.preempted_was_waiting)
         if arrival.start:
-            _execute(handle)
+            execute_goal(handle)
 
     def _refuse(self, goal: ChatGoal, code: ErrorCode, reason: str) -> None:
         self.node.get_logger().warning(f'chat goal rejected: {reason} ({code.name})')
@@ -276,7 +275,7 @@ class ChatActionServer:
         finally:    # its slot goes to the next waiting goals, after its result is set
             try:
                 for starting in self.admission.release(goal):
-                    _execute(starting.handle)
+                    execute_goal(starting.handle)
             finally:
                 with self._lock:
                     self._executing -= 1
@@ -394,35 +393,8 @@ class ChatActionServer:
                 f'{left} chat(s) without a result {ABORT_WAIT:g} s after: {reason}')
 
 
-def _execute(handle: ServerGoalHandle) -> None:
-    """handle.execute(), also when a cancel marks the goal CANCELING between rclpy's own check
-    and its EXECUTE event: rclpy then raises; called again, it runs the goal as canceled."""
-    try:
-        handle.execute()
-    except RCLError:
-        if not handle.is_cancel_requested:
-            raise
-        handle.execute()
-
-
 def _end_unrun(goal: ChatGoal, code: ErrorCode, reason: str) -> None:
     """End a goal that never ran (refused, preempted or canceled while waiting, withdrawn):
     executed straight to its result."""
     goal.ending = (code, reason)
-    _execute(goal.handle)
-
-
-class _ChatServer(ActionServer):
-    """rclpy's ActionServer, calling after_requests() once it has handled a cancel request:
-    rclpy marks a canceled goal CANCELING only after the cancel callback returns, and a goal
-    can end as canceled only from CANCELING, so what a cancel does to a goal waits until then.
-    (Waitable.execute, which wraps it, is the same on Humble, Jazzy and Kilted.)"""
-
-    def __init__(self, *args: Any, after_requests: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._after_requests = after_requests
-
-    async def execute(self, taken_data: Any) -> None:
-        await super().execute(taken_data)
-        if 'cancel' in taken_data:
-            self._after_requests()
+    execute_goal(goal.handle)

@@ -59,15 +59,14 @@ import time
 from typing import Any, Callable, List, Optional
 
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode
 from rclpy.lifecycle import LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
 
+from . import compat
 from . import guard
 from . import parameters
 from .camera import Camera
@@ -85,7 +84,6 @@ from .diagnostics import DiagnosticsPublisher
 from .embed_service import EmbedService
 from .session_services import SessionServices
 
-RCLError = _rclpy.RCLError
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 ERROR = TransitionCallbackReturn.ERROR
@@ -135,29 +133,22 @@ class LlmNode(LifecycleNode):
     def _decouple_lifecycle_services(self) -> None:
         """Let status queries answer during a transition, and refuse invalid requests.
 
-        rclpy creates all five lifecycle services in one mutually exclusive callback group (the
-        node's default on Humble and Jazzy; Kilted takes a group argument, still one for all),
-        so get_state waited for a whole pull or load. change_state gets a group of its own:
+        rclpy creates all five lifecycle services in one mutually exclusive callback group, so
+        get_state waited for a whole pull or load. change_state gets a group of its own:
         get_state, the other lifecycle services and the parameter services answer at once.
 
         On Humble and Jazzy, a transition id not valid in the current state makes rclpy raise
         RCLError out of the service callback, which ends the executor and the node (rclpy#1209;
         Kilted catches it). The request is checked first and answered success=false.
+        (compat.own_change_state says which rclpy internals this takes.)
         """
-        service = self._service_change_state
-        group = MutuallyExclusiveCallbackGroup()
-        service.callback_group = group
-        group.add_entity(service)
-        handle_request = service.callback
-        service.callback = lambda request, response: self._on_change_state(
-            handle_request, request, response)
+        compat.own_change_state(self, self._on_change_state)
 
     def _on_change_state(self, handle_request: Callable[[Any, Any], Any], request: Any,
                          response: Any) -> Any:
         with self._transitions:
             wanted = request.transition.label or request.transition.id
-            available = self._state_machine.available_transitions
-            valid = [(t[0], t[1]) for t in available]
+            valid = compat.available_transitions(self)
             if not any(label == request.transition.label if request.transition.label
                        else number == request.transition.id for number, label in valid):
                 self.log.warning(
@@ -168,7 +159,7 @@ class LlmNode(LifecycleNode):
                 return response
             try:
                 return handle_request(request, response)
-            except RCLError as error:   # e.g. the context went away (Ctrl-C) during it
+            except compat.RCLError as error:   # e.g. the context went away (Ctrl-C) during it
                 self.log.warning(f"change_state '{wanted}' could not complete: {error}")
                 response.success = False
                 return response
@@ -176,8 +167,7 @@ class LlmNode(LifecycleNode):
     # ---- state ---------------------------------------------------------------------------
     @property
     def state_label(self) -> str:
-        # rclpy has no public getter for the current state; its own services read this.
-        return self._state_machine.current_state[1]
+        return compat.lifecycle_state(self)
 
     def serving_state(self) -> ServingState:
         """What the node serves now, as one snapshot (no lock): all the chat action and the
@@ -451,7 +441,7 @@ def main(args: Optional[List[str]] = None) -> int:
     exit_requested.wait()
     try:
         node.exit_process()
-        wait_until_idle(executor, EXECUTOR_DRAIN)
+        compat.wait_until_idle(executor, EXECUTOR_DRAIN)
     finally:
         spinning = False
         executor.shutdown(timeout_sec=1.0)
@@ -461,21 +451,6 @@ def main(args: Optional[List[str]] = None) -> int:
     if failures:
         raise failures[0]
     return 0
-
-
-def wait_until_idle(executor: MultiThreadedExecutor, timeout: float) -> bool:
-    """Wait until the executor has run every task it was given (a goal's result is sent by a
-    task of the executor's, after the goal's execution ended), at most timeout seconds.
-
-    rclpy has no public way to ask: `_tasks` (the same list on Humble, Jazzy and Kilted) holds
-    each task until the executor's next pass after it is done.
-    """
-    deadline = time.monotonic() + timeout
-    while any(not task.done() for task, *_ in list(getattr(executor, '_tasks', []))):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 if __name__ == '__main__':
