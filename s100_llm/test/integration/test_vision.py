@@ -3,8 +3,6 @@ vision model `seer` (it decodes each image and describes its size and dominant c
 prompt tokens per image)."""
 
 import io
-import os
-import subprocess
 
 from action_msgs.msg import GoalStatus
 from PIL import Image as PilImage
@@ -15,7 +13,7 @@ from sensor_msgs.msg import CompressedImage
 from sensor_msgs.msg import Image
 
 from harness import assert_aborted
-from harness import install_prefix
+from harness import run_installed
 from harness import wait_for
 
 IMAGE_TOKENS = 256
@@ -201,27 +199,20 @@ def test_deactivate_unsubscribes_the_camera(active):
     wait_for(lambda: publisher.get_subscription_count() == 0, 'the node to unsubscribe')
 
 
-def chat_cli(domain_id, *arguments):
-    done = subprocess.run([str(install_prefix() / 'lib' / 's100_llm' / 'chat'), *arguments],
-                          env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)),
-                          capture_output=True, text=True, timeout=60)
-    return done.returncode, done.stdout, done.stderr
-
-
 def test_chat_cli_image_and_camera(active, domain_id, tmp_path):
     active(model='seer:latest', camera_topic='/camera/image_raw', image_max_side=64)
     picture = tmp_path / 'door.jpg'
     picture.write_bytes(encoded(BLUE, 200, 100, 'JPEG'))
-    code, out, err = chat_cli(domain_id, '--image', str(picture), '--image', str(picture),
-                              'is the door open?')
+    code, out, err = run_installed(domain_id, 'chat', '--image', str(picture), '--image',
+                                   str(picture), 'is the door open?')
     assert code == 0, err
     assert out == 'I see 2 images: 1) 64x32, mostly blue; 2) 64x32, mostly blue'
     assert f'prompt {2 * IMAGE_TOKENS + 7} tokens' in err
     # A file that is neither JPEG nor PNG is refused by the CLI before anything is sent.
     text = tmp_path / 'notes.txt'
     text.write_text('not a picture')
-    code, out, err = chat_cli(domain_id, '--image', str(text), 'look')
+    code, out, err = run_installed(domain_id, 'chat', '--image', str(text), 'look')
     assert code == 2 and f'--image: {text} is neither a JPEG nor a PNG file' in err
     # --camera: no frame yet on the node's camera topic.
-    code, out, err = chat_cli(domain_id, '--camera', 'look')
+    code, out, err = run_installed(domain_id, 'chat', '--camera', 'look')
     assert code == 1 and 'NO_IMAGE: use_camera: no frame received yet on /camera/image_raw' in err
