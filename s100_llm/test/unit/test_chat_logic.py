@@ -108,7 +108,8 @@ def test_schemas_that_jsonschema_cannot_use_safely_are_refused(schema, reason):
 
 
 @pytest.mark.parametrize('fmt, reason', [
-    ('{"type": "objekt"}', "format is not a valid JSON Schema: 'objekt' is not valid"),
+    # jsonschema 3.2 (jammy) says "'objekt' is not one of [...]", newer ones "is not valid ...".
+    ('{"type": "objekt"}', "format is not a valid JSON Schema: 'objekt' is not "),
     ('{"type": "object", "required": "place"}', 'format is not a valid JSON Schema'),
     ('{"type": ', 'format is neither "json" nor a JSON document'),
     ('[1, 2]', 'format must be "json" or a JSON Schema object'),
