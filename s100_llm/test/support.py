@@ -73,7 +73,7 @@ def processes_of(models_dir: str, port: int) -> List[psutil.Process]:
 
 
 def log_level(level: Union[int, bytes]) -> int:
-    """An rcl_interfaces/Log level as an int, to compare levels on every distro: Humble's
-    generated constants (Log.WARN ...: `byte WARN=30` in Log.msg) are one-byte bytes (b'\\x1e'),
+    r"""An rcl_interfaces/Log level as an int, to compare levels on every distro: Humble's
+    generated constants (Log.WARN ...: `byte WARN=30` in Log.msg) are one-byte bytes (b'\x1e'),
     newer distros' are ints, and the level field of a received message (uint8) is an int."""
     return ord(level) if isinstance(level, bytes) else int(level)

@@ -565,8 +565,7 @@ class Serving:
                               recovering=f'{failure.problem}; reloading the model')
 
     def reload(self, failure: Failure) -> None:
-        """Load the model again after its runner went away while active; raises ServingError.
-        """
+        """Load the model again after its runner went away while active; raises ServingError."""
         with self.lock:
             self.mark_reloading(failure)
             self._load()    # loads what is not loaded; the other model's runner stays

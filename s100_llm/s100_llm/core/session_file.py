@@ -259,7 +259,7 @@ def _finite(text: str) -> float:
 
 
 def _text(value: Any) -> bool:
-    """A str a ROS message can carry: UTF-8 encodable (JSON's "\\ud800" makes a lone surrogate,
+    r"""A str a ROS message can carry: UTF-8 encodable (JSON's "\ud800" makes a lone surrogate,
     which is not)."""
     if not isinstance(value, str):
         return False

@@ -1,6 +1,6 @@
 """The real `ros2` command line against the installed package, as a robot developer types it.
 
-Ros2 runs `ros2 ...` (upstream ros2cli, launch, launch_ros from ../shared/ros2-cli) in one DDS
+Ros2 runs `ros2 ...` (the one on PATH: a ROS 2 installation, as on the robot) in one DDS
 domain, every call under a timeout. It starts that domain's ros2 daemon first (upstream advice:
 a command that finds no daemon spawns one and may miss the graph on its first call) and stops it
 at close. Launch is one `ros2 launch s100_llm llm.launch.py ...` process; what runs on the
@@ -31,11 +31,8 @@ def ros2_cli_missing() -> Optional[str]:
     """Why the CLI tests cannot run here, or None when `ros2` is installed."""
     if shutil.which('ros2') is not None:
         return None
-    if os.environ.get('ROS_DISTRO') == 'jazzy':
-        return ('the ros2 CLI tools of ../shared/ros2-cli are built for the Kilted wheels only; '
-                'the Jazzy venv has no `ros2` command')
-    return ('no `ros2` command in .venv: ros2cli/launch/launch_ros are not on PyPI; `make setup` '
-            'installs them from ../shared/ros2-cli (or $S100_LLM_ROS2_CLI) when it exists')
+    # ros2cli, launch and launch_ros are not on PyPI: the development venvs have no `ros2`.
+    return 'no ros2 on PATH: these tests run where ROS 2 is installed'
 
 
 class Ros2:

@@ -74,14 +74,10 @@ def test_goals_end_not_serving_while_not_active_with_the_reason(start_llm):
     assert 'NOT_SERVING' in llm.client.wait_log('not active (state: inactive)')
 
 
+# The goal checks themselves are unit tests (test_chat_logic); this one follows a refusal
+# through the node: the max_prompt_chars parameter, the result, the log, the node still serving.
 @pytest.mark.parametrize('fields, reason', [
-    ({'prompt': ''}, 'prompt is empty'),
     ({'prompt': 'x' * 2000}, 'max_prompt_chars'),
-    ({'prompt': 'x', 'temperature': float('nan')}, 'temperature is not a number'),
-    ({'prompt': 'x', 'top_p': 7.0}, 'top_p 7 is out of range'),
-    ({'prompt': 'x', 'max_tokens': -5}, 'max_tokens -5 is out of range'),
-    ({'prompt': 'x', 'think': Chat.Goal.THINK_ON}, "model 'echo:latest' cannot think"),
-    ({'prompt': 'x', 'session_id': 'ghost', 'reset_session': True}, "unknown session 'ghost'"),
 ])
 def test_bad_goals_end_invalid_with_their_reason(active, fields, reason):
     llm = active(max_prompt_chars=1000)

@@ -1,5 +1,5 @@
 """Issue: `make demo` runs the node end to end; this runs the same script the same way (with
-the real `ros2` commands where they are installed, Kilted here; its own client elsewhere)."""
+the real `ros2` commands where ROS 2 is installed; its own client elsewhere)."""
 
 import os
 import pathlib

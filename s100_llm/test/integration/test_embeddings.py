@@ -14,7 +14,7 @@ from s100_llm_msgs.action import Chat
 from s100_llm_msgs.srv import Embed
 
 from harness import api_ps
-from harness import install_prefix
+from harness import run_installed
 from harness import runners
 from harness import servers
 from harness import wait_for
@@ -232,13 +232,6 @@ def test_a_server_that_does_not_answer_fails_the_request_naming_it(active):
                                    'not answer in time')
     llm.client.wait_log(f'embed failed: {reply.error_message} (SERVER_FAILED)')
     assert embed(llm, ['hello']).error_code == Embed.Response.NONE
-
-
-def run_installed(domain_id, executable, *arguments):
-    done = subprocess.run([str(install_prefix() / 'lib' / 's100_llm' / executable), *arguments],
-                          env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)),
-                          capture_output=True, text=True, timeout=60)
-    return done.returncode, done.stdout, done.stderr
 
 
 def test_chat_cli_embed_prints_the_size_and_the_similarities(active, domain_id):

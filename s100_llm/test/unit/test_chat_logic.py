@@ -107,6 +107,19 @@ def test_schemas_that_jsonschema_cannot_use_safely_are_refused(schema, reason):
     assert refused(check_format, json.dumps(schema)).startswith(reason)
 
 
+@pytest.mark.parametrize('fmt, reason', [
+    # jsonschema 3.2 (jammy) says "'objekt' is not one of [...]", newer ones "is not valid ...".
+    ('{"type": "objekt"}', "format is not a valid JSON Schema: 'objekt' is not "),
+    ('{"type": "object", "required": "place"}', 'format is not a valid JSON Schema'),
+    ('{"type": ', 'format is neither "json" nor a JSON document'),
+    ('[1, 2]', 'format must be "json" or a JSON Schema object'),
+    ('yaml', 'format is neither "json" nor a JSON document'),
+    ('{"$ref": "#"}', "format: $ref '#' (at #) is cyclic"),
+])
+def test_a_format_that_is_no_usable_schema_is_refused_with_its_reason(fmt, reason):
+    assert reason in refused(check_format, fmt)
+
+
 def test_a_schema_referring_within_itself_is_fine_and_a_dangling_one_is_refused():
     local = {'$defs': {'n': {'type': 'integer'}}, 'type': 'object',
              'properties': {'a': {'$ref': '#/$defs/n'}}}
@@ -140,6 +153,24 @@ def test_tools_need_the_capability_and_a_session_for_results():
     request.tool_results[0]['tool_call_id'] = 'call_1'
     assert 'its last turn called no tool' in refused(validate, request, SETTINGS, sessions,
                                                      ['tools'], 'm')
+
+
+@pytest.mark.parametrize('fields, fragment', [
+    ({'tools': [{'name': 'drive now', 'description': '', 'parameters_json': ''}]},
+     "tool name 'drive now' must be"),
+    ({'tools': [{'name': 'say', 'description': '', 'parameters_json': ''}] * 2},
+     "tool 'say' is offered twice"),
+    ({'tools': [{'name': 't', 'description': '', 'parameters_json': '{"type": "string"}'}]},
+     "tool 't': parameters_json must be a JSON Schema of type object"),
+    ({'tool_results': [{'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}]},
+     'tool_results need the session'),
+    ({'session_id': 'ghost',
+      'tool_results': [{'tool_call_id': 'call_1', 'name': 'say', 'content': 'ok'}]},
+     "session 'ghost' has no tool calls to answer"),
+])
+def test_bad_tool_fields_get_a_reason(fields, fragment):
+    request = ChatRequest(prompt='x', **fields)
+    assert fragment in refused(validate, request, SETTINGS, SessionStore(5, 5), ['tools'], 'm')
 
 
 def test_a_tool_whose_parameters_refer_in_a_circle_or_nowhere_is_refused():
