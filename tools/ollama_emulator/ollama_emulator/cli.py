@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from aiohttp import web
 
+from . import runner as runner_module
 from . import VERSION
 from .server import OllamaApi
 from .settings import Settings
@@ -91,7 +92,11 @@ def serve() -> int:
     if not os.environ.get('HOME'):
         print('Error: $HOME is not defined', file=sys.stderr)
         return 1
-    settings = Settings.from_environment()
+    try:
+        settings = Settings.from_environment()
+    except ValueError as error:
+        print(f'Error: {error}', file=sys.stderr)
+        return 1
     try:
         OllamaApi(settings).store.create_directories()
     except OSError as error:
@@ -106,6 +111,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ['serve']:
         return serve()
+    if args[:1] == ['runner']:
+        # What the server starts in the ollama-runner generation, as `ollama runner`.
+        runner_module.main(args[1:], loads_on_request=True)
+        return 0
     if args[:1] in (['--version'], ['-v']):
         print(f'ollama version is {VERSION}')
         return 0

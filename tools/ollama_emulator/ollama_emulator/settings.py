@@ -10,6 +10,12 @@ import urllib.parse
 from .durations import parse_keep_alive
 
 DEFAULT_PORT = 11434
+# The runner generations of Ollama the emulator can behave as (OLLAMA_EMULATOR_RUNNER):
+# 'ollama-runner' (up to 0.2x: `ollama runner --model <blob> --port N`, threads in the load
+# request, a discovery runner at start, prompt_eval_count = the whole prompt) and
+# 'llama-server' (0.30 and later: llama.cpp's server, `-t` on its command line, prompt_eval_count
+# = the tokens evaluated). The default is the current generation, which a fresh install gets.
+RUNNER_GENERATIONS = ('llama-server', 'ollama-runner')
 
 
 def parse_host(value: str) -> Tuple[str, int]:
@@ -51,6 +57,7 @@ class Settings:
     # OLLAMA_EMULATOR_REQUEST_LOG: a file that gets every /api/chat request body as it
     # arrived, one JSON line each ({"path", "body"}); for tests, off by default.
     request_log: str = ''
+    runner_generation: str = RUNNER_GENERATIONS[0]
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> 'Settings':
@@ -76,6 +83,10 @@ class Settings:
             ignore_sigterm=env.get('OLLAMA_EMULATOR_IGNORE_SIGTERM', '') == '1',
             token_rate=number('OLLAMA_EMULATOR_TOKEN_RATE', 0),
         )
+        generation = env.get('OLLAMA_EMULATOR_RUNNER') or RUNNER_GENERATIONS[0]
+        if generation not in RUNNER_GENERATIONS:
+            raise ValueError(f'OLLAMA_EMULATOR_RUNNER={generation!r}: expected one of '
+                             f"{', '.join(RUNNER_GENERATIONS)}")
         return cls(
             host=host,
             port=port,
@@ -87,4 +98,5 @@ class Settings:
             context_length=int(number('OLLAMA_CONTEXT_LENGTH', 4096)),
             faults=faults,
             request_log=env.get('OLLAMA_EMULATOR_REQUEST_LOG', ''),
+            runner_generation=generation,
         )

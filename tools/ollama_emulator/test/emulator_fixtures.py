@@ -25,6 +25,7 @@ class Emulator:
         self.models = models
         environment = dict(os.environ, OLLAMA_HOST=f'127.0.0.1:{self.port}',
                            OLLAMA_MODELS=models, **env)
+        self.log_path = log_path
         self.log = open(log_path, 'wb')
         self.process = subprocess.Popen(['s100-ollama-emulator', 'serve'], env=environment,
                                         stdout=self.log, stderr=subprocess.STDOUT,
@@ -47,6 +48,9 @@ class Emulator:
     def pull(self, *names: str) -> None:
         for name in names:
             self.client.pull(name)
+
+    def output(self) -> str:
+        return open(self.log_path, errors='replace').read()
 
     def stats(self) -> Dict:
         return httpx.get(self.url + '/emulator/stats').json()
@@ -72,6 +76,7 @@ def wait(condition: Callable[[], object], what: str, timeout: float = 30.0) -> o
 
 
 def runners_of(emulator: Emulator) -> List[psutil.Process]:
+    """The server's model runners, in either generation (not the discovery runner, which has
+    no --model)."""
     server = psutil.Process(emulator.process.pid)
-    return [child for child in server.children() if 'ollama_emulator.runner' in
-            ' '.join(child.cmdline())]
+    return [child for child in server.children() if '--model' in child.cmdline()]
