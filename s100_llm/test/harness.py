@@ -9,6 +9,7 @@ RosClient is an rclpy node in its own context that calls the lifecycle services
 import itertools
 import os
 import pathlib
+import re
 import shlex
 import signal
 import socket
@@ -135,8 +136,22 @@ def api_ps(llm: Any) -> List[Dict[str, Any]]:
 # Both read the command line processes_of() took: asking a process again can meet a zombie
 # (it died in between) and raise.
 def runners(llm: Any) -> List[psutil.Process]:
+    """The model runners of the test's models dir, by their `--model <blob>` (whatever the
+    program: `ollama runner`, llama-server or the emulator's)."""
     return [p for p in processes_of(llm.models_dir, llm.port)
-            if 'ollama_emulator.runner' in ' '.join(p.info['cmdline'] or [])]
+            if '--model' in (p.info['cmdline'] or [])]
+
+
+def runner_threads(llm: Any, runner: psutil.Process) -> Optional[int]:
+    """The threads a runner was given: `-t`/`--threads` on llama-server's command line
+    (Ollama 0.30+), else the latest load request the runner logged through the server
+    (Ollama 0.2x: `msg=load request="{... NumThreads:N ...}"`). None: neither says."""
+    command = runner.cmdline()
+    for flag in ('-t', '--threads'):
+        if flag in command:
+            return int(command[command.index(flag) + 1])
+    loads = re.findall(r'NumThreads:(\d+)', llm.node.output())
+    return int(loads[-1]) if loads else None
 
 
 def servers(llm: Any) -> List[psutil.Process]:
@@ -144,9 +159,18 @@ def servers(llm: Any) -> List[psutil.Process]:
             if (p.info['cmdline'] or [])[-1:] == ['serve']]
 
 
-def split_server_env(env: Optional[Dict[str, str]]) -> Tuple[Dict[str, str], str]:
-    """(the node's variables, the OLLAMA_* ones as an ollama_env value)."""
+# The emulator's runner generation (see tools/ollama_emulator): set for a test run, it reaches
+# every server a test node starts, as the node passes OLLAMA_* variables only from ollama_env.
+EMULATOR_GENERATION = 'OLLAMA_EMULATOR_RUNNER'
+
+
+def split_server_env(env: Optional[Dict[str, str]], generation: bool = False
+                     ) -> Tuple[Dict[str, str], str]:
+    """(the node's variables, the OLLAMA_* ones as an ollama_env value); with `generation`,
+    the emulator's generation from the test run's environment too, unless env sets it."""
     env = dict(env or {})
+    if generation and os.environ.get(EMULATOR_GENERATION):
+        env.setdefault(EMULATOR_GENERATION, os.environ[EMULATOR_GENERATION])
     server = {name: env.pop(name) for name in list(env) if name.startswith('OLLAMA_')}
     return env, shlex.join(f'{name}={value}' for name, value in server.items())
 
@@ -158,7 +182,9 @@ class NodeProcess:
                  extra_env: Optional[Dict[str, str]] = None, name: str = 'llm') -> None:
         """extra_env: OLLAMA_* variables reach the server through the ollama_env parameter
         (the node passes no other way), the rest is the node's environment."""
-        extra_env, server_env = split_server_env(extra_env)
+        # A test that gives ollama_env or a params file itself sets the server's variables.
+        extra_env, server_env = split_server_env(
+            extra_env, generation=not {'ollama_env', 'params_file'} & set(parameters))
         if server_env:
             parameters = dict(parameters, ollama_env=server_env)
         self.parameters = parameters
