@@ -208,7 +208,7 @@ def test_runners_are_told_by_their_model_blob_not_their_program(tmp_path, argume
     try:
         found = psutil.Process(process.pid)
         assert is_runner(found, models_dir) is runner
-        assert runs_blob(found, 'sha256-ab') is ('{blob}' in arguments)
+        assert runs_blob(found, 'sha256-ab') is ('--model' in arguments)
     finally:
         process.kill()
         process.wait()
