@@ -164,6 +164,15 @@ def servers(llm: Any) -> List[psutil.Process]:
 EMULATOR_GENERATION = 'OLLAMA_EMULATOR_RUNNER'
 
 
+def with_generation(ollama_env: str) -> str:
+    """An ollama_env value plus the emulator's generation of the test run (when set), for the
+    core's tests that start servers themselves."""
+    generation = os.environ.get(EMULATOR_GENERATION)
+    if not generation or EMULATOR_GENERATION in ollama_env:
+        return ollama_env
+    return ' '.join(filter(None, [ollama_env, f'{EMULATOR_GENERATION}={shlex.quote(generation)}']))
+
+
 def split_server_env(env: Optional[Dict[str, str]], generation: bool = False
                      ) -> Tuple[Dict[str, str], str]:
     """(the node's variables, the OLLAMA_* ones as an ollama_env value); with `generation`,

@@ -13,6 +13,7 @@ import pytest
 from harness import free_port
 from harness import RecordedLog
 from harness import wait_for
+from harness import with_generation
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.engine import OllamaEngine
 from s100_llm.core.server import bounded_lines
@@ -34,6 +35,7 @@ def make_server(tmp_path):
         values = {'host': f'127.0.0.1:{free_port()}', 'ollama_bin': EMULATOR,
                   'start_timeout': 30, 'stop_timeout': 2}
         values.update(settings)
+        values['ollama_env'] = with_generation(values.get('ollama_env', ''))
         server = OllamaServer(ServerSettings(**values), models_dir or str(tmp_path / 'models'),
                               RecordedLog())
         servers.append(server)
@@ -203,10 +205,13 @@ def test_servers_sharing_a_models_dir_count_and_stop_only_their_own_runners(make
 def test_runners_are_told_by_their_model_blob_not_their_program(tmp_path, arguments, runner):
     models_dir = str(tmp_path / 'models')
     blob = os.path.join(models_dir, 'blobs', 'sha256-ab')
-    process = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'] + [
-        argument.format(blob=blob) for argument in arguments])
+    command = [sys.executable, '-c', 'import time; time.sleep(600)'] + [
+        argument.format(blob=blob) for argument in arguments]
+    process = subprocess.Popen(command)
     try:
         found = psutil.Process(process.pid)
+        # Between fork and exec the child still shows the test's command line.
+        wait_for(lambda: found.cmdline() == command, 'the process to run its command')
         assert is_runner(found, models_dir) is runner
         assert runs_blob(found, 'sha256-ab') is ('--model' in arguments)
     finally:

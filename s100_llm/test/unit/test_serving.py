@@ -13,6 +13,7 @@ import pytest
 from harness import free_port
 from harness import RecordedLog
 from harness import wait_for
+from harness import with_generation
 from s100_llm.core.config import ModelSettings
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.server import port_is_free
@@ -55,7 +56,8 @@ def setup(tmp_path):
     def make(ollama_env: str = '', **model) -> Setup:
         log = RecordedLog()
         server = ServerSettings(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR,
-                                start_timeout=30, stop_timeout=2, ollama_env=ollama_env)
+                                start_timeout=30, stop_timeout=2,
+                                ollama_env=with_generation(ollama_env))
         values = {'model': MODEL, 'memory_margin_mb': 0, 'load_timeout': 60}
         values.update(model)
         made.append(Setup(Serving(log), log, server, str(tmp_path / 'models'),
