@@ -8,13 +8,10 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import List, Optional
 
-from aiohttp import web
-
-from . import runner as runner_module
 from . import VERSION
-from .server import OllamaApi
 from .settings import Settings
 
 log = logging.getLogger('ollama')
@@ -47,6 +44,10 @@ def _listen(settings: Settings) -> socket.socket:
 
 
 async def _serve(settings: Settings, sock: socket.socket) -> None:
+    from aiohttp import web
+
+    from .server import OllamaApi
+
     api = OllamaApi(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -97,8 +98,10 @@ def serve() -> int:
     except ValueError as error:
         print(f'Error: {error}', file=sys.stderr)
         return 1
+    from .store import ModelStore
+
     try:
-        OllamaApi(settings).store.create_directories()
+        ModelStore(settings.models_dir).create_directories()
     except OSError as error:
         print(f'Error: mkdir {error.filename}: {error.strerror.lower()}', file=sys.stderr)
         return 1
@@ -111,9 +114,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ['serve']:
         return serve()
+    if args[:1] == ['runner'] and '--model' not in args:
+        # Ollama 0.2x's discovery runner (`runner --ollama-engine --port N`), started at every
+        # server start: it reports the devices and ends. Before the heavy imports below, as
+        # the real one costs little next to a model load.
+        time.sleep(0.1)
+        return 0
     if args[:1] == ['runner']:
         # What the server starts in the ollama-runner generation, as `ollama runner`.
-        runner_module.main(args[1:], loads_on_request=True)
+        from . import runner
+
+        runner.main(args[1:], loads_on_request=True)
         return 0
     if args[:1] in (['--version'], ['-v']):
         print(f'ollama version is {VERSION}')

@@ -8,8 +8,9 @@ model in memory. Two generations, as the server's OLLAMA_EMULATOR_RUNNER chooses
   --port N --ctx-size C --parallel P [-t THREADS]`, serving the model at once.
 - ollama-runner (Ollama up to 0.2x): `<the emulator's program> runner --model <blob> --port N`
   (the same program as the server, as `ollama runner` is), which loads the model when the
-  server sends its load request (POST /load: threads, context, parallel); and the short
-  discovery runner `runner --ollama-engine --port N` the server starts at every start.
+  server sends its load request (POST /load: threads, context, parallel). (The short
+  discovery runner `runner --ollama-engine --port N` the server starts at every start is
+  answered by cli.py.)
 
 Both speak the subset of llama-server's API that the server uses: GET /health and a streamed
 POST /v1/chat/completions (server-sent events, `timings` on the last chunk). GGUF weights are
@@ -388,19 +389,14 @@ def main(argv: Optional[List[str]] = None, loads_on_request: bool = False) -> No
     """loads_on_request: the ollama-runner generation (`<program> runner ...`), which waits for
     the server's load request; otherwise llama-server's command line."""
     parser = argparse.ArgumentParser(prog='ollama runner' if loads_on_request else 'llama-server')
-    parser.add_argument('--model')
+    parser.add_argument('--model', required=True)
     parser.add_argument('--port', type=int, required=True)
-    parser.add_argument('--ollama-engine', action='store_true')
     parser.add_argument('--ctx-size', type=int, default=4096)
     parser.add_argument('--parallel', type=int, default=1)
     parser.add_argument('-t', '--threads', type=int,
                         default=int(os.environ.get('OLLAMA_EMULATOR_THREADS') or 0)
                         or os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    if args.model is None:
-        # The discovery runner Ollama starts at every start: it reports the devices and ends.
-        time.sleep(0.1)
-        return
     if loads_on_request:
         run(LoadingRunner(args.model).application(), args.port)
         return
