@@ -184,7 +184,11 @@ class Scheduler:
     async def _load(self, model: InstalledModel, keep_alive: Optional[float],
                     num_ctx: Optional[int], threads: int, given_threads: Optional[int]) -> None:
         name = model.name.short
-        entry = catalog.MODELS.get(name)
+        layer = model.layer(MEDIA_MODEL)
+        if layer is None:
+            raise LoadError(f'{name}: manifest has no model layer')
+        # By name, or by weights for a catalog GGUF created under a name of its own.
+        entry = catalog.entry_of(name, layer['digest'])
         faults = self.settings.faults
         await self._make_room()
         if faults.load_delay:
@@ -193,9 +197,6 @@ class Scheduler:
             needed = model.size + 6 * 1024 ** 3
             raise LoadError(f'model requires more system memory ({needed / 1024 ** 3:.1f} GiB) '
                             f'than is available ({2.3:.1f} GiB)')
-        layer = model.layer(MEDIA_MODEL)
-        if layer is None:
-            raise LoadError(f'{name}: manifest has no model layer')
         blob = self._model_blob(model)
         trained = entry.context_length if entry else self.settings.context_length
         context_length = min(num_ctx or self.settings.context_length, trained)
