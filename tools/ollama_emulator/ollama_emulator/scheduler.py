@@ -91,11 +91,12 @@ class Scheduler:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                              connector=aiohttp.TCPConnector(force_close=True))
         if self.loads_on_request:
-            # Ollama 0.2x starts a short discovery runner (no --model) at every start.
+            # Ollama 0.2x runs a short discovery runner (no --model) at every start, before it
+            # serves HTTP (its port accepts connections meanwhile).
             discovery = await asyncio.create_subprocess_exec(
                 *own_program(), 'runner', '--ollama-engine', '--port', str(_free_port()))
             log.info('discovering devices: runner pid=%s', discovery.pid)
-            asyncio.ensure_future(discovery.wait())
+            await discovery.wait()
 
     # ---- queue ---------------------------------------------------------------------------
     def enter_queue(self) -> None:
