@@ -8,6 +8,11 @@ import random
 from typing import Any, Dict
 
 import pytest
+# S100_LLM_TEST_OLLAMA=<ollama binary>: the real-model tests against it (see real_ollama.py).
+import real_ollama
+from real_ollama import pytest_collection_modifyitems  # noqa: F401 (pytest's hooks)
+from real_ollama import pytest_report_header  # noqa: F401
+from real_ollama import pytest_terminal_summary  # noqa: F401
 
 from support import free_port
 from support import localhost_discovery
@@ -23,7 +28,7 @@ _FIRST_DOMAIN, _LAST_DOMAIN = (int(x) for x in
                                os.environ.get('S100_LLM_TEST_DOMAINS', '1-100').split('-'))
 _domains = itertools.count(random.Random(os.getpid()).randrange(
     0, _LAST_DOMAIN - _FIRST_DOMAIN + 1))
-EMULATOR = 's100-ollama-emulator'
+OLLAMA_BIN = real_ollama.ollama_bin()
 
 
 def _next_domain_id() -> int:
@@ -48,9 +53,9 @@ def ollama_port() -> int:
 
 @pytest.fixture
 def models_dir(tmp_path: pathlib.Path) -> str:
-    return str(tmp_path / 'models')
+    return real_ollama.models_dir(tmp_path / 'models')
 
 
 def default_parameters(port: int, models_dir: str) -> Dict[str, Any]:
-    return {'model': 'echo:latest', 'ollama_bin': EMULATOR, 'host': f'127.0.0.1:{port}',
+    return {'model': 'echo:latest', 'ollama_bin': OLLAMA_BIN, 'host': f'127.0.0.1:{port}',
             'models_dir': models_dir, 'restart_backoff': 0.0, 'diagnostics_period': 0.5}

@@ -10,7 +10,7 @@ RosClient is an rclpy node in its own context that calls the lifecycle services
 import itertools
 import os
 import pathlib
-import shlex
+import re
 import signal
 import subprocess
 import threading
@@ -46,6 +46,7 @@ from s100_llm.qos import SERVICE_QOS
 from support import free_port  # noqa: F401
 from support import processes_of
 from support import RecordedLog  # noqa: F401
+from support import split_server_env
 from support import WAIT
 from support import wait_for
 
@@ -104,8 +105,22 @@ def api_ps(llm: Any) -> List[Dict[str, Any]]:
 # Both read the command line processes_of() took: asking a process again can meet a zombie
 # (it died in between) and raise.
 def runners(llm: Any) -> List[psutil.Process]:
+    """The model runners of the test's models dir, by their `--model <blob>` (whatever the
+    program: `ollama runner`, llama-server or the emulator's)."""
     return [p for p in processes_of(llm.models_dir, llm.port)
-            if 'ollama_emulator.runner' in ' '.join(p.info['cmdline'] or [])]
+            if '--model' in (p.info['cmdline'] or [])]
+
+
+def runner_threads(llm: Any, runner: psutil.Process) -> Optional[int]:
+    """The threads a runner was given: `-t`/`--threads` on llama-server's command line
+    (Ollama 0.30+), else the latest load request the runner logged through the server
+    (Ollama 0.2x: `msg=load request="{... NumThreads:N ...}"`). None: neither says."""
+    command = runner.cmdline()
+    for flag in ('-t', '--threads'):
+        if flag in command:
+            return int(command[command.index(flag) + 1])
+    loads = re.findall(r'NumThreads:(\d+)', llm.node.output())
+    return int(loads[-1]) if loads else None
 
 
 def servers(llm: Any) -> List[psutil.Process]:
@@ -113,13 +128,8 @@ def servers(llm: Any) -> List[psutil.Process]:
             if (p.info['cmdline'] or [])[-1:] == ['serve']]
 
 
-def split_server_env(env: Optional[Dict[str, str]]) -> Tuple[Dict[str, str], str]:
-    """(the node's variables, the OLLAMA_* ones as an ollama_env value)."""
-    env = dict(env or {})
-    server = {name: env.pop(name) for name in list(env) if name.startswith('OLLAMA_')}
-    return env, shlex.join(f'{name}={value}' for name, value in server.items())
-
-
+# The emulator's runner generation (see tools/ollama_emulator): set for a test run, it reaches
+# every server a test node starts, as the node passes OLLAMA_* variables only from ollama_env.
 class NodeProcess:
     """The llm_node executable, started with parameters, stopped with a signal."""
 
@@ -132,7 +142,9 @@ class NodeProcess:
         package's executable to run (tts_bridge); ros_arguments: more of them, e.g. a
         namespace (`-r __ns:=/robot1`). preexec runs in the node's process before it starts
         (e.g. to restrict its CPU affinity)."""
-        extra_env, server_env = split_server_env(extra_env)
+        # A test that gives ollama_env or a params file itself sets the server's variables.
+        extra_env, server_env = split_server_env(
+            extra_env, generation=not {'ollama_env', 'params_file'} & set(parameters))
         if server_env:
             parameters = dict(parameters, ollama_env=server_env)
         self.parameters = parameters

@@ -2,9 +2,10 @@
 packages without the ROS wheels) import these; harness re-exports them for the node's tests."""
 
 import os
+import shlex
 import socket
 import time
-from typing import Any, Callable, List, MutableMapping, Union
+from typing import Any, Callable, Dict, List, MutableMapping, Optional, Tuple, Union
 
 import psutil
 
@@ -77,3 +78,26 @@ def log_level(level: Union[int, bytes]) -> int:
     generated constants (Log.WARN ...: `byte WARN=30` in Log.msg) are one-byte bytes (b'\x1e'),
     newer distros' are ints, and the level field of a received message (uint8) is an int."""
     return ord(level) if isinstance(level, bytes) else int(level)
+
+
+EMULATOR_GENERATION = 'OLLAMA_EMULATOR_RUNNER'
+
+
+def with_generation(ollama_env: str) -> str:
+    """An ollama_env value plus the emulator's generation of the test run (when set), for the
+    core's tests that start servers themselves."""
+    generation = os.environ.get(EMULATOR_GENERATION)
+    if not generation or EMULATOR_GENERATION in ollama_env:
+        return ollama_env
+    return ' '.join(filter(None, [ollama_env, f'{EMULATOR_GENERATION}={shlex.quote(generation)}']))
+
+
+def split_server_env(env: Optional[Dict[str, str]], generation: bool = False
+                     ) -> Tuple[Dict[str, str], str]:
+    """(the node's variables, the OLLAMA_* ones as an ollama_env value); with `generation`,
+    the emulator's generation from the test run's environment too, unless env sets it."""
+    env = dict(env or {})
+    if generation and os.environ.get(EMULATOR_GENERATION):
+        env.setdefault(EMULATOR_GENERATION, os.environ[EMULATOR_GENERATION])
+    server = {name: env.pop(name) for name in list(env) if name.startswith('OLLAMA_')}
+    return env, shlex.join(f'{name}={value}' for name, value in server.items())

@@ -228,9 +228,9 @@ class OllamaEngine:
     # ---- models --------------------------------------------------------------------------
     def installed_size(self, model: str) -> Optional[int]:
         """Bytes of the model's layers per its manifest, or None when it is not pulled."""
-        wanted = _canonical(model)
+        wanted = canonical_name(model)
         for entry in self._call('list models', self.client.list).models:
-            if _canonical(entry.model or '') == wanted:
+            if canonical_name(entry.model or '') == wanted:
                 return int(entry.size or 0)
         return None
 
@@ -335,8 +335,8 @@ class OllamaEngine:
 
 def loaded_entry(loaded: List[LoadedModel], model: str) -> Optional[LoadedModel]:
     """The model's entry in what /api/ps listed (engine.loaded()), or None."""
-    wanted = _canonical(model)
-    return next((m for m in loaded if _canonical(m.name) == wanted), None)
+    wanted = canonical_name(model)
+    return next((m for m in loaded if canonical_name(m.name) == wanted), None)
 
 
 def _keep_alive(seconds: float) -> Any:
@@ -346,5 +346,6 @@ def _keep_alive(seconds: float) -> Any:
     return int(seconds) if float(seconds).is_integer() else f'{seconds}s'
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """A model name with its tag (Ollama completes a missing one with latest)."""
     return name if ':' in name.rsplit('/', 1)[-1] else name + ':latest'

@@ -179,7 +179,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def is_runner(process: psutil.Process, models_dir: str) -> bool:
-    """A runner serving models_dir: `ollama runner --model <dir>/blobs/...` or llama-server."""
+    """A runner serving models_dir, told by its `--model <dir>/blobs/...` whatever the program
+    (Ollama 0.2x's `ollama runner`, 0.30+'s llama-server) or its other flags; 0.2x's discovery
+    runner (`runner --ollama-engine --port N`, no model) is none."""
     try:
         cmdline = process.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

@@ -28,11 +28,13 @@ import psutil
 
 from .config import ModelSettings
 from .config import ServerSettings
+from .engine import canonical_name
 from .engine import EngineError
 from .engine import FOREVER
 from .engine import loaded_entry
 from .engine import OllamaEngine
 from .server import LogSink
+from .server import model_blob
 from .server import OllamaServer
 from .server import ServerError
 from .server import ServerStatus
@@ -278,6 +280,7 @@ class Serving:
         sizes = {model.model: self._installed_size(engine, model.model, 'model')}
         if embedder:
             sizes[embedder] = self._installed_size(engine, embedder, 'embedding_model')
+            _refuse_one_blob_under_two_names(self._models_dir, model.model, embedder)
         loaded_before = engine.loaded()
         refusal = memory_refusal(
             [(name, size) for name, size in sizes.items()
@@ -593,6 +596,23 @@ class Serving:
     def wants_model(self) -> bool:
         """The node is active: the model is to be loaded."""
         return self._keep_loaded
+
+
+def _refuse_one_blob_under_two_names(models_dir: str, model: str, embedder: str) -> None:
+    """Refuse an embedding_model that is another name of the chat model's weights.
+
+    Ollama keeps one runner per weights file: loading the second name replaces the first's
+    runner, so the two would swap runners at activate and at every chat after an embedding.
+    Refused rather than served through one name: the node keeps, watches and reports each
+    name's runner, and the fix is one word in the configuration.
+    """
+    blob = model_blob(models_dir, model)
+    if (canonical_name(model) != canonical_name(embedder) and blob is not None
+            and blob == model_blob(models_dir, embedder)):
+        raise ServingError(
+            f"model '{model}' and embedding_model '{embedder}' are two names of one weights "
+            f'file ({blob}): Ollama runs one runner per weights file, so loading one name '
+            'unloads the other; use one name for both')
 
 
 def _prepare_models_dir(path: str) -> None:

@@ -18,9 +18,9 @@ import psutil
 import yaml
 
 from harness import processes_of
-from harness import split_server_env
 from harness import WAIT
 from harness import wait_for
+from support import split_server_env
 
 EMULATOR = 's100-ollama-emulator'
 # A CLI call that does not end within this is hung (they take 1-3 s here).

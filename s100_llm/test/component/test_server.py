@@ -14,13 +14,16 @@ import pytest
 from s100_llm.core.config import ServerSettings
 from s100_llm.core.engine import OllamaEngine
 from s100_llm.core.server import bounded_lines
+from s100_llm.core.server import is_runner
 from s100_llm.core.server import log_level
 from s100_llm.core.server import OllamaServer
 from s100_llm.core.server import port_is_free
+from s100_llm.core.server import runs_blob
 from s100_llm.core.server import ServerError
 from support import free_port
 from support import RecordedLog
 from support import wait_for
+from support import with_generation
 
 EMULATOR = 's100-ollama-emulator'
 
@@ -33,6 +36,7 @@ def make_server(tmp_path):
         values = {'host': f'127.0.0.1:{free_port()}', 'ollama_bin': EMULATOR,
                   'start_timeout': 30, 'stop_timeout': 2}
         values.update(settings)
+        values['ollama_env'] = with_generation(values.get('ollama_env', ''))
         server = OllamaServer(ServerSettings(**values), models_dir or str(tmp_path / 'models'),
                               RecordedLog())
         servers.append(server)
@@ -203,6 +207,33 @@ def test_servers_sharing_a_models_dir_count_and_stop_only_their_own_runners(make
     # Starting again sweeps orphans only: the other server's runner is not one.
     first.start()
     assert second_runner.is_running() and 'orphaned' not in first.log.text()
+
+
+@pytest.mark.parametrize('arguments, runner', [
+    # Ollama 0.2x: the server's own program.
+    (['runner', '--model', '{blob}', '--port', '41234'], True),
+    # Ollama 0.30+: llama.cpp's server, threads on its command line.
+    (['--model', '{blob}', '--port', '41234', '-t', '2', '--ctx-size', '4096'], True),
+    # Ollama 0.2x's discovery runner at every start: no model, never a model's runner.
+    (['runner', '--ollama-engine', '--port', '41234'], False),
+    # Another models dir's runner.
+    (['runner', '--model', '/elsewhere/blobs/sha256-ab', '--port', '41234'], False),
+])
+def test_runners_are_told_by_their_model_blob_not_their_program(tmp_path, arguments, runner):
+    models_dir = str(tmp_path / 'models')
+    blob = os.path.join(models_dir, 'blobs', 'sha256-ab')
+    command = [sys.executable, '-c', 'import time; time.sleep(600)'] + [
+        argument.format(blob=blob) for argument in arguments]
+    process = subprocess.Popen(command)
+    try:
+        found = psutil.Process(process.pid)
+        # Between fork and exec the child still shows the test's command line.
+        wait_for(lambda: found.cmdline() == command, 'the process to run its command')
+        assert is_runner(found, models_dir) is runner
+        assert runs_blob(found, 'sha256-ab') is ('--model' in arguments)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_the_sweep_leaves_a_runner_whose_parent_is_alive(make_server, tmp_path):

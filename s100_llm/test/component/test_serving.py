@@ -21,6 +21,7 @@ from s100_llm.core.threads import format_cores
 from support import free_port
 from support import RecordedLog
 from support import wait_for
+from support import with_generation
 
 EMULATOR = 's100-ollama-emulator'
 MODEL = 'echo:latest'
@@ -56,7 +57,8 @@ def setup(tmp_path):
     def make(ollama_env: str = '', **model) -> Setup:
         log = RecordedLog()
         server = ServerSettings(host=f'127.0.0.1:{free_port()}', ollama_bin=EMULATOR,
-                                start_timeout=30, stop_timeout=2, ollama_env=ollama_env)
+                                start_timeout=30, stop_timeout=2,
+                                ollama_env=with_generation(ollama_env))
         values = {'model': MODEL, 'memory_margin_mb': 0, 'load_timeout': 60}
         values.update(model)
         made.append(Setup(Serving(log), log, server, str(tmp_path / 'models'),

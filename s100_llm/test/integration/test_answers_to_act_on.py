@@ -25,6 +25,7 @@ ROBOT_COMMAND = {
 }
 
 
+@pytest.mark.real_model
 def test_schema_constrained_output_of_the_real_model_parses_and_matches(active):
     llm = active(model='smollm2:135m', feedback_min_interval=0.0,
                  env={'OLLAMA_EMULATOR_THREADS': '2'})

@@ -303,6 +303,7 @@ def test_deactivate_aborts_running_chats(active):
     assert result.error_code == Chat.Result.NOT_SERVING
 
 
+@pytest.mark.real_model
 def test_real_model_end_to_end(active):
     llm = active(model='smollm2:135m', num_thread=2)
     run = llm.client.chat('What is the capital of France?', temperature=0.0, max_tokens=40)

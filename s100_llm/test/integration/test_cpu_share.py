@@ -14,11 +14,13 @@ from rclpy.parameter import Parameter
 import yaml
 
 from conftest import default_parameters
+from harness import runner_threads
 from harness import runners
 from harness import servers
 from harness import wait_for
 
 
+@pytest.mark.real_model
 def test_the_share_reaches_the_server_and_runner_and_chats_keep_the_runner(start_llm):
     last_core = (os.cpu_count() or 1) - 1
     # The emulator's default is 2 threads: a chat without num_thread would reload with 2.
@@ -30,8 +32,8 @@ def test_the_share_reaches_the_server_and_runner_and_chats_keep_the_runner(start
     for process in (server, runner):
         assert process.cpu_affinity() == [last_core], process.cmdline()
         assert process.nice() == 5, process.cmdline()
-    command = runner.cmdline()
-    assert command[command.index('--threads') + 1] == '1'
+    # On the runner's command line (llama-server) or in its load request (Ollama 0.2x).
+    assert runner_threads(llm, runner) == 1
     environ = server.environ()
     assert (environ['OLLAMA_KV_CACHE_TYPE'], environ['OLLAMA_FLASH_ATTENTION'],
             environ['OLLAMA_MAX_LOADED_MODELS'], environ['OLLAMA_DEBUG'],

@@ -9,6 +9,7 @@ import subprocess
 
 from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticStatus
+import ollama
 import psutil
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.srv import Embed
@@ -125,6 +126,22 @@ def test_an_embedding_model_that_cannot_embed_fails_activate(start_llm):
     assert llm.client.state() == 'inactive'
     assert ("embedding_model 'thinker:latest' cannot embed: it lacks the embedding capability "
             '(capabilities: completion, thinking)') in llm.client.wait_log('activate failed')
+    assert api_ps(llm) == [] and not runners(llm)
+
+
+def test_an_embedding_model_that_names_the_chat_models_weights_fails_activate(start_llm):
+    """Issue 23.4: Ollama keeps one runner per weights file, so two names of one blob would
+    swap runners (the emulator does as Ollama: loading one name unloads the other)."""
+    llm = start_llm(embedding_model='embedding-alias')
+    assert llm.client.change_state('configure')
+    client = ollama.Client(host=llm.base_url, timeout=60)
+    client.pull('echo:latest')
+    client.create('embedding-alias', from_='echo:latest')     # what `ollama cp` makes
+    assert not llm.client.change_state('activate')
+    refusal = llm.client.wait_log('activate failed')
+    blob = model_blob(llm.models_dir, 'echo:latest')
+    assert ("model 'echo:latest' and embedding_model 'embedding-alias' are two names of one "
+            f'weights file ({blob})') in refusal and 'use one name for both' in refusal
     assert api_ps(llm) == [] and not runners(llm)
 
 

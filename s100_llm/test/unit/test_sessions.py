@@ -205,6 +205,19 @@ def test_token_counts_follow_the_model_whether_the_history_was_cached_or_not():
     assert store.get('s').context_tokens > history + 14 + 12
 
 
+def test_token_counts_follow_a_server_that_counts_the_whole_prompt_every_turn():
+    """Ollama 0.2x: prompt_eval_count is the whole prompt even when the cache was reused; the
+    same rule reads it as nothing reused, before and after a block trim."""
+    store = SessionStore(max_turns=4, max_sessions=5)
+    turn(store, 's', 'q' * 40, 'a' * 80, system_prompt='s' * 160, counts=(50, 20))
+    for _ in range(6):
+        history = store.get('s').context_tokens    # every stored turn is sent again
+        # The new question takes 16 tokens (the estimate says 14), the answer 12.
+        turn(store, 's', 'q' * 40, 'a' * 40, counts=(history + 16, 12))
+        assert store.get('s').turns[-1].tokens == 16 + 12
+    assert store.get('s').turn_count < 7        # a trim happened on the way
+
+
 def test_sessions_loaded_beyond_the_bounds_are_trimmed():
     source = SessionStore(max_turns=20, max_sessions=10)
     for name in 'abcd':

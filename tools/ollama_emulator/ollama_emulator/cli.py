@@ -8,12 +8,10 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import List, Optional
 
-from aiohttp import web
-
 from . import VERSION
-from .server import OllamaApi
 from .settings import Settings
 
 log = logging.getLogger('ollama')
@@ -48,6 +46,10 @@ def _listen(settings: Settings) -> socket.socket:
 
 
 async def _serve(settings: Settings, sock: socket.socket) -> None:
+    from aiohttp import web
+
+    from .server import OllamaApi
+
     api = OllamaApi(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -97,9 +99,15 @@ def serve() -> int:
     if not os.environ.get('HOME'):
         print('Error: $HOME is not defined', file=sys.stderr)
         return 1
-    settings = Settings.from_environment()
     try:
-        OllamaApi(settings).store.create_directories()
+        settings = Settings.from_environment()
+    except ValueError as error:
+        print(f'Error: {error}', file=sys.stderr)
+        return 1
+    from .store import ModelStore
+
+    try:
+        ModelStore(settings.models_dir).create_directories()
     except OSError as error:
         print(f'Error: mkdir {error.filename}: {error.strerror.lower()}', file=sys.stderr)
         return 1
@@ -112,6 +120,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ['serve']:
         return serve()
+    if args[:1] == ['runner'] and '--model' not in args:
+        # Ollama 0.2x's discovery runner (`runner --ollama-engine --port N`), started at every
+        # server start: it reports the devices and ends. Before the heavy imports below, as
+        # the real one costs little next to a model load.
+        time.sleep(0.1)
+        return 0
+    if args[:1] == ['runner']:
+        # What the server starts in the ollama-runner generation, as `ollama runner`.
+        from . import runner
+
+        runner.main(args[1:], loads_on_request=True)
+        return 0
     if args[:1] in (['--version'], ['-v']):
         print(f'ollama version is {VERSION}')
         return 0

@@ -59,13 +59,13 @@ def _look_at(encoded: str) -> Tuple[int, int, str]:
     return width, height, colour
 
 
-def embed(text: str) -> List[float]:
+def embed(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> List[float]:
     """The embedder's unit vector for text."""
-    vector = [0.0] * EMBEDDING_DIMENSIONS
+    vector = [0.0] * dimensions
     vector[0] = 0.1
     for word in _WORD.findall(text.lower()):
         digest = hashlib.sha256(word.encode()).digest()
-        index = 1 + int.from_bytes(digest[:4], 'little') % (EMBEDDING_DIMENSIONS - 1)
+        index = 1 + int.from_bytes(digest[:4], 'little') % (dimensions - 1)
         vector[index] += 1.0 if digest[4] & 1 else -1.0
     return normalized(vector)
 

@@ -1,13 +1,22 @@
 """The runner process: holds one model and generates for the server, like Ollama's runner.
 
-Started by the server as `python -m ollama_emulator.runner --model <blob> --port N`, in the
-server's process group and with no parent-death signal, exactly as Ollama starts its runners:
-when the server is SIGKILLed, the runner lives on (orphaned) and keeps the model in memory.
+Started by the server in its process group and with no parent-death signal, exactly as Ollama
+starts its runners: when the server is SIGKILLed, the runner lives on (orphaned) and keeps the
+model in memory. Two generations, as the server's OLLAMA_EMULATOR_RUNNER chooses:
 
-It speaks the subset of llama-server's API that Ollama's newer runners use: GET /health and a
-streamed POST /v1/chat/completions (server-sent events, `timings` on the last chunk). GGUF
-weights are served by llama.cpp itself (xllamacpp's embedded llama-server); scripted weights by
-the small aiohttp app below.
+- llama-server (Ollama 0.30 and later): `python -m ollama_emulator.runner --model <blob>
+  --port N --ctx-size C --parallel P [-t THREADS]`, serving the model at once.
+- ollama-runner (Ollama up to 0.2x): `<the emulator's program> runner --model <blob> --port N`
+  (the same program as the server, as `ollama runner` is), which loads the model when the
+  server sends its load request (POST /load: threads, context, parallel). (The short
+  discovery runner `runner --ollama-engine --port N` the server starts at every start is
+  answered by cli.py.)
+
+Both speak the subset of llama-server's API that the server uses: GET /health and a streamed
+POST /v1/chat/completions (server-sent events, `timings` on the last chunk). GGUF weights are
+served by llama.cpp itself (xllamacpp's embedded llama-server; behind a small proxy in the
+ollama-runner generation, whose port must answer before the load); scripted weights by the
+small aiohttp app below.
 """
 
 import argparse
@@ -21,6 +30,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import aiohttp
 from aiohttp import web
 
 from . import perception
@@ -224,21 +234,30 @@ class ScriptedRunner:
         await response.write(f'data: {json.dumps(chunk)}\n\n'.encode())
 
 
-def serve_scripted(script: Dict, port: int) -> None:
-    runner = ScriptedRunner(
+def scripted_runner(script: Dict) -> ScriptedRunner:
+    return ScriptedRunner(
         script,
         crash_after=int(os.environ.get('OLLAMA_EMULATOR_RUNNER_CRASH_AFTER') or 0),
         token_rate=float(os.environ.get('OLLAMA_EMULATOR_TOKEN_RATE') or 0))
+
+
+def scripted_application(script: Dict) -> web.Application:
+    runner = scripted_runner(script)
     app = web.Application(client_max_size=64 * 1024 * 1024)   # prompts of many MB, as Ollama
     app.router.add_get('/health', runner.health)
     app.router.add_post('/v1/chat/completions', runner.chat)
     app.router.add_post('/v1/embeddings', runner.embeddings)
+    return app
+
+
+def run(app: web.Application, port: int) -> None:
     # handler_cancellation: a client that disconnects stops the generation at once.
     web.run_app(app, host='127.0.0.1', port=port, print=None, handle_signals=True,
                 handler_cancellation=True, access_log=None)
 
 
-def serve_gguf(path: str, port: int, context_length: int, parallel: int, threads: int) -> None:
+def gguf_params(path: str, port: int, context_length: int, parallel: int,
+                threads: int) -> Any:
     import xllamacpp
 
     params = xllamacpp.CommonParams()
@@ -254,27 +273,141 @@ def serve_gguf(path: str, port: int, context_length: int, parallel: int, threads
     # llama-server would also keep older prompts in RAM and restore them (its prompt cache),
     # which makes two conversations alternating on one slot cheaper than on Ollama.
     params.cache_ram_mib = 0
-    server = xllamacpp.Server(params)  # noqa: F841 (serves until this process exits)
+    return params
+
+
+def serve_gguf(path: str, port: int, context_length: int, parallel: int, threads: int) -> None:
+    import xllamacpp
+
+    server = xllamacpp.Server(  # noqa: F841 (serves until this process exits)
+        gguf_params(path, port, context_length, parallel, threads))
     print(f'runner: llama.cpp serving {path} on port {port}', file=sys.stderr, flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog='ollama runner')
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def _slog(message: str, **fields: str) -> None:
+    """One log line in the shape of Ollama's runner (slog on stderr, read by the server)."""
+    moment = time.strftime('%Y-%m-%dT%H:%M:%S%z')
+    extra = ''.join(f' {key}={value}' for key, value in fields.items())
+    print(f'time={moment} level=INFO source=runner.go:950 msg={message}{extra}',
+          file=sys.stderr, flush=True)
+
+
+def load_request_text(request: Dict[str, Any]) -> str:
+    """The load request as Ollama's runner logs it (Go's %+v of llm.LoadRequest)."""
+    return ('"{Operation:commit LoraPath:[] Parallel:%d BatchSize:512 FlashAttention:false '
+            'KvSize:%d KvCacheType: NumThreads:%d GPULayers:[] MultiUserCache:false '
+            'ProjectorPath: MainGPU:0 UseMmap:true}"' % (
+                request['parallel'], request['kv_size'], request['num_threads']))
+
+
+class LoadingRunner:
+    """The ollama-runner generation: the port answers at once, the model is loaded by the
+    server's POST /load (threads, context and parallel travel there, not on the command line).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.scripted: Optional[ScriptedRunner] = None   # a scripted model, once loaded
+        self.upstream: Optional[str] = None              # llama.cpp's URL for a GGUF model
+        self.server: Any = None                          # keeps llama.cpp serving
+        self.session: Optional[aiohttp.ClientSession] = None
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get('/health', self.health)
+        app.router.add_post('/load', self.load)
+        app.router.add_post('/v1/chat/completions', self.forward)
+        app.router.add_post('/v1/embeddings', self.forward)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        if self.scripted is None and self.upstream is None:
+            return web.json_response({'status': 'launched'}, status=503)
+        return web.json_response({'status': 'ok'})
+
+    async def load(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        _slog('load', request=load_request_text(body))
+        with open(self.path, 'rb') as weights:
+            data = weights.read(4)
+            if data != GGUF_MAGIC:
+                self.scripted = scripted_runner(json.loads(data + weights.read()))
+                return web.json_response({'success': True})
+        import xllamacpp
+
+        port = _free_port()
+        params = gguf_params(self.path, port, int(body['kv_size']) // int(body['parallel']),
+                             int(body['parallel']), int(body['num_threads']))
+        # Loading takes a while: off the event loop, which keeps answering /health.
+        self.server = await asyncio.get_running_loop().run_in_executor(
+            None, xllamacpp.Server, params)
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None),
+            connector=aiohttp.TCPConnector(force_close=True))
+        upstream = f'http://127.0.0.1:{port}'
+        while True:
+            try:
+                async with self.session.get(upstream + '/health') as reply:
+                    if reply.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.02)
+        self.upstream = upstream
+        return web.json_response({'success': True})
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if self.scripted is not None:
+            if request.path == '/v1/embeddings':
+                return await self.scripted.embeddings(request)
+            return await self.scripted.chat(request)
+        if self.upstream is None or self.session is None:
+            return web.json_response({'error': {'code': 503, 'message': 'no model loaded'}},
+                                     status=503)
+        body = await request.read()
+        async with self.session.post(self.upstream + request.path, data=body,
+                                     headers={'Content-Type': 'application/json'}) as upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                'Content-Type': upstream.headers.get('Content-Type', 'application/json')})
+            await response.prepare(request)
+            async for piece in upstream.content.iter_any():
+                await response.write(piece)
+            await response.write_eof()
+        return response
+
+
+def main(argv: Optional[List[str]] = None, loads_on_request: bool = False) -> None:
+    """loads_on_request: the ollama-runner generation (`<program> runner ...`), which waits for
+    the server's load request; otherwise llama-server's command line."""
+    parser = argparse.ArgumentParser(prog='ollama runner' if loads_on_request else 'llama-server')
     parser.add_argument('--model', required=True)
     parser.add_argument('--port', type=int, required=True)
     parser.add_argument('--ctx-size', type=int, default=4096)
     parser.add_argument('--parallel', type=int, default=1)
-    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args()
+    parser.add_argument('-t', '--threads', type=int,
+                        default=int(os.environ.get('OLLAMA_EMULATOR_THREADS') or 0)
+                        or os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if loads_on_request:
+        run(LoadingRunner(args.model).application(), args.port)
+        return
     with open(args.model, 'rb') as weights:
         head = weights.read(4)
-    if head == GGUF_MAGIC:
+        script = None if head == GGUF_MAGIC else json.loads(head + weights.read())
+    if script is None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         serve_gguf(args.model, args.port, args.ctx_size, args.parallel, args.threads)
     else:
-        with open(args.model, 'rb') as weights:
-            serve_scripted(json.loads(weights.read()), args.port)
+        run(scripted_application(script), args.port)
 
 
 if __name__ == '__main__':

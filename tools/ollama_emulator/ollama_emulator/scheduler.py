@@ -4,7 +4,9 @@ Mirrors Ollama's scheduler where a client can tell: a load starts a runner in th
 process group and blocks until it answers; keep_alive sticks to the loaded model and starts
 counting when its last request ends; an unload request returns at once while the runner is
 killed in the background; at most OLLAMA_NUM_PARALLEL requests run per model and at most
-OLLAMA_MAX_QUEUE wait.
+OLLAMA_MAX_QUEUE wait. One runner per weights file: two names of one blob share it, and
+loading the second replaces the first's runner. The runner's command line follows the chosen
+generation (settings.runner_generation, see runner.py).
 """
 
 import asyncio
@@ -36,6 +38,15 @@ class QueueFull(RuntimeError):
         super().__init__('server busy, please try again.  maximum pending requests exceeded')
 
 
+def own_program() -> List[str]:
+    """How to start this program again, as Ollama starts `ollama runner`: its own executable
+    (the same argv[0] and comm as the server), or `python -m` when run as a module."""
+    program = sys.argv[0]
+    if not program.endswith('.py') and os.access(program, os.X_OK):
+        return [os.path.abspath(program)]
+    return [sys.executable, '-m', 'ollama_emulator.cli']
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
@@ -53,6 +64,7 @@ class Runner:
     slots: asyncio.Semaphore
     keep_alive: Optional[float]             # seconds; None = forever
     threads: int                            # llama.cpp threads (num_thread of the load)
+    blob: str = ''                          # the weights file it holds
     references: int = 0
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     expires_at: Optional[datetime.datetime] = None
@@ -68,11 +80,23 @@ class Scheduler:
         self.pending = 0
         self.session: Optional[aiohttp.ClientSession] = None
 
+    @property
+    def loads_on_request(self) -> bool:
+        """The ollama-runner generation: threads travel in a load request."""
+        return self.settings.runner_generation == 'ollama-runner'
+
     async def start(self) -> None:
         # A new connection per runner request: llama-server closes a kept-alive connection
         # after a few requests, and a request sent on it just then fails at once.
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                              connector=aiohttp.TCPConnector(force_close=True))
+        if self.loads_on_request:
+            # Ollama 0.2x runs a short discovery runner (no --model) at every start, before it
+            # serves HTTP (its port accepts connections meanwhile).
+            discovery = await asyncio.create_subprocess_exec(
+                *own_program(), 'runner', '--ollama-engine', '--port', str(_free_port()))
+            log.info('discovering devices: runner pid=%s', discovery.pid)
+            await discovery.wait()
 
     # ---- queue ---------------------------------------------------------------------------
     def enter_queue(self) -> None:
@@ -93,7 +117,8 @@ class Scheduler:
         num_thread; omitted means the default) reloads the model once its requests are done.
         """
         name = model.name.short
-        threads = num_thread if num_thread and num_thread > 0 else self.default_threads()
+        given = num_thread if num_thread and num_thread > 0 else None
+        threads = given or self.default_threads()
         while True:
             runner = self.runners.get(name)
             if runner is not None and not runner.unloading and runner.process.returncode is None:
@@ -104,9 +129,21 @@ class Scheduler:
                     await runner.idle.wait()
                 await self.unload(runner)
                 continue
+            sharing = [other for other in self.loaded() if other.blob == self._model_blob(model)
+                       and other.model.name.short != name]
+            if sharing:
+                # One runner per weights file: the other name's runner makes way, as in Ollama.
+                other = sharing[0]
+                log.info('%s shares its weights with %s: replacing its runner', name,
+                         other.model.name.short)
+                if other.references:
+                    await other.idle.wait()
+                await self.unload(other)
+                continue
             task = self.loading.get(name)
             if task is None:
-                task = asyncio.ensure_future(self._load(model, keep_alive, num_ctx, threads))
+                task = asyncio.ensure_future(self._load(model, keep_alive, num_ctx, threads,
+                                                        given))
                 self.loading[name] = task
                 task.add_done_callback(lambda _t, n=name: self.loading.pop(n, None))
             await asyncio.shield(task)
@@ -130,10 +167,29 @@ class Scheduler:
         """llama.cpp threads when a request does not say (Ollama: the performance cores)."""
         return max(1, int(os.environ.get('OLLAMA_EMULATOR_THREADS') or os.cpu_count() or 1))
 
+    def _model_blob(self, model: InstalledModel) -> str:
+        layer = model.layer(MEDIA_MODEL)
+        return str(self._blob(layer['digest'])) if layer else ''
+
+    def _runner_command(self, blob: str, port: int, context_length: int,
+                        given_threads: Optional[int]) -> List[str]:
+        """The runner's command line in the chosen generation (see runner.py)."""
+        if self.loads_on_request:
+            return [*own_program(), 'runner', '--model', blob, '--port', str(port)]
+        command = [sys.executable, '-m', 'ollama_emulator.runner', '--model', blob,
+                   '--port', str(port), '--ctx-size', str(context_length),
+                   '--parallel', str(self.settings.num_parallel)]
+        # Ollama 0.30+ passes -t to llama-server only when the request set num_thread.
+        return command + (['-t', str(given_threads)] if given_threads else [])
+
     async def _load(self, model: InstalledModel, keep_alive: Optional[float],
-                    num_ctx: Optional[int], threads: int) -> None:
+                    num_ctx: Optional[int], threads: int, given_threads: Optional[int]) -> None:
         name = model.name.short
-        entry = catalog.MODELS.get(name)
+        layer = model.layer(MEDIA_MODEL)
+        if layer is None:
+            raise LoadError(f'{name}: manifest has no model layer')
+        # By name, or by weights for a catalog GGUF created under a name of its own.
+        entry = catalog.entry_of(name, layer['digest'])
         faults = self.settings.faults
         await self._make_room()
         if faults.load_delay:
@@ -142,29 +198,48 @@ class Scheduler:
             needed = model.size + 6 * 1024 ** 3
             raise LoadError(f'model requires more system memory ({needed / 1024 ** 3:.1f} GiB) '
                             f'than is available ({2.3:.1f} GiB)')
-        layer = model.layer(MEDIA_MODEL)
-        if layer is None:
-            raise LoadError(f'{name}: manifest has no model layer')
-        blob = str(self._blob(layer['digest']))
+        blob = self._model_blob(model)
         trained = entry.context_length if entry else self.settings.context_length
         context_length = min(num_ctx or self.settings.context_length, trained)
         port = _free_port()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, '-m', 'ollama_emulator.runner', '--model', blob,
-            '--port', str(port), '--ctx-size', str(context_length),
-            '--parallel', str(self.settings.num_parallel), '--threads', str(threads))
+            *self._runner_command(blob, port, context_length, given_threads))
         log.info('starting runner pid=%s model=%s port=%s', process.pid, blob, port)
         if faults.server_crash_on_load:
             log.error('injected crash while loading')
             os._exit(2)
         url = f'http://127.0.0.1:{port}'
+        if self.loads_on_request:
+            await self._send_load(process, url, {
+                'num_threads': threads, 'kv_size': context_length * self.settings.num_parallel,
+                'parallel': self.settings.num_parallel})
         await self._wait_healthy(process, url)
         runner = Runner(model=model, process=process, url=url, context_length=context_length,
                         slots=asyncio.Semaphore(self.settings.num_parallel),
-                        keep_alive=keep_alive, threads=threads)
+                        keep_alive=keep_alive, threads=threads, blob=blob)
         self.runners[name] = runner
         asyncio.ensure_future(self._watch(runner))
         log.info('llama runner started in %s', name)
+
+    async def _send_load(self, process: asyncio.subprocess.Process, url: str,
+                         request: Dict[str, int]) -> None:
+        """The ollama-runner generation's load request, once the runner's port answers."""
+        assert self.session is not None
+        while True:
+            if process.returncode is not None:
+                raise LoadError(f'llama runner process has terminated: exit status '
+                                f'{process.returncode}')
+            try:
+                async with self.session.post(url + '/load', json=request) as reply:
+                    if reply.status != 200:
+                        raise LoadError(f'load request failed: {await reply.text()}')
+                    return
+            except aiohttp.ClientConnectionError:
+                pass
+            try:
+                await asyncio.wait_for(process.wait(), 0.02)
+            except asyncio.TimeoutError:
+                pass
 
     async def _wait_healthy(self, process: asyncio.subprocess.Process, url: str) -> None:
         assert self.session is not None

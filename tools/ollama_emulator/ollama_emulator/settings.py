@@ -10,6 +10,12 @@ import urllib.parse
 from .durations import parse_keep_alive
 
 DEFAULT_PORT = 11434
+# The runner generations of Ollama the emulator can behave as (OLLAMA_EMULATOR_RUNNER):
+# 'ollama-runner' (up to 0.2x: `ollama runner --model <blob> --port N`, threads in the load
+# request, a discovery runner at start, prompt_eval_count = the whole prompt) and
+# 'llama-server' (0.30 and later: llama.cpp's server, `-t` on its command line, prompt_eval_count
+# = the tokens evaluated). The default is the current generation, which a fresh install gets.
+RUNNER_GENERATIONS = ('llama-server', 'ollama-runner')
 
 
 def parse_host(value: str) -> Tuple[str, int]:
@@ -53,6 +59,7 @@ class Settings:
     request_log: str = ''
     # OLLAMA_NO_CLOUD: no ollama.com sign-in or cloud models (a bool as Go parses one).
     no_cloud: bool = False
+    runner_generation: str = RUNNER_GENERATIONS[0]
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> 'Settings':
@@ -78,6 +85,10 @@ class Settings:
             ignore_sigterm=env.get('OLLAMA_EMULATOR_IGNORE_SIGTERM', '') == '1',
             token_rate=number('OLLAMA_EMULATOR_TOKEN_RATE', 0),
         )
+        generation = env.get('OLLAMA_EMULATOR_RUNNER') or RUNNER_GENERATIONS[0]
+        if generation not in RUNNER_GENERATIONS:
+            raise ValueError(f'OLLAMA_EMULATOR_RUNNER={generation!r}: expected one of '
+                             f"{', '.join(RUNNER_GENERATIONS)}")
         return cls(
             host=host,
             port=port,
@@ -91,4 +102,5 @@ class Settings:
             request_log=env.get('OLLAMA_EMULATOR_REQUEST_LOG', ''),
             no_cloud=env.get('OLLAMA_NO_CLOUD', '').strip().lower() not in (
                 '', '0', 'f', 'false'),
+            runner_generation=generation,
         )

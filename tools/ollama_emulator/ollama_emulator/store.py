@@ -12,7 +12,7 @@ import json
 import os
 import pathlib
 import re
-from typing import AsyncIterator, Dict, List, Optional
+from typing import AsyncIterator, Dict, List, Optional, Tuple
 
 from . import catalog
 
@@ -21,10 +21,16 @@ NAMESPACE = 'library'
 MEDIA_MODEL = 'application/vnd.ollama.image.model'
 MEDIA_TEMPLATE = 'application/vnd.ollama.image.template'
 MEDIA_LICENSE = 'application/vnd.ollama.image.license'
+MEDIA_PARAMS = 'application/vnd.ollama.image.params'
+MEDIA_SYSTEM = 'application/vnd.ollama.image.system'
 MEDIA_CONFIG = 'application/vnd.docker.container.image.v1+json'
 MEDIA_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
 _NAME_PART = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$')
 PULL_CHUNK = 4 * 1024 * 1024
+
+
+class DigestMismatch(ValueError):
+    """An uploaded blob whose bytes do not have the digest it was sent under."""
 
 
 class InvalidName(ValueError):
@@ -158,7 +164,6 @@ class ModelStore:
             (MEDIA_TEMPLATE, catalog.CHATML_TEMPLATE.encode()),
             (MEDIA_LICENSE, entry.license.encode()),
         ]
-        config = json.dumps(entry.config(), sort_keys=True).encode()
         for _, data in layers:
             async for progress in self._write_blob(data):
                 yield progress
@@ -166,22 +171,54 @@ class ModelStore:
         for _, data in layers:
             if digest_of(self.blob_path(digest_of(data)).read_bytes()) != digest_of(data):
                 raise OSError('digest mismatch, file must be downloaded again')
-        self.blob_path(digest_of(config)).write_bytes(config)
         yield {'status': 'writing manifest'}
+        self.write_manifest(name, [(media, digest_of(data), len(data)) for media, data in layers],
+                            entry.config())
+        yield {'status': 'success'}
+
+    def write_manifest(self, name: ModelName, layers: List[Tuple[str, str, int]],
+                       config: Dict) -> None:
+        """Write the config blob and the manifest of layers (media type, digest, size) whose
+        blobs are in the store."""
+        config_bytes = json.dumps(config, sort_keys=True).encode()
+        self.blob_path(digest_of(config_bytes)).write_bytes(config_bytes)
         manifest = {
             'schemaVersion': 2,
             'mediaType': MEDIA_MANIFEST,
-            'config': {'mediaType': MEDIA_CONFIG, 'digest': digest_of(config),
-                       'size': len(config)},
-            'layers': [{'mediaType': media, 'digest': digest_of(data), 'size': len(data)}
-                       for media, data in layers],
+            'config': {'mediaType': MEDIA_CONFIG, 'digest': digest_of(config_bytes),
+                       'size': len(config_bytes)},
+            'layers': [{'mediaType': media, 'digest': digest, 'size': size}
+                       for media, digest, size in layers],
         }
         path = self.manifest_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + '.tmp')
         temporary.write_text(json.dumps(manifest))
         os.replace(temporary, path)
-        yield {'status': 'success'}
+
+    def add_blob(self, data: bytes) -> str:
+        """Store bytes as a blob (if not there yet); returns its digest."""
+        digest = digest_of(data)
+        final = self.blob_path(digest)
+        if not final.exists():
+            partial = final.with_name(final.name + '-partial')
+            partial.write_bytes(data)
+            os.replace(partial, final)
+        return digest
+
+    async def receive_blob(self, digest: str, pieces: AsyncIterator[bytes]) -> None:
+        """POST /api/blobs/<digest>: the bytes, streamed to disk, must have that digest."""
+        final = self.blob_path(digest)
+        partial = final.with_name(final.name + '-partial')
+        hashed = hashlib.sha256()
+        with open(partial, 'wb') as sink:
+            async for piece in pieces:
+                hashed.update(piece)
+                sink.write(piece)
+        if 'sha256:' + hashed.hexdigest() != digest:
+            partial.unlink()
+            raise DigestMismatch('digest mismatch')
+        os.replace(partial, final)
 
     async def _write_blob(self, data: bytes) -> AsyncIterator[Dict]:
         digest = digest_of(data)

@@ -49,6 +49,9 @@ class Emulator:
         for name in names:
             self.client.pull(name)
 
+    def output(self) -> str:
+        return open(self.log_path, errors='replace').read()
+
     def stats(self) -> Dict:
         return httpx.get(self.url + '/emulator/stats').json()
 
@@ -73,6 +76,7 @@ def wait(condition: Callable[[], object], what: str, timeout: float = 30.0) -> o
 
 
 def runners_of(emulator: Emulator) -> List[psutil.Process]:
+    """The server's model runners, in either generation (not the discovery runner, which has
+    no --model)."""
     server = psutil.Process(emulator.process.pid)
-    return [child for child in server.children() if 'ollama_emulator.runner' in
-            ' '.join(child.cmdline())]
+    return [child for child in server.children() if '--model' in child.cmdline()]

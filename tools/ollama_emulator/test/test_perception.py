@@ -69,8 +69,7 @@ def test_embed_input_forms_dimensions_and_errors(seeing):
     for body, status, message in [
             ({'model': 'embedder', 'input': 5}, 400, 'invalid input type'),
             ({'model': 'embedder', 'input': 'word ' * 600, 'truncate': False}, 400,
-             'the input length exceeds the context length'),
-            ({'model': 'echo', 'input': 'x'}, 501, 'this model does not support embeddings')]:
+             'the input length exceeds the context length')]:
         reply = httpx.post(seeing.url + '/api/embed', json=body)
         assert (reply.status_code, reply.json()) == (status, {'error': message})
     long = seeing.client.embed('embedder', 'word ' * 600)

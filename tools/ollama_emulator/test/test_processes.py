@@ -1,12 +1,15 @@
 """The emulator's process tree and signals, checked with psutil like the node checks them."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
+from typing import Optional
 
 import httpx
 import psutil
+import pytest
 
 from emulator_fixtures import runners_of
 from emulator_fixtures import wait
@@ -90,23 +93,31 @@ def test_unwritable_models_dir_fails_at_start(tmp_path):
     assert result.returncode == 1 and result.stderr.startswith('Error: mkdir')
 
 
-def threads_of(runner: psutil.Process) -> int:
+def threads_of(emulator, runner: psutil.Process) -> Optional[int]:
+    """The runner's threads: -t on llama-server's command line (None: not given, the default),
+    or the last load request in the log (ollama-runner: threads are not on its command line)."""
     cmdline = runner.cmdline()
-    return int(cmdline[cmdline.index('--threads') + 1])
+    if '-t' in cmdline:
+        return int(cmdline[cmdline.index('-t') + 1])
+    loads = re.findall(r'NumThreads:(\d+)', emulator.output())
+    return int(loads[-1]) if loads else None
 
 
-def test_num_thread_of_the_load_starts_the_runner_and_a_different_one_reloads(start_emulator):
-    emulator = start_emulator(OLLAMA_EMULATOR_THREADS='2')
+@pytest.mark.parametrize('generation', ['llama-server', 'ollama-runner'])
+def test_num_thread_of_the_load_starts_the_runner_and_a_different_one_reloads(
+        start_emulator, generation):
+    emulator = start_emulator(OLLAMA_EMULATOR_THREADS='2', OLLAMA_EMULATOR_RUNNER=generation)
     emulator.pull('echo')
     emulator.client.generate('echo', options={'num_thread': 1})
     (first,) = runners_of(emulator)
-    assert threads_of(first) == 1
+    assert threads_of(emulator, first) == 1
     emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}], options={'num_thread': 1})
     assert runners_of(emulator) == [first]
     # Omitted means the default, which differs: Ollama reloads the model with it.
     emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}])
     (second,) = wait(lambda: [r for r in runners_of(emulator) if r.pid != first.pid],
                      'the model to be reloaded')
-    assert threads_of(second) == 2
+    # llama-server gets no -t then (its default); the ollama-runner's load request says 2.
+    assert threads_of(emulator, second) == (None if generation == 'llama-server' else 2)
     wait(lambda: not first.is_running() or first.status() == psutil.STATUS_ZOMBIE,
          'the first runner to exit')

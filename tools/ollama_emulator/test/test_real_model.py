@@ -66,21 +66,6 @@ def test_smollm2_output_is_constrained_to_the_schema(start_emulator):
     assert error.value.status_code == 500 and 'bogus' in error.value.error
 
 
-def test_llama_cpp_reuses_the_cached_prefix_of_the_previous_request(start_emulator):
-    """Ollama's prompt_eval_count counts the tokens evaluated: a prompt that extends the
-    previous one costs only its new tokens."""
-    emulator = start_emulator(OLLAMA_EMULATOR_THREADS='2')
-    emulator.pull('smollm2:135m')
-    options = {'temperature': 0, 'num_predict': 16}
-    history = [{'role': 'system', 'content': 'You are a helpful robot. ' * 20},
-               {'role': 'user', 'content': 'What is the capital of France?'}]
-    first = emulator.client.chat('smollm2:135m', history, options=options)
-    history += [first.message, {'role': 'user', 'content': 'And of Spain?'}]
-    second = emulator.client.chat('smollm2:135m', history, options=options)
-    assert first.prompt_eval_count > 100
-    assert 0 < second.prompt_eval_count < 40
-
-
 def test_two_conversations_alternating_on_one_slot_evaluate_their_history_again(
         start_emulator):
     """Ollama keeps one cached prompt per slot (OLLAMA_NUM_PARALLEL=1: one): a conversation
