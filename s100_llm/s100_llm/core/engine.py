@@ -184,8 +184,9 @@ class OllamaEngine:
         # For the diagnostics' once-a-second look at /api/ps: a dead server must not stall it.
         self.status_client = ollama.Client(host=base_url, timeout=1.0, verify=_no_tls(),
                                            trust_env=False)
-        # For the unload and its confirmation (the node's stop_timeout): an unload is quick, and
-        # a server that does not answer it must not hold a deactivate for the load's timeout.
+        # For deactivate's requests (the node's stop_timeout): the unload and its confirmation,
+        # or the keep-alive of a model that is loaded already; each is quick, and a server that
+        # does not answer must not hold a deactivate for the load's timeout.
         self.unload_client = ollama.Client(host=base_url, timeout=unload_timeout,
                                            verify=_no_tls(), trust_env=False)
         self._loop = asyncio.new_event_loop()
@@ -256,19 +257,24 @@ class OllamaEngine:
         except Exception as error:
             raise EngineError(describe(error, f'pull {model}')) from None
 
-    def load(self, model: str, keep_alive: float = FOREVER) -> None:
-        """Load the model (blocks until Ollama has it in memory) with the given keep_alive."""
-        reply = self._call(f'load {model}', self.client.generate, model=model,
+    def load(self, model: str, keep_alive: float = FOREVER, loaded: bool = False) -> None:
+        """Load the model (blocks until Ollama has it in memory) with the given keep_alive;
+        loaded: it is in memory already (only its keep_alive changes), bounded like unload."""
+        client = self.unload_client if loaded else self.client
+        reply = self._call(f'load {model}', client.generate, model=model,
                            keep_alive=_keep_alive(keep_alive), options=self.model_options)
         if reply.done_reason != 'load':
             raise EngineError(f'load {model}: unexpected answer done_reason={reply.done_reason}')
 
-    def load_embedder(self, model: str, keep_alive: float = FOREVER) -> None:
+    def load_embedder(self, model: str, keep_alive: float = FOREVER, loaded: bool = False
+                      ) -> None:
         """Load an embedding model (blocks until Ollama has it in memory) with the given
         keep_alive. Such a model cannot generate, so Ollama's preload with an empty
         /api/generate is refused for it ("does not support generate"); an /api/embed with no
-        input loads it instead (Ollama schedules the runner before it looks at the input)."""
-        self._call(f'load {model}', self.client.embed, model=model, input=[],
+        input loads it instead (Ollama schedules the runner before it looks at the input).
+        loaded: as for load()."""
+        client = self.unload_client if loaded else self.client
+        self._call(f'load {model}', client.embed, model=model, input=[],
                    keep_alive=_keep_alive(keep_alive), options=self.model_options)
 
     def unload(self, model: str) -> None:

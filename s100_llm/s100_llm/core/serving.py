@@ -393,7 +393,7 @@ class Serving:
             try:
                 if model.keep_alive_inactive > 0:
                     for name in names:
-                        self._request_load(name, model.keep_alive_inactive)
+                        self._keep_for(name, model.keep_alive_inactive)
                     self.log('info', f'{both} stay loaded for {model.keep_alive_inactive:g} s '
                                      '(keep_alive_inactive)')
                     return
@@ -429,13 +429,14 @@ class Serving:
                              f"{'its runner has' if len(names) == 1 else 'their runners have'} "
                              'exited')
 
-    def _request_load(self, name: str, keep_alive: float) -> None:
-        """Load (or keep) a model with keep_alive: the embedding model through /api/embed."""
+    def _keep_for(self, name: str, keep_alive: float) -> None:
+        """Keep a loaded model for keep_alive (the embedding model through /api/embed);
+        bounded by stop_timeout, as the unload it replaces."""
         assert self._engine is not None
         if self._is_embedder(name):
-            self._engine.load_embedder(name, keep_alive)
+            self._engine.load_embedder(name, keep_alive, loaded=True)
         else:
-            self._engine.load(name, keep_alive)
+            self._engine.load(name, keep_alive, loaded=True)
 
     def _is_embedder(self, name: str) -> bool:
         """Whether `name` is the embedding model (and not also the chat model)."""

@@ -339,12 +339,13 @@ def test_a_reload_in_progress_is_reported_as_such(start_llm):
 
 
 def test_a_deactivate_that_cannot_reach_the_server_still_stops_serving(start_llm):
-    # The server is frozen: deactivate's keep-alive request times out.
-    llm = start_llm(keep_alive_inactive=600.0, load_timeout=1.0, stop_timeout=0.5)
+    # The server is frozen: deactivate's keep-alive request times out, bounded by stop_timeout
+    # (not load_timeout: it only changes a loaded model's expiry).
+    llm = start_llm(keep_alive_inactive=600.0, load_timeout=600.0, stop_timeout=0.5)
     llm.activate()
     (server,) = servers(llm)
     server.suspend()
-    assert llm.client.change_state('deactivate')
+    assert llm.client.change_state('deactivate', timeout=30.0)
     assert llm.client.state() == 'inactive'
     assert 'unload: ' in llm.client.wait_log('unload: ')
     refused = llm.client.send_chat(Chat.Goal(prompt='after'))
