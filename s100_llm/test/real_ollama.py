@@ -157,7 +157,8 @@ def models_dir(path: pathlib.Path) -> str:
     return str(path)
 
 
-def emulator_only(item: pytest.Item) -> bool:
+# pytest's types are quoted: jammy's pytest 6.2.5 has no pytest.Config or pytest.TerminalReporter.
+def emulator_only(item: 'pytest.Item') -> bool:
     """Whether a test needs the emulator: marked so, or a node test not marked real_model."""
     if item.get_closest_marker('emulator_only') is not None:
         return True
@@ -165,7 +166,7 @@ def emulator_only(item: pytest.Item) -> bool:
     return uses_node and item.get_closest_marker('real_model') is None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: 'pytest.Config', items: List['pytest.Item']) -> None:
     if binary() is None:
         return
     skip = pytest.mark.skip(reason=f'emulator-only (scripted models or fault hooks); '
@@ -176,14 +177,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             _emulator_only.append(item.nodeid)
 
 
-def pytest_report_header(config: pytest.Config) -> Optional[str]:
+def pytest_report_header(config: 'pytest.Config') -> Optional[str]:
     if binary() is None:
         return None
     return (f'{VARIABLE}={binary()}: real-model tests run against it; emulator-only tests '
             'are skipped (listed at the end)')
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def pytest_terminal_summary(terminalreporter: 'pytest.TerminalReporter') -> None:
     if binary() is None:
         return
     terminalreporter.section(f'emulator-only tests, skipped with {VARIABLE} '

@@ -13,9 +13,9 @@ import ollama
 import pytest
 import real_ollama
 
-from harness import free_port
-from harness import wait_for
 from s100_llm.core.server import model_blob
+from support import free_port
+from support import wait_for
 
 
 def test_smollm2_is_imported_from_its_gguf_with_a_template_that_has_tools(tmp_path):
