@@ -22,6 +22,7 @@ import importlib.metadata
 import inspect
 import threading
 import time
+import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 from urllib.parse import unquote
 
@@ -30,11 +31,22 @@ from jsonschema.exceptions import best_match
 from jsonschema.exceptions import ValidationError
 import regex
 
+with warnings.catch_warnings():
+    # Python's own regular expression parser (what `re` compiles with); deprecated under this
+    # name since 3.11, still there: measuring a pattern needs its parse tree, not a match.
+    warnings.simplefilter('ignore', DeprecationWarning)
+    import sre_constants
+    import sre_parse
+
 # Checking one document (an answer) against its schema takes at most about this long: past
 # it the check stops and says which pattern (or that the schema as a whole) took too long.
 # A legitimate check takes milliseconds. regex counts CPU time (C clock()): on a loaded
 # machine the wall time can be longer.
 CHECK_SECONDS = 1.0
+# A pattern is refused when it is longer than this, or when its counted repeats written out
+# (the regex module's compiled form) exceed MAX_PATTERN_ITEMS: compiling is not time-bounded.
+MAX_PATTERN_CHARS = 1000
+MAX_PATTERN_ITEMS = 10000
 
 # Deeply nested JSON exhausts Python's recursion limit (in json and jsonschema) long before
 # max_prompt_chars: such a document is refused, not a crash of the goal's callback.
@@ -261,12 +273,49 @@ def _patterns_problem(node: Dict[str, Any], what: str, where: str) -> str:
     if isinstance(node.get('pattern'), str):
         patterns.append(node['pattern'])
     for pattern in patterns:
+        named = f'{what}: pattern {brief(repr(pattern))}{where}'
+        if len(pattern) > MAX_PATTERN_CHARS:
+            return f'{named} is longer than {MAX_PATTERN_CHARS} characters'
+        # regex expands counted repeats when it compiles, holding the GIL without a time
+        # limit: "((a{1000}){1000}){4}" took seconds and gigabytes. Measured first.
+        try:
+            size = _expanded_size(sre_parse.parse(pattern))
+        except (sre_constants.error, RecursionError, OverflowError) as error:
+            return f'{named} is not a regular expression Python can read: {error}'
+        if size > MAX_PATTERN_ITEMS:
+            return (f'{named} repeats too much: it expands to more than '
+                    f'{MAX_PATTERN_ITEMS} items (counted repeats multiply)')
         try:
             regex.compile(pattern)
         except regex.error as error:
-            return (f'{what}: pattern {brief(repr(pattern))}{where} is not a regular '
-                    f'expression: {error}')
+            return f'{named} is not a regular expression: {error}'
     return ''
+
+
+_REPEATS = {sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT,
+            getattr(sre_constants, 'POSSESSIVE_REPEAT', sre_constants.MAX_REPEAT)}
+
+
+def _expanded_size(parsed: Any) -> int:
+    """How many items a parsed pattern becomes once its counted repeats are written out (as
+    the regex module compiles them); stops counting past MAX_PATTERN_ITEMS."""
+    total = 0
+    for op, value in parsed:
+        if op in _REPEATS:
+            low, high, inner = value
+            count = low if high == sre_constants.MAXREPEAT else high
+            total += max(count, 1) * _expanded_size(inner)
+        else:
+            # Groups, branches and lookarounds hold parsed sub-patterns somewhere in `value`.
+            parts = value if isinstance(value, (tuple, list)) else (value,)
+            inner = [p for p in parts if isinstance(p, sre_parse.SubPattern)]
+            for branch in parts:
+                if isinstance(branch, list):
+                    inner += [p for p in branch if isinstance(p, sre_parse.SubPattern)]
+            total += sum(_expanded_size(p) for p in inner) or 1
+        if total > MAX_PATTERN_ITEMS:
+            return total
+    return total
 
 
 def _cycle(edges: Dict[Path, List[Path]]) -> List[Path]:
