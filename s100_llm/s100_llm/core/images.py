@@ -161,42 +161,52 @@ def _check_png_whole(data: bytes, picture: Image.Image) -> None:
     Pillow pads a PNG whose compressed stream ends early with black, without an error, even
     with LOAD_TRUNCATED_IMAGES false (Pillow 9 to 13), and does not mind a missing IEND: a cut
     file could be described to the model as a black picture. The stream is inflated in
-    pieces and only counted, so this costs time, not memory.
+    pieces and only counted, so this costs time, not memory; it stops as soon as the data is
+    longer than the header says (a small file can inflate to gigabytes), which is refused too.
     """
     inflater = zlib.decompressobj()
     inflated = 0
     offset = len(PNG_MAGIC)
-    header = b''
+    expected = _png_data_size(picture.size, data[offset + 16:offset + 21])  # IHDR comes first
     while True:
         if offset + 8 > len(data):
             raise ValueError('the file ends before its IEND chunk (cut short?)')
         length, kind = struct.unpack('>I4s', data[offset:offset + 8])
         body = data[offset + 8:offset + 8 + length]
         offset += 12 + length
-        if kind == b'IHDR':
-            header = body
-        elif kind == b'IDAT':
-            inflated += _inflated_size(inflater, body)
+        if kind == b'IDAT':
+            inflated += _inflated_size(inflater, body, expected - inflated + 1)
+            if inflated > expected:
+                raise ValueError(f'its image data is longer than the {expected} bytes its '
+                                 'header says')
         elif kind == b'IEND':
             break
-    width, height = picture.size
-    depth, colour, _, _, interlaced = struct.unpack('>BBBBB', header[8:13])
+    if inflated < expected or not inflater.eof:
+        raise ValueError(f'its image data ends after {inflated} of {expected} bytes '
+                         '(cut short?)')
+
+
+def _png_data_size(size: Tuple[int, int], header: bytes) -> int:
+    """The inflated image data's size a PNG header (bit depth, colour type, compression,
+    filter, interlace) promises for an image of this size: a filter byte and the packed
+    samples per row, per Adam7 pass when interlaced."""
+    width, height = size
+    depth, colour, _, _, interlaced = struct.unpack('>BBBBB', header)
     bits = depth * _PNG_SAMPLES.get(colour, 4)
     passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
     expected = 0
     for x0, y0, dx, dy in passes:
         columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
         if columns > 0 and rows > 0:
-            expected += rows * (1 + -(-columns * bits // 8))    # a filter byte per row
-    if inflated < expected or not inflater.eof:
-        raise ValueError(f'its image data ends after {inflated} of {expected} bytes '
-                         '(cut short?)')
+            expected += rows * (1 + -(-columns * bits // 8))
+    return expected
 
 
-def _inflated_size(inflater: 'zlib._Decompress', chunk: bytes) -> int:
-    """How many bytes chunk inflates to, in pieces of at most 1 MB."""
+def _inflated_size(inflater: 'zlib._Decompress', chunk: bytes, limit: int) -> int:
+    """How many bytes chunk inflates to, in pieces of at most 1 MB, counting no further than
+    limit."""
     size = 0
-    while chunk and not inflater.eof:
+    while chunk and not inflater.eof and size < limit:
         size += len(inflater.decompress(chunk, 1 << 20))
         chunk = inflater.unconsumed_tail
     return size

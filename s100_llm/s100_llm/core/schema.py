@@ -22,9 +22,9 @@ import importlib.metadata
 import inspect
 import threading
 import time
-import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 from urllib.parse import unquote
+import warnings
 
 from jsonschema import validators as jsonschema_validators
 from jsonschema.exceptions import best_match

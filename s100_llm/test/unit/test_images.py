@@ -167,6 +167,17 @@ def test_a_cut_png_does_not_decode(image):
         prepare(image, 'compressed_images[0]', 1024)
 
 
+def test_a_png_whose_data_is_longer_than_its_header_says_is_refused():
+    # A 1x1 header over 64 MB of zeros (64 KB compressed): accepted before, after inflating it
+    # all (a few MB inflated to 2 GiB cost 1.85 s of CPU); counting stops after 4 bytes now.
+    stream = zlib.compress(bytes(64 << 20), 9)
+    header = struct.pack('>IIBBBBB', 1, 1, 8, 2, 0, 0, 0)
+    data = (b'\x89PNG\r\n\x1a\n' + png_chunk(b'IHDR', header) + png_chunk(b'IDAT', stream)
+            + png_chunk(b'IEND', b''))
+    with pytest.raises(ImageProblem, match='longer than the 4 bytes its header says'):
+        prepare(CompressedImage('png', data), 'compressed_images[0]', 1024)
+
+
 @pytest.mark.parametrize('mode', ['1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'I;16'])
 @pytest.mark.parametrize('size', [(37, 23), (1, 1)])
 def test_whole_pngs_of_every_depth_decode(mode, size):
