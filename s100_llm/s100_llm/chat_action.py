@@ -382,8 +382,11 @@ class ChatActionServer:
             running = [g for g in self._goals.values() if g.ending is None]
         for goal in running:
             self._stop(goal, code, reason)
-        if not wait:
-            return
+        if wait:
+            self.wait_ended(reason)
+
+    def wait_ended(self, reason: str) -> None:
+        """Wait (at most ABORT_WAIT) until every goal abort_all ended has its result."""
         with self._lock:
             ended = self._ended.wait_for(
                 lambda: not self._goals and not self._executing, ABORT_WAIT)

@@ -346,21 +346,24 @@ class LlmNode(LifecycleNode):
         runs (a pull or load in progress is ended by stopping the server: Serving.exit_now).
 
         Runs while rclpy still works (the executor spins): every goal ends with its result
-        (NOT_SERVING, 'the node is shutting down'), which reaches its client. Each step is
-        guarded: the server is stopped whatever an earlier step did.
+        (NOT_SERVING, 'the node is shutting down'), which reaches its client. The server is
+        stopped first of the slow steps (`ros2 launch` sends SIGTERM 5 s after SIGINT and
+        SIGKILL 5 s later: a server killed with the node would orphan its runners), and
+        whatever an earlier step did.
         """
         reason = 'the node is shutting down'
         self.log.info(f'{reason}: ending chats, stopping the Ollama server')
         try:
             self.supervisor.stop()
-            self.diagnostics.stop()
             self.chat.close(reason)
-            self.chat.abort_all(reason, failure=False)
+            self.chat.abort_all(reason, failure=False, wait=False)
         except Exception as error:      # never keeps the server from being stopped
             self.log.error(f'exit: ending the chats failed: {error!r}')
         finally:
             self.serving.exit_now()
-            self.session_writer.flush()     # the last completed turns reach the file
+        self.chat.wait_ended(reason)
+        self.diagnostics.stop()
+        self.session_writer.flush()     # the last completed turns reach the file
 
     def _log_line(self, level: str, line: str) -> None:
         # rclpy refuses one call site logging at several severities: one call per level.
@@ -413,7 +416,9 @@ def main(args: Optional[List[str]] = None) -> int:
 
     def request_exit(number: int, frame: Any) -> None:
         exit_requested.set()    # a second signal during the exit changes nothing
-    for number in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal or ssh session would otherwise end the node without its
+    # exit (the server's parent-death signal would kill it and orphan its runners).
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, request_exit)
     node = LlmNode()
     # One thread per chat that runs (a waiting goal holds none: it is executed when a slot
@@ -438,7 +443,10 @@ def main(args: Optional[List[str]] = None) -> int:
                 exit_requested.set()
     spinner = threading.Thread(target=spin, name='executor')
     spinner.start()
-    exit_requested.wait()
+    # Polled, not exit_requested.wait(): the handler runs in this thread, and set() would wait
+    # forever for the Event's lock if the signal came while wait() held it.
+    while not exit_requested.is_set():
+        time.sleep(0.1)
     try:
         node.exit_process()
         compat.wait_until_idle(executor, EXECUTOR_DRAIN)

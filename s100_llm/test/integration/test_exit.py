@@ -48,7 +48,7 @@ def assert_clean_exit(llm, number):
     assert 'Failed to publish log message to rosout' not in output
 
 
-@pytest.mark.parametrize('number', [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize('number', [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_a_chat_gives_the_client_its_result(active, number):
     # Issue 23 item 5: the goal's result is sent before the node's context goes away.
     llm = active(model='endless:latest', env={'OLLAMA_EMULATOR_TOKEN_RATE': '50'})
