@@ -145,6 +145,7 @@ class ChatActionServer:
         # Set when the node is going down: every goal that arrives is refused with it.
         self.closing = ''
         self._clients_checked = 0.0
+        self._no_client_since: Optional[float] = None
         self._server = CancelHookActionServer(
             node, Chat, '~/chat', after_cancel=self._apply_cancels,
             execute_callback=self._execute,
@@ -349,14 +350,22 @@ class ChatActionServer:
         CLIENT_CHECK_PERIOD, from the goals that stream). Every action client subscribes to the
         feedback topic (rclpy, rclcpp, `ros2 action send_goal`); counting its subscribers works
         the same on Humble, Jazzy and Kilted. A killed client is gone once DDS notices (its
-        lease runs out: seconds)."""
+        lease runs out: seconds). Two counts of none, a period apart, are needed: discovery can
+        show a new client's goal before its feedback subscription."""
         now = time.monotonic()
         with self._lock:
             if now - self._clients_checked < CLIENT_CHECK_PERIOD:
                 return
             self._clients_checked = now
         if self.node.count_subscribers('~/chat/_action/feedback') > 0:
+            self._no_client_since = None
             return
+        if self._no_client_since is None:
+            self._no_client_since = now
+            return
+        if now - self._no_client_since < CLIENT_CHECK_PERIOD:
+            return
+        self._no_client_since = None
         with self._lock:
             goals = [g for g in self._goals.values() if g.ending is None and g.stop is None]
         for goal in goals:
