@@ -8,7 +8,6 @@ import pytest
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
-from std_msgs.msg import String
 
 from harness import assert_aborted
 from harness import run_installed
@@ -215,19 +214,18 @@ def test_chat_cli_info_and_unusable_files(active, domain_id, tmp_path):
 
 
 def test_the_robot_skills_example_runs_the_calls_and_prints_the_answer(active, domain_id):
-    llm = active(model='tooler:latest')
-    published = []
-    llm.client.node.create_subscription(String, '/robot_skills/skill_calls',
-                                        lambda m: published.append(json.loads(m.data)), 10)
+    active(model='tooler:latest')
     code, out, err = run_installed(domain_id, 'robot_skills',
                                    'navigate_to place=kitchen then report_battery')
     assert code == 0, err
-    # The model called both skills; after their results it answered from the last one.
+    # The model called both skills, in order; after their results it answered from the last
+    # one. (Read from the example's log: its ~/skill_calls messages are published by a process
+    # that exits right after, before a subscriber of the test may have discovered it: the
+    # topic check failed about 1 run in 4 under load.)
+    calls = [line.split('skill call: ', 1)[1] for line in err.splitlines()
+             if 'skill call: ' in line]
+    assert calls == ['navigate_to {"place": "kitchen"}', 'report_battery {}']
     assert out == 'report_battery returned: battery at 87 %\n'
-    assert 'skill call: navigate_to {"place": "kitchen"}' in err
-    wait_for(lambda: len(published) == 2, 'both skill calls on ~/skill_calls')
-    assert published == [{'name': 'navigate_to', 'arguments': {'place': 'kitchen'}},
-                         {'name': 'report_battery', 'arguments': {}}]
 
 
 def test_the_robot_skills_example_says_why_a_model_cannot_serve(active, domain_id):
