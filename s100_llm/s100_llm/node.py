@@ -43,10 +43,14 @@ Threads and locks:
   node's or of Serving's; they read `serving_state()`.
 - 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
   stored turn; takes the session store's lock only to copy the sessions.
-- the main thread: waits for SIGINT/SIGTERM (main() handles both, not rclpy), then runs the
-  exit (exit_process) while the executor still spins on its own thread, so that every goal's
-  result reaches its client; takes `Serving.lock` when free, else stops the server at once so
-  the step holding it gives way (Serving.exit_now).
+- 'executor': spins the executor (main() starts it; Python runs signal handlers in the main
+  thread only, so the executor cannot spin there).
+- 'ollama-spawner' (core/server.py): starts every `ollama serve`; lives as long as the process,
+  because the server's parent-death signal follows the thread that started it.
+- the main thread: waits for SIGINT/SIGTERM/SIGHUP (main() handles them, not rclpy), then runs
+  the exit (exit_process) while the executor still spins, so that every goal's result reaches
+  its client; takes `Serving.lock` when free, else stops the server at once so the step
+  holding it gives way (Serving.exit_now).
 """
 
 import ctypes

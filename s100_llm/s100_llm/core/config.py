@@ -219,7 +219,8 @@ def parse_cores(text: str, core_count: int) -> FrozenSet[int]:
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) else first
         if last < first:
-            raise ConfigError(f"cpu_cores '{shown}': the range '{part}' runs backwards")
+            raise ConfigError(f"cpu_cores '{shown}': the range '{_shortened(part)}' runs "
+                              'backwards')
         if last >= core_count:
             low = max(first, core_count)
             beyond.append(str(low) if low == last else f'{low}-{last}')
