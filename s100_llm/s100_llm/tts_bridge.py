@@ -27,7 +27,7 @@ from std_msgs.msg import String
 
 from . import guard
 from .client import ChatClient
-from .node import exit_with_parent
+from .parent_death import exit_with_parent
 
 # Prompts that may wait while another is answered (a speech chain sends one at a time; a burst
 # beyond this is dropped with a warning naming each prompt).
