@@ -319,13 +319,7 @@ class OllamaApi:
         """/api/create as Ollama 0.24: from uploaded files (one GGUF blob) or from an
         installed model (`from`), with a template, system prompt and parameters."""
         body = await self._body(request)
-        text = body.get('model') or body.get('name')
-        if not text:
-            raise ApiError(400, 'model is required')
-        try:
-            name = ModelName.parse(str(text))
-        except InvalidName as error:
-            raise ApiError(400, str(error)) from None
+        name = _requested_name(body)
         layers: Dict[str, Tuple[str, int]] = {}
         config: Dict[str, Any] = {}
         if body.get('from'):
@@ -385,13 +379,7 @@ class OllamaApi:
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
-        text = body.get('model') or body.get('name')
-        if not text:
-            raise ApiError(400, 'model is required')
-        try:
-            name = ModelName.parse(str(text))
-        except InvalidName as error:
-            raise ApiError(400, str(error)) from None
+        name = _requested_name(body)
         sink = ChunkSink(request, body.get('stream', True) is not False)
         last: Dict[str, Any] = {}
         try:
@@ -753,3 +741,15 @@ def _runner_error(text: str) -> str:
     if isinstance(error, dict):
         return str(error.get('message') or text)
     return str(error or text)
+
+
+def _requested_name(body: Dict[str, Any]) -> ModelName:
+    """The model a create or pull request names (`model`, or the older `name`), as Ollama
+    parses it; ApiError 400 as Ollama answers when it is missing or invalid."""
+    text = body.get('model') or body.get('name')
+    if not text:
+        raise ApiError(400, 'model is required')
+    try:
+        return ModelName.parse(str(text))
+    except InvalidName as error:
+        raise ApiError(400, str(error)) from None
