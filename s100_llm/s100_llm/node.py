@@ -391,7 +391,7 @@ def main(args: Optional[List[str]] = None) -> int:
     # rclpy's own SIGINT/SIGTERM handlers shut the context down at once: running goals could
     # then neither publish nor send their results (the client never got one), and goals still
     # waiting raised RCLError in the exit path, before the server was stopped. The node handles
-    # both signals itself: they start the exit, which ends the goals while rclpy works, stops
+    # the signals itself: they start the exit, which ends the goals while rclpy works, stops
     # the server, and shuts the context down last.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     exit_requested = threading.Event()
