@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Dict, List, Optional
+from typing import Awaitable, Callable, Dict, List, Optional
 
 import aiohttp
 
@@ -224,39 +224,20 @@ class Scheduler:
     async def _send_load(self, process: asyncio.subprocess.Process, url: str,
                          request: Dict[str, int]) -> None:
         """The ollama-runner generation's load request, once the runner's port answers."""
-        assert self.session is not None
-        while True:
-            if process.returncode is not None:
-                raise LoadError(f'llama runner process has terminated: exit status '
-                                f'{process.returncode}')
-            try:
-                async with self.session.post(url + '/load', json=request) as reply:
-                    if reply.status != 200:
-                        raise LoadError(f'load request failed: {await reply.text()}')
-                    return
-            except aiohttp.ClientConnectionError:
-                pass
-            try:
-                await asyncio.wait_for(process.wait(), 0.02)
-            except asyncio.TimeoutError:
-                pass
+        async def load() -> bool:
+            assert self.session is not None
+            async with self.session.post(url + '/load', json=request) as reply:
+                if reply.status != 200:
+                    raise LoadError(f'load request failed: {await reply.text()}')
+                return True
+        await _until_answered(process, load)
 
     async def _wait_healthy(self, process: asyncio.subprocess.Process, url: str) -> None:
-        assert self.session is not None
-        while True:
-            if process.returncode is not None:
-                raise LoadError(f'llama runner process has terminated: exit status '
-                                f'{process.returncode}')
-            try:
-                async with self.session.get(url + '/health') as reply:
-                    if reply.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            try:
-                await asyncio.wait_for(process.wait(), 0.02)
-            except asyncio.TimeoutError:
-                pass
+        async def healthy() -> bool:
+            assert self.session is not None
+            async with self.session.get(url + '/health') as reply:
+                return reply.status == 200
+        await _until_answered(process, healthy)
 
     async def _make_room(self) -> None:
         """Unload the least recently used idle model beyond OLLAMA_MAX_LOADED_MODELS."""
@@ -327,3 +308,22 @@ class Scheduler:
             await runner.process.wait()
         if self.session is not None:
             await self.session.close()
+
+
+async def _until_answered(process: asyncio.subprocess.Process,
+                          ask: Callable[[], Awaitable[bool]]) -> None:
+    """Ask the starting runner until ask() is true; LoadError when the runner exits first.
+    A runner whose port is not open yet refuses the connection: asked again 20 ms later."""
+    while True:
+        if process.returncode is not None:
+            raise LoadError(f'llama runner process has terminated: exit status '
+                            f'{process.returncode}')
+        try:
+            if await ask():
+                return
+        except aiohttp.ClientError:
+            pass
+        try:
+            await asyncio.wait_for(process.wait(), 0.02)
+        except asyncio.TimeoutError:
+            pass
