@@ -59,6 +59,11 @@ _INTEGER_RANGES = {
     'octet': (0, 255),
 }
 _FLOATS = ('float', 'double', 'long double')
+# float32's largest finite value: a larger number cannot be stored (the generated setter
+# refuses it), so the schema says so and the answer's check catches it before a session keeps
+# the turn (float64 needs none: a JSON number past its range parses as infinity, which a
+# float64 holds).
+_FLOAT32_MAX = 3.4028234663852886e+38
 _CHARACTERS = ('char', 'wchar')
 _BYTE_LIKE = ('uint8', 'int8', 'octet', 'char')
 
@@ -173,6 +178,8 @@ def _value_schema(slot: Any, name: str, path: str, omit: Set[str],
         typename = slot.typename
         if typename == 'boolean':
             return {'type': 'boolean'}
+        if typename == 'float':
+            return {'type': 'number', 'minimum': -_FLOAT32_MAX, 'maximum': _FLOAT32_MAX}
         if typename in _FLOATS:
             return {'type': 'number'}
         if typename in _CHARACTERS:
@@ -222,6 +229,16 @@ def fill_message(cls: Any, data: Any, fixed: Optional[Mapping[str, Any]] = None)
     for path, value in fixed.items():
         _set_path(msg, name, path, value)
     return msg
+
+
+def fill_from_json(cls: Any, text: str) -> Any:
+    """A message of `cls` filled from a JSON text (a typed answer); InterfaceProblem when the
+    text does not parse or does not fill the type."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise InterfaceProblem(f'{type_name(cls)}: the text is not JSON ({error})') from None
+    return fill_message(cls, data)
 
 
 def _where(path: str) -> str:

@@ -16,6 +16,7 @@ from std_msgs.msg import String
 
 from s100_llm.core.schema import document_problem
 from s100_llm.core.schema import schema_problem
+from s100_llm.interface_schema import fill_from_json
 from s100_llm.interface_schema import fill_message
 from s100_llm.interface_schema import InterfaceProblem
 from s100_llm.interface_schema import looks_like_type_name
@@ -214,13 +215,24 @@ def test_fill_message_accepts_whole_floats_for_integers() -> None:
     assert fill_message(PoseStamped, mutated('header.stamp.sec', 3.0)).header.stamp.sec == 3
 
 
-def test_float32_range_is_checked_by_the_generated_setter() -> None:
-    # geometry_msgs/msg/Vector3 is float64; sensor_msgs/msg/Range has float32 fields.
+def test_float32_range_is_in_the_schema_and_checked_when_filling() -> None:
+    # sensor_msgs/msg/Range has float32 fields (geometry_msgs' are float64).
     cls = message_class('sensor_msgs/msg/Range')
+    schema = message_schema(cls)
+    assert schema['properties']['range']['maximum'] == pytest.approx(3.4028234663852886e38)
     data = {'header': POSE['header'], 'radiation_type': 0, 'field_of_view': 1e39,
             'min_range': 0.0, 'max_range': 1.0, 'range': 0.5, 'variance': 0.0}
+    assert document_problem(schema, data) != ''
     with pytest.raises(InterfaceProblem, match='field_of_view'):
         fill_message(cls, data)
+
+
+def test_fill_from_json_parses_and_fills() -> None:
+    assert fill_from_json(PoseStamped, json.dumps(POSE)) == fill_message(PoseStamped, POSE)
+    with pytest.raises(InterfaceProblem, match='PoseStamped: the text is not JSON'):
+        fill_from_json(PoseStamped, '{"header": {"stamp"')
+    with pytest.raises(InterfaceProblem, match='lacks field pose'):
+        fill_from_json(PoseStamped, json.dumps({'header': POSE['header']}))
 
 
 def test_fixed_fields_are_set_and_must_not_come_from_the_data() -> None:
