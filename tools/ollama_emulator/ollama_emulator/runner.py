@@ -113,7 +113,7 @@ def scripted_pieces(script: str, messages: List[Dict], think: bool,
     else:
         raise ValueError(f'unknown script {script!r}')
     if runner_format is not None:
-        text = structured.formatted(text, runner_format)
+        text = structured.formatted(text, runner_format, last_user)
     for token in tokenize(text):
         yield 'content', token
 
