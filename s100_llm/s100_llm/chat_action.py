@@ -22,8 +22,8 @@ the executor runs it, no thread per goal): when it fires the goal ends with DEAD
 same paths as a cancel (withdrawn unrun while it waits, its stream closed while it runs).
 
 Threads: the executor runs the goal, cancel and accepted callbacks, the deadline timers and each
-goal's execution; the node's transition callbacks and its exit call abort_all(). The node is read only through
-serving_state().
+goal's execution; the node's transition callbacks and its exit call abort_all(). The node is
+read only through serving_state().
 """
 
 import dataclasses
