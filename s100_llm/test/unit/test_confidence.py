@@ -74,7 +74,7 @@ def test_no_field_when_the_tokens_are_not_the_text():
 @pytest.mark.parametrize('capabilities, template, family, levels', [
     (['completion', 'thinking'], '{{ if .ThinkLevel }}Reasoning: {{ .ThinkLevel }}{{ end }}',
      'qwen3', True),
-    (['completion', 'thinking'], "{%- if reasoning_effort %}{{ reasoning_effort }}", 'x', True),
+    (['completion', 'thinking'], '{%- if reasoning_effort %}{{ reasoning_effort }}', 'x', True),
     (['completion', 'thinking'], '<|start|>...<|end|>', 'gptoss', True),
     (['completion', 'thinking'], '{{ if .Think }}<think>{{ end }}', 'qwen3', False),
     (['completion'], '{{ .ThinkLevel }}', 'gptoss', False),

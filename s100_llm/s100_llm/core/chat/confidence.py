@@ -143,4 +143,3 @@ def _key(text: str, index: int) -> Tuple[str, int]:
     if index >= len(text) or text[index] != ':':
         raise ValueError(f"expected ':' at character {index}")
     return key, _skip(text, index + 1)
-
