@@ -3,12 +3,15 @@ through the node over DDS, with the emulator (or the real SmolLM2) behind it."""
 
 import json
 import math
+import os
+import subprocess
 
 from action_msgs.msg import GoalStatus
 import httpx
 import pytest
 from s100_llm_msgs.action import Chat
 
+from harness import install_prefix
 from harness import wait_for
 
 
@@ -18,7 +21,7 @@ def chat_requests(path):
     return [json.loads(entry['body']) for entry in entries if entry['path'] == '/api/chat']
 
 
-def test_a_level_reaches_ollama_as_its_think_string(active, tmp_path):
+def test_a_level_reaches_ollama_as_its_think_string(active, tmp_path, domain_id):
     log = tmp_path / 'requests.jsonl'
     llm = active(model='reasoner:latest', env={'OLLAMA_EMULATOR_REQUEST_LOG': str(log)})
     run = llm.client.chat('why', think=Chat.Goal.THINK_HIGH)
@@ -27,8 +30,13 @@ def test_a_level_reaches_ollama_as_its_think_string(active, tmp_path):
                                                       'Answer: why')
     assert llm.client.chat('why', think=Chat.Goal.THINK_MAX).result.thinking == \
         'Thinking (max) about: why'
+    done = subprocess.run([str(install_prefix() / 'lib' / 's100_llm' / 'chat'), '--think', 'low',
+                           '--hide-thinking', 'why'], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)))
+    out, err = done.stdout, done.stderr
+    assert (done.returncode, out) == (0, 'Answer: why'), err
     assert [body.get('think') for body in chat_requests(log) if body['messages']] == [
-        'high', 'max']
+        'high', 'max', 'low']
 
 
 def test_a_level_is_refused_for_a_model_that_thinks_on_or_off(active):
