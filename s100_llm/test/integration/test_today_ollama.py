@@ -91,6 +91,14 @@ def test_the_real_smollm2_gives_plausible_logprobs(active):
     for token in confidence.tokens:
         assert len(token.top_logprobs) == 3
         assert token.logprob == pytest.approx(max(token.top_logprobs), abs=1e-4)
+    # Sampling far from the likeliest tokens (temperature 2) gives an answer the model itself
+    # finds unlikely: its summary tells it from the likeliest answer to the same question.
+    question = {'max_tokens': 24, 'logprobs': True, 'seed': 7}
+    sure = llm.client.chat('Tell me about robots.', temperature=0.0, **question).result
+    guess = llm.client.chat('Tell me about robots.', temperature=2.0, **question).result
+    assert guess.text != sure.text
+    assert guess.confidence.min_logprob < sure.confidence.min_logprob
+    assert guess.confidence.mean_logprob < sure.confidence.mean_logprob
 
 
 def emulator_stats(llm):
