@@ -28,8 +28,10 @@ def test_a_level_reaches_ollama_as_its_think_string(active, tmp_path, domain_id)
     assert run.status == GoalStatus.STATUS_SUCCEEDED, run.result.error_message
     assert (run.result.thinking, run.result.text) == ('Thinking (high) about: why',
                                                       'Answer: why')
-    assert llm.client.chat('why', think=Chat.Goal.THINK_MAX).result.thinking == \
-        'Thinking (max) about: why'
+    deep = llm.client.chat('why', think=Chat.Goal.THINK_MAX, token_logprobs=True).result
+    assert deep.thinking == 'Thinking (max) about: why'
+    # The confidence is the answer's: the reasoning's tokens are not counted.
+    assert [t.token for t in deep.confidence.tokens] == ['Answer:', ' why']
     done = subprocess.run([str(install_prefix() / 'lib' / 's100_llm' / 'chat'), '--think', 'low',
                            '--hide-thinking', 'why'], capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)))

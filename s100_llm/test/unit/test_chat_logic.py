@@ -6,7 +6,9 @@ import pytest
 from s100_llm.core.chat.checks import check_format
 from s100_llm.core.chat.checks import format_mismatch
 from s100_llm.core.chat.checks import validate
+from s100_llm.core.chat.request import ChatOutcome
 from s100_llm.core.chat.request import ChatRequest
+from s100_llm.core.chat.request import DONE_DEADLINE
 from s100_llm.core.chat.request import ErrorCode
 from s100_llm.core.chat.request import Refusal
 from s100_llm.core.chat.request import THINK_DEFAULT
@@ -230,6 +232,12 @@ def test_a_level_needs_a_model_that_thinks_in_levels(think):
 def test_on_off_and_default_need_no_levels():
     for think in (THINK_DEFAULT, THINK_ON, THINK_OFF):
         assert think_reason(think, ['completion', 'thinking'], False) is None
+
+
+def test_a_goal_past_its_deadline_ends_with_its_own_done_reason():
+    outcome = ChatOutcome.unserved(ErrorCode.DEADLINE, 'the deadline of 1 s passed')
+    assert (outcome.done_reason, outcome.error_code) == (DONE_DEADLINE, ErrorCode.DEADLINE)
+    assert ChatOutcome.unserved(ErrorCode.CANCELED, 'x').done_reason == 'canceled'
 
 
 def test_think_reaches_ollama_as_it_expects():
