@@ -47,14 +47,12 @@ class _Reply:
     """What the stream has given so far: the answer and the reasoning (each piece also sent
     as feedback), the tool calls, and the chunks that carried text."""
 
-    def __init__(self, inline_think: bool, batch: FeedbackBatch,
-                 request: Optional[ChatRequest] = None) -> None:
+    def __init__(self, inline_think: bool, batch: FeedbackBatch, request: ChatRequest) -> None:
         self.splitter = ThinkTagSplitter(inline_think)
         self.batch = batch
         # The answer's token log-probabilities (None: the goal did not ask for them).
-        self.logprobs: Optional[List[TokenLogprob]] = (
-            [] if request is not None and request.wants_logprobs else None)
-        self.keep_tokens = request is not None and request.token_logprobs
+        self.logprobs: Optional[List[TokenLogprob]] = [] if request.wants_logprobs else None
+        self.keep_tokens = request.token_logprobs
         self.text: List[str] = []
         self.thinking: List[str] = []
         self.calls: List[Tuple[str, Dict[str, Any]]] = []
