@@ -17,9 +17,13 @@ while a goal streams, the action's feedback topic is checked once per CLIENT_CHE
 when no client of ~/chat is left, the running goals stop (ended with CANCELED, as aborted: the
 client did not ask) and the waiting ones end too, so the next behaviour is not kept waiting.
 
-Threads: the executor runs the goal, cancel and accepted callbacks and each goal's execution;
-the node's transition callbacks and its exit call abort_all(). The node is read only through
-serving_state().
+A goal with a deadline gets a one-shot timer on the steady clock at acceptance (an rclpy timer:
+the executor runs it, no thread per goal): when it fires the goal ends with DEADLINE through the
+same paths as a cancel (withdrawn unrun while it waits, its stream closed while it runs).
+
+Threads: the executor runs the goal, cancel and accepted callbacks, the deadline timers and each
+goal's execution; the node's transition callbacks and its exit call abort_all(). The node is
+read only through serving_state().
 """
 
 import dataclasses
@@ -33,9 +37,14 @@ import uuid
 from rclpy.action import CancelResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock
+from rclpy.clock import ClockType
+from rclpy.timer import Timer
 
 from s100_llm_msgs.action import Chat
+from s100_llm_msgs.msg import Confidence as ConfidenceMsg
 from s100_llm_msgs.msg import GenerationStats
+from s100_llm_msgs.msg import TokenLogprob as TokenLogprobMsg
 from s100_llm_msgs.msg import ToolCall
 from sensor_msgs.msg import CompressedImage as CompressedImageMsg
 from sensor_msgs.msg import Image
@@ -44,6 +53,7 @@ from .compat import CancelHookActionServer
 from .compat import execute_goal
 from .core.admission import Admission
 from .core.chat.checks import validate
+from .core.chat.confidence import Confidence
 from .core.chat.request import ChatOutcome
 from .core.chat.request import ChatRequest
 from .core.chat.request import DONE_ERROR
@@ -93,7 +103,24 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
                       for r in goal.tool_results],
         images=[raw_image(image) for image in goal.images],
         compressed_images=[compressed_image(image) for image in goal.compressed_images],
-        use_camera=goal.use_camera)
+        use_camera=goal.use_camera, logprobs=goal.logprobs,
+        token_logprobs=goal.token_logprobs, top_logprobs=goal.top_logprobs,
+        deadline=goal.deadline)
+
+
+def confidence_message(confidence: Optional[Confidence]) -> ConfidenceMsg:
+    """Chat.Result.confidence (available False when the goal did not ask for logprobs)."""
+    if confidence is None:
+        return ConfidenceMsg()
+    return ConfidenceMsg(
+        available=confidence.available, token_count=confidence.token_count,
+        mean_logprob=confidence.mean_logprob, min_logprob=confidence.min_logprob,
+        min_token=confidence.min_token, least_confident_field=confidence.least_confident_field,
+        least_confident_field_logprob=confidence.least_confident_field_logprob,
+        tokens=[TokenLogprobMsg(token=token.token, logprob=token.logprob,
+                                top_tokens=[text for text, _ in token.top],
+                                top_logprobs=[value for _, value in token.top])
+                for token in confidence.tokens])
 
 
 @functools.lru_cache(maxsize=64)
@@ -172,6 +199,10 @@ class ChatGoal:
     # A format naming a message type: its class (to fill with the answer) and full name.
     format_class: Any = None
     format_type: str = ''
+    # The deadline's one-shot timer while it is armed, and whether it has fired (or the goal
+    # ended first, so that it never acts).
+    deadline_timer: Optional[Timer] = None
+    deadline_done: bool = False
 
     @property
     def uuid(self) -> bytes:
@@ -196,6 +227,9 @@ class ChatActionServer:
         self.closing = ''
         self._clients_checked = 0.0
         self._no_client_since: Optional[float] = None
+        # Deadlines are wall-clock seconds: a steady clock, whatever use_sim_time says.
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._timers = ReentrantCallbackGroup()
         self._server = CancelHookActionServer(
             node, Chat, '~/chat', after_cancel=self._apply_cancels,
             execute_callback=self._execute,
@@ -234,6 +268,7 @@ class ChatActionServer:
             self._refuse(goal, ErrorCode.QUEUE_FULL, arrival.refusal)
             return
         goal.admitted = True
+        self._arm_deadline(goal)
         if arrival.preempted is not None:
             self._preempt(arrival.preempted, arrival.preempted_was_waiting)
         if arrival.start:
@@ -263,7 +298,7 @@ class ChatActionServer:
                                         if isinstance(frame, CompressedImageMsg)
                                         else raw_image(frame))
         validate(request, self.settings, self.sessions, list(state.capabilities), state.model,
-                 self.vision)
+                 self.vision, think_levels=state.think_levels)
 
     def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
         if was_waiting:
@@ -278,6 +313,39 @@ class ChatActionServer:
             run = goal.run
         if run is not None:
             run.cancel(reason, code)
+
+    # ---- deadline ------------------------------------------------------------------------
+    def _arm_deadline(self, goal: ChatGoal) -> None:
+        deadline = goal.request.deadline
+        if not deadline:
+            return
+
+        def expire() -> None:
+            with self._lock:
+                if goal.deadline_done:
+                    return
+                goal.deadline_done = True
+                timer = goal.deadline_timer
+            if timer is not None:
+                timer.cancel()
+            reason = f'the deadline of {deadline:g} s passed'
+            if self.admission.withdraw(goal):       # still waiting: it ends without running
+                _end_unrun(goal, ErrorCode.DEADLINE, reason)
+            else:
+                self._stop(goal, ErrorCode.DEADLINE, reason)
+
+        left = max(goal.accepted_at + deadline - time.monotonic(), 0.001)
+        timer = self.node.create_timer(left, expire, callback_group=self._timers,
+                                       clock=self._steady)
+        with self._lock:
+            goal.deadline_timer = timer
+
+    def _disarm_deadline(self, goal: ChatGoal) -> None:
+        with self._lock:
+            goal.deadline_done = True
+            timer, goal.deadline_timer = goal.deadline_timer, None
+        if timer is not None:
+            self.node.destroy_timer(timer)
 
     # ---- cancel --------------------------------------------------------------------------
     def _on_cancel(self, handle: ServerGoalHandle) -> CancelResponse:
@@ -325,6 +393,7 @@ class ChatActionServer:
                 outcome = ChatOutcome.unserved(ErrorCode.UNKNOWN, f'internal error: {error!r}')
             with self._lock:
                 del self._goals[goal.uuid]
+            self._disarm_deadline(goal)
             return self._finish(goal, outcome, state.model)
         finally:    # its slot goes to the next waiting goals, after its result is set
             try:
@@ -373,7 +442,8 @@ class ChatActionServer:
                 eval_duration=outcome.eval_duration),
             tool_calls=[ToolCall(id=call.call_id, name=call.name,
                                  arguments_json=call.arguments_json)
-                        for call in outcome.tool_calls])
+                        for call in outcome.tool_calls],
+            confidence=confidence_message(outcome.confidence))
         result.format_type = goal.format_type
         code = outcome.error_code
         if code == ErrorCode.NONE:
@@ -389,6 +459,8 @@ class ChatActionServer:
                 self.counters.failed += 1
             if code == ErrorCode.NOT_SERVING:     # a deactivate or shutdown: not a failure
                 self.node.get_logger().warning(f'chat ended by the node: {outcome.error_message}')
+            elif code == ErrorCode.DEADLINE:      # the goal's own limit, not a node failure
+                self.node.get_logger().warning(f'chat ended: {outcome.error_message}')
             elif code not in (ErrorCode.CANCELED, ErrorCode.PREEMPTED):
                 self.node.get_logger().error(
                     f'chat aborted: {outcome.error_message} ({code.name})')

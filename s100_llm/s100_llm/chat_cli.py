@@ -53,7 +53,9 @@ from s100_llm.core.images import compressed_kind
 
 DIM, RESET = '\x1b[2m', '\x1b[0m'
 THINK = {'default': Chat.Goal.THINK_DEFAULT, 'on': Chat.Goal.THINK_ON,
-         'off': Chat.Goal.THINK_OFF}
+         'off': Chat.Goal.THINK_OFF, 'low': Chat.Goal.THINK_LOW,
+         'medium': Chat.Goal.THINK_MEDIUM, 'high': Chat.Goal.THINK_HIGH,
+         'max': Chat.Goal.THINK_MAX}
 # How long --info and interactive mode wait for the node's Model diagnostics status.
 INFO_WAIT = 3.0
 

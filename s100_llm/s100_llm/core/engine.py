@@ -13,12 +13,20 @@ import queue
 import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import httpx
 import ollama
 
+from .chat.confidence import TokenLogprob
+
 FOREVER = -1
+# Model families whose prompt Ollama renders with OpenAI's harmony format, which takes the
+# reasoning level itself (gpt-oss; Ollama's server/routes.go shouldUseHarmony).
+HARMONY_FAMILIES = ('gptoss', 'gpt-oss')
+# How a chat template uses a reasoning level: Ollama's Go templates read .ThinkLevel, the
+# llama-server generation passes it to Jinja templates as reasoning_effort.
+LEVEL_TEMPLATE_MARKS = ('.ThinkLevel', 'reasoning_effort')
 
 
 def _no_tls() -> ssl.SSLContext:
@@ -100,6 +108,8 @@ class ChatChunk:
     # The tools the model called in this chunk: (name, arguments). Ollama sends each call
     # whole, in any chunk (usually one before the final chunk).
     tool_calls: Tuple[Tuple[str, Dict[str, Any]], ...] = ()
+    # The log-probabilities of the tokens of this chunk, when the chat asked for them.
+    logprobs: Tuple[TokenLogprob, ...] = ()
 
 
 _END = object()
@@ -127,7 +137,12 @@ class ChatStream:
                     prompt_eval_duration=part.prompt_eval_duration or 0,
                     eval_duration=part.eval_duration or 0,
                     tool_calls=tuple((call.function.name, dict(call.function.arguments or {}))
-                                     for call in message.tool_calls or ())))
+                                     for call in message.tool_calls or ()),
+                    logprobs=tuple(
+                        TokenLogprob(entry.token, float(entry.logprob),
+                                     tuple((top.token, float(top.logprob))
+                                           for top in entry.top_logprobs or ()))
+                        for entry in part.logprobs or ())))
             self._chunks.put(_END)
         except asyncio.CancelledError:
             self._chunks.put(ChatCanceled())
@@ -241,7 +256,11 @@ class OllamaEngine:
         for key, value in (info.modelinfo or {}).items():
             if key.endswith('.context_length'):
                 context = int(value)
-        return {'capabilities': list(info.capabilities or []), 'context_length': context}
+        capabilities = list(info.capabilities or [])
+        family = info.details.family if info.details else ''
+        return {'capabilities': capabilities, 'context_length': context,
+                'think_levels': thinks_in_levels(capabilities, info.template or '',
+                                                 family or '')}
 
     def pull(self, model: str, on_progress: Callable[[float, str], None]) -> None:
         """Pull with progress (fraction 0..1 of the bytes of all layers, status text)."""
@@ -290,7 +309,7 @@ class OllamaEngine:
                   else self.client)
         return [LoadedModel(name=m.model or '', size=int(m.size or 0),
                             context_length=int(getattr(m, 'context_length', 0) or 0),
-                            expires_at=str(m.expires_at or ''))
+                            expires_at=m.expires_at.isoformat() if m.expires_at else '')
                 for m in self._call('list loaded models', client.ps).models]
 
     def loaded_model(self, model: str, quick: bool = False) -> Optional[LoadedModel]:
@@ -321,12 +340,15 @@ class OllamaEngine:
         return Embeddings(vectors, int(reply.prompt_eval_count or 0))
 
     # ---- chat ----------------------------------------------------------------------------
-    def chat(self, model: str, messages: List[Dict[str, Any]], think: Optional[bool],
+    def chat(self, model: str, messages: List[Dict[str, Any]], think: Union[None, bool, str],
              options: Dict[str, Any], keep_alive: float, idle_timeout: float,
              output_format: Any = None,
-             tools: Optional[List[Dict[str, Any]]] = None) -> ChatStream:
-        """Start a chat. output_format is Ollama's `format` ("json" or a JSON Schema dict;
-        None: free text); tools are Ollama's `tools` (function definitions)."""
+             tools: Optional[List[Dict[str, Any]]] = None,
+             logprobs: bool = False, top_logprobs: int = 0) -> ChatStream:
+        """Start a chat. think: None (the model decides), a bool or a level ('low' ..
+        'max'); output_format is Ollama's `format` ("json" or a JSON Schema dict; None: free
+        text); tools are Ollama's `tools` (function definitions); logprobs asks for each
+        token's log-probability, with top_logprobs alternatives."""
         request: Dict[str, Any] = {'model': model, 'messages': messages,
                                    'options': {**options, **self.model_options},
                                    'keep_alive': _keep_alive(keep_alive)}
@@ -336,7 +358,25 @@ class OllamaEngine:
             request['format'] = output_format
         if tools:
             request['tools'] = tools
+        if logprobs:
+            request['logprobs'] = True
+            request['top_logprobs'] = top_logprobs
         return ChatStream(self._loop, self._async_client, request, idle_timeout)
+
+
+def thinks_in_levels(capabilities: List[str], template: str, family: str) -> bool:
+    """Whether a model's reasoning follows a level (low .. max), from /api/show.
+
+    Ollama's capabilities say only `thinking`: since 0.17.7 it accepts a level for any thinking
+    model and hands it to the prompt, where only some templates use it (the others think on or
+    off whatever the level). So a model thinks in levels when it thinks and its template reads
+    the level, or Ollama renders it with harmony (gpt-oss). Models whose prompt Ollama renders
+    with a built-in renderer (e.g. qwen3.8) cannot be told apart this way: /api/show names the
+    renderer, but the ollama client drops that field; they count as thinking on or off.
+    """
+    if 'thinking' not in capabilities:
+        return False
+    return family in HARMONY_FAMILIES or any(mark in template for mark in LEVEL_TEMPLATE_MARKS)
 
 
 def loaded_entry(loaded: List[LoadedModel], model: str) -> Optional[LoadedModel]:

@@ -55,6 +55,7 @@ class ServingState:
     not_serving_reason: str = ''      # why not, as a client should read it ('' when serving)
     model_loaded: bool = False
     capabilities: Tuple[str, ...] = ()
+    think_levels: bool = False        # the model's reasoning follows a level (thinks_in_levels)
     context_length: int = 0
     pull_progress: Optional[float] = None   # 0..1 while a pull runs
     recovering: str = ''              # cause of a supervised restart or reload in progress
@@ -321,6 +322,7 @@ class Serving:
         server = self._server
         self._runners = {name: server.runners(name) if server else [] for name in sizes}
         self._publish(model_loaded=True, capabilities=capabilities,
+                      think_levels=bool(info.get('think_levels')),
                       context_length=context_length, embedding_loaded=bool(embedder),
                       embedding_capabilities=embedding_capabilities)
         self.log('info', f"model '{model.model}' loaded in {time.monotonic() - started:.3f} s "

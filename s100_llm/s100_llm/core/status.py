@@ -22,6 +22,9 @@ from .threads import format_cores
 MiB = 1024 ** 2
 # The states in which the node keeps a server running: it must then run and answer.
 SERVER_EXPECTED_IN = ('inactive', 'active', 'activating', 'deactivating')
+# Ollama shows a model kept loaded forever (keep_alive -1) as expiring at now + Go's longest
+# duration (~292 years: the year 2318 today); any expiry after this year is that "never".
+NEVER_AFTER_YEAR = 2200
 
 
 class Level(enum.IntEnum):
@@ -298,5 +301,12 @@ def _model_values(name: str, loaded: Optional[LoadedModel], runners: Tuple[Proce
         ('runner RSS (MiB)', total_rss(runners) // MiB),
         ('context length', loaded.context_length if loaded else 0),
         ('capabilities', ', '.join(capabilities)),
-        ('expires at', loaded.expires_at if loaded else ''),
+        ('expires at', unload_time(loaded.expires_at) if loaded else ''),
     ]
+
+
+def unload_time(expires_at: str) -> str:
+    """When Ollama will unload a model (/api/ps expires_at, RFC 3339): 'never' for a model
+    kept loaded forever, else the time as Ollama gave it."""
+    year = expires_at[:4]
+    return 'never' if year.isdigit() and int(year) > NEVER_AFTER_YEAR else expires_at

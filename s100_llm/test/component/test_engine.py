@@ -76,6 +76,25 @@ def test_chat_stream_separates_thinking_and_reports_stats(running):
     assert chunks[-1].done and chunks[-1].eval_count == len(chunks) - 1
 
 
+def test_show_tells_a_model_that_thinks_in_levels(running):
+    _, engine = running
+    for name in ('reasoner', 'thinker', 'echo'):
+        engine.pull(name, lambda *_: None)
+    assert [engine.show(name)['think_levels'] for name in ('reasoner', 'thinker', 'echo')] == [
+        True, False, False]
+
+
+def test_a_level_and_logprobs_reach_the_server_and_come_back_per_chunk(running):
+    _, engine = running
+    engine.pull('reasoner', lambda *_: None)
+    chunks = list(engine.chat('reasoner', [{'role': 'user', 'content': 'why?'}], 'high', {}, -1,
+                              30, logprobs=True, top_logprobs=1))
+    assert ''.join(c.thinking for c in chunks) == 'Thinking (high) about: why?'
+    answer = [entry for c in chunks if c.content for entry in c.logprobs]
+    assert [(t.token, t.logprob) for t in answer] == [('Answer:', -0.05), (' why?', -3.0)]
+    assert answer[1].top == ((' why.', -0.06),)
+
+
 def test_cancel_closes_the_connection_at_once(running):
     server, engine = running
     engine.pull('endless', lambda *_: None)

@@ -17,9 +17,11 @@ from support import log_level
 
 def test_the_core_constants_are_the_interfaces():
     """core.chat is ROS-free: its copies of Chat.action's constants must equal them."""
-    for name in ('THINK_DEFAULT', 'THINK_ON', 'THINK_OFF'):
+    for name in ('THINK_DEFAULT', 'THINK_ON', 'THINK_OFF', 'THINK_LOW', 'THINK_MEDIUM',
+                 'THINK_HIGH', 'THINK_MAX'):
         assert getattr(chat_request, name) == getattr(Chat.Goal, name), name
-    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR', 'DONE_TOOL_CALLS'):
+    for name in ('DONE_STOP', 'DONE_LENGTH', 'DONE_CANCELED', 'DONE_ERROR', 'DONE_TOOL_CALLS',
+                 'DONE_DEADLINE'):
         assert getattr(chat_request, name) == getattr(Chat.Result, name), name
     constants = type(Chat.Result).__prepare__('Result', ())   # rosidl: the constants by name
     codes = {name: value for name, value in constants.items() if not name.startswith('DONE_')}

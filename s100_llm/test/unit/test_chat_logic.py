@@ -6,14 +6,24 @@ import pytest
 from s100_llm.core.chat.checks import check_format
 from s100_llm.core.chat.checks import format_mismatch
 from s100_llm.core.chat.checks import validate
+from s100_llm.core.chat.request import ChatOutcome
 from s100_llm.core.chat.request import ChatRequest
+from s100_llm.core.chat.request import DONE_DEADLINE
 from s100_llm.core.chat.request import ErrorCode
 from s100_llm.core.chat.request import Refusal
+from s100_llm.core.chat.request import THINK_DEFAULT
+from s100_llm.core.chat.request import THINK_HIGH
+from s100_llm.core.chat.request import THINK_LOW
+from s100_llm.core.chat.request import THINK_MAX
+from s100_llm.core.chat.request import THINK_MEDIUM
+from s100_llm.core.chat.request import THINK_OFF
 from s100_llm.core.chat.request import THINK_ON
 from s100_llm.core.chat.stream import FeedbackBatch
 from s100_llm.core.chat.stream import ollama_options
+from s100_llm.core.chat.stream import ollama_think
 from s100_llm.core.chat.stream import ThinkTagSplitter
 from s100_llm.core.config import ChatSettings
+from s100_llm.core.config import VisionSettings
 from s100_llm.core.sessions import SessionStore
 
 SETTINGS = ChatSettings(max_prompt_chars=100, max_tokens_limit=50)
@@ -40,6 +50,12 @@ def reason(**fields):
     ({'prompt': 'x' * 101}, 'max_prompt_chars'),
     ({'think': THINK_ON}, 'cannot think'),
     ({'think': 7}, 'think must be'),
+    ({'think': THINK_LOW}, 'cannot think'),
+    ({'top_logprobs': 21}, 'top_logprobs 21 is out of range 0..20'),
+    ({'deadline': -1.0}, 'deadline -1 is out of range'),
+    ({'deadline': math.nan}, 'deadline nan is out of range'),
+    ({'deadline': math.inf}, 'deadline inf is out of range'),
+    ({'deadline': 86401.0}, 'deadline 86401 is out of range 0..86400 seconds'),
     ({'temperature': math.nan}, 'temperature is not a number'),
     ({'temperature': 3.0}, 'temperature 3 is out of range'),
     ({'top_p': 1.5}, 'top_p'),
@@ -198,6 +214,41 @@ def test_a_tool_call_answered_twice_is_refused_naming_it():
         "tool_results: call 'call_1' is answered more than once")
     request.tool_results = [answer, dict(answer, tool_call_id='call_2')]
     assert refused(validate, request, SETTINGS, sessions, ['tools'], 'm') is None
+
+
+def think_reason(think, capabilities, levels):
+    return refused(validate, ChatRequest('hello', think=think), SETTINGS, SessionStore(5, 5),
+                   capabilities, 'm', VisionSettings(), levels)
+
+
+@pytest.mark.parametrize('think', [THINK_LOW, THINK_MEDIUM, THINK_HIGH, THINK_MAX])
+def test_a_level_needs_a_model_that_thinks_in_levels(think):
+    assert think_reason(think, ['completion', 'thinking'], True) is None
+    assert "model 'm' thinks on or off, not in levels" in think_reason(
+        think, ['completion', 'thinking'], False)
+    assert "model 'm' cannot think" in think_reason(think, ['completion'], True)
+
+
+def test_on_off_and_default_need_no_levels():
+    for think in (THINK_DEFAULT, THINK_ON, THINK_OFF):
+        assert think_reason(think, ['completion', 'thinking'], False) is None
+
+
+def test_a_goal_past_its_deadline_ends_with_its_own_done_reason():
+    outcome = ChatOutcome.unserved(ErrorCode.DEADLINE, 'the deadline of 1 s passed')
+    assert (outcome.done_reason, outcome.error_code) == (DONE_DEADLINE, ErrorCode.DEADLINE)
+    assert ChatOutcome.unserved(ErrorCode.CANCELED, 'x').done_reason == 'canceled'
+
+
+def test_think_reaches_ollama_as_it_expects():
+    assert [ollama_think(t) for t in (THINK_DEFAULT, THINK_ON, THINK_OFF, THINK_LOW,
+                                      THINK_MEDIUM, THINK_HIGH, THINK_MAX)] == [
+        None, True, False, 'low', 'medium', 'high', 'max']
+
+
+def test_confidence_and_deadline_at_their_limits_are_accepted():
+    assert reason(logprobs=True, token_logprobs=True, top_logprobs=20, deadline=86400.0) is None
+    assert reason(deadline=0.001) is None
 
 
 def test_a_good_goal_has_no_reason():

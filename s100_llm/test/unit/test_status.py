@@ -272,10 +272,22 @@ def test_a_loaded_model_is_ok_with_its_figures():
         ('model', 'qwen3:0.6b'), ('loaded', 'True'), ('size (MiB)', '512'),
         ('runner RSS (MiB)', '600'), ('context length', '4096'),
         ('capabilities', 'completion, tools'),
-        ('expires at', '2318-01-01T00:00:00Z'), ('pull progress (%)', ''),
+        ('expires at', 'never'), ('pull progress (%)', ''),
         ('last tokens/s', '12.3'), ('last time to first token (s)', '0.123'),
         ('chats served', '3'), ('chats failed', '1'), ('chats canceled', '2'),
         ('goals running', '1'), ('goals queued', '2'))
+
+
+@pytest.mark.parametrize('expires_at, shown', [
+    ('2318-03-04T05:06:07.123456+00:00', 'never'),      # keep_alive -1
+    ('2026-12-06T21:05:00+00:00', '2026-12-06T21:05:00+00:00'),
+    ('', ''),
+])
+def test_the_model_shows_when_ollama_unloads_it(expires_at, shown):
+    loaded = LoadedModel(name='qwen3:0.6b', size=GiB, context_length=8192, expires_at=expires_at)
+    report = model(serving(model_loaded=True), ServerProbe(True, loaded))
+    assert values(report)['expires at'] == shown
+    assert values(report)['context length'] == '8192'
 
 
 def test_active_without_the_model_is_an_error():

@@ -19,6 +19,12 @@ CHATML_TEMPLATE = (
     '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
     '<|im_start|>assistant\n'
 )
+# A template that reads the reasoning level, as the templates of models that think in levels
+# do (Ollama hands the goal's level to the template as .ThinkLevel).
+LEVELS_TEMPLATE = (
+    '{{- if .ThinkLevel }}<|im_start|>system\nReasoning: {{ .ThinkLevel }}<|im_end|>\n'
+    '{{ end }}' + CHATML_TEMPLATE
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +42,7 @@ class CatalogModel:
     gguf_package: Optional[str] = None  # real models: the Python package that ships the GGUF
     load_failure: bool = False       # a catalog-level fault: loading always runs out of memory
     embedding_length: int = 64       # the width of its vectors (/api/embed)
+    template: str = CHATML_TEMPLATE  # the Modelfile TEMPLATE layer
 
     def weights(self) -> bytes:
         """The model layer's bytes (the script of a scripted model, or the GGUF)."""
@@ -84,6 +91,11 @@ MODELS: Dict[str, CatalogModel] = {model.name: model for model in (
     # the thinking.
     _scripted('thinker:latest', 'thinker', family='qwen2',
               capabilities=('completion', 'thinking')),
+    # thinker that thinks in levels: its template reads the level; it thinks "Thinking
+    # (<level>) about: <prompt>" (the level Ollama passed to the runner, "medium" for think
+    # true as Ollama means it) and answers like thinker.
+    _scripted('reasoner:latest', 'reasoner', family='qwen3',
+              capabilities=('completion', 'thinking'), template=LEVELS_TEMPLATE),
     # Streams "tok0 tok1 ..." until num_predict or the client disconnects.
     _scripted('endless:latest', 'endless'),
     # echo with a 64-token context: long conversations get truncated like Ollama truncates them.

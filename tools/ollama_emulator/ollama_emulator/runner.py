@@ -70,6 +70,23 @@ def images_of(message: Dict) -> List[str]:
     return [part['image_url']['url'] for part in content if part.get('type') == 'image_url']
 
 
+def scripted_logprobs(token: str, top: int) -> Dict[str, Any]:
+    """llama-server's `logprobs` of one streamed token of a scripted model: the model is sure
+    of every token (-0.05) except those with a question mark, its doubt (-3.0, with the token
+    written with a full stop as the likelier alternative); `top` alternatives (at least 1, as
+    Ollama asks llama-server for)."""
+    doubt = '?' in token
+    chosen = {'token': token, 'logprob': -3.0 if doubt else -0.05}
+    others = [{'token': f'{token.strip()}{index}', 'logprob': -6.0 - index}
+              for index in range(top)]
+    ranked = ([{'token': token.replace('?', '.'), 'logprob': -0.06}] if doubt else []) + [
+        chosen] + others
+    return {'content': [dict(chosen, bytes=list(token.encode()),
+                             top_logprobs=[dict(alternative,
+                                                bytes=list(alternative['token'].encode()))
+                                           for alternative in ranked[:max(top, 1)]])]}
+
+
 def count_prompt_tokens(messages: List[Dict]) -> int:
     """Tokens a scripted model evaluates for a prompt (a role header costs 3, an image
     perception.IMAGE_TOKENS)."""
@@ -79,9 +96,11 @@ def count_prompt_tokens(messages: List[Dict]) -> int:
 
 def scripted_pieces(script: str, messages: List[Dict], think: bool,
                     runner_format: Optional[Dict] = None,
-                    tools: Optional[List[Dict]] = None) -> Iterator[Tuple[str, Any]]:
+                    tools: Optional[List[Dict]] = None,
+                    level: str = '') -> Iterator[Tuple[str, Any]]:
     """(kind, piece) pairs a scripted model generates: kind 'thinking' or 'content' with a
-    token, or 'tool_call' with {'name', 'arguments'} (see structured.py for format and tools)."""
+    token, or 'tool_call' with {'name', 'arguments'} (see structured.py for format and tools).
+    level: the reasoning level the runner was given (the reasoner says it in its thinking)."""
     last_user_message = next((m for m in reversed(messages) if m.get('role') == 'user'), {})
     last_user = text_of(last_user_message)
     if script == 'endless':
@@ -91,6 +110,9 @@ def scripted_pieces(script: str, messages: List[Dict], think: bool,
             index += 1
     if script == 'thinker' and think:
         for token in tokenize(f'Thinking about: {last_user}'):
+            yield 'thinking', token
+    if script == 'reasoner' and think:
+        for token in tokenize(f'Thinking ({level or "medium"}) about: {last_user}'):
             yield 'thinking', token
     if script == 'tooler':
         last = messages[-1] if messages else {}
@@ -105,7 +127,7 @@ def scripted_pieces(script: str, messages: List[Dict], think: bool,
             text = f'No tool for: {last_user}'
     elif script == 'echo':
         text = ''.join(f"{m.get('role')}: {text_of(m)}\n" for m in messages)
-    elif script == 'thinker':
+    elif script in ('thinker', 'reasoner'):
         text = f'Answer: {last_user}'
     elif script == 'seer':
         images = images_of(last_user_message)
@@ -134,7 +156,10 @@ class ScriptedRunner:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         messages = body.get('messages', [])
-        think = bool(body.get('chat_template_kwargs', {}).get('enable_thinking', False))
+        template_kwargs = body.get('chat_template_kwargs', {})
+        think = bool(template_kwargs.get('enable_thinking', False))
+        level = str(template_kwargs.get('reasoning_effort') or '')
+        logprobs = int(body.get('top_logprobs') or 0) if body.get('logprobs') else None
         stops = [s for s in body.get('stop') or [] if s]
         runner_format = body.get('response_format')
         if runner_format and runner_format.get('type') == 'json_schema':
@@ -144,7 +169,8 @@ class ScriptedRunner:
                 return web.json_response({'error': {'code': 400, 'message': str(error),
                                                     'type': 'invalid_request_error'}},
                                          status=400)
-        pieces = scripted_pieces(self.script, messages, think, runner_format, body.get('tools'))
+        pieces = scripted_pieces(self.script, messages, think, runner_format, body.get('tools'),
+                                 level)
         try:
             first = next(pieces, None)
         except perception.ImageError as error:
@@ -160,7 +186,8 @@ class ScriptedRunner:
         generation_start = time.monotonic()
         try:
             produced, finish_reason = await self._generate(
-                response, itertools.chain([first] if first else [], pieces), stops, limit)
+                response, itertools.chain([first] if first else [], pieces), stops, limit,
+                logprobs)
         except ConnectionResetError:
             return response   # the server closed the stream: stop generating
         predicted_ms = (time.monotonic() - generation_start) * 1000
@@ -173,8 +200,10 @@ class ScriptedRunner:
         return response
 
     async def _generate(self, response: web.StreamResponse, pieces: Iterator[Tuple[str, Any]],
-                        stops: List[str], limit: int) -> Tuple[int, str]:
-        """Stream the script's pieces; returns (tokens produced, finish reason)."""
+                        stops: List[str], limit: int,
+                        logprobs: Optional[int] = None) -> Tuple[int, str]:
+        """Stream the script's pieces; returns (tokens produced, finish reason). logprobs:
+        the top alternatives asked for with each token's log-probability (None: none)."""
         finish_reason = 'stop'
         produced = 0
         answer = ''
@@ -198,13 +227,13 @@ class ScriptedRunner:
                 if hit >= 0:
                     token = candidate[:hit][len(answer):]
                     if token:
-                        await self._send(response, {'content': token})
+                        await self._send(response, {'content': token}, token, logprobs)
                     break
                 answer = candidate
             if self.token_interval:
                 await asyncio.sleep(self.token_interval)
             field = 'reasoning_content' if kind == 'thinking' else 'content'
-            await self._send(response, {field: token})
+            await self._send(response, {field: token}, token, logprobs)
             produced += 1
             self.generated += 1
             if self.crash_after and self.generated >= self.crash_after:
@@ -229,8 +258,12 @@ class ScriptedRunner:
         return web.json_response({'data': data, 'usage': {'prompt_tokens': used}})
 
     @staticmethod
-    async def _send(response: web.StreamResponse, delta: Dict[str, Any]) -> None:
-        chunk = {'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]}
+    async def _send(response: web.StreamResponse, delta: Dict[str, Any], token: str = '',
+                    logprobs: Optional[int] = None) -> None:
+        choice: Dict[str, Any] = {'index': 0, 'delta': delta, 'finish_reason': None}
+        if logprobs is not None and token:
+            choice['logprobs'] = scripted_logprobs(token, logprobs)
+        chunk = {'choices': [choice]}
         await response.write(f'data: {json.dumps(chunk)}\n\n'.encode())
 
 

@@ -51,6 +51,8 @@ log = logging.getLogger('ollama')
 NDJSON = 'application/x-ndjson'
 # Go's encoding/json writes no spaces; neither do we.
 dumps = functools.partial(json.dumps, separators=(',', ':'))
+# The think strings Ollama accepts (api/types.go ThinkValue).
+THINK_LEVELS = ('low', 'medium', 'high', 'max')
 RUNNER_EOF = 'an error was encountered while running the model: unexpected EOF'
 
 
@@ -117,6 +119,9 @@ class ChunkSink:
             thinking = ''.join(c.get('thinking', '') for c in self.collected)
             if thinking:
                 whole['thinking'] = thinking
+        logprobs = [entry for c in self.collected for entry in c.get('logprobs', [])]
+        if logprobs:    # Ollama joins them too (writeChatResponse)
+            whole['logprobs'] = logprobs
         return web.json_response(whole, dumps=dumps)
 
 
@@ -449,8 +454,15 @@ class OllamaApi:
         keep_alive, keep_alive_given = self._keep_alive(body)
         capabilities = self._capabilities(model)
         requested_think = body.get('think')
+        if not (requested_think is None or isinstance(requested_think, bool)
+                or requested_think in THINK_LEVELS):
+            raise ApiError(400, f'invalid think value: {json.dumps(requested_think)} (must be '
+                                '"high", "medium", "low", "max", true, or false)')
         if requested_think not in (None, False) and 'thinking' not in capabilities:
             raise ApiError(400, f'"{model_text}" does not support thinking')
+        top_logprobs = body.get('top_logprobs') or 0
+        if not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
+            raise ApiError(400, 'top_logprobs must be between 0 and 20')
         think = 'thinking' in capabilities and requested_think is not False
         if body.get('tools') and 'tools' not in capabilities:
             full = model.name
@@ -481,6 +493,15 @@ class OllamaApi:
                     dumps=dumps)
             return await self._stream(request, body, runner, self._fit(messages, runner),
                                       think, options, field, started, load_seconds)
+
+    @staticmethod
+    def _template_kwargs(think: bool, requested: Any) -> Dict[str, Any]:
+        """The runner's chat_template_kwargs, as Ollama 0.30+ sends them to llama-server:
+        enable_thinking, and a level as reasoning_effort."""
+        kwargs: Dict[str, Any] = {'enable_thinking': think}
+        if think and isinstance(requested, str):
+            kwargs['reasoning_effort'] = requested
+        return kwargs
 
     @contextlib.asynccontextmanager
     async def _runner(self, model: InstalledModel, keep_alive: Optional[float],
@@ -610,8 +631,14 @@ class OllamaApi:
         payload: Dict[str, Any] = {
             'messages': [_runner_message(m) for m in messages],
             'stream': True,
-            'chat_template_kwargs': {'enable_thinking': think},
+            'chat_template_kwargs': self._template_kwargs(think, body.get('think')),
         }
+        top_logprobs = int(body.get('top_logprobs') or 0)
+        if body.get('logprobs'):
+            # Ollama asks llama-server for at least one alternative, and drops them unless
+            # the request wanted some (llm/llama_server.go).
+            payload['logprobs'] = True
+            payload['top_logprobs'] = max(top_logprobs, 1)
         runner_format = structured.response_format(body.get('format'))
         if runner_format is not None:
             payload['response_format'] = runner_format
@@ -647,9 +674,13 @@ class OllamaApi:
                 thinking = delta.get('reasoning_content') or ''
                 for part in delta.get('tool_calls') or []:
                     calls.add(part)
-                if content or thinking:
+                logprobs = _ollama_logprobs(choice.get('logprobs'), top_logprobs > 0)
+                if content or thinking or logprobs:
+                    out = self._chunk(model_text, field, content, thinking)
+                    if logprobs:
+                        out['logprobs'] = logprobs
                     try:
-                        await sink.send(self._chunk(model_text, field, content, thinking))
+                        await sink.send(out)
                     except ConnectionResetError:
                         raise ClientGone() from None
                     self._count_token()
@@ -687,6 +718,21 @@ class OllamaApi:
         if limit and self.tokens_streamed >= limit:
             log.error('injected server crash after %d tokens', self.tokens_streamed)
             os._exit(2)
+
+
+def _ollama_logprobs(given: Optional[Dict[str, Any]], top: bool) -> List[Dict[str, Any]]:
+    """A llama-server chunk's logprobs in Ollama's shape: [{token, logprob, top_logprobs?}]
+    (the alternatives only when the request asked for some)."""
+    entries = []
+    for item in (given or {}).get('content') or []:
+        entry: Dict[str, Any] = {'token': item.get('token', ''),
+                                 'logprob': float(item.get('logprob', 0.0))}
+        if top:
+            entry['top_logprobs'] = [{'token': alt.get('token', ''),
+                                      'logprob': float(alt.get('logprob', 0.0))}
+                                     for alt in item.get('top_logprobs') or []]
+        entries.append(entry)
+    return entries
 
 
 class ToolCallCollector:

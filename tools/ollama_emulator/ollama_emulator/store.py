@@ -161,7 +161,7 @@ class ModelStore:
             raise ModelNotFound(name.short)
         layers = [
             (MEDIA_MODEL, catalog.weights_of(entry.name)),
-            (MEDIA_TEMPLATE, catalog.CHATML_TEMPLATE.encode()),
+            (MEDIA_TEMPLATE, entry.template.encode()),
             (MEDIA_LICENSE, entry.license.encode()),
         ]
         for _, data in layers:

@@ -81,3 +81,22 @@ def test_two_conversations_alternating_on_one_slot_evaluate_their_history_again(
     left += [first.message, {'role': 'user', 'content': 'And of Spain?'}]
     again = emulator.client.chat('smollm2:135m', left, options=options)
     assert again.prompt_eval_count > first.prompt_eval_count
+
+
+def test_smollm2_gives_real_logprobs(start_emulator):
+    """llama.cpp's own log-probabilities, through Ollama's shape: one per streamed token, the
+    tokens are the answer, each <= 0 with its likeliest alternatives best first."""
+    emulator = start_emulator()
+    emulator.pull('smollm2:135m')
+    parts = list(emulator.client.chat('smollm2:135m', QUESTION, stream=True, logprobs=True,
+                                      top_logprobs=3, options={'temperature': 0, 'seed': 1,
+                                                               'num_predict': 12}))
+    tokens = [entry for part in parts for entry in part.logprobs or ()]
+    assert ''.join(t.token for t in tokens) == ''.join(p.message.content for p in parts)
+    assert tokens and len(tokens) == len([p for p in parts if p.message.content])
+    assert all(t.logprob <= 0 for t in tokens)
+    for token in tokens:
+        alternatives = [alt.logprob for alt in token.top_logprobs]
+        assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
+        # temperature 0: the chosen token is the likeliest one
+        assert token.logprob == pytest.approx(alternatives[0], abs=1e-4)

@@ -15,6 +15,7 @@ from .request import ErrorCode
 from .request import FORMAT_JSON
 from .request import Refusal
 from .request import THINK_DEFAULT
+from .request import THINK_LEVELS
 from .request import THINK_OFF
 from .request import THINK_ON
 from ..config import ChatSettings
@@ -35,6 +36,9 @@ MAX_CONTEXT_MESSAGES = 1000     # context[] entries (their text counts in max_pr
 MAX_TOOLS = 64                  # tools[] and tool_results[] entries (their text counts too)
 # Ollama's function names (and what OpenAI-style tool parsers accept).
 TOOL_NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')
+MAX_TOP_LOGPROBS = 20           # Ollama refuses more (400 "top_logprobs must be between 0 and 20")
+# The longest deadline accepted (a day): a longer one is a unit mistake (e.g. milliseconds).
+MAX_DEADLINE = 86400.0
 
 
 def invalid(reason: str) -> Refusal:
@@ -44,14 +48,17 @@ def invalid(reason: str) -> Refusal:
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
              capabilities: List[str], model: str,
-             vision: VisionSettings = VisionSettings()) -> None:
+             vision: VisionSettings = VisionSettings(), think_levels: bool = False) -> None:
     """Raise Refusal when the goal cannot be served: INVALID_GOAL, or NO_IMAGE for the camera.
+    think_levels: the model thinks in levels (engine.thinks_in_levels()).
 
     Sizes are checked first, so that no reason quotes an unbounded field; the camera frame
     last, so that a goal's own faults are named before the view it asked for.
     """
     check_sizes(request, settings, vision)
     check_fields(request, settings, sessions, capabilities, model)
+    check_think(request.think, capabilities, model, think_levels)
+    check_confidence_and_deadline(request)
     check_images(request, capabilities, model, vision)
     check_format(request.output_format)
     check_tools(request, sessions, capabilities, model)
@@ -98,12 +105,6 @@ def check_fields(request: ChatRequest, settings: ChatSettings, sessions: Session
                           f"{', '.join(ROLES)}")
     if not request.prompt.strip() and not request.tool_results:
         raise invalid('prompt is empty (it may be empty only with tool_results)')
-    if request.think not in (THINK_DEFAULT, THINK_ON, THINK_OFF):
-        raise invalid('think must be THINK_DEFAULT (0), THINK_ON (1) or THINK_OFF (2), not '
-                      f'{request.think}')
-    if request.think == THINK_ON and 'thinking' not in capabilities:
-        raise invalid(f"model '{model}' cannot think (capabilities: "
-                      f"{', '.join(capabilities)}); use THINK_DEFAULT or THINK_OFF")
     for name, value, high in (('temperature', request.temperature, 2.0),
                               ('top_p', request.top_p, 1.0)):
         if math.isnan(value) or math.isinf(value):
@@ -123,6 +124,34 @@ def check_fields(request: ChatRequest, settings: ChatSettings, sessions: Session
         raise invalid(f"reset_session: unknown session '{request.session_id}'")
     if request.context and request.session_id:
         raise invalid('context is for single-turn goals; a session keeps its own history')
+
+
+def check_think(think: int, capabilities: List[str], model: str, think_levels: bool) -> None:
+    """think: one of THINK_*; THINK_ON for a model that thinks, a level for one that thinks
+    in levels."""
+    if think not in (THINK_DEFAULT, THINK_ON, THINK_OFF) and think not in THINK_LEVELS:
+        raise invalid('think must be THINK_DEFAULT (0), THINK_ON (1), THINK_OFF (2) or a level '
+                      f'THINK_LOW (3) .. THINK_MAX (6), not {think}')
+    if think in (THINK_DEFAULT, THINK_OFF):
+        return
+    if 'thinking' not in capabilities:
+        raise invalid(f"model '{model}' cannot think (capabilities: "
+                      f"{', '.join(capabilities)}); use THINK_DEFAULT or THINK_OFF")
+    if think in THINK_LEVELS and not think_levels:
+        raise invalid(f"model '{model}' thinks on or off, not in levels (its chat template "
+                      f'does not use a reasoning level): use THINK_ON, THINK_OFF or '
+                      f'THINK_DEFAULT, not {THINK_LEVELS[think]!r}')
+
+
+def check_confidence_and_deadline(request: ChatRequest) -> None:
+    """top_logprobs within Ollama's range; a deadline that is a usable number of seconds."""
+    if request.top_logprobs > MAX_TOP_LOGPROBS:
+        raise invalid(f'top_logprobs {request.top_logprobs} is out of range '
+                      f'0..{MAX_TOP_LOGPROBS}')
+    deadline = request.deadline
+    if math.isnan(deadline) or not 0.0 <= deadline <= MAX_DEADLINE:
+        raise invalid(f'deadline {deadline:g} is out of range 0..{MAX_DEADLINE:g} seconds '
+                      '(0: no deadline)')
 
 
 def check_images(request: ChatRequest, capabilities: List[str], model: str,

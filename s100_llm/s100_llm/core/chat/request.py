@@ -7,6 +7,7 @@ import dataclasses
 import enum
 from typing import Dict, List, Optional, Tuple
 
+from .confidence import Confidence
 from ..images import AnyImage
 from ..images import CompressedImage
 from ..images import RawImage
@@ -14,8 +15,12 @@ from ..images import RawImage
 # The values of Chat.Goal.think, Chat.Result.done_reason and Chat.Result.error_code, defined by
 # s100_llm_msgs/action/Chat.action; the core is ROS-free, so test_chat_logic ties these to it.
 THINK_DEFAULT, THINK_ON, THINK_OFF = 0, 1, 2
+THINK_LOW, THINK_MEDIUM, THINK_HIGH, THINK_MAX = 3, 4, 5, 6
+# The reasoning effort each level asks Ollama for (its `think` string).
+THINK_LEVELS = {THINK_LOW: 'low', THINK_MEDIUM: 'medium', THINK_HIGH: 'high', THINK_MAX: 'max'}
 DONE_STOP, DONE_LENGTH, DONE_CANCELED, DONE_ERROR = 'stop', 'length', 'canceled', 'error'
 DONE_TOOL_CALLS = 'tool_calls'
+DONE_DEADLINE = 'deadline'
 FORMAT_JSON = 'json'
 
 
@@ -33,6 +38,8 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 8
     FORMAT_MISMATCH = 9
     NO_IMAGE = 10
+    DEADLINE = 11
+    TOOL_STEPS = 12
 
 
 class Refusal(Exception):
@@ -69,12 +76,23 @@ class ChatRequest:
     images: List[RawImage] = dataclasses.field(default_factory=list)
     compressed_images: List[CompressedImage] = dataclasses.field(default_factory=list)
     use_camera: bool = False
+    # Token log-probabilities: a summary (logprobs), each token's value too (token_logprobs),
+    # with top_logprobs alternatives per token (either of those implies logprobs).
+    logprobs: bool = False
+    token_logprobs: bool = False
+    top_logprobs: int = 0
+    # Seconds from acceptance by which the answer must be complete; 0: none.
+    deadline: float = 0.0
     # The camera frame a use_camera goal sees, taken by the node when it accepted the goal
     # (before the checks, which check it), and what to call it in a reason (e.g. 'the camera
     # frame from /camera/image_raw'); or why the node has no frame to give it.
     camera_image: Optional[AnyImage] = None
     camera_name: str = 'the camera frame'
     camera_missing: Optional[str] = None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs or self.token_logprobs or self.top_logprobs > 0
 
     @property
     def image_count(self) -> int:
@@ -130,11 +148,15 @@ class ChatOutcome:
     eval_duration: float = 0.0
     feedback_messages: int = 0
     tool_calls: List[ToolCall] = dataclasses.field(default_factory=list)
+    # How sure the model was of its answer, when the goal asked for logprobs.
+    confidence: Optional[Confidence] = None
 
     @classmethod
     def unserved(cls, error_code: ErrorCode, error_message: str) -> 'ChatOutcome':
         """The outcome of a goal that ends for error_code (a preempted or canceled goal's
-        done_reason is DONE_CANCELED, any other's DONE_ERROR)."""
+        done_reason is DONE_CANCELED, a goal past its deadline's DONE_DEADLINE, any other's
+        DONE_ERROR)."""
         canceled = error_code in (ErrorCode.CANCELED, ErrorCode.PREEMPTED)
-        return cls(done_reason=DONE_CANCELED if canceled else DONE_ERROR,
-                   error_code=error_code, error_message=error_message)
+        done_reason = (DONE_CANCELED if canceled else DONE_DEADLINE
+                       if error_code == ErrorCode.DEADLINE else DONE_ERROR)
+        return cls(done_reason=done_reason, error_code=error_code, error_message=error_message)

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import uuid
 
 from .checks import format_mismatch
+from .confidence import summarize
+from .confidence import TokenLogprob
 from .request import ChatOutcome
 from .request import ChatRequest
 from .request import DONE_ERROR
@@ -19,13 +21,11 @@ from .request import DONE_STOP
 from .request import DONE_TOOL_CALLS
 from .request import ErrorCode
 from .request import image_note
-from .request import THINK_DEFAULT
-from .request import THINK_OFF
-from .request import THINK_ON
 from .request import ToolCall
 from .stream import FeedbackBatch
 from .stream import FeedbackSink
 from .stream import ollama_options
+from .stream import ollama_think
 from .stream import ollama_tools
 from .stream import output_format
 from .stream import ThinkTagSplitter
@@ -47,9 +47,12 @@ class _Reply:
     """What the stream has given so far: the answer and the reasoning (each piece also sent
     as feedback), the tool calls, and the chunks that carried text."""
 
-    def __init__(self, inline_think: bool, batch: FeedbackBatch) -> None:
+    def __init__(self, inline_think: bool, batch: FeedbackBatch, request: ChatRequest) -> None:
         self.splitter = ThinkTagSplitter(inline_think)
         self.batch = batch
+        # The answer's token log-probabilities (None: the goal did not ask for them).
+        self.logprobs: Optional[List[TokenLogprob]] = [] if request.wants_logprobs else None
+        self.keep_tokens = request.token_logprobs
         self.text: List[str] = []
         self.thinking: List[str] = []
         self.calls: List[Tuple[str, Dict[str, Any]]] = []
@@ -67,6 +70,14 @@ class _Reply:
         self.batch.flush()
         outcome.feedback_messages = self.batch.sent
         outcome.text, outcome.thinking = ''.join(self.text), ''.join(self.thinking)
+        if self.logprobs is not None:
+            outcome.confidence = summarize(self.logprobs, self.keep_tokens)
+
+    def take_logprobs(self, chunk: ChatChunk, answer: str, thinking: str) -> None:
+        """Keep the chunk's log-probabilities when its tokens are the answer's (Ollama streams
+        one token per chunk; reasoning tokens are not the answer's confidence)."""
+        if self.logprobs is not None and answer and not thinking:
+            self.logprobs.extend(chunk.logprobs)
 
 
 class ChatRun:
@@ -122,17 +133,18 @@ class ChatRun:
         if images:  # on this turn's user message (validate() made sure there is a prompt)
             messages[-1] = dict(messages[-1], images=images)
         fmt = output_format(request.output_format)
-        think = {THINK_DEFAULT: None, THINK_ON: True, THINK_OFF: False}[request.think]
         outcome = ChatOutcome(error_code=ErrorCode.NONE)
         reply = _Reply(self.inline_think,
-                       FeedbackBatch(self.settings.feedback_min_interval, self.publish))
+                       FeedbackBatch(self.settings.feedback_min_interval, self.publish), request)
         with self._lock:
             if self._cancel_reason:
                 return self._canceled(outcome, reply)
             self._stream = stream = self.engine.chat(
-                self.model, messages, think, ollama_options(request, self.settings),
-                self.keep_alive, self.settings.stream_timeout, output_format=fmt,
-                tools=ollama_tools(request.tools))
+                self.model, messages, ollama_think(request.think),
+                ollama_options(request, self.settings), self.keep_alive,
+                self.settings.stream_timeout, output_format=fmt,
+                tools=ollama_tools(request.tools), logprobs=request.wants_logprobs,
+                top_logprobs=request.top_logprobs)
         try:
             final = self._read(stream, reply, outcome)
         except ChatCanceled:
@@ -160,6 +172,8 @@ class ChatRun:
                 outcome.error_code = ErrorCode.FORMAT_MISMATCH
                 outcome.error_message = mismatch
                 return outcome
+            if fmt is not None and reply.logprobs is not None:     # name the least sure field
+                outcome.confidence = summarize(reply.logprobs, reply.keep_tokens, outcome.text)
         if request.session_id:
             outcome.session_turns = self._commit(sent, outcome, reply, final, len(images))
         return outcome
@@ -178,6 +192,7 @@ class ChatRun:
             if (answer_part or thinking_part) and not outcome.time_to_first_token:
                 outcome.time_to_first_token = time.monotonic() - self.accepted_at
             reply.take(answer_part, thinking_part)
+            reply.take_logprobs(chunk, answer_part, thinking_part)
             reply.calls.extend(chunk.tool_calls)
             if chunk.done:
                 reply.take(*reply.splitter.flush())

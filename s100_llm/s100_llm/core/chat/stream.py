@@ -5,10 +5,13 @@ text batched into feedback messages (FeedbackBatch).
 
 import json
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .request import ChatRequest
 from .request import FORMAT_JSON
+from .request import THINK_DEFAULT
+from .request import THINK_LEVELS
+from .request import THINK_OFF
 from ..config import ChatSettings
 
 
@@ -27,6 +30,14 @@ def ollama_options(request: ChatRequest, settings: ChatSettings) -> Dict[str, An
     if request.stop:
         options['stop'] = list(request.stop)
     return options
+
+
+def ollama_think(think: int) -> Union[None, bool, str]:
+    """Ollama's `think` for the goal's think field: None (the model decides), a bool, or a
+    level ('low' .. 'max')."""
+    if think == THINK_DEFAULT:
+        return None
+    return THINK_LEVELS.get(think, think != THINK_OFF)
 
 
 def ollama_tools(tools: List[Dict[str, str]]) -> List[Dict[str, Any]]:
