@@ -486,7 +486,7 @@ class OllamaApi:
         sink = ChunkSink(request, body.get('stream', True) is not False)
         last: Dict[str, Any] = {}
         try:
-            async for progress in self.store.pull(name):
+            async for progress in self._pull_lines(name):
                 last = progress
                 if sink.stream:
                     await sink.send(progress)
@@ -495,6 +495,8 @@ class OllamaApi:
         except (ModelNotFound, OSError) as error:
             failure = {'error': 'pull model manifest: file does not exist'
                        if isinstance(error, ModelNotFound) else error.strerror or str(error)}
+            if isinstance(error, OSError) and error.errno is None:
+                failure['error'] = str(error)
             if not sink.stream:
                 raise ApiError(500, failure['error']) from None
             await sink.send(failure)
@@ -506,6 +508,18 @@ class OllamaApi:
         assert sink.response is not None
         await sink.response.write_eof()
         return sink.response
+
+    async def _pull_lines(self, name: ModelName) -> AsyncIterator[Dict[str, Any]]:
+        """The store's pull, or (offline) what Ollama answers without network: the DNS
+        lookup of the registry fails after 'pulling manifest'."""
+        if not self.settings.faults.offline:
+            async for progress in self.store.pull(name):
+                yield progress
+            return
+        yield {'status': 'pulling manifest'}
+        raise OSError(f'pull model manifest: Get "https://{name.host}/v2/{name.namespace}/'
+                      f'{name.model}/manifests/{name.tag}": dial tcp: lookup {name.host}: '
+                      'no such host')
 
     # ---- generation ----------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -44,6 +44,9 @@ class Faults:
     # Bytes the models dir's blobs may grow by before a write fails with Ollama's ENOSPC
     # error ("write <path>: no space left on device"); None: no limit but the real disk's.
     disk_free: Optional[int] = None
+    # OLLAMA_EMULATOR_OFFLINE=1: no registry (a robot without network): every pull fails as
+    # Ollama's does when the registry's name does not resolve.
+    offline: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Settings:
             token_rate=number('OLLAMA_EMULATOR_TOKEN_RATE', 0),
             disk_free=int(env['OLLAMA_EMULATOR_DISK_FREE'])
             if env.get('OLLAMA_EMULATOR_DISK_FREE') else None,
+            offline=env.get('OLLAMA_EMULATOR_OFFLINE', '') == '1',
         )
         generation = env.get('OLLAMA_EMULATOR_RUNNER') or RUNNER_GENERATIONS[0]
         if generation not in RUNNER_GENERATIONS:

@@ -125,3 +125,10 @@ def test_a_pull_whose_client_goes_away_keeps_its_partial_file(start_emulator):
     assert any(name.endswith('-partial')
                for name in os.listdir(os.path.join(emulator.models, 'blobs')))
     assert 'smollm2:135m' not in {m.model for m in emulator.client.list().models}
+
+
+def test_offline_every_pull_fails_as_without_network(start_emulator):
+    emulator = start_emulator(OLLAMA_EMULATOR_OFFLINE='1')
+    with pytest.raises(ollama.ResponseError, match='lookup registry.ollama.ai: no such host'):
+        emulator.client.pull('echo')
+    assert emulator.client.list().models == []
