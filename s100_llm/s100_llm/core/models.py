@@ -445,7 +445,9 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     bytes to upload, plus the converted model for a safetensors source (about its size), plus
     the quantized model (estimated from the type's bits per weight). On failure or cancel the
     blobs this import added that no model references are removed. Only the local server is
-    contacted. records: the digest cache (a fresh one from models_dir when None)."""
+    contacted. After success, uploaded blobs the new model does not reference (the source of a
+    quantization) are removed too. records: the digest cache (a fresh one from models_dir
+    when None)."""
     records = records if records is not None else ImportRecords(models_dir)
     resolved = resolve_source(source)
     quantize = quantize.strip()
@@ -479,6 +481,9 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     except Exception as error:
         _remove_left_behind(models_dir, before)
         raise _server_problem(error, f'import {name}') from None
+    # A quantized or converted model does not reference the uploaded source blobs: Ollama
+    # would prune them at its next start only (and never with OLLAMA_NOPRUNE).
+    _remove_new_blobs(models_dir, before)
     records.save()
     return model_entry(engine, name)
 
