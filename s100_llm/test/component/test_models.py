@@ -199,6 +199,17 @@ def test_quantizing_a_quantized_gguf_is_refused_with_ollamas_message(engine):
     assert blobs(engine) == []
 
 
+def test_a_quantization_ollama_does_not_offer_is_its_refusal(engine, tmp_path):
+    f16 = tmp_path / 'f16.gguf'
+    f16.write_bytes(gguf_bytes(file_type=1))
+    with pytest.raises(models.ModelProblem, match='unsupported quantization type Q3_K_S - '
+                                                  'supported types are F32, F16') as caught:
+        models.import_model(engine, 'small', str(f16), 'q3_K_S', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'invalid'
+    assert blobs(engine) == []
+
+
 def test_quantizing_an_f16_gguf_keeps_only_the_quantized_weights(engine, tmp_path):
     f16 = tmp_path / 'f16.gguf'
     f16.write_bytes(gguf_bytes(file_type=1))
