@@ -315,7 +315,7 @@ class Modelfile:
 
 def parse_modelfile(text: str, directory: str) -> Modelfile:
     """Parse a Modelfile: `INSTRUCTION arguments` lines, case-insensitive instructions,
-    `#` comments, arguments in double quotes or triple double quotes (\"\"\"...\"\"\", may span
+    `#` comments, arguments in double quotes or in three double quotes (which may span
     lines). A FROM path relative to the Modelfile is made absolute (Ollama resolves it
     relative to the Modelfile too). PARAMETER stop may repeat (a list). Raises ValueError
     naming the line of a malformed instruction."""
