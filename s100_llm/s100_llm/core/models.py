@@ -6,23 +6,14 @@ free space, which blobs an operation added) and to remove what a failed or cance
 left behind: Ollama keeps `-partial` files of a canceled pull for a later resume, and the
 blobs of a failed import until its next start (when it prunes unreferenced blobs).
 
-Sources an import takes (`import_model`):
-- a GGUF file: uploaded as one blob, the model is created from it;
-- a safetensors directory (config.json + *.safetensors + tokenizer files): each file uploaded,
-  Ollama converts it (refusing architectures it cannot convert);
-- a Modelfile: FROM (a GGUF file or a safetensors directory, relative to the Modelfile, or an
-  installed model), TEMPLATE, SYSTEM, PARAMETER, LICENSE lines (Ollama's documented grammar).
-
-The source digest (`source_digest`) identifies a source's content; the sha256 of each file is
-cached by (path, size, mtime_ns) in the node's record file under models_dir (see ImportRecords)
-so an activate does not re-read a multi-GB GGUF that did not change.
+Sources an import takes (a GGUF file, a safetensors directory, a Modelfile) and the record of
+which source each model was made from are in core/model_sources.py.
 
 Threads: every function here blocks on HTTP or the disk; callers run them outside the serving
 lock's hot paths (the node: in the transition or an action's thread). No module state.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -36,6 +27,11 @@ from .engine import describe
 from .engine import EngineError
 from .engine import OllamaEngine
 from .engine import OperationCanceled
+from .model_sources import ImportRecords
+from .model_sources import resolve_source
+from .model_sources import Source
+from .model_sources import source_digest  # noqa: F401 (part of this module's API)
+from .model_sources import SourceError
 
 # progress(status, completed bytes, total bytes); total 0 when unknown.
 Progress = Callable[[str, int, int], None]
@@ -47,12 +43,6 @@ SERVER = 'server'         # the Ollama server failed or is unreachable
 NO_SPACE = 'no_space'     # the models directory's disk cannot hold it
 CANCELED = 'canceled'     # the caller canceled
 
-# Files of a safetensors model directory that Ollama's converter reads (the CLI uploads the
-# same set: cmd/cmd.go / parser: *.safetensors, the configs, the tokenizer).
-SAFETENSORS_FILES = ('*.safetensors', 'config.json', 'generation_config.json',
-                     'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
-                     'added_tokens.json', 'tokenizer.model', '*.tiktoken')
-GGUF_MAGIC = b'GGUF'
 # Bits per weight of the quantization types Ollama offers (fs/ggml/type.go ParseFileType;
 # llama.cpp's figures, rounded up), for the storage guard: the quantized model's size is
 # estimated from an F16 source (16 bits per weight; an F32 source is twice as big, so the
@@ -63,8 +53,6 @@ QUANT_BITS = {'q4_k_s': 4.6, 'q4_k_m': 4.9, 'q4_k': 4.9, 'q8_0': 8.5, 'f16': 16.
 # How a canceled transfer's leftovers are removed (see _remove_left_behind).
 SETTLE_INTERVAL = 0.1
 SETTLE_LIMIT = 5.0
-RECORD_DIR = 's100_llm'        # the node's own directory under models_dir (Ollama ignores it)
-RECORD_FILE = 'imports.json'
 
 
 class ModelProblem(Exception):
@@ -302,153 +290,6 @@ def _close(stream: Any) -> None:
 
 
 # ---- import --------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Modelfile:
-    """The lines of a Modelfile this node uses (Ollama's docs/modelfile.md grammar)."""
-
-    source: str = ''            # FROM: a path (made absolute) or an installed model's name
-    template: Optional[str] = None
-    system: Optional[str] = None
-    license: List[str] = dataclasses.field(default_factory=list)  # noqa: A003 (LICENSE)
-    parameters: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def parse_modelfile(text: str, directory: str) -> Modelfile:
-    """Parse a Modelfile: `INSTRUCTION arguments` lines, case-insensitive instructions,
-    `#` comments, arguments in double quotes or in three double quotes (which may span
-    lines). A FROM path relative to the Modelfile is made absolute (Ollama resolves it
-    relative to the Modelfile too). PARAMETER stop may repeat (a list). Raises ValueError
-    naming the line of a malformed instruction."""
-    result = Modelfile()
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        number, line = index + 1, lines[index].strip()
-        index += 1
-        if not line or line.startswith('#'):
-            continue
-        command, _, argument = line.partition(' ')
-        command, argument = command.upper(), argument.strip()
-        if argument.startswith('"""'):
-            body = argument[3:]
-            while '"""' not in body:
-                if index >= len(lines):
-                    raise ValueError(f'line {number}: unterminated """')
-                body += '\n' + lines[index]
-                index += 1
-            argument = body[:body.index('"""')]
-        elif len(argument) >= 2 and argument[0] == argument[-1] == '"':
-            argument = argument[1:-1]
-        if command == 'FROM':
-            result.source = _from_path(argument, directory)
-        elif command == 'TEMPLATE':
-            result.template = argument
-        elif command == 'SYSTEM':
-            result.system = argument
-        elif command == 'LICENSE':
-            result.license.append(argument)
-        elif command == 'PARAMETER':
-            key, _, value = argument.partition(' ')
-            if not key or not value.strip():
-                raise ValueError(f'line {number}: PARAMETER needs a name and a value')
-            _add_parameter(result.parameters, key.lower(), value.strip())
-        elif command in ('ADAPTER', 'MESSAGE', 'REQUIRES'):
-            raise ValueError(f'line {number}: {command} is not supported by this node')
-        else:
-            raise ValueError(f'line {number}: unknown instruction {command!r}')
-    if not result.source:
-        raise ValueError('no FROM line')
-    return result
-
-
-def _from_path(argument: str, directory: str) -> str:
-    """FROM's argument: a path (relative to the Modelfile's directory) when it names an
-    existing file or directory or looks like a path, else an installed model's name."""
-    candidate = os.path.expanduser(argument)
-    if not os.path.isabs(candidate):
-        candidate = os.path.join(directory, candidate)
-    if os.path.exists(candidate) or argument.startswith(('.', '/', '~')):
-        return os.path.normpath(candidate)
-    return argument
-
-
-def _add_parameter(parameters: Dict[str, Any], key: str, value: str) -> None:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    parsed: Any = value
-    for kind in (int, float):
-        try:
-            parsed = kind(value)
-            break
-        except ValueError:
-            continue
-    if value.lower() in ('true', 'false'):
-        parsed = value.lower() == 'true'
-    if key == 'stop':
-        parameters.setdefault('stop', []).append(value)
-    else:
-        parameters[key] = parsed
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A resolved import source: the files to upload (name in the request -> path)."""
-
-    kind: str                   # 'gguf' | 'safetensors'
-    files: Dict[str, str]
-    modelfile: Modelfile
-
-    @property
-    def size(self) -> int:
-        return sum(os.path.getsize(path) for path in self.files.values())
-
-
-def resolve_source(source: str) -> Source:
-    """What to upload for `source`; ModelProblem 'invalid' naming why it cannot be used."""
-    path = os.path.abspath(os.path.expanduser(source))
-    if os.path.isdir(path):
-        return Source('safetensors', _safetensors_files(path), Modelfile(source=path))
-    try:
-        with open(path, 'rb') as handle:
-            head = handle.read(4)
-    except OSError as error:
-        raise ModelProblem(INVALID, f"model_source '{source}' cannot be read: "
-                                    f'{error.strerror}') from None
-    if head == GGUF_MAGIC:
-        return Source('gguf', {os.path.basename(path): path}, Modelfile(source=path))
-    modelfile = _read_modelfile(path, source)
-    if not os.path.isabs(modelfile.source):
-        raise ModelProblem(INVALID, f"Modelfile '{source}': FROM {modelfile.source} names an "
-                                    'installed model, not a local file: importing needs '
-                                    'weights to upload')
-    inner = resolve_source(modelfile.source)
-    return Source(inner.kind, inner.files, dataclasses.replace(modelfile,
-                                                               source=modelfile.source))
-
-
-def _read_modelfile(path: str, source: str) -> Modelfile:
-    try:
-        with open(path, 'rb') as handle:
-            raw = handle.read(1024 * 1024 + 1)   # a Modelfile is small; a big file is not one
-        if len(raw) > 1024 * 1024:
-            raise ValueError('too large')
-        text = raw.decode('utf-8')
-        return parse_modelfile(text, os.path.dirname(path))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ModelProblem(INVALID, f"model_source '{source}' is not a model: neither a GGUF "
-                                    f'file (no GGUF magic) nor a Modelfile ({error})') from None
-
-
-def _safetensors_files(directory: str) -> Dict[str, str]:
-    root = pathlib.Path(directory)
-    files = {str(p.relative_to(root)): str(p) for pattern in SAFETENSORS_FILES
-             for p in sorted(root.glob(pattern)) if p.is_file()}
-    if not any(name.endswith('.safetensors') for name in files) or 'config.json' not in files:
-        raise ModelProblem(INVALID, f"model_source '{directory}' is not a model: a directory "
-                                    'needs config.json and *.safetensors files')
-    return files
-
-
 def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, models_dir: str,
                  progress: Progress, canceled: threading.Event,
                  records: Optional['ImportRecords'] = None) -> ModelEntry:
@@ -463,7 +304,10 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     reference (the source of a quantization) are removed too. records: the digest cache (a
     fresh one from models_dir when None)."""
     records = records if records is not None else ImportRecords(models_dir)
-    resolved = resolve_source(source)
+    try:
+        resolved = resolve_source(source)
+    except SourceError as error:
+        raise ModelProblem(INVALID, str(error)) from None
     quantize = quantize.strip()
     digests = {file: 'sha256:' + records.file_digest(path)
                for file, path in resolved.files.items()}
@@ -495,7 +339,10 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     # A quantized or converted model does not reference the uploaded source blobs: Ollama
     # would prune them at its next start only (and never with OLLAMA_NOPRUNE).
     _remove_new_blobs(models_dir, before)
-    records.record(name, records.source_digest(source, quantize))
+    try:
+        records.record(name, records.source_digest(source, quantize))
+    except (SourceError, OSError):
+        pass    # the source changed meanwhile: the next activate compares and imports again
     records.save()
     return model_entry(engine, name)
 
@@ -556,85 +403,3 @@ def _call(what: str, function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     except Exception as error:
         raise ModelProblem(SERVER, _describe(error, what)) from None
-
-
-# ---- source digests and the record of imports ----------------------------------------------
-class ImportRecords:
-    """The node's record file, models_dir/s100_llm/imports.json: which source digest each
-    model was created from (so a changed source is imported again), and the sha256 of source
-    files by (path, size, mtime_ns) (so an unchanged multi-GB GGUF is not read again at every
-    activate: a file whose size and modification time are unchanged is taken as unchanged, as
-    make and rsync do). It lives under models_dir because it describes what is in there and
-    travels with it; Ollama leaves files outside blobs/ and manifests/ alone. Not thread-safe:
-    one user at a time (the serving lock)."""
-
-    def __init__(self, models_dir: str) -> None:
-        self.path = pathlib.Path(models_dir) / RECORD_DIR / RECORD_FILE
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        self.models: Dict[str, str] = dict(data.get('models') or {})
-        self.hashes: Dict[str, List[Any]] = dict(data.get('hashes') or {})
-        self._dirty = False
-
-    def file_digest(self, path: str) -> str:
-        """sha256 hex of a file's bytes, from the cache when its size and mtime match."""
-        real = os.path.realpath(path)
-        stat = os.stat(real)
-        cached = self.hashes.get(real)
-        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
-            return str(cached[2])
-        digest = hashlib.sha256()
-        with open(real, 'rb') as handle:
-            for piece in iter(lambda: handle.read(1 << 20), b''):
-                digest.update(piece)
-        self.hashes[real] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
-        self._dirty = True
-        return digest.hexdigest()
-
-    def source_digest(self, source: str, quantize: str = '') -> str:
-        """The content of a source: the sha256 over its files' names and digests, the
-        Modelfile's instructions and the quantization."""
-        resolved = resolve_source(source)
-        summary = {'kind': resolved.kind, 'quantize': quantize.strip().lower(),
-                   'files': {file: self.file_digest(path)
-                             for file, path in sorted(resolved.files.items())},
-                   'template': resolved.modelfile.template,
-                   'system': resolved.modelfile.system,
-                   'license': resolved.modelfile.license,
-                   'parameters': resolved.modelfile.parameters}
-        return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
-
-    def imported_from(self, model: str) -> str:
-        return self.models.get(canonical_name(model), '')
-
-    def record(self, model: str, digest: str) -> None:
-        self.models[canonical_name(model)] = digest
-        self._dirty = True
-
-    def forget(self, model: str) -> None:
-        self.models.pop(canonical_name(model), None)
-        self._dirty = True
-
-    def save(self) -> None:
-        """Write the file if anything changed (atomically: a crash leaves the old one)."""
-        if not self._dirty:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + '.tmp')
-        temporary.write_text(json.dumps({'models': self.models, 'hashes': self.hashes},
-                                        indent=1, sort_keys=True))
-        os.replace(temporary, self.path)
-        self._dirty = False
-
-
-def source_digest(source: str, models_dir: str = '') -> str:
-    """sha256 identifying a source's content (files, Modelfile instructions); with models_dir
-    the file hashes are cached there (ImportRecords), else every file is read."""
-    if not models_dir:
-        return ImportRecords(os.devnull).source_digest(source)
-    records = ImportRecords(models_dir)
-    digest = records.source_digest(source)
-    records.save()
-    return digest

@@ -33,8 +33,9 @@ from .engine import EngineError
 from .engine import FOREVER
 from .engine import loaded_entry
 from .engine import OllamaEngine
+from .model_sources import ImportRecords
+from .model_sources import SourceError
 from .models import import_model
-from .models import ImportRecords
 from .models import ModelProblem
 from .server import LogSink
 from .server import model_blob
@@ -363,8 +364,8 @@ class Serving:
         records = ImportRecords(self._models_dir)
         try:
             digest = records.source_digest(source, model.model_quantize)
-        except ModelProblem as problem:
-            raise ServingError(f"model_source '{source}': {problem.message}") from None
+        except SourceError as error:
+            raise ServingError(str(error)) from None
         except OSError as error:    # the source changed while it was read
             raise ServingError(f"model_source '{source}' cannot be read: {error}") from None
         installed = engine.installed_size(name) is not None

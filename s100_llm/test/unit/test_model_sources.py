@@ -1,8 +1,8 @@
-"""core/models.py without a server: the Modelfile grammar and how sources are resolved."""
+"""core/model_sources.py: the Modelfile grammar and how sources are resolved."""
 
 import pytest
 
-from s100_llm.core import models
+from s100_llm.core import model_sources as models
 
 
 def test_modelfile_instructions_quotes_and_comments(tmp_path):
@@ -43,7 +43,8 @@ def test_sources_resolve_to_the_files_to_upload(tmp_path):
     (tmp_path / 'Modelfile').write_text('FROM w.gguf\nSYSTEM hi\n')
     tuned = tmp_path / 'tuned'
     tuned.mkdir()
-    for name in ('config.json', 'model-00001.safetensors', 'tokenizer.json', 'README.md'):
+    for name in ('config.json', 'model-00001.safetensors', 'tokenizer.json', 'README.md',
+                 'optimizer.safetensors'):
         (tuned / name).write_text('{}')
     assert models.resolve_source(str(tmp_path / 'w.gguf')).files == {
         'w.gguf': str(tmp_path / 'w.gguf')}
@@ -58,7 +59,7 @@ def test_sources_resolve_to_the_files_to_upload(tmp_path):
 def test_unusable_sources_are_named(tmp_path):
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'Modelfile').write_text('FROM llama3.2\n')
-    with pytest.raises(models.ModelProblem, match='needs config.json and \\*.safetensors'):
+    with pytest.raises(models.SourceError, match='needs config.json and model\\*.safetensors'):
         models.resolve_source(str(tmp_path / 'empty'))
-    with pytest.raises(models.ModelProblem, match='names an installed model'):
+    with pytest.raises(models.SourceError, match='names an installed model'):
         models.resolve_source(str(tmp_path / 'Modelfile'))
