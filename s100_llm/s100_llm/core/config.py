@@ -251,6 +251,16 @@ class ModelSettings:
         'deepseek-r1:1.5b', ACTIVATE, 'The Ollama model to serve, e.g. deepseek-r1:1.5b.')
     pull_missing: bool = setting(
         True, ACTIVATE, 'Pull the model on activate when it is not in models_dir.')
+    model_source: str = setting(
+        '', ACTIVATE, 'Local weights to create the model from instead of pulling it (no '
+        'network): a GGUF file, a safetensors model directory (config.json + *.safetensors) or '
+        'a Modelfile (FROM a path relative to it, TEMPLATE, SYSTEM, PARAMETER). Imported on '
+        'activate when the model is missing from models_dir or was created from other '
+        "content; '' = none.")
+    model_quantize: str = setting(
+        '', ACTIVATE, 'Quantize model_source while importing it, e.g. q4_K_M or q8_0 (Ollama '
+        "quantizes F16, BF16 and F32 weights only, and refuses otherwise); '' = keep the "
+        "source's type.")
     load_timeout: float = setting(
         300.0, ACTIVATE, 'Seconds a pull step or a model load may take.', bounds=(1.0, 86400.0))
     memory_margin_mb: int = setting(

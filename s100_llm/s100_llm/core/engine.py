@@ -54,6 +54,10 @@ class ChatCanceled(Exception):
     """The stream was closed by cancel()."""
 
 
+class OperationCanceled(Exception):
+    """A blob upload stopped because its caller canceled it."""
+
+
 def describe(error: BaseException, what: str) -> str:
     """Turn the ollama client's many exception types into one sentence naming the cause."""
     if isinstance(error, ollama.ResponseError):
@@ -174,8 +178,11 @@ class ChatStream:
 
 class OllamaEngine:
     def __init__(self, base_url: str, request_timeout: float, num_thread: int = 0,
-                 unload_timeout: float = 5.0) -> None:
+                 unload_timeout: float = 5.0, models_dir: str = '') -> None:
         self.base_url = base_url
+        # The server's OLLAMA_MODELS, for what measures the models on disk (core/models.py).
+        self.models_dir = models_dir
+        self.request_timeout = request_timeout
         # Sent with the load and every chat alike: Ollama reloads a model whose request asks
         # for another num_thread than it was loaded with (omitted = its default).
         self.model_options: Dict[str, Any] = {'num_thread': num_thread} if num_thread else {}
@@ -295,6 +302,52 @@ class OllamaEngine:
 
     def loaded_model(self, model: str, quick: bool = False) -> Optional[LoadedModel]:
         return loaded_entry(self.loaded(quick), model)
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the server has the blob 'sha256:<hex>' (HEAD /api/blobs/<digest>)."""
+        try:
+            with self._blob_client() as client:
+                reply = client.head(f'/api/blobs/{digest}')
+        except Exception as error:
+            raise EngineError(describe(error, f'check blob {digest[:19]}')) from None
+        if reply.status_code not in (200, 404):
+            raise EngineError(f'check blob {digest[:19]}: Ollama answered {reply.status_code}')
+        return reply.status_code == 200
+
+    def upload_blob(self, path: str, digest: str, sent: Callable[[int], None],
+                    canceled: threading.Event) -> None:
+        """Upload a file as the blob `digest` (POST /api/blobs/<digest>), calling sent(bytes)
+        after each piece; raises OperationCanceled when `canceled` is set (the connection
+        closes, Ollama drops the partial upload), EngineError when Ollama refuses it.
+
+        The client's create_blob() cannot be used: it hashes the whole file again (the caller
+        has the digest cached) and has neither progress nor cancel."""
+        def pieces() -> Iterator[bytes]:
+            with open(path, 'rb') as source:
+                for piece in iter(lambda: source.read(1 << 20), b''):
+                    if canceled.is_set():
+                        raise OperationCanceled(digest)
+                    yield piece
+                    sent(len(piece))
+        what = f'upload {path}'
+        try:
+            with self._blob_client() as client:
+                reply = client.post(f'/api/blobs/{digest}', content=pieces())
+        except OperationCanceled:
+            raise
+        except Exception as error:
+            raise EngineError(describe(error, what)) from None
+        if reply.status_code >= 400:
+            try:
+                message = str(reply.json().get('error', reply.text))
+            except ValueError:
+                message = reply.text
+            raise ollama.ResponseError(message, reply.status_code)
+
+    def _blob_client(self) -> httpx.Client:
+        """A plain HTTP client for the blob endpoints (one per call: uploads are rare)."""
+        return httpx.Client(base_url=self.base_url, timeout=self.request_timeout,
+                            verify=_no_tls(), trust_env=False)
 
     # ---- embeddings ----------------------------------------------------------------------
     def embed(self, model: str, texts: List[str], truncate: bool = True,

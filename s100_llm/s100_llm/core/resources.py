@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 import psutil
 
+from .models import models_size
+
 
 @dataclasses.dataclass(frozen=True)
 class SystemSample:
@@ -27,6 +29,7 @@ class SystemSample:
     disk_path: str
     disk_free: Optional[int]
     disk_total: Optional[int]
+    models_size: int = 0         # bytes of the models in disk_path (their blobs)
 
     @property
     def memory_used_percent(self) -> float:
@@ -87,7 +90,8 @@ class ResourceSampler:
             swap_total=swap.total, swap_used=swap.used,
             temperatures=_temperatures(),
             disk_path=self.disk_path,
-            disk_free=disk.free if disk else None, disk_total=disk.total if disk else None)
+            disk_free=disk.free if disk else None, disk_total=disk.total if disk else None,
+            models_size=models_size(self.disk_path))
 
     def processes(self, pids: List[int]) -> List[ProcessSample]:
         """RSS and CPU % (of one core, over the time since the last sample) of each pid."""

@@ -33,6 +33,9 @@ from .engine import EngineError
 from .engine import FOREVER
 from .engine import loaded_entry
 from .engine import OllamaEngine
+from .models import import_model
+from .models import ImportRecords
+from .models import ModelProblem
 from .server import LogSink
 from .server import model_blob
 from .server import OllamaServer
@@ -56,7 +59,8 @@ class ServingState:
     model_loaded: bool = False
     capabilities: Tuple[str, ...] = ()
     context_length: int = 0
-    pull_progress: Optional[float] = None   # 0..1 while a pull runs
+    pull_progress: Optional[float] = None   # 0..1 while a pull or an import runs
+    progress_verb: str = 'pulling'    # what pull_progress measures: 'pulling' or 'importing'
     recovering: str = ''              # cause of a supervised restart or reload in progress
     server_error: str = ''            # what is wrong with the server ('' when nothing is)
     model_error: str = ''             # what is wrong with the model ('' when nothing is)
@@ -214,7 +218,7 @@ class Serving:
                 self._server.start()
                 threads = self._threads = self._resolve_threads(model)
                 self._engine = OllamaEngine(server.base_url, model.load_timeout, threads.count,
-                                            server.stop_timeout)
+                                            server.stop_timeout, models_dir)
             except BaseException:
                 if not self.exiting.is_set():   # else the exit path stops what is left
                     self._stop()
@@ -253,7 +257,8 @@ class Serving:
                     self._engine.close()
                     self._engine = OllamaEngine(self._server_settings.base_url,
                                                 model.load_timeout, threads.count,
-                                                self._server_settings.stop_timeout)
+                                                self._server_settings.stop_timeout,
+                                                self._models_dir)
                 self._threads = threads
                 self._publish(num_thread=threads.count, num_thread_why=threads.why)
             self._model = model
@@ -277,6 +282,8 @@ class Serving:
             raise ServingError('no Ollama server is running (configure first)')
         engine, model, embedder = self._engine, self._model, self._embedding_model
         self._load_requested = False
+        if model.model_source:
+            self._import_if_changed(engine, model)
         sizes = {model.model: self._installed_size(engine, model.model, 'model')}
         if embedder:
             sizes[embedder] = self._installed_size(engine, embedder, 'embedding_model')
@@ -343,6 +350,53 @@ class Serving:
         if size is None:
             raise ServingError(f"{parameter} '{model}' is still missing after the pull")
         return size
+
+    def _import_if_changed(self, engine: OllamaEngine, model: ModelSettings) -> None:
+        """Create the model from model_source when it is missing from models_dir, or was not
+        created from this source's content (quantization and Modelfile instructions
+        included): the digest it was created from is kept in the node's record file under
+        models_dir (core/models.py ImportRecords; Ollama's manifest has no place for it, and a
+        file next to the models stays true to them when the directory moves). Only the local
+        server is contacted. A failure leaves the models dir as it was (an older model of that
+        name stays)."""
+        name, source = model.model, model.model_source
+        records = ImportRecords(self._models_dir)
+        try:
+            digest = records.source_digest(source, model.model_quantize)
+        except ModelProblem as problem:
+            raise ServingError(f"model_source '{source}': {problem.message}") from None
+        except OSError as error:    # the source changed while it was read
+            raise ServingError(f"model_source '{source}' cannot be read: {error}") from None
+        installed = engine.installed_size(name) is not None
+        if installed and records.imported_from(name) == digest:
+            records.save()      # the file hashes, when the cache learned new ones
+            return
+        self.log('info', f"model '{name}' " + (
+            'was created from other content' if installed else 'is not in models_dir')
+            + f": importing it from model_source '{source}'"
+            + (f' (quantize {model.model_quantize})' if model.model_quantize else ''))
+        logged = [-1]
+
+        def progress(status: str, done: int, total: int) -> None:
+            fraction = done / total if total else 0.0
+            self._publish(pull_progress=fraction, progress_verb='importing')
+            decile = int(fraction * 10)
+            if decile > logged[0] or not total:
+                logged[0] = max(decile, logged[0])
+                self.log('info', f"importing '{name}': {fraction * 100:.0f} % ({status})")
+        started = time.monotonic()
+        try:
+            import_model(engine, name, source, model.model_quantize, self._models_dir,
+                         progress, self.exiting, records)
+        except ModelProblem as problem:
+            raise ServingError(f"importing '{name}' from model_source '{source}' failed "
+                               f'({problem.code}): {problem.message}') from None
+        finally:
+            self._publish(pull_progress=None, progress_verb='pulling')
+        records.record(name, digest)
+        records.save()
+        self.log('info', f"imported '{name}' from '{source}' in "
+                         f'{time.monotonic() - started:.1f} s')
 
     def _log_threads(self) -> None:
         """Say how many threads the model computes with and why; warn when a num_thread set

@@ -140,18 +140,21 @@ def temperature_status(system: SystemSample, thresholds: DiagnosticsSettings) ->
 
 
 def storage_status(system: SystemSample, thresholds: DiagnosticsSettings) -> StatusReport:
-    """Free space on the disk of the models directory (worse the lower it is)."""
+    """Free space on the disk of the models directory (worse the lower it is), and what the
+    models in it take."""
     if system.disk_free is None:
         return _report('Storage', Level.WARN, f'{system.disk_path} is not readable',
                        [('path', system.disk_path)])
     free_mb = system.disk_free / MiB
     level = Level.ERROR if free_mb < thresholds.disk_error_mb else \
         Level.WARN if free_mb < thresholds.disk_warn_mb else Level.OK
-    message = f'{free_mb / 1024:.1f} GiB free for models'
+    message = (f'{free_mb / 1024:.1f} GiB free for models; the models take '
+               f'{system.models_size / MiB / 1024:.2f} GiB')
     if level != Level.OK:
-        message += ' - pulls may fail'
+        message += ' - pulls and imports may fail'
     values = [('path', system.disk_path), ('free (MiB)', int(free_mb)),
-              ('total (MiB)', int((system.disk_total or 0) / MiB))]
+              ('total (MiB)', int((system.disk_total or 0) / MiB)),
+              ('models (MiB)', int(system.models_size / MiB))]
     return _report('Storage', level, message, values)
 
 
@@ -226,16 +229,17 @@ def server_status(state: ServingState, probe: ServerProbe, processes: OllamaProc
 
 def model_status(state: ServingState, model: str, probe: ServerProbe,
                  processes: OllamaProcesses, chat: ChatFigures) -> StatusReport:
-    """The served model, first match wins: a pull in progress (OK, with its progress); a
-    supervised recovery while active (WARN); a model failure (a load or unload that failed:
-    ERROR while active without the model, else WARN); loaded (OK); active without the model
-    (ERROR); not loaded outside active (OK). model: the served model's name, or the model
+    """The served model, first match wins: a pull or import in progress (OK, with its
+    progress); a supervised recovery while active (WARN); a model failure (a load or unload
+    that failed: ERROR while active without the model, else WARN); loaded (OK); active without
+    the model (ERROR); not loaded outside active (OK). model: the served model's name, or the model
     parameter before the first configure."""
     lifecycle = state.lifecycle
     loaded = probe.loaded
     active = lifecycle == 'active'
     if state.pull_progress is not None:
-        level, message = Level.OK, f'pulling {model}: {state.pull_progress * 100:.0f} %'
+        level, message = Level.OK, (f'{state.progress_verb} {model}: '
+                                    f'{state.pull_progress * 100:.0f} %')
     elif active and state.recovering:
         level, message = Level.WARN, f'recovering: {state.recovering}'
     elif state.model_error:

@@ -7,6 +7,7 @@ import pytest
 from s100_llm.core.config import DiagnosticsSettings
 from s100_llm.core.engine import LoadedModel
 from s100_llm.core.resources import ProcessSample
+from s100_llm.core.resources import ResourceSampler
 from s100_llm.core.resources import SystemSample
 from s100_llm.core.server import ServerStatus
 from s100_llm.core.serving import ServingState
@@ -135,14 +136,31 @@ def test_the_hottest_sensor_sets_the_level(degrees, level, message):
 
 # ---- Storage -------------------------------------------------------------------------------
 @pytest.mark.parametrize('free_mib, level, message', [
-    (2048, Level.OK, '2.0 GiB free for models'),
-    (2047, Level.WARN, '2.0 GiB free for models - pulls may fail'),
-    (511, Level.ERROR, '0.5 GiB free for models - pulls may fail')])
+    (2048, Level.OK, '2.0 GiB free for models; the models take 0.00 GiB'),
+    (2047, Level.WARN, '2.0 GiB free for models; the models take 0.00 GiB - pulls and imports '
+     'may fail'),
+    (511, Level.ERROR, '0.5 GiB free for models; the models take 0.00 GiB - pulls and imports '
+     'may fail')])
 def test_storage_level_follows_the_thresholds(free_mib, level, message):
     report = storage_status(system(disk_free=free_mib * MiB), THRESHOLDS)
     assert (report.task, report.level, report.message) == ('Storage', level, message)
     assert report.values == (('path', '/models'), ('free (MiB)', str(free_mib)),
-                             ('total (MiB)', '102400'))
+                             ('total (MiB)', '102400'), ('models (MiB)', '0'))
+
+
+def test_storage_shows_what_the_models_take():
+    report = storage_status(system(models_size=1536 * MiB), THRESHOLDS)
+    assert report.message.endswith('the models take 1.50 GiB')
+    assert values(report)['models (MiB)'] == '1536'
+
+
+def test_the_sampler_measures_the_models_blobs(tmp_path):
+    blobs = tmp_path / 'blobs'
+    blobs.mkdir()
+    (blobs / ('sha256-' + 'a' * 64)).write_bytes(b'x' * 1000)
+    (blobs / ('sha256-' + 'b' * 64 + '-partial')).write_bytes(b'x' * 24)
+    assert ResourceSampler(str(tmp_path)).system().models_size == 1024
+    assert ResourceSampler(str(tmp_path / 'none')).system().models_size == 0
 
 
 def test_a_storage_path_that_cannot_be_read_is_a_warning():
@@ -295,6 +313,12 @@ def test_a_pull_in_progress_shows_its_progress():
     report = model(serving('activating', pull_progress=0.426), ServerProbe(True, None))
     assert (report.level, report.message) == (Level.OK, 'pulling qwen3:0.6b: 43 %')
     assert values(report)['pull progress (%)'] == '43'
+
+
+def test_an_import_in_progress_shows_its_progress():
+    report = model(serving('activating', pull_progress=0.5, progress_verb='importing'),
+                   ServerProbe(True, None))
+    assert (report.level, report.message) == (Level.OK, 'importing qwen3:0.6b: 50 %')
 
 
 def test_a_model_that_failed_to_load_shows_on_the_model_status():

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from . import catalog
+from . import gguf_header
 from . import perception
 from . import runner as runner_module
 from . import structured
@@ -38,6 +39,7 @@ from .settings import Settings
 from .store import DigestMismatch
 from .store import InstalledModel
 from .store import InvalidName
+from .store import MEDIA_LICENSE
 from .store import MEDIA_MODEL
 from .store import MEDIA_PARAMS
 from .store import MEDIA_SYSTEM
@@ -51,6 +53,15 @@ log = logging.getLogger('ollama')
 NDJSON = 'application/x-ndjson'
 # Go's encoding/json writes no spaces; neither do we.
 dumps = functools.partial(json.dumps, separators=(',', ':'))
+# The types ggml.ParseFileType accepts, in the order of its error message.
+QUANTIZE_TYPES = ('F32', 'F16', 'Q4_K_S', 'Q4_K_M', 'Q8_0')
+# Architectures Ollama's converter knows (convert/convert.go, abridged to the common ones).
+CONVERTIBLE = frozenset((
+    'LlamaForCausalLM', 'MistralForCausalLM', 'MixtralForCausalLM', 'GemmaForCausalLM',
+    'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Gemma3ForConditionalGeneration',
+    'Phi3ForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Qwen3MoeForCausalLM',
+    'BertModel', 'NomicBertModel', 'Qwen2_5_VLForConditionalGeneration',
+    'Qwen3NextForCausalLM', 'DeepseekV3ForCausalLM'))
 RUNNER_EOF = 'an error was encountered while running the model: unexpected EOF'
 
 
@@ -123,7 +134,7 @@ class ChunkSink:
 class OllamaApi:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.models_dir)
+        self.store = ModelStore(settings.models_dir, settings.faults.disk_free)
         self.scheduler = Scheduler(settings)
         self.tokens_streamed = 0
         self.generating = 0
@@ -308,18 +319,54 @@ class OllamaApi:
         return web.Response(status=200 if path.is_file() else 404)
 
     async def upload_blob(self, request: web.Request) -> web.Response:
+        digest = self._digest(request)
+        if self.store.blob_path(digest).is_file():
+            return web.Response(status=200)
         try:
-            await self.store.receive_blob(self._digest(request),
-                                          request.content.iter_chunked(1 << 20))
+            await self.store.receive_blob(digest, request.content.iter_chunked(1 << 20))
         except DigestMismatch as error:
             raise ApiError(400, str(error)) from None
+        except OSError as error:
+            raise ApiError(500, error.strerror or str(error)) from None
         return web.Response(status=201)
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        """/api/create as Ollama 0.24: from uploaded files (one GGUF blob) or from an
-        installed model (`from`), with a template, system prompt and parameters."""
+        """/api/create as Ollama: from uploaded files (GGUF files, or a safetensors model's
+        files) or from an installed model (`from`), with a template, system prompt,
+        parameters, license and quantize. Errors before the first status line have their
+        HTTP status; later ones are the stream's last line (server/create.go)."""
         body = await self._body(request)
         name = _requested_name(body)
+        sink = ChunkSink(request, body.get('stream', True) is not False)
+        try:
+            await self._create(body, name, sink)
+        except ConnectionResetError:
+            raise
+        except OSError as error:     # the emulated disk is full
+            error = ApiError(500, error.strerror or str(error))
+            if not sink.started:
+                raise error from None
+            return await self._end_with(sink, error.message)
+        except ApiError as error:
+            if not sink.started:
+                raise
+            return await self._end_with(sink, error.message)
+        if not sink.stream:
+            return web.json_response({'status': 'success'}, dumps=dumps)
+        return await self._end_with(sink, '', {'status': 'success'})
+
+    @staticmethod
+    async def _end_with(sink: ChunkSink, error: str,
+                        last: Optional[Dict[str, Any]] = None) -> web.StreamResponse:
+        """End a streamed answer with its last line (an error line when `error`)."""
+        if not sink.stream:
+            raise ApiError(500, error)
+        await sink.send(last or {'error': error})
+        assert sink.response is not None
+        await sink.response.write_eof()
+        return sink.response
+
+    async def _create(self, body: Dict[str, Any], name: ModelName, sink: ChunkSink) -> None:
         layers: Dict[str, Tuple[str, int]] = {}
         config: Dict[str, Any] = {}
         if body.get('from'):
@@ -327,44 +374,100 @@ class OllamaApi:
             layers = {layer['mediaType']: (layer['digest'], layer['size'])
                       for layer in base.manifest['layers']}
             config = self._config(base)
+            await sink.send({'status': 'using existing layers'})
         files = body.get('files') or {}
         if files:
+            for file, digest in files.items():
+                if file.startswith('/') or '..' in file.split('/'):
+                    raise ApiError(400, 'file path must be relative')
+                if not self.store.blob_path(str(digest)).is_file():
+                    raise ApiError(400, f'blob {digest} not found: upload it first')
+            kind = self._files_kind(files)
+            if kind == 'safetensors':
+                await sink.send({'status': 'converting model'})
+                self._refuse_conversion(files)
+            if kind != 'gguf':
+                raise ApiError(400, 'unknown type')
             if len(files) != 1:
-                raise ApiError(400, 'only one GGUF file is supported')
+                raise ApiError(500, 'the emulator creates a model from one GGUF file only')
             (digest,) = files.values()
+            await sink.send({'status': 'parsing GGUF'})
             path = self.store.blob_path(str(digest))
-            if not path.is_file():
-                raise ApiError(400, f'blob {digest} not found: upload it first')
-            with open(path, 'rb') as weights:
-                if weights.read(4) != catalog.GGUF_MAGIC:
-                    raise ApiError(400, 'invalid file magic')
+            try:
+                header = gguf_header.read(str(path))
+            except gguf_header.GGUFError as error:
+                raise ApiError(500, str(error)) from None
             layers[MEDIA_MODEL] = (str(digest), path.stat().st_size)
             entry = catalog.entry_of('', str(digest))
             config = entry.config() if entry else {
-                'model_format': 'gguf', 'model_family': '', 'model_families': [],
-                'model_type': '', 'file_type': '', 'architecture': 'amd64', 'os': 'linux',
+                'model_format': 'gguf', 'model_family': header.architecture,
+                'model_families': [header.architecture], 'model_type': '',
+                'file_type': header.file_type, 'architecture': 'amd64', 'os': 'linux',
                 'rootfs': {'type': 'layers', 'diff_ids': []}}
         if MEDIA_MODEL not in layers:
-            raise ApiError(400, "neither 'from' nor 'files' was specified")
+            raise ApiError(400, "neither 'from' or 'files' was specified")
+        quantize = str(body.get('quantize') or body.get('quantization') or '').upper()
+        if quantize:
+            config = await self._quantize(config, quantize, sink)
         for field, media in (('template', MEDIA_TEMPLATE), ('system', MEDIA_SYSTEM)):
             if body.get(field):
                 data = str(body[field]).encode()
                 layers[media] = (self.store.add_blob(data), len(data))
+        if body.get('license'):
+            license_text = body['license']
+            texts = license_text if isinstance(license_text, list) else [license_text]
+            data = '\n'.join(str(text) for text in texts).encode()
+            layers[MEDIA_LICENSE] = (self.store.add_blob(data), len(data))
         if body.get('parameters'):
             data = json.dumps(body['parameters'], sort_keys=True).encode()
             layers[MEDIA_PARAMS] = (self.store.add_blob(data), len(data))
+        await sink.send({'status': 'writing manifest'})
         self.store.write_manifest(name, [(media, digest, size) for media, (digest, size)
                                          in layers.items()], config)
-        statuses = [{'status': 'parsing GGUF'} if files else {'status': 'using existing layers'},
-                    {'status': 'writing manifest'}, {'status': 'success'}]
-        if body.get('stream', True) is False:
-            return web.json_response(statuses[-1], dumps=dumps)
-        response = web.StreamResponse(headers={'Content-Type': NDJSON})
-        await response.prepare(request)
-        for status in statuses:
-            await response.write(dumps(status).encode() + b'\n')
-        await response.write_eof()
-        return response
+
+    def _files_kind(self, files: Dict[str, str]) -> str:
+        """Ollama's detectModelTypeFromFiles: by the names' suffixes, else a GGUF's magic."""
+        for file, digest in files.items():
+            if file.endswith('.safetensors'):
+                return 'safetensors'
+            if file.endswith('.gguf'):
+                return 'gguf'
+            with open(self.store.blob_path(str(digest)), 'rb') as blob:
+                if blob.read(4) == catalog.GGUF_MAGIC:
+                    return 'gguf'
+        return ''
+
+    def _refuse_conversion(self, files: Dict[str, str]) -> None:
+        """A safetensors model: Ollama converts the architectures it knows (convert/
+        convert.go) and refuses the others with its message; the emulator converts none (it
+        has no converter), and says so for those Ollama would convert."""
+        if 'config.json' not in files:
+            raise ApiError(500, 'open config.json: file does not exist')
+        try:
+            config = self.store.read_json_blob(files['config.json'])
+            architecture = str((config.get('architectures') or [''])[0])
+        except (ValueError, AttributeError, IndexError):
+            raise ApiError(500, 'invalid character in config.json') from None
+        if architecture not in CONVERTIBLE:
+            raise ApiError(500, f'unsupported architecture "{architecture}"')
+        raise ApiError(500, f'the emulator cannot convert safetensors ({architecture}); '
+                            'Ollama would: create this model from a GGUF file instead')
+
+    async def _quantize(self, config: Dict[str, Any], quantize: str,
+                        sink: ChunkSink) -> Dict[str, Any]:
+        """Ollama's checks (ggml.ParseFileType, then the source's type); the emulator's
+        "quantized" model keeps the source's weights and takes the new type's name."""
+        if quantize == 'Q4_K':
+            quantize = 'Q4_K_M'
+        if quantize not in QUANTIZE_TYPES:
+            raise ApiError(500, f'unsupported quantization type {quantize} - supported types '
+                                f"are {', '.join(QUANTIZE_TYPES)}")
+        source = str(config.get('file_type', ''))
+        if source not in ('F16', 'BF16', 'F32'):
+            raise ApiError(500, 'quantization is only supported for F16, BF16 and F32 models')
+        if source != quantize:
+            await sink.send({'status': f'quantizing {source} model to {quantize}'})
+        return dict(config, file_type=quantize)
 
     async def delete(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -383,12 +486,17 @@ class OllamaApi:
         sink = ChunkSink(request, body.get('stream', True) is not False)
         last: Dict[str, Any] = {}
         try:
-            async for progress in self.store.pull(name):
+            async for progress in self._pull_lines(name):
                 last = progress
                 if sink.stream:
                     await sink.send(progress)
-        except ModelNotFound:
-            failure = {'error': 'pull model manifest: file does not exist'}
+        except ConnectionResetError:
+            raise       # the client went away: the partial file stays, as in Ollama
+        except (ModelNotFound, OSError) as error:
+            failure = {'error': 'pull model manifest: file does not exist'
+                       if isinstance(error, ModelNotFound) else error.strerror or str(error)}
+            if isinstance(error, OSError) and error.errno is None:
+                failure['error'] = str(error)
             if not sink.stream:
                 raise ApiError(500, failure['error']) from None
             await sink.send(failure)
@@ -400,6 +508,18 @@ class OllamaApi:
         assert sink.response is not None
         await sink.response.write_eof()
         return sink.response
+
+    async def _pull_lines(self, name: ModelName) -> AsyncIterator[Dict[str, Any]]:
+        """The store's pull, or (offline) what Ollama answers without network: the DNS
+        lookup of the registry fails after 'pulling manifest'."""
+        if not self.settings.faults.offline:
+            async for progress in self.store.pull(name):
+                yield progress
+            return
+        yield {'status': 'pulling manifest'}
+        raise OSError(f'pull model manifest: Get "https://{name.host}/v2/{name.namespace}/'
+                      f'{name.model}/manifests/{name.tag}": dial tcp: lookup {name.host}: '
+                      'no such host')
 
     # ---- generation ----------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -41,6 +41,12 @@ class Faults:
     server_crash_on_load: bool = False  # the server exits while loading a model
     ignore_sigterm: bool = False      # the server ignores SIGTERM and SIGINT
     token_rate: float = 0.0           # tokens/s of the scripted models (0: as fast as possible)
+    # Bytes the models dir's blobs may grow by before a write fails with Ollama's ENOSPC
+    # error ("write <path>: no space left on device"); None: no limit but the real disk's.
+    disk_free: Optional[int] = None
+    # OLLAMA_EMULATOR_OFFLINE=1: no registry (a robot without network): every pull fails as
+    # Ollama's does when the registry's name does not resolve.
+    offline: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,9 @@ class Settings:
             server_crash_on_load=env.get('OLLAMA_EMULATOR_SERVER_CRASH_ON_LOAD', '') == '1',
             ignore_sigterm=env.get('OLLAMA_EMULATOR_IGNORE_SIGTERM', '') == '1',
             token_rate=number('OLLAMA_EMULATOR_TOKEN_RATE', 0),
+            disk_free=int(env['OLLAMA_EMULATOR_DISK_FREE'])
+            if env.get('OLLAMA_EMULATOR_DISK_FREE') else None,
+            offline=env.get('OLLAMA_EMULATOR_OFFLINE', '') == '1',
         )
         generation = env.get('OLLAMA_EMULATOR_RUNNER') or RUNNER_GENERATIONS[0]
         if generation not in RUNNER_GENERATIONS:

@@ -7,6 +7,7 @@ $OLLAMA_MODELS/manifests/registry.ollama.ai/library/<model>/<tag>
 import asyncio
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -107,10 +108,29 @@ def digest_of(data: bytes) -> str:
 
 
 class ModelStore:
-    def __init__(self, root: pathlib.Path) -> None:
+    def __init__(self, root: pathlib.Path, disk_free: Optional[int] = None) -> None:
         self.root = root
         self.blobs = root / 'blobs'
         self.manifests = root / 'manifests'
+        # The emulated disk (OLLAMA_EMULATOR_DISK_FREE): bytes the blobs may grow by from what
+        # they take now before a write fails with ENOSPC; None: the real disk's limits.
+        self.disk_free = disk_free
+        self._blobs_at_start = self._blobs_size()
+
+    def _blobs_size(self) -> int:
+        try:
+            return sum(entry.stat().st_size for entry in os.scandir(self.blobs)
+                       if entry.is_file())
+        except FileNotFoundError:
+            return 0
+
+    def room_for(self, path: pathlib.Path, count: int) -> None:
+        """Raise Go's ENOSPC error for `path` when writing `count` more bytes would exceed the
+        emulated disk."""
+        if self.disk_free is None:
+            return
+        if self._blobs_size() - self._blobs_at_start + count > self.disk_free:
+            raise OSError(errno.ENOSPC, f'write {path}: no space left on device')
 
     def create_directories(self) -> None:
         """Like `ollama serve` at start: a models dir it cannot create is fatal."""
@@ -202,22 +222,30 @@ class ModelStore:
         final = self.blob_path(digest)
         if not final.exists():
             partial = final.with_name(final.name + '-partial')
+            self.room_for(partial, len(data))
             partial.write_bytes(data)
             os.replace(partial, final)
         return digest
 
     async def receive_blob(self, digest: str, pieces: AsyncIterator[bytes]) -> None:
-        """POST /api/blobs/<digest>: the bytes, streamed to disk, must have that digest."""
+        """POST /api/blobs/<digest>: the bytes, streamed to disk, must have that digest. As
+        Ollama (a temporary file it removes on any failure), nothing is left of a failed or
+        interrupted upload."""
         final = self.blob_path(digest)
         partial = final.with_name(final.name + '-partial')
         hashed = hashlib.sha256()
-        with open(partial, 'wb') as sink:
-            async for piece in pieces:
-                hashed.update(piece)
-                sink.write(piece)
-        if 'sha256:' + hashed.hexdigest() != digest:
-            partial.unlink()
-            raise DigestMismatch('digest mismatch')
+        try:
+            with open(partial, 'wb') as sink:
+                async for piece in pieces:
+                    self.room_for(partial, len(piece))
+                    hashed.update(piece)
+                    sink.write(piece)
+            if 'sha256:' + hashed.hexdigest() != digest:
+                raise DigestMismatch(f'digest mismatch, expected "{digest}", got '
+                                     f'"sha256:{hashed.hexdigest()}"')
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         os.replace(partial, final)
 
     async def _write_blob(self, data: bytes) -> AsyncIterator[Dict]:
@@ -227,9 +255,12 @@ class ModelStore:
         if final.exists():
             yield dict(status, completed=len(data))
             return
+        # Like Ollama, a pull that stops (a client gone, a full disk) keeps its -partial file
+        # for a later resume.
         partial = final.with_name(final.name + '-partial')
         with open(partial, 'wb') as sink:
             for offset in range(0, len(data), PULL_CHUNK):
+                self.room_for(partial, min(PULL_CHUNK, len(data) - offset))
                 sink.write(data[offset:offset + PULL_CHUNK])
                 yield dict(status, completed=min(offset + PULL_CHUNK, len(data)))
                 await asyncio.sleep(0)

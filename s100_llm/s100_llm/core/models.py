@@ -1,0 +1,619 @@
+"""The robot's models: list, delete, pull from the registry, import from a local source.
+
+ROS-free. Every operation goes through the Ollama server's HTTP API (OllamaEngine); the
+models directory (OLLAMA_MODELS of that server) is read directly only to measure it (sizes,
+free space, which blobs an operation added) and to remove what a failed or canceled operation
+left behind: Ollama keeps `-partial` files of a canceled pull for a later resume, and the
+blobs of a failed import until its next start (when it prunes unreferenced blobs).
+
+Sources an import takes (`import_model`):
+- a GGUF file: uploaded as one blob, the model is created from it;
+- a safetensors directory (config.json + *.safetensors + tokenizer files): each file uploaded,
+  Ollama converts it (refusing architectures it cannot convert);
+- a Modelfile: FROM (a GGUF file or a safetensors directory, relative to the Modelfile, or an
+  installed model), TEMPLATE, SYSTEM, PARAMETER, LICENSE lines (Ollama's documented grammar).
+
+The source digest (`source_digest`) identifies a source's content; the sha256 of each file is
+cached by (path, size, mtime_ns) in the node's record file under models_dir (see ImportRecords)
+so an activate does not re-read a multi-GB GGUF that did not change.
+
+Threads: every function here blocks on HTTP or the disk; callers run them outside the serving
+lock's hot paths (the node: in the transition or an action's thread). No module state.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set
+
+from .engine import canonical_name
+from .engine import describe
+from .engine import EngineError
+from .engine import OllamaEngine
+from .engine import OperationCanceled
+
+# progress(status, completed bytes, total bytes); total 0 when unknown.
+Progress = Callable[[str, int, int], None]
+
+# Codes a ModelProblem carries (the ROS layer maps them to its result codes).
+INVALID = 'invalid'       # the request or the source is at fault (name, file, architecture)
+REFUSED = 'refused'       # not allowed now (e.g. the served model)
+SERVER = 'server'         # the Ollama server failed or is unreachable
+NO_SPACE = 'no_space'     # the models directory's disk cannot hold it
+CANCELED = 'canceled'     # the caller canceled
+
+# Files of a safetensors model directory that Ollama's converter reads (the CLI uploads the
+# same set: cmd/cmd.go / parser: *.safetensors, the configs, the tokenizer).
+SAFETENSORS_FILES = ('*.safetensors', 'config.json', 'generation_config.json',
+                     'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+                     'added_tokens.json', 'tokenizer.model', '*.tiktoken')
+GGUF_MAGIC = b'GGUF'
+# Bits per weight of Ollama's quantization types (llama.cpp's figures, rounded up): the size a
+# quantized model will take is estimated from an F16 source (16 bits per weight); an F32
+# source gives half of it, so the estimate errs on the safe side.
+QUANT_BITS = {'q4_0': 4.6, 'q4_1': 5.1, 'q4_k_s': 4.6, 'q4_k_m': 4.9, 'q5_0': 5.6,
+              'q5_1': 6.1, 'q5_k_s': 5.6, 'q5_k_m': 5.7, 'q6_k': 6.6, 'q8_0': 8.5,
+              'q3_k_s': 3.5, 'q3_k_m': 3.9, 'q3_k_l': 4.3, 'q2_k': 3.4}
+# How a canceled transfer's leftovers are removed (see _remove_left_behind).
+SETTLE_INTERVAL = 0.1
+SETTLE_LIMIT = 5.0
+RECORD_DIR = 's100_llm'        # the node's own directory under models_dir (Ollama ignores it)
+RECORD_FILE = 'imports.json'
+
+
+class ModelProblem(Exception):
+    """An operation on the models failed; code is one of the codes above, message names why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One installed model as ModelInfo.msg describes it (minus served/embedding)."""
+
+    name: str
+    digest: str
+    size: int
+    family: str
+    parameter_size: str
+    quantization: str
+    capabilities: List[str]
+    loaded: bool
+
+
+# ---- listing -------------------------------------------------------------------------------
+def list_models(engine: OllamaEngine) -> List[ModelEntry]:
+    """Every installed model. Cost: one /api/tags, one /api/ps, and one /api/show per model
+    (capabilities are only in show): 2 + N requests."""
+    tags = _call('list models', engine.client.list).models
+    loaded = _loaded_names(engine)
+    return [_entry(engine, tag, loaded) for tag in tags]
+
+
+def model_entry(engine: OllamaEngine, name: str) -> ModelEntry:
+    """One installed model (3 requests); ModelProblem 'invalid' when it is not installed."""
+    wanted = canonical_name(name)
+    tags = _call('list models', engine.client.list).models
+    tag = next((t for t in tags if canonical_name(t.model or '') == wanted), None)
+    if tag is None:
+        raise ModelProblem(INVALID, f"model '{name}' not found")
+    loaded = _loaded_names(engine)
+    return _entry(engine, tag, loaded)
+
+
+def _loaded_names(engine: OllamaEngine) -> Set[str]:
+    return {canonical_name(m.model or '')
+            for m in _call('list loaded models', engine.client.ps).models}
+
+
+def _entry(engine: OllamaEngine, tag: Any, loaded: Set[str]) -> ModelEntry:
+    name = tag.model or ''
+    details = tag.details
+    try:
+        capabilities = list(engine.client.show(name).capabilities or [])
+    except Exception as error:  # a model removed between list and show, a dead server
+        raise ModelProblem(SERVER, _describe(error, f'show {name}')) from None
+    return ModelEntry(
+        name=name, digest=tag.digest or '', size=int(tag.size or 0),
+        family=(details.family if details else '') or '',
+        parameter_size=(details.parameter_size if details else '') or '',
+        quantization=(details.quantization_level if details else '') or '',
+        capabilities=capabilities, loaded=canonical_name(name) in loaded)
+
+
+# ---- storage -------------------------------------------------------------------------------
+def models_size(models_dir: str) -> int:
+    """Bytes of every blob in models_dir (what the models take on disk; partial downloads
+    included, since they take space too); 0 for a missing directory."""
+    return sum(size for size in _blob_files(models_dir).values())
+
+
+def free_space(models_dir: str) -> int:
+    """Free bytes on the file system of models_dir (of its nearest existing parent when it
+    does not exist yet)."""
+    path = pathlib.Path(models_dir).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _blob_files(models_dir: str) -> Dict[str, int]:
+    """File name -> size of every file in models_dir/blobs."""
+    blobs = pathlib.Path(models_dir) / 'blobs'
+    try:
+        entries = list(os.scandir(blobs))
+    except FileNotFoundError:
+        return {}
+    sizes = {}
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False):
+                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:   # removed meanwhile (a pull finishing a partial file)
+            continue
+    return sizes
+
+
+def referenced_blobs(models_dir: str) -> Set[str]:
+    """Blob file names ('sha256-<hex>') that some manifest in models_dir references."""
+    names: Set[str] = set()
+    manifests = pathlib.Path(models_dir) / 'manifests'
+    for path in manifests.rglob('*'):
+        if not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_bytes())
+            layers = list(manifest.get('layers') or []) + [manifest.get('config') or {}]
+        except (OSError, ValueError, AttributeError):
+            continue    # not a manifest (Ollama skips those too)
+        names.update(str(layer.get('digest', '')).replace(':', '-') for layer in layers
+                     if isinstance(layer, dict))
+    return names
+
+
+def _remove_new_blobs(models_dir: str, before: Iterable[str]) -> int:
+    """Remove the blob files (partial or whole) that were not in `before` and that no manifest
+    references: what an operation left behind. Returns the bytes removed."""
+    kept = set(before) | referenced_blobs(models_dir)
+    removed = 0
+    for name, size in _blob_files(models_dir).items():
+        if name not in kept:
+            try:
+                os.unlink(pathlib.Path(models_dir) / 'blobs' / name)
+                removed += size
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _remove_left_behind(models_dir: str, before: Iterable[str]) -> int:
+    """_remove_new_blobs after a stream was closed: the server notices the closed connection
+    at its next write and may open the next layer's file meanwhile, so remove until two scans
+    a moment apart find nothing new (bounded: SETTLE_LIMIT seconds)."""
+    removed = 0
+    deadline = time.monotonic() + SETTLE_LIMIT
+    previous: Optional[Dict[str, int]] = None
+    while True:
+        removed += _remove_new_blobs(models_dir, before)
+        current = _blob_files(models_dir)
+        if current == previous or time.monotonic() > deadline:
+            return removed
+        previous = current
+        time.sleep(SETTLE_INTERVAL)
+
+
+def _guard(models_dir: str, needed: int, what: str) -> None:
+    free = free_space(models_dir)
+    if needed > free:
+        raise ModelProblem(NO_SPACE, f'{what} needs {_size(needed)} and models_dir '
+                                     f"'{models_dir}' has only {_size(free)} free")
+
+
+def _size(count: int) -> str:
+    return f'{count / 1024 ** 3:.2f} GiB' if count >= 1024 ** 3 else f'{count / 1024 ** 2:.1f} MiB'
+
+
+# ---- delete --------------------------------------------------------------------------------
+def delete_model(engine: OllamaEngine, name: str) -> int:
+    """Delete an installed model; returns the bytes freed, measured as the blob files of the
+    engine's models_dir that went away (blobs another model shares stay, so they are not
+    counted; 0 when the engine was given no models_dir)."""
+    models_dir = engine.models_dir
+    before = _blob_files(models_dir) if models_dir else {}
+    try:
+        engine.client.delete(name)
+    except Exception as error:
+        status = getattr(error, 'status_code', 0)
+        if status == 404:
+            raise ModelProblem(INVALID, f"model '{name}' not found") from None
+        if status == 400:
+            raise ModelProblem(INVALID, _describe(error, f'delete {name}')) from None
+        raise ModelProblem(SERVER, _describe(error, f'delete {name}')) from None
+    after = _blob_files(models_dir) if models_dir else {}
+    return sum(size for blob, size in before.items() if blob not in after)
+
+
+# ---- pull ----------------------------------------------------------------------------------
+def pull_model(engine: OllamaEngine, name: str, models_dir: str, progress: Progress,
+               canceled: threading.Event) -> ModelEntry:
+    """Pull from the registry with progress. Ollama tells each layer's size only in its
+    progress lines (the manifest is fetched inside the server), so the storage guard runs at
+    each new layer's first line: the bytes still to come of every layer seen so far against
+    the free space; when they do not fit the pull is stopped before that layer is written
+    further. A cancel (or a refusal) closes the stream, which makes Ollama stop the transfer,
+    and removes the blobs this pull added that no model references (Ollama keeps `-partial`
+    files for a resume, which this node does not do)."""
+    before = set(_blob_files(models_dir))
+    totals: Dict[str, int] = {}
+    done: Dict[str, int] = {}
+    stream = None
+    try:
+        stream = engine.client.pull(name, stream=True)
+        for line in stream:
+            if canceled.is_set():
+                raise ModelProblem(CANCELED, f"pull of '{name}' canceled")
+            if line.digest and line.total:
+                fresh = line.digest not in totals
+                totals[line.digest] = int(line.total)
+                done[line.digest] = int(line.completed or 0)
+                if fresh:
+                    remaining = sum(totals[d] - done[d] for d in totals)
+                    _guard(models_dir, remaining, f"pulling '{name}'")
+            progress(line.status or '', sum(done.values()), sum(totals.values()))
+        if canceled.is_set():
+            raise ModelProblem(CANCELED, f"pull of '{name}' canceled")
+    except ModelProblem:
+        _close(stream)
+        _remove_left_behind(models_dir, before)
+        raise
+    except Exception as error:
+        _close(stream)
+        _remove_left_behind(models_dir, before)
+        raise _server_problem(error, f'pull {name}') from None
+    return model_entry(engine, name)
+
+
+def _close(stream: Any) -> None:
+    """Close a streaming response (the HTTP connection closes: Ollama stops the work)."""
+    close = getattr(stream, 'close', None)
+    if close is not None:
+        close()
+
+
+# ---- import --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Modelfile:
+    """The lines of a Modelfile this node uses (Ollama's docs/modelfile.md grammar)."""
+
+    source: str = ''            # FROM: a path (made absolute) or an installed model's name
+    template: Optional[str] = None
+    system: Optional[str] = None
+    license: List[str] = dataclasses.field(default_factory=list)  # noqa: A003 (LICENSE)
+    parameters: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def parse_modelfile(text: str, directory: str) -> Modelfile:
+    """Parse a Modelfile: `INSTRUCTION arguments` lines, case-insensitive instructions,
+    `#` comments, arguments in double quotes or triple double quotes (\"\"\"...\"\"\", may span
+    lines). A FROM path relative to the Modelfile is made absolute (Ollama resolves it
+    relative to the Modelfile too). PARAMETER stop may repeat (a list). Raises ValueError
+    naming the line of a malformed instruction."""
+    result = Modelfile()
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        number, line = index + 1, lines[index].strip()
+        index += 1
+        if not line or line.startswith('#'):
+            continue
+        command, _, argument = line.partition(' ')
+        command, argument = command.upper(), argument.strip()
+        if argument.startswith('"""'):
+            body = argument[3:]
+            while '"""' not in body:
+                if index >= len(lines):
+                    raise ValueError(f'line {number}: unterminated """')
+                body += '\n' + lines[index]
+                index += 1
+            argument = body[:body.index('"""')]
+        elif len(argument) >= 2 and argument[0] == argument[-1] == '"':
+            argument = argument[1:-1]
+        if command == 'FROM':
+            result.source = _from_path(argument, directory)
+        elif command == 'TEMPLATE':
+            result.template = argument
+        elif command == 'SYSTEM':
+            result.system = argument
+        elif command == 'LICENSE':
+            result.license.append(argument)
+        elif command == 'PARAMETER':
+            key, _, value = argument.partition(' ')
+            if not key or not value.strip():
+                raise ValueError(f'line {number}: PARAMETER needs a name and a value')
+            _add_parameter(result.parameters, key.lower(), value.strip())
+        elif command in ('ADAPTER', 'MESSAGE', 'REQUIRES'):
+            raise ValueError(f'line {number}: {command} is not supported by this node')
+        else:
+            raise ValueError(f'line {number}: unknown instruction {command!r}')
+    if not result.source:
+        raise ValueError('no FROM line')
+    return result
+
+
+def _from_path(argument: str, directory: str) -> str:
+    """FROM's argument: a path (relative to the Modelfile's directory) when it names an
+    existing file or directory or looks like a path, else an installed model's name."""
+    candidate = os.path.expanduser(argument)
+    if not os.path.isabs(candidate):
+        candidate = os.path.join(directory, candidate)
+    if os.path.exists(candidate) or argument.startswith(('.', '/', '~')):
+        return os.path.normpath(candidate)
+    return argument
+
+
+def _add_parameter(parameters: Dict[str, Any], key: str, value: str) -> None:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    parsed: Any = value
+    for kind in (int, float):
+        try:
+            parsed = kind(value)
+            break
+        except ValueError:
+            continue
+    if value.lower() in ('true', 'false'):
+        parsed = value.lower() == 'true'
+    if key == 'stop':
+        parameters.setdefault('stop', []).append(value)
+    else:
+        parameters[key] = parsed
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A resolved import source: the files to upload (name in the request -> path)."""
+
+    kind: str                   # 'gguf' | 'safetensors'
+    files: Dict[str, str]
+    modelfile: Modelfile
+
+    @property
+    def size(self) -> int:
+        return sum(os.path.getsize(path) for path in self.files.values())
+
+
+def resolve_source(source: str) -> Source:
+    """What to upload for `source`; ModelProblem 'invalid' naming why it cannot be used."""
+    path = os.path.abspath(os.path.expanduser(source))
+    if os.path.isdir(path):
+        return Source('safetensors', _safetensors_files(path), Modelfile(source=path))
+    try:
+        with open(path, 'rb') as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise ModelProblem(INVALID, f"model_source '{source}' cannot be read: "
+                                    f'{error.strerror}') from None
+    if head == GGUF_MAGIC:
+        return Source('gguf', {os.path.basename(path): path}, Modelfile(source=path))
+    modelfile = _read_modelfile(path, source)
+    if not os.path.isabs(modelfile.source):
+        raise ModelProblem(INVALID, f"Modelfile '{source}': FROM {modelfile.source} names an "
+                                    'installed model, not a local file: importing needs '
+                                    'weights to upload')
+    inner = resolve_source(modelfile.source)
+    return Source(inner.kind, inner.files, dataclasses.replace(modelfile,
+                                                               source=modelfile.source))
+
+
+def _read_modelfile(path: str, source: str) -> Modelfile:
+    try:
+        with open(path, 'rb') as handle:
+            raw = handle.read(1024 * 1024 + 1)   # a Modelfile is small; a big file is not one
+        if len(raw) > 1024 * 1024:
+            raise ValueError('too large')
+        text = raw.decode('utf-8')
+        return parse_modelfile(text, os.path.dirname(path))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ModelProblem(INVALID, f"model_source '{source}' is not a model: neither a GGUF "
+                                    f'file (no GGUF magic) nor a Modelfile ({error})') from None
+
+
+def _safetensors_files(directory: str) -> Dict[str, str]:
+    root = pathlib.Path(directory)
+    files = {str(p.relative_to(root)): str(p) for pattern in SAFETENSORS_FILES
+             for p in sorted(root.glob(pattern)) if p.is_file()}
+    if not any(name.endswith('.safetensors') for name in files) or 'config.json' not in files:
+        raise ModelProblem(INVALID, f"model_source '{directory}' is not a model: a directory "
+                                    'needs config.json and *.safetensors files')
+    return files
+
+
+def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, models_dir: str,
+                 progress: Progress, canceled: threading.Event,
+                 records: Optional['ImportRecords'] = None) -> ModelEntry:
+    """Create model `name` from a local source (see the module docstring): upload each file
+    as a blob by its sha256 (skipping blobs the server has), then /api/create with the files,
+    the Modelfile's template/system/parameters/license and quantize. Storage guard first: the
+    bytes to upload, plus the converted model for a safetensors source (about its size), plus
+    the quantized model (estimated from the type's bits per weight). On failure or cancel the
+    blobs this import added that no model references are removed. Only the local server is
+    contacted. records: the digest cache (a fresh one from models_dir when None)."""
+    records = records if records is not None else ImportRecords(models_dir)
+    resolved = resolve_source(source)
+    quantize = quantize.strip()
+    if quantize and quantize.lower() not in QUANT_BITS:
+        raise ModelProblem(INVALID, f"quantization '{quantize}' is not one Ollama offers "
+                                    f"({', '.join(sorted(QUANT_BITS))})")
+    digests = {file: 'sha256:' + records.file_digest(path)
+               for file, path in resolved.files.items()}
+    missing = {file: path for file, path in resolved.files.items()
+               if not engine.has_blob(digests[file])}
+    upload = sum(os.path.getsize(path) for path in missing.values())
+    needed = upload + (resolved.size if resolved.kind == 'safetensors' else 0)
+    if quantize:
+        needed += int(resolved.size * QUANT_BITS[quantize.lower()] / 16)
+    _guard(models_dir, needed, f"importing '{name}' from '{source}'")
+    before = set(_blob_files(models_dir))
+    total, sent = upload, [0]
+    try:
+        for file, path in missing.items():
+            def step(count: int, file: str = file) -> None:
+                sent[0] += count
+                progress(f'uploading {file}', sent[0], total)
+            engine.upload_blob(path, digests[file], step, canceled)
+        _create(engine, name, resolved, digests, quantize, progress, canceled)
+    except ModelProblem:
+        _remove_left_behind(models_dir, before)
+        raise
+    except OperationCanceled:
+        _remove_left_behind(models_dir, before)
+        raise ModelProblem(CANCELED, f"import of '{name}' canceled") from None
+    except Exception as error:
+        _remove_left_behind(models_dir, before)
+        raise _server_problem(error, f'import {name}') from None
+    records.save()
+    return model_entry(engine, name)
+
+
+def _create(engine: OllamaEngine, name: str, source: Source, digests: Dict[str, str],
+            quantize: str, progress: Progress, canceled: threading.Event) -> None:
+    modelfile = source.modelfile
+    request: Dict[str, Any] = {'files': digests}
+    for field in ('template', 'system'):
+        if getattr(modelfile, field) is not None:
+            request[field] = getattr(modelfile, field)
+    if modelfile.parameters:
+        request['parameters'] = modelfile.parameters
+    if modelfile.license:
+        request['license'] = modelfile.license
+    if quantize:
+        request['quantize'] = quantize
+    stream = engine.client.create(name, stream=True, **request)
+    try:
+        for line in stream:
+            if canceled.is_set():
+                raise ModelProblem(CANCELED, f"import of '{name}' canceled")
+            progress(line.status or '', int(line.completed or 0), int(line.total or 0))
+    finally:
+        _close(stream)
+
+
+def _server_problem(error: BaseException, what: str) -> ModelProblem:
+    """A ModelProblem for an Ollama failure, its code from what Ollama said: a full disk
+    (ENOSPC: 'no space left on device') is no_space, a 400 or a refusal of the input is
+    invalid, anything else the server's."""
+    text = _describe(error, what)
+    if 'no space left on device' in text:
+        return ModelProblem(NO_SPACE, text)
+    status = getattr(error, 'status_code', 0)
+    if status in (400, 404) or (status == -1 and _input_fault(text)):
+        return ModelProblem(INVALID, text)
+    return ModelProblem(SERVER, text)
+
+
+def _input_fault(text: str) -> bool:
+    """Errors Ollama reports mid-stream that are the source's fault, not the server's."""
+    return any(word in text for word in (
+        'unsupported architecture', 'quantization is only supported', 'invalid file magic',
+        'unsupported content type', 'unsupported quantization type', 'exceeds file size',
+        'not in GGUF format', 'not found', 'unknown type', 'invalid', 'unexpected EOF',
+        'file does not exist'))
+
+
+def _describe(error: BaseException, what: str) -> str:
+    if isinstance(error, EngineError):
+        return str(error)
+    return describe(error, what)
+
+
+def _call(what: str, function: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return function(*args)
+    except Exception as error:
+        raise ModelProblem(SERVER, _describe(error, what)) from None
+
+
+# ---- source digests and the record of imports ----------------------------------------------
+class ImportRecords:
+    """The node's record file, models_dir/s100_llm/imports.json: which source digest each
+    model was created from (so a changed source is imported again), and the sha256 of source
+    files by (path, size, mtime_ns) (so an unchanged multi-GB GGUF is not read again at every
+    activate: a file whose size and modification time are unchanged is taken as unchanged, as
+    make and rsync do). It lives under models_dir because it describes what is in there and
+    travels with it; Ollama leaves files outside blobs/ and manifests/ alone. Not thread-safe:
+    one user at a time (the serving lock)."""
+
+    def __init__(self, models_dir: str) -> None:
+        self.path = pathlib.Path(models_dir) / RECORD_DIR / RECORD_FILE
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.models: Dict[str, str] = dict(data.get('models') or {})
+        self.hashes: Dict[str, List[Any]] = dict(data.get('hashes') or {})
+        self._dirty = False
+
+    def file_digest(self, path: str) -> str:
+        """sha256 hex of a file's bytes, from the cache when its size and mtime match."""
+        real = os.path.realpath(path)
+        stat = os.stat(real)
+        cached = self.hashes.get(real)
+        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            return str(cached[2])
+        digest = hashlib.sha256()
+        with open(real, 'rb') as handle:
+            for piece in iter(lambda: handle.read(1 << 20), b''):
+                digest.update(piece)
+        self.hashes[real] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        self._dirty = True
+        return digest.hexdigest()
+
+    def source_digest(self, source: str, quantize: str = '') -> str:
+        """The content of a source: the sha256 over its files' names and digests, the
+        Modelfile's instructions and the quantization."""
+        resolved = resolve_source(source)
+        summary = {'kind': resolved.kind, 'quantize': quantize.strip().lower(),
+                   'files': {file: self.file_digest(path)
+                             for file, path in sorted(resolved.files.items())},
+                   'template': resolved.modelfile.template,
+                   'system': resolved.modelfile.system,
+                   'license': resolved.modelfile.license,
+                   'parameters': resolved.modelfile.parameters}
+        return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
+
+    def imported_from(self, model: str) -> str:
+        return self.models.get(canonical_name(model), '')
+
+    def record(self, model: str, digest: str) -> None:
+        self.models[canonical_name(model)] = digest
+        self._dirty = True
+
+    def save(self) -> None:
+        """Write the file if anything changed (atomically: a crash leaves the old one)."""
+        if not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + '.tmp')
+        temporary.write_text(json.dumps({'models': self.models, 'hashes': self.hashes},
+                                        indent=1, sort_keys=True))
+        os.replace(temporary, self.path)
+        self._dirty = False
+
+
+def source_digest(source: str, models_dir: str = '') -> str:
+    """sha256 identifying a source's content (files, Modelfile instructions); with models_dir
+    the file hashes are cached there (ImportRecords), else every file is read."""
+    if not models_dir:
+        return ImportRecords(os.devnull).source_digest(source)
+    records = ImportRecords(models_dir)
+    digest = records.source_digest(source)
+    records.save()
+    return digest

@@ -1,0 +1,255 @@
+"""core/models.py against the emulator through the ollama client: list, delete, pull with
+progress, storage guard and cancel, import from a GGUF, a Modelfile and a safetensors directory,
+and what every failure leaves behind (nothing)."""
+
+import json
+import os
+import pathlib
+import shutil
+import threading
+
+import httpx
+import pytest
+
+from real_ollama import smollm2_gguf
+
+from s100_llm.core import models
+from s100_llm.core.config import ServerSettings
+from s100_llm.core.engine import OllamaEngine
+from s100_llm.core.server import OllamaServer
+from support import free_port
+
+
+@pytest.fixture
+def start(tmp_path):
+    started = []
+
+    def start_with(env: str = ''):
+        models_dir = str(tmp_path / 'models')
+        server = OllamaServer(ServerSettings(host=f'127.0.0.1:{free_port()}',
+                                             ollama_bin='s100-ollama-emulator',
+                                             ollama_env=env),
+                              models_dir, lambda level, line: None)
+        server.start()
+        engine = OllamaEngine(server.base_url, 60, models_dir=models_dir)
+        started.append((server, engine))
+        return engine
+
+    yield start_with
+    for server, engine in started:
+        engine.close()
+        server.stop()
+
+
+@pytest.fixture
+def engine(start):
+    return start()
+
+
+def blobs(engine):
+    return sorted(os.listdir(os.path.join(engine.models_dir, 'blobs')))
+
+
+def nothing(*_):
+    pass
+
+
+def test_list_reports_each_model_and_which_is_loaded(engine):
+    assert models.list_models(engine) == []
+    models.pull_model(engine, 'echo', engine.models_dir, nothing, threading.Event())
+    models.pull_model(engine, 'thinker', engine.models_dir, nothing, threading.Event())
+    engine.load('thinker')
+    listed = {entry.name: entry for entry in models.list_models(engine)}
+    assert set(listed) == {'echo:latest', 'thinker:latest'}
+    thinker = listed['thinker:latest']
+    assert thinker.loaded and not listed['echo:latest'].loaded
+    assert thinker.capabilities == ['completion', 'thinking']
+    assert thinker.family == 'qwen2' and thinker.parameter_size == '1M'
+    assert thinker.quantization == 'F16'
+    assert thinker.size > 0 and len(thinker.digest) == 64
+
+
+def test_pull_reports_progress_with_totals_and_returns_the_entry(engine):
+    seen = []
+    entry = models.pull_model(engine, 'smollm2:135m', engine.models_dir,
+                              lambda status, done, total: seen.append((status, done, total)),
+                              threading.Event())
+    assert entry.name == 'smollm2:135m' and entry.quantization == 'Q4_1'
+    totals = [total for _, _, total in seen if total]
+    assert totals and max(totals) >= smollm2_gguf().stat().st_size
+    assert seen[-1][0] == 'success'
+    assert models.models_size(engine.models_dir) >= entry.size
+
+
+def test_pull_of_an_unknown_model_is_invalid(engine):
+    with pytest.raises(models.ModelProblem, match='file does not exist') as caught:
+        models.pull_model(engine, 'nosuch', engine.models_dir, nothing, threading.Event())
+    assert caught.value.code in ('invalid', 'server')
+
+
+def test_cancel_mid_pull_stops_it_and_leaves_no_partial_blob(engine):
+    canceled = threading.Event()
+    before = blobs(engine)
+
+    def progress(status, done, total):
+        if total and 0 < done < total:
+            canceled.set()
+    with pytest.raises(models.ModelProblem) as caught:
+        models.pull_model(engine, 'smollm2:135m', engine.models_dir, progress, canceled)
+    assert caught.value.code == 'canceled'
+    assert blobs(engine) == before
+    assert models.list_models(engine) == []
+
+
+def test_pull_beyond_the_free_space_is_refused_with_both_figures(engine, monkeypatch):
+    monkeypatch.setattr(models, 'free_space', lambda models_dir: 1024 * 1024)
+    with pytest.raises(models.ModelProblem, match=r'needs \d+\.\d MiB .* only 1\.0 MiB free'
+                       ) as caught:
+        models.pull_model(engine, 'smollm2:135m', engine.models_dir, nothing,
+                          threading.Event())
+    assert caught.value.code == 'no_space'
+    assert blobs(engine) == []
+
+
+def test_delete_frees_the_blobs_no_other_model_shares(engine, tmp_path):
+    models.pull_model(engine, 'smollm2:135m', engine.models_dir, nothing, threading.Event())
+    # A second name of the same weights: deleting one keeps the shared GGUF blob.
+    models.import_model(engine, 'mine', str(smollm2_gguf()), '', engine.models_dir, nothing,
+                        threading.Event())
+    gguf_size = smollm2_gguf().stat().st_size
+    freed = models.delete_model(engine, 'smollm2:135m')
+    assert 0 < freed < gguf_size
+    assert models.delete_model(engine, 'mine') >= gguf_size
+    with pytest.raises(models.ModelProblem, match="model 'mine' not found") as caught:
+        models.delete_model(engine, 'mine')
+    assert caught.value.code == 'invalid'
+
+
+def test_import_a_gguf_uploads_it_once_and_creates_a_model_that_answers(engine):
+    seen = []
+    entry = models.import_model(engine, 'robot', str(smollm2_gguf()), '', engine.models_dir,
+                                lambda *line: seen.append(line), threading.Event())
+    assert entry.name == 'robot:latest' and entry.family == 'llama'
+    assert any(status.startswith('uploading ') for status, _, _ in seen)
+    reply = engine.client.generate(model='robot', prompt='Say hi', options={'num_predict': 4})
+    assert reply.done
+    # The blob is on the server now: a second import uploads nothing.
+    seen.clear()
+    models.import_model(engine, 'robot2', str(smollm2_gguf()), '', engine.models_dir,
+                        lambda *line: seen.append(line), threading.Event())
+    assert not any(status.startswith('uploading ') for status, _, _ in seen)
+
+
+def test_import_a_modelfile_with_a_relative_from_and_its_instructions(engine, tmp_path):
+    shutil.copy(smollm2_gguf(), tmp_path / 'weights.gguf')
+    modelfile = tmp_path / 'Modelfile'
+    modelfile.write_text('# the robot\nFROM ./weights.gguf\nSYSTEM """You are a robot.\n'
+                         'Be brief."""\nPARAMETER temperature 0.2\nPARAMETER stop "<|im_end|>"\n'
+                         'TEMPLATE "{{ .Prompt }}"\n')
+    models.import_model(engine, 'robot', str(modelfile), '', engine.models_dir, nothing,
+                        threading.Event())
+    # The ollama client's ShowResponse has no `system`: the answer as Ollama sent it.
+    shown = httpx.post(engine.base_url + '/api/show', json={'model': 'robot'}).json()
+    assert shown['system'] == 'You are a robot.\nBe brief.'
+    assert shown['template'] == '{{ .Prompt }}'
+    assert 'temperature' in shown['parameters'] and '<|im_end|>' in shown['parameters']
+
+
+def test_a_corrupt_gguf_is_refused_and_leaves_nothing(engine, tmp_path):
+    corrupt = tmp_path / 'corrupt.gguf'
+    corrupt.write_bytes(smollm2_gguf().read_bytes()[:1 << 20])
+    with pytest.raises(models.ModelProblem) as caught:
+        models.import_model(engine, 'broken', str(corrupt), '', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'invalid', caught.value.message
+    assert blobs(engine) == [] and models.list_models(engine) == []
+
+
+def test_a_file_that_is_no_model_is_named(engine, tmp_path):
+    junk = tmp_path / 'notes.txt'
+    junk.write_bytes(b'\x00\x01 not a model')
+    with pytest.raises(models.ModelProblem, match='is not a model') as caught:
+        models.import_model(engine, 'x', str(junk), '', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'invalid'
+    with pytest.raises(models.ModelProblem, match='cannot be read: No such file'):
+        models.import_model(engine, 'x', str(tmp_path / 'missing.gguf'), '', engine.models_dir,
+                            nothing, threading.Event())
+
+
+def test_quantizing_a_quantized_gguf_is_refused_with_ollamas_message(engine):
+    with pytest.raises(models.ModelProblem,
+                       match='quantization is only supported for F16, BF16 and F32 models'
+                       ) as caught:
+        models.import_model(engine, 'q', str(smollm2_gguf()), 'q4_K_M', engine.models_dir,
+                            nothing, threading.Event())
+    assert caught.value.code == 'invalid'
+    assert blobs(engine) == []
+
+
+def test_a_safetensors_directory_of_an_unknown_architecture_is_refused(engine, tmp_path):
+    directory = tmp_path / 'tuned'
+    directory.mkdir()
+    (directory / 'config.json').write_text(json.dumps({'architectures': ['RobotForCausalLM']}))
+    (directory / 'model.safetensors').write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{}      ')
+    (directory / 'tokenizer.json').write_text('{}')
+    with pytest.raises(models.ModelProblem,
+                       match='unsupported architecture "RobotForCausalLM"') as caught:
+        models.import_model(engine, 'tuned', str(directory), '', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'invalid'
+    assert blobs(engine) == []
+
+
+def test_a_full_disk_during_the_import_is_no_space_and_leaves_nothing(start, tmp_path):
+    engine = start('OLLAMA_EMULATOR_DISK_FREE=1048576')
+    with pytest.raises(models.ModelProblem, match='no space left on device') as caught:
+        models.import_model(engine, 'big', str(smollm2_gguf()), '', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'no_space'
+    assert blobs(engine) == []
+
+
+def test_the_storage_guard_refuses_an_import_before_uploading(engine, monkeypatch):
+    monkeypatch.setattr(models, 'free_space', lambda models_dir: 1024)
+    with pytest.raises(models.ModelProblem, match=r'needs .* MiB .* only 0\.0 MiB free'
+                       ) as caught:
+        models.import_model(engine, 'big', str(smollm2_gguf()), '', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'no_space'
+    assert blobs(engine) == []
+
+
+def test_cancel_during_the_upload_leaves_nothing(engine):
+    canceled = threading.Event()
+
+    def progress(status, done, total):
+        if status.startswith('uploading'):
+            canceled.set()
+    with pytest.raises(models.ModelProblem) as caught:
+        models.import_model(engine, 'robot', str(smollm2_gguf()), '', engine.models_dir,
+                            progress, canceled)
+    assert caught.value.code == 'canceled'
+    assert blobs(engine) == [] and models.list_models(engine) == []
+
+
+def test_free_space_of_a_directory_still_to_create(tmp_path):
+    assert models.free_space(str(tmp_path / 'not' / 'yet')) == shutil.disk_usage(tmp_path).free
+    assert models.models_size(str(tmp_path / 'not')) == 0
+
+
+def test_source_digest_changes_with_the_content_and_is_cached(tmp_path):
+    gguf = tmp_path / 'm.gguf'
+    gguf.write_bytes(b'GGUF' + b'\x00' * 100)
+    models_dir = str(tmp_path / 'models')
+    first = models.source_digest(str(gguf), models_dir)
+    assert (pathlib.Path(models_dir) / 's100_llm' / 'imports.json').is_file()
+    stat = gguf.stat()
+    # New bytes, same size and mtime: the cache answers (the file is not read again).
+    gguf.write_bytes(b'GGUF' + b'\x01' * 100)
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert models.source_digest(str(gguf), models_dir) == first
+    # Without the cache, or with a new mtime, the content counts.
+    assert models.source_digest(str(gguf)) != first
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert models.source_digest(str(gguf), models_dir) != first

@@ -1,0 +1,64 @@
+"""core/models.py without a server: the Modelfile grammar and how sources are resolved."""
+
+import pytest
+
+from s100_llm.core import models
+
+
+def test_modelfile_instructions_quotes_and_comments(tmp_path):
+    (tmp_path / 'w.gguf').write_bytes(b'GGUF')
+    parsed = models.parse_modelfile(
+        '# comment\nfrom ./w.gguf\nTEMPLATE """{{ .System }}\n{{ .Prompt }}"""\n'
+        'SYSTEM "Be brief."\nPARAMETER temperature 0.3\nPARAMETER num_ctx 1024\n'
+        'PARAMETER stop "<|im_end|>"\nPARAMETER stop <|endoftext|>\nLICENSE MIT\n',
+        str(tmp_path))
+    assert parsed.source == str(tmp_path / 'w.gguf')
+    assert parsed.template == '{{ .System }}\n{{ .Prompt }}'
+    assert parsed.system == 'Be brief.'
+    assert parsed.parameters == {'temperature': 0.3, 'num_ctx': 1024,
+                                 'stop': ['<|im_end|>', '<|endoftext|>']}
+    assert parsed.license == ['MIT']
+
+
+def test_from_an_installed_model_stays_a_name(tmp_path):
+    assert models.parse_modelfile('FROM llama3.2:1b\n', str(tmp_path)).source == 'llama3.2:1b'
+    assert models.parse_modelfile('FROM ./missing.gguf', str(tmp_path)).source == str(
+        tmp_path / 'missing.gguf')
+
+
+@pytest.mark.parametrize('text, error', [
+    ('SYSTEM hi\n', 'no FROM line'),
+    ('FROM x\nBOGUS y\n', "line 2: unknown instruction 'BOGUS'"),
+    ('FROM x\nTEMPLATE """never closed\n', 'line 2: unterminated'),
+    ('FROM x\nPARAMETER temperature\n', 'line 2: PARAMETER needs a name and a value'),
+    ('FROM x\nADAPTER ./lora.gguf\n', 'line 2: ADAPTER is not supported'),
+])
+def test_malformed_modelfiles_name_the_line(tmp_path, text, error):
+    with pytest.raises(ValueError, match=error):
+        models.parse_modelfile(text, str(tmp_path))
+
+
+def test_sources_resolve_to_the_files_to_upload(tmp_path):
+    (tmp_path / 'w.gguf').write_bytes(b'GGUF' + b'\0' * 8)
+    (tmp_path / 'Modelfile').write_text('FROM w.gguf\nSYSTEM hi\n')
+    tuned = tmp_path / 'tuned'
+    tuned.mkdir()
+    for name in ('config.json', 'model-00001.safetensors', 'tokenizer.json', 'README.md'):
+        (tuned / name).write_text('{}')
+    assert models.resolve_source(str(tmp_path / 'w.gguf')).files == {
+        'w.gguf': str(tmp_path / 'w.gguf')}
+    from_modelfile = models.resolve_source(str(tmp_path / 'Modelfile'))
+    assert from_modelfile.kind == 'gguf' and from_modelfile.modelfile.system == 'hi'
+    directory = models.resolve_source(str(tuned))
+    assert directory.kind == 'safetensors'
+    assert sorted(directory.files) == ['config.json', 'model-00001.safetensors',
+                                       'tokenizer.json']
+
+
+def test_unusable_sources_are_named(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'Modelfile').write_text('FROM llama3.2\n')
+    with pytest.raises(models.ModelProblem, match='needs config.json and \\*.safetensors'):
+        models.resolve_source(str(tmp_path / 'empty'))
+    with pytest.raises(models.ModelProblem, match='names an installed model'):
+        models.resolve_source(str(tmp_path / 'Modelfile'))
