@@ -1,5 +1,5 @@
 """The rules of the node's model services, ROS-free: when they are served, which models may
-not be deleted, and how often a pull's progress is reported.
+not be deleted, how a failed pull is classed, and how often a pull's progress is reported.
 
 model_services.py (the ROS layer) asks these before it calls core/models.py.
 """
@@ -7,7 +7,9 @@ model_services.py (the ROS layer) asks these before it calls core/models.py.
 import time
 from typing import Callable, Optional
 
+from . import models
 from .engine import canonical_name
+from .models import ModelProblem
 from .serving import ServingState
 
 # At most this many progress reports per second while a pull runs (Ollama reports every ~60 ms
@@ -41,6 +43,25 @@ def in_use_reason(name: str, state: ServingState) -> str:
     then = 'activate' if parameter == 'model' else 'configure'
     return (f"'{name}' is the node's {parameter}: set {parameter} to another model and {then} "
             'again first')
+
+
+# What a failed pull or import is, as PullModel.action tells it apart (its result codes).
+PULL_ERRORS = ('invalid', 'refused', 'server', 'no_space', 'canceled')
+
+
+def pull_error(problem: ModelProblem) -> str:
+    """'invalid' (the goal or the local source is at fault: name, path, file), 'refused'
+    (Ollama refused it: its 4xx answer or its error line, e.g. not a model, an architecture it
+    cannot convert, a quantization it refuses, no such model in the registry, the registry
+    unreachable), 'server' (the server failed or is unreachable), 'no_space' or 'canceled'."""
+    if problem.code in (models.NO_SPACE, models.CANCELED):
+        return problem.code
+    # engine.describe()'s wording of what Ollama itself said.
+    said = ('Ollama answered 4' in problem.message
+            or 'Ollama reported an error mid-stream' in problem.message)
+    if said or problem.code == models.REFUSED:
+        return 'refused'
+    return 'invalid' if problem.code == models.INVALID else 'server'
 
 
 class ProgressThrottle:

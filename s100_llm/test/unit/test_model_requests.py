@@ -1,10 +1,13 @@
 """The model services' rules (core/model_requests.py): when they answer, what may not be
-deleted, how often a pull's progress goes out."""
+deleted, how a failed pull is classed, how often a pull's progress goes out."""
 
 from s100_llm.core.model_requests import in_use_reason
 from s100_llm.core.model_requests import not_serving_reason
 from s100_llm.core.model_requests import ProgressThrottle
+from s100_llm.core.model_requests import pull_error
+from s100_llm.core.model_requests import PULL_ERRORS
 from s100_llm.core.model_requests import served_as
+from s100_llm.core.models import ModelProblem
 from s100_llm.core.server import ServerStatus
 from s100_llm.core.serving import ServingState
 
@@ -44,3 +47,21 @@ def test_progress_goes_out_at_each_new_status_and_at_most_four_times_a_second():
     assert throttle.due('pulling abc', 100, 100)      # the one that completes the layer
     assert throttle.due('verifying sha256 digest', 0, 0)    # a new status at once
     assert throttle.due('writing manifest', 0, 0)
+
+
+def test_a_failed_pull_is_classed_by_who_refused_it():
+    def problem(code, message):
+        return pull_error(ModelProblem(code, message))
+    assert problem('invalid', "source '/x.gguf': no such file") == 'invalid'
+    assert problem('invalid', 'pull nosuch: Ollama reported an error mid-stream: pull model '
+                   'manifest: file does not exist') == 'refused'
+    assert problem('invalid', 'import m: Ollama answered 400: unsupported architecture') == \
+        'refused'
+    assert problem('server', 'pull m: Ollama reported an error mid-stream: pull model '
+                   'manifest: dial tcp: lookup registry.ollama.ai: no such host') == 'refused'
+    assert problem('server', 'pull m: Ollama answered 500: internal error') == 'server'
+    assert problem('server', 'pull m: the Ollama server is not reachable') == 'server'
+    assert problem('no_space', 'pull m: Ollama reported an error mid-stream: write x: no space '
+                   'left on device') == 'no_space'
+    assert problem('canceled', "pull of 'm' canceled") == 'canceled'
+    assert set(PULL_ERRORS) == {'invalid', 'refused', 'server', 'no_space', 'canceled'}
