@@ -4,6 +4,7 @@ loaded with /api/ps, and `chat --models` as the installed executable."""
 
 import pathlib
 import re
+import shlex
 import subprocess
 from typing import Any, List, Optional
 
@@ -15,6 +16,7 @@ from s100_llm_msgs.action import Chat
 from s100_llm_msgs.action import PullModel
 from s100_llm_msgs.srv import DeleteModel
 from s100_llm_msgs.srv import ListModels
+import yaml
 
 from harness import run_installed
 from harness import wait_for
@@ -308,3 +310,25 @@ def test_chat_models_lists_them(active, domain_id):
     assert llm.client.change_state('deactivate') and llm.client.change_state('cleanup')
     code, out, err = run_installed(domain_id, 'chat', '--models')
     assert code == 1 and err.startswith('NOT_SERVING: no Ollama server is running'), err
+
+
+def test_the_docs_model_commands_name_real_interfaces_and_fields():
+    """Every `ros2 action send_goal` / `ros2 service call` of the model interfaces in the docs
+    (README.md, docs/models.md) names the node's interface, its type, and fields it has (the
+    `ros2` CLI fills the message from that YAML the same way)."""
+    repository = pathlib.Path(__file__).resolve().parents[3]
+    lines = [line for doc in (repository / 'README.md', repository / 'docs' / 'models.md')
+             for line in doc.read_text().splitlines()
+             if re.match(r'ros2 (action send_goal|service call) /llm/\w+_model', line)]
+    assert len(lines) >= 5, lines
+    kinds = {'/llm/pull_model': PullModel.Goal, '/llm/list_models': ListModels.Request,
+             '/llm/delete_model': DeleteModel.Request}
+    for line in lines:
+        words = shlex.split(line)
+        name, type_name = words[3], words[4]
+        package, kind, interface = type_name.split('/')
+        message = kinds[name]
+        assert (package, kind) == ('s100_llm_msgs', 'action' if 'send_goal' in line else 'srv')
+        assert message.__qualname__.startswith(f'{interface}_'), (line, message)
+        fields = yaml.safe_load(words[5]) if len(words) > 5 and words[5] != '--feedback' else {}
+        message(**fields)   # raises for a field the interface does not have
