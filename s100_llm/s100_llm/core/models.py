@@ -53,12 +53,13 @@ SAFETENSORS_FILES = ('*.safetensors', 'config.json', 'generation_config.json',
                      'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                      'added_tokens.json', 'tokenizer.model', '*.tiktoken')
 GGUF_MAGIC = b'GGUF'
-# Bits per weight of Ollama's quantization types (llama.cpp's figures, rounded up): the size a
-# quantized model will take is estimated from an F16 source (16 bits per weight); an F32
-# source gives half of it, so the estimate errs on the safe side.
-QUANT_BITS = {'q4_0': 4.6, 'q4_1': 5.1, 'q4_k_s': 4.6, 'q4_k_m': 4.9, 'q5_0': 5.6,
-              'q5_1': 6.1, 'q5_k_s': 5.6, 'q5_k_m': 5.7, 'q6_k': 6.6, 'q8_0': 8.5,
-              'q3_k_s': 3.5, 'q3_k_m': 3.9, 'q3_k_l': 4.3, 'q2_k': 3.4}
+# Bits per weight of the quantization types Ollama offers (fs/ggml/type.go ParseFileType;
+# llama.cpp's figures, rounded up), for the storage guard: the quantized model's size is
+# estimated from an F16 source (16 bits per weight; an F32 source is twice as big, so the
+# estimate errs on the safe side). A type not listed counts as 16 bits: Ollama decides whether
+# it takes it, and its refusal is the error the caller gets.
+QUANT_BITS = {'q4_k_s': 4.6, 'q4_k_m': 4.9, 'q4_k': 4.9, 'q8_0': 8.5, 'f16': 16.0,
+              'f32': 32.0}
 # How a canceled transfer's leftovers are removed (see _remove_left_behind).
 SETTLE_INTERVAL = 0.1
 SETTLE_LIMIT = 5.0
@@ -445,13 +446,12 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     bytes to upload, plus the converted model for a safetensors source (about its size), plus
     the quantized model (estimated from the type's bits per weight). On failure or cancel the
     blobs this import added that no model references are removed. Only the local server is
-    contacted. records: the digest cache (a fresh one from models_dir when None)."""
+    contacted. After success, uploaded blobs the new model does not reference (the source of a
+    quantization) are removed too. records: the digest cache (a fresh one from models_dir
+    when None)."""
     records = records if records is not None else ImportRecords(models_dir)
     resolved = resolve_source(source)
     quantize = quantize.strip()
-    if quantize and quantize.lower() not in QUANT_BITS:
-        raise ModelProblem(INVALID, f"quantization '{quantize}' is not one Ollama offers "
-                                    f"({', '.join(sorted(QUANT_BITS))})")
     digests = {file: 'sha256:' + records.file_digest(path)
                for file, path in resolved.files.items()}
     missing = {file: path for file, path in resolved.files.items()
@@ -459,7 +459,7 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     upload = sum(os.path.getsize(path) for path in missing.values())
     needed = upload + (resolved.size if resolved.kind == 'safetensors' else 0)
     if quantize:
-        needed += int(resolved.size * QUANT_BITS[quantize.lower()] / 16)
+        needed += int(resolved.size * QUANT_BITS.get(quantize.lower(), 16.0) / 16)
     _guard(models_dir, needed, f"importing '{name}' from '{source}'")
     before = set(_blob_files(models_dir))
     total, sent = upload, [0]
@@ -479,6 +479,9 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     except Exception as error:
         _remove_left_behind(models_dir, before)
         raise _server_problem(error, f'import {name}') from None
+    # A quantized or converted model does not reference the uploaded source blobs: Ollama
+    # would prune them at its next start only (and never with OLLAMA_NOPRUNE).
+    _remove_new_blobs(models_dir, before)
     records.save()
     return model_entry(engine, name)
 

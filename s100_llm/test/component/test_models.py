@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import struct
 import threading
 
 import httpx
@@ -44,6 +45,17 @@ def start(tmp_path):
 @pytest.fixture
 def engine(start):
     return start()
+
+
+def gguf_bytes(file_type: int) -> bytes:
+    """A tiny valid GGUF: architecture llama, the given general.file_type, one F32 tensor."""
+    def text(value: str) -> bytes:
+        return struct.pack('<Q', len(value)) + value.encode()
+    header = b'GGUF' + struct.pack('<IQQ', 3, 1, 2)
+    header += text('general.architecture') + struct.pack('<I', 8) + text('llama')
+    header += text('general.file_type') + struct.pack('<II', 4, file_type)
+    header += text('w') + struct.pack('<IQIQ', 1, 16, 0, 0)
+    return header + b'\0' * (-len(header) % 32) + b'\1' * 64
 
 
 def blobs(engine):
@@ -185,6 +197,27 @@ def test_quantizing_a_quantized_gguf_is_refused_with_ollamas_message(engine):
                             nothing, threading.Event())
     assert caught.value.code == 'invalid'
     assert blobs(engine) == []
+
+
+def test_a_quantization_ollama_does_not_offer_is_its_refusal(engine, tmp_path):
+    f16 = tmp_path / 'f16.gguf'
+    f16.write_bytes(gguf_bytes(file_type=1))
+    with pytest.raises(models.ModelProblem, match='unsupported quantization type Q3_K_S - '
+                                                  'supported types are F32, F16') as caught:
+        models.import_model(engine, 'small', str(f16), 'q3_K_S', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'invalid'
+    assert blobs(engine) == []
+
+
+def test_quantizing_an_f16_gguf_keeps_only_the_quantized_weights(engine, tmp_path):
+    f16 = tmp_path / 'f16.gguf'
+    f16.write_bytes(gguf_bytes(file_type=1))
+    entry = models.import_model(engine, 'small', str(f16), 'q4_K_M', engine.models_dir,
+                                nothing, threading.Event())
+    assert entry.quantization == 'Q4_K_M'
+    # The uploaded F16 blob is no model's: removed, not left for Ollama's next start.
+    assert set(blobs(engine)) == models.referenced_blobs(engine.models_dir)
 
 
 def test_a_safetensors_directory_of_an_unknown_architecture_is_refused(engine, tmp_path):

@@ -27,7 +27,7 @@ KEYS = {
                    'diagnostics sampling CPU (ms)'],
     'Memory': ['total (MiB)', 'available (MiB)', 'used (%)', 'swap used (MiB)'],
     'Temperature': ['sensors'],
-    'Storage': ['path', 'free (MiB)', 'total (MiB)'],
+    'Storage': ['path', 'free (MiB)', 'total (MiB)', 'models (MiB)'],
     'Ollama server': ['lifecycle state', 'running', 'reachable'],
     'Model': ['model', 'loaded', 'chats served', 'chats failed', 'chats canceled',
               'goals running', 'goals queued', 'last tokens/s', 'last time to first token (s)'],

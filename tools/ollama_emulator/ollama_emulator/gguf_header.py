@@ -36,6 +36,7 @@ class GGUFError(ValueError):
 class Header:
     metadata: Dict[str, Any]
     tensors: List[Tuple[str, int]]       # (name, ggml type) in file order
+    file_type_offset: int = -1           # where general.file_type's u32 value is (-1: absent)
 
     @property
     def architecture(self) -> str:
@@ -65,9 +66,13 @@ def _read(source: BinaryIO, size: int) -> Header:
     _unpack(source, '<I')                       # version
     tensor_count, metadata_count = _unpack(source, '<Q'), _unpack(source, '<Q')
     metadata = {}
+    file_type_offset = -1
     for _ in range(metadata_count):
         key = _string(source)
-        metadata[key] = _value(source, _unpack(source, '<I'))
+        kind = _unpack(source, '<I')
+        if key == 'general.file_type' and kind == 4:
+            file_type_offset = source.tell()
+        metadata[key] = _value(source, kind)
     tensors = []
     ends = []
     for _ in range(tensor_count):
@@ -92,7 +97,17 @@ def _read(source: BinaryIO, size: int) -> Header:
         if data_start + offset + length > size:
             raise GGUFError(f'tensor "{name}" offset+size ({data_start + offset + length}) '
                             f'exceeds file size ({size})')
-    return Header(metadata, tensors)
+    return Header(metadata, tensors, file_type_offset)
+
+
+def with_file_type(path: str, header: Header, file_type: str) -> bytes:
+    """The file's bytes with general.file_type set to `file_type` (an Ollama type name)."""
+    code = next(number for number, name in FILE_TYPES.items() if name == file_type)
+    with open(path, 'rb') as source:
+        data = bytearray(source.read())
+    if header.file_type_offset >= 0:
+        data[header.file_type_offset:header.file_type_offset + 4] = struct.pack('<I', code)
+    return bytes(data)
 
 
 def _unpack(source: BinaryIO, layout: str) -> Any:

@@ -370,6 +370,7 @@ class OllamaApi:
     async def _create(self, body: Dict[str, Any], name: ModelName, sink: ChunkSink) -> None:
         layers: Dict[str, Tuple[str, int]] = {}
         config: Dict[str, Any] = {}
+        header: Optional[gguf_header.Header] = None
         if body.get('from'):
             base = self._installed(body['from'])
             layers = {layer['mediaType']: (layer['digest'], layer['size'])
@@ -410,6 +411,11 @@ class OllamaApi:
         quantize = str(body.get('quantize') or body.get('quantization') or '').upper()
         if quantize:
             config = await self._quantize(config, quantize, sink)
+            if header is not None and header.file_type != config['file_type']:
+                # The quantized weights are a new blob; the emulator's keep the source's
+                # tensors (same size), with the new type in the header.
+                data = gguf_header.with_file_type(str(path), header, config['file_type'])
+                layers[MEDIA_MODEL] = (self.store.add_blob(data), len(data))
         for field, media in (('template', MEDIA_TEMPLATE), ('system', MEDIA_SYSTEM)):
             if body.get(field):
                 data = str(body[field]).encode()
@@ -456,8 +462,8 @@ class OllamaApi:
 
     async def _quantize(self, config: Dict[str, Any], quantize: str,
                         sink: ChunkSink) -> Dict[str, Any]:
-        """Ollama's checks (ggml.ParseFileType, then the source's type); the emulator's
-        "quantized" model keeps the source's weights and takes the new type's name."""
+        """Ollama's checks (ggml.ParseFileType, then the source's type); the config with
+        the new type."""
         if quantize == 'Q4_K':
             quantize = 'Q4_K_M'
         if quantize not in QUANTIZE_TYPES:

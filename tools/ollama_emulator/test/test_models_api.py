@@ -42,7 +42,9 @@ def test_quantize_from_f16_and_the_refusals_ollama_gives(start_emulator, tmp_pat
                                  quantize='q4_K_M')
     assert status == 200 and lines[-1] == {'status': 'success'}
     assert {'status': 'quantizing F16 model to Q4_K_M'} in lines
-    assert emulator.client.show('small').details.quantization_level == 'Q4_K_M'
+    shown = emulator.client.show('small')
+    assert shown.details.quantization_level == 'Q4_K_M'
+    assert shown.details.parent_model != emulator.models + '/blobs/' + digest.replace(':', '-')
     status, lines = create_lines(emulator, model='small', files={'f16.gguf': digest},
                                  quantize='q3_K_S')
     assert lines[-1] == {'error': 'unsupported quantization type Q3_K_S - supported types are '
