@@ -31,6 +31,7 @@ from s100_llm_msgs.srv import ListModels
 
 from . import guard
 from .compat import CancelHookActionServer
+from .compat import execute_goal
 from .core import models
 from .core.engine import EngineError
 from .core.model_requests import in_use_reason
@@ -83,12 +84,13 @@ class ModelServices:
         node.create_service(DeleteModel, '~/delete_model',
                             guard.service(node, '~/delete_model', self._delete, _delete_error),
                             qos_profile=SERVICE_QOS, callback_group=group)
-        # The cancel takes effect in after_cancel (compat.py): once the goal is CANCELING, so
-        # that the pull it stops ends as canceled.
+        # A cancel takes effect in after_cancel (compat.py), once the goal is CANCELING, so
+        # that the pull it stops ends as canceled; execute_goal runs a goal canceled between
+        # its acceptance and its execution (rclpy would raise).
         self._action = CancelHookActionServer(
             node, PullModel, '~/pull_model', execute_callback=self._execute,
             cancel_callback=lambda handle: CancelResponse.ACCEPT,
-            after_cancel=self._after_cancel,
+            after_cancel=self._after_cancel, handle_accepted_callback=execute_goal,
             callback_group=ReentrantCallbackGroup(), feedback_pub_qos_profile=FEEDBACK_QOS,
             goal_service_qos_profile=SERVICE_QOS, cancel_service_qos_profile=SERVICE_QOS,
             result_service_qos_profile=SERVICE_QOS)
@@ -169,6 +171,8 @@ class ModelServices:
             if not busy:
                 self._pulling, self._handle, self._stop = goal.model.strip() or '?', handle, stop
                 self._abort_reason = ''
+                if handle.is_cancel_requested:  # canceled before it ran
+                    stop.set()
         if busy:
             # A second transfer would share the disk and the storage guard's free space with
             # the first: refused, with what to do.
