@@ -9,10 +9,11 @@ requests, goals and outcomes to the messages, refuses to delete what the node se
 one pull at a time; the rules are core/model_requests.py's.
 
 Threads: the two services share a callback group of their own (each answer is bounded by the
-engine's request timeout, and never waits for a chat, a transition or a pull); a pull runs in
-the executor thread that executes its goal, for as long as it takes (minutes), in a reentrant
-group so that its cancel request is taken while it runs. The node's cleanup, shutdown and exit
-call abort(): the running pull stops (what it wrote is removed) before the server goes away.
+engine's request timeout, load_timeout, and never waits for a chat, a transition or a pull);
+a pull runs in the executor thread that executes its goal, for as long as it takes (minutes),
+in a reentrant group so that its cancel request is taken while it runs. The node's cleanup,
+shutdown and exit call abort(): the running pull stops (what it wrote is removed) before the
+server goes away.
 """
 
 import threading
@@ -38,7 +39,6 @@ from .core.model_requests import in_use_reason
 from .core.model_requests import not_serving_reason
 from .core.model_requests import ProgressThrottle
 from .core.model_requests import pull_error
-from .core.model_requests import PULL_ERRORS
 from .core.model_requests import served_as
 from .core.models import ModelProblem
 from .qos import FEEDBACK_QOS
@@ -56,7 +56,6 @@ ABORT_WAIT = 10.0
 PULL_CODES = {'invalid': PullModel.Result.INVALID_GOAL, 'refused': PullModel.Result.REFUSED,
               'server': PullModel.Result.SERVER_FAILED, 'no_space': PullModel.Result.NO_SPACE,
               'canceled': PullModel.Result.CANCELED}
-assert set(PULL_CODES) == set(PULL_ERRORS)
 
 
 def pull_error_code(problem: ModelProblem) -> int:

@@ -20,6 +20,8 @@ import yaml
 
 from harness import run_installed
 from harness import wait_for
+from s100_llm import model_services
+from s100_llm.core.model_requests import PULL_ERRORS
 from s100_llm.qos import FEEDBACK_QOS
 from s100_llm.qos import SERVICE_QOS
 
@@ -310,6 +312,11 @@ def test_chat_models_lists_them(active, domain_id):
     assert llm.client.change_state('deactivate') and llm.client.change_state('cleanup')
     code, out, err = run_installed(domain_id, 'chat', '--models')
     assert code == 1 and err.startswith('NOT_SERVING: no Ollama server is running'), err
+
+
+def test_every_class_of_pull_failure_has_its_result_code():
+    assert set(model_services.PULL_CODES) == set(PULL_ERRORS)
+    assert len(set(model_services.PULL_CODES.values())) == len(PULL_ERRORS)
 
 
 def test_the_docs_model_commands_name_real_interfaces_and_fields():
