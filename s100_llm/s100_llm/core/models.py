@@ -239,7 +239,18 @@ def delete_model(engine: OllamaEngine, name: str) -> int:
             raise ModelProblem(INVALID, _describe(error, f'delete {name}')) from None
         raise ModelProblem(SERVER, _describe(error, f'delete {name}')) from None
     after = _blob_files(models_dir) if models_dir else {}
+    if models_dir:
+        _forget(models_dir, name)
     return sum(size for blob, size in before.items() if blob not in after)
+
+
+def _forget(models_dir: str, name: str) -> None:
+    """The model is gone or no longer made from a recorded source: drop its record, so that
+    an activate with model_source imports it again."""
+    records = ImportRecords(models_dir)
+    if records.imported_from(name):
+        records.forget(name)
+        records.save()
 
 
 # ---- pull ----------------------------------------------------------------------------------
@@ -279,6 +290,7 @@ def pull_model(engine: OllamaEngine, name: str, models_dir: str, progress: Progr
         _close(stream)
         _remove_left_behind(models_dir, before)
         raise _server_problem(error, f'pull {name}') from None
+    _forget(models_dir, name)
     return model_entry(engine, name)
 
 
@@ -303,7 +315,7 @@ class Modelfile:
 
 def parse_modelfile(text: str, directory: str) -> Modelfile:
     """Parse a Modelfile: `INSTRUCTION arguments` lines, case-insensitive instructions,
-    `#` comments, arguments in double quotes or triple double quotes (\"\"\"...\"\"\", may span
+    `#` comments, arguments in double quotes or in three double quotes (which may span
     lines). A FROM path relative to the Modelfile is made absolute (Ollama resolves it
     relative to the Modelfile too). PARAMETER stop may repeat (a list). Raises ValueError
     naming the line of a malformed instruction."""
@@ -442,13 +454,14 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
                  records: Optional['ImportRecords'] = None) -> ModelEntry:
     """Create model `name` from a local source (see the module docstring): upload each file
     as a blob by its sha256 (skipping blobs the server has), then /api/create with the files,
-    the Modelfile's template/system/parameters/license and quantize. Storage guard first: the
-    bytes to upload, plus the converted model for a safetensors source (about its size), plus
-    the quantized model (estimated from the type's bits per weight). On failure or cancel the
-    blobs this import added that no model references are removed. Only the local server is
-    contacted. After success, uploaded blobs the new model does not reference (the source of a
-    quantization) are removed too. records: the digest cache (a fresh one from models_dir
-    when None)."""
+    the Modelfile's template/system/parameters/license and quantize; the source digest is
+    recorded for the model (ImportRecords; a pull or delete of the name drops it). Storage
+    guard first: the bytes to upload, plus the converted model for a safetensors source (about
+    its size), plus the quantized model (estimated from the type's bits per weight). On
+    failure or cancel the blobs this import added that no model references are removed. Only
+    the local server is contacted. After success, uploaded blobs the new model does not
+    reference (the source of a quantization) are removed too. records: the digest cache (a
+    fresh one from models_dir when None)."""
     records = records if records is not None else ImportRecords(models_dir)
     resolved = resolve_source(source)
     quantize = quantize.strip()
@@ -482,6 +495,7 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     # A quantized or converted model does not reference the uploaded source blobs: Ollama
     # would prune them at its next start only (and never with OLLAMA_NOPRUNE).
     _remove_new_blobs(models_dir, before)
+    records.record(name, records.source_digest(source, quantize))
     records.save()
     return model_entry(engine, name)
 
@@ -597,6 +611,10 @@ class ImportRecords:
 
     def record(self, model: str, digest: str) -> None:
         self.models[canonical_name(model)] = digest
+        self._dirty = True
+
+    def forget(self, model: str) -> None:
+        self.models.pop(canonical_name(model), None)
         self._dirty = True
 
     def save(self) -> None:

@@ -393,8 +393,6 @@ class Serving:
                                f'({problem.code}): {problem.message}') from None
         finally:
             self._publish(pull_progress=None, progress_verb='pulling')
-        records.record(name, digest)
-        records.save()
         self.log('info', f"imported '{name}' from '{source}' in "
                          f'{time.monotonic() - started:.1f} s')
 

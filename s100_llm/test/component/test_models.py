@@ -131,7 +131,11 @@ def test_delete_frees_the_blobs_no_other_model_shares(engine, tmp_path):
     gguf_size = smollm2_gguf().stat().st_size
     freed = models.delete_model(engine, 'smollm2:135m')
     assert 0 < freed < gguf_size
+    records = models.ImportRecords(engine.models_dir)
+    assert records.imported_from('mine') == records.source_digest(str(smollm2_gguf()))
     assert models.delete_model(engine, 'mine') >= gguf_size
+    # Gone: an activate with model_source imports it again.
+    assert models.ImportRecords(engine.models_dir).imported_from('mine') == ''
     with pytest.raises(models.ModelProblem, match="model 'mine' not found") as caught:
         models.delete_model(engine, 'mine')
     assert caught.value.code == 'invalid'
