@@ -8,6 +8,7 @@
     ros2 run s100_llm chat --camera "What is on the table?"   # the node's camera_topic
     ros2 run s100_llm chat --info              # the served model and its capabilities
     ros2 run s100_llm chat --embed "text a" "text b" ...   # vector size, cosine similarities
+    ros2 run s100_llm chat --models            # the models in the node's models_dir
 
 Tokens are printed as they stream; reasoning is shown dimmed (--hide-thinking to hide it);
 Ctrl-C cancels the goal (the model stops at once) and, in interactive mode, a second Ctrl-C
@@ -19,7 +20,9 @@ Interactive mode and --info show the model and its capabilities (from the node's
 diagnostics status). In interactive mode, --image files go with the first question and
 --camera sends the current camera frame with every question. --embed embeds the texts
 with the node's embedding_model (the ~/embed service) and prints the vectors' size and each
-pair's cosine similarity (the vectors have unit length: their dot product).
+pair's cosine similarity (the vectors have unit length: their dot product). --models lists
+the models stored in the node's models_dir (the ~/list_models service): name, size,
+quantization, whether loaded, which ones the node serves, and the disk they take and leave.
 """
 
 import argparse
@@ -42,6 +45,7 @@ from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Tool
 from s100_llm_msgs.msg import ToolResult
 from s100_llm_msgs.srv import Embed
+from s100_llm_msgs.srv import ListModels
 from sensor_msgs.msg import CompressedImage
 
 from s100_llm.client import ChatClient as ChatAction
@@ -51,6 +55,10 @@ from s100_llm.core.chat.request import ErrorCode
 from s100_llm.core.embedding import EmbedErrorCode
 from s100_llm.core.images import compressed_kind
 
+# ListModels.srv's error codes, for their names.
+ListErrorCode = enum.IntEnum('ListErrorCode', {
+    name: getattr(ListModels.Response, name)
+    for name in ('NONE', 'UNKNOWN', 'NOT_SERVING', 'SERVER_FAILED')})
 DIM, RESET = '\x1b[2m', '\x1b[0m'
 THINK = {'default': Chat.Goal.THINK_DEFAULT, 'on': Chat.Goal.THINK_ON,
          'off': Chat.Goal.THINK_OFF, 'low': Chat.Goal.THINK_LOW,
@@ -259,6 +267,42 @@ def embed_texts(client: ChatClient, service: str, texts: List[str], dimensions: 
     return 0
 
 
+def size_text(size: int) -> str:
+    """Bytes as a person reads them on a models table (decimal units, like Ollama's)."""
+    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if size >= scale:
+            return f'{size / scale:.1f} {unit}'
+    return f'{size} B'
+
+
+def list_models(client: ChatClient, service: str, wait: float) -> int:
+    """--models: one line per model of the node's models_dir, or why there are none."""
+    lister = client.node.create_client(ListModels, service)
+    if not lister.wait_for_service(timeout_sec=wait):
+        print(f'no list_models service at {service} (is the node running?)', file=sys.stderr)
+        return 2
+    future = lister.call_async(ListModels.Request())
+    client._spin_until(future.done)
+    reply = future.result()
+    if reply.error_code != ListModels.Response.NONE:
+        print(f'{code_name(ListErrorCode, reply.error_code)}: {reply.error_message}',
+              file=sys.stderr)
+        return 1
+    rows = [('NAME', 'SIZE', 'QUANTIZATION', 'LOADED', 'SERVED')] + [
+        (model.name, size_text(model.size), model.quantization or '-',
+         'yes' if model.loaded else 'no',
+         'embedding' if model.embedding else 'model' if model.served else '')
+        for model in reply.models]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        client.out.write('  '.join(cell.ljust(width) for cell, width in zip(row, widths))
+                         .rstrip() + '\n')
+    client.out.write(f'{len(reply.models)} model(s), {size_text(reply.total_size)} on disk, '
+                     f'{size_text(reply.free_space)} free\n')
+    client.out.flush()
+    return 0
+
+
 def parse_arguments(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='chat', description=__doc__.split('\n')[0])
     parser.add_argument('prompt', nargs='?', help='the question; none: interactive mode')
@@ -283,6 +327,8 @@ def parse_arguments(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--embed', nargs='+', metavar='TEXT',
                         help="embed the texts with the node's embedding_model; print the "
                         "vectors' size and the pairwise cosine similarities, then exit")
+    parser.add_argument('--models', action='store_true',
+                        help="list the models in the node's models_dir, then exit")
     parser.add_argument('--dimensions', type=int, default=0,
                         help='with --embed: shorten the vectors to this many dimensions')
     parser.add_argument('--wait', type=float, default=10.0,
@@ -305,6 +351,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         show_thinking=not args.hide_thinking, color=sys.stdout.isatty())
     signal.signal(signal.SIGINT, client.on_sigint)
     try:
+        if args.models:
+            return list_models(client, f"{args.node.rstrip('/')}/list_models", args.wait)
         if args.embed:
             return embed_texts(client, f"{args.node.rstrip('/')}/embed", args.embed,
                                args.dimensions, args.wait)

@@ -27,20 +27,23 @@ Who does what: core/serving.py's Serving owns the server, its HTTP client and th
 runners (every step above), core/supervision.py's Supervisor recovers them (restart with
 backoff, reload, or ErrorProcessing through `_enter_error_processing`), chat_action.py serves
 chats, camera.py keeps the camera_topic's latest frame while active (for use_camera goals),
-embed_service.py serves embeddings, diagnostics.py publishes /diagnostics; chat, embed and
-diagnostics read only `serving_state()`, an immutable snapshot taken without a lock.
+embed_service.py serves embeddings, model_services.py lists, deletes and pulls the models
+of models_dir (while a server runs), diagnostics.py publishes /diagnostics; chat, embed, the
+model services and diagnostics read only `serving_state()`, an immutable snapshot taken
+without a lock.
 
 Threads and locks:
 - the executor's threads (main()): lifecycle services (change_state in a group of its own, so
   get_state and the others answer during a transition), parameter services, the chat action,
-  the camera's frames, the embed service (a group of its own). A transition takes
+  the camera's frames, the embed service (a group of its own), the model services (a group
+  of their own) and a running pull (its goal's execution, minutes). A transition takes
   `_transitions` (one at a time, whether a client or supervision asks) and then `Serving.lock`
   for its steps.
 - 'supervision' (Supervisor): takes `Serving.lock` only when free for a check, holds it for a
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
   ErrorProcessing.
-- 'diagnostics' (DiagnosticsPublisher), chat executions and embed requests: no lock of the
-  node's or of Serving's; they read `serving_state()`.
+- 'diagnostics' (DiagnosticsPublisher), chat executions, embed requests and the model
+  services: no lock of the node's or of Serving's; they read `serving_state()`.
 - 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
   stored turn; takes the session store's lock only to copy the sessions.
 - 'executor': spins the executor (main() starts it; Python runs signal handlers in the main
@@ -84,6 +87,7 @@ from .core.session_file import SessionWriter
 from .core.supervision import Supervisor
 from .diagnostics import DiagnosticsPublisher
 from .embed_service import EmbedService
+from .model_services import ModelServices
 from .parent_death import exit_with_parent
 from .session_services import SessionServices
 
@@ -118,6 +122,7 @@ class LlmNode(LifecycleNode):
         self.chat.sessions.on_change = self.session_writer.changed
         self.session_services = SessionServices(self, self.chat.sessions)
         self.embed = EmbedService(self)
+        self.models = ModelServices(self)
         self.diagnostics = DiagnosticsPublisher(self)
         # Supervision is a plain thread, not an rclpy timer: a timer costs the executor a wake-up
         # and a dispatch (about 2 ms of CPU each on a 2-core machine), which made up a third of
@@ -264,6 +269,7 @@ class LlmNode(LifecycleNode):
             return ERROR
 
         def cleanup() -> None:
+            self.models.abort('the node is cleaning up (its Ollama server stops)')
             self.serving.stop()
             self.session_writer.close()     # so that clearing memory does not reach the file
             self.chat.sessions.clear()
@@ -340,6 +346,7 @@ class LlmNode(LifecycleNode):
     def release_everything(self) -> None:
         """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
         self.chat.abort_all('the node is shutting down', failure=False)
+        self.models.abort('the node is shutting down')
         self.camera.stop()
         self.serving.release()
         self.session_writer.close()     # written, and its lock released for another node
@@ -360,11 +367,13 @@ class LlmNode(LifecycleNode):
             self.supervisor.stop()
             self.chat.close(reason)
             self.chat.abort_all(reason, failure=False, wait=False)
+            self.models.abort(reason, wait=0.0)     # a running pull stops; waited for below
         except Exception as error:      # never keeps the server from being stopped
             self.log.error(f'exit: ending the chats failed: {error!r}')
         finally:
             self.serving.exit_now()
         self.chat.wait_ended(reason)
+        self.models.abort(reason)
         self.diagnostics.stop()
         self.session_writer.flush()     # the last completed turns reach the file
 
@@ -405,9 +414,10 @@ def main(args: Optional[List[str]] = None) -> int:
     node = LlmNode()
     # One thread per chat that runs (a waiting goal holds none: it is executed when a slot
     # frees), plus the lifecycle, parameter and goal/cancel/result services, the
-    # embed service, and the quick callbacks of the camera and the session services
-    # (diagnostics, supervision and the sessions file have their own threads).
-    executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 5)
+    # embed service, the model services, a running pull (minutes), and the quick callbacks of
+    # the camera and the session services (diagnostics, supervision and the sessions file
+    # have their own threads).
+    executor = MultiThreadedExecutor(num_threads=node.get_parameter('num_parallel').value + 7)
     executor.add_node(node)
     spinning = True
     failures: List[BaseException] = []

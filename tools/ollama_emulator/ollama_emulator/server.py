@@ -139,7 +139,8 @@ class ChunkSink:
 class OllamaApi:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.models_dir, settings.faults.disk_free)
+        self.store = ModelStore(settings.models_dir, settings.faults.disk_free,
+                                settings.faults.pull_rate)
         self.scheduler = Scheduler(settings)
         self.tokens_streamed = 0
         self.generating = 0

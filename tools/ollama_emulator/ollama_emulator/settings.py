@@ -47,6 +47,9 @@ class Faults:
     # OLLAMA_EMULATOR_OFFLINE=1: no registry (a robot without network): every pull fails as
     # Ollama's does when the registry's name does not resolve.
     offline: bool = False
+    # OLLAMA_EMULATOR_PULL_RATE: bytes/s a pull writes, like a slow network (0: as fast as
+    # the disk); for tests that act while a pull runs (cancel, a second pull, cleanup).
+    pull_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Settings:
             disk_free=int(env['OLLAMA_EMULATOR_DISK_FREE'])
             if env.get('OLLAMA_EMULATOR_DISK_FREE') else None,
             offline=env.get('OLLAMA_EMULATOR_OFFLINE', '') == '1',
+            pull_rate=number('OLLAMA_EMULATOR_PULL_RATE', 0),
         )
         generation = env.get('OLLAMA_EMULATOR_RUNNER') or RUNNER_GENERATIONS[0]
         if generation not in RUNNER_GENERATIONS:

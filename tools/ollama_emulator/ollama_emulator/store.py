@@ -108,13 +108,15 @@ def digest_of(data: bytes) -> str:
 
 
 class ModelStore:
-    def __init__(self, root: pathlib.Path, disk_free: Optional[int] = None) -> None:
+    def __init__(self, root: pathlib.Path, disk_free: Optional[int] = None,
+                 pull_rate: float = 0.0) -> None:
         self.root = root
         self.blobs = root / 'blobs'
         self.manifests = root / 'manifests'
         # The emulated disk (OLLAMA_EMULATOR_DISK_FREE): bytes the blobs may grow by from what
         # they take now before a write fails with ENOSPC; None: the real disk's limits.
         self.disk_free = disk_free
+        self.pull_rate = pull_rate  # bytes/s of a pull (OLLAMA_EMULATOR_PULL_RATE; 0: no limit)
         self._blobs_at_start = self._blobs_size()
 
     def _blobs_size(self) -> int:
@@ -263,5 +265,6 @@ class ModelStore:
                 self.room_for(partial, min(PULL_CHUNK, len(data) - offset))
                 sink.write(data[offset:offset + PULL_CHUNK])
                 yield dict(status, completed=min(offset + PULL_CHUNK, len(data)))
-                await asyncio.sleep(0)
+                await asyncio.sleep(min(PULL_CHUNK, len(data) - offset) / self.pull_rate
+                                    if self.pull_rate else 0)
         os.replace(partial, final)
