@@ -45,7 +45,7 @@ ARGUMENTS = {
     'host': ('', "Address of the Ollama server; empty: params_file's (127.0.0.1:11434 in "
                  'llm.yaml).'),
     'ollama_bin': ('', "The ollama executable; empty: params_file's (ollama in llm.yaml)."),
-    'robot_tools_file': ('', "The robot tools the model may call (docs/robot-tools.md); empty: "
+    'robot_tools_file': ('', 'The robot tools the model may call (docs/robot-tools.md); empty: '
                              "params_file's (none in llm.yaml)."),
     'autostart': ('true', 'Configure and activate the node once it starts.'),
     'log_level': ('info', 'Logging level of the node.'),

@@ -1,4 +1,4 @@
-"""`ros2 run s100_llm robot_demo`: a pretend robot for the robot tools example (docs/robot-tools.md).
+"""`ros2 run s100_llm robot_demo`: the pretend robot of the robot tools example.
 
 It serves what config/robot_tools.yaml lets the model use, the way a robot's own nodes would:
 
@@ -8,7 +8,8 @@ It serves what config/robot_tools.yaml lets the model use, the way a robot's own
     /say       std_msgs/msg/String                        logs the sentence (a TTS would speak)
 
 Each request is logged, so what the model made the robot do reads in the log. On a robot these
-are nav2, the camera's perception and the speech chain; only the robot_tools_file changes.
+are nav2, the camera's perception and the speech chain; only the robot_tools_file changes
+(docs/robot-tools.md).
 """
 
 import sys
@@ -60,7 +61,7 @@ class RobotDemo(Node):
         if distance is None:
             goal.abort()
             return Navigate.Result(arrived=False, message=f'I do not know the place {place!r} '
-                                   f'(known: {", ".join(PLACES)})')
+                                   '(known: ' + ', '.join(PLACES) + ')')
         while distance > 0:
             if goal.is_cancel_requested:
                 goal.canceled()
