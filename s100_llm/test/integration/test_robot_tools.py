@@ -27,6 +27,8 @@ from std_msgs.msg import String
 import yaml
 
 from harness import assert_aborted
+from harness import install_prefix
+from harness import NodeProcess
 from harness import wait_for
 from s100_llm.core.robot_tools import RobotTool
 from s100_llm.robot_calls import RosToolBackend
@@ -415,3 +417,22 @@ def test_canceling_the_chat_goal_cancels_the_running_action(tooler, robot):
     # The robot saw the cancel: nothing of the call is left running.
     wait_for(lambda: [g['end'] for g in robot.goals] == ['canceled'], 'the robot to stop')
     assert robot.running_goals() == []
+
+
+def test_the_example_makes_the_demo_robot_navigate_look_and_say(active, domain_id, tmp_path):
+    # The installed example: config/robot_tools.yaml and the robot_demo executable.
+    demo = NodeProcess(domain_id, tmp_path / 'robot_demo.log', {}, name='robot_demo',
+                       executable='robot_demo')
+    try:
+        llm = active(model='tooler:latest', robot_tools_file=str(
+            install_prefix() / 'share' / 's100_llm' / 'config' / 'robot_tools.yaml'))
+        run = llm.client.chat('navigate place=door; look target=door; say data="it is open"',
+                              robot_tools=['navigate', 'look', 'say'])
+        assert run.status == GoalStatus.STATUS_SUCCEEDED, run.result.error_message
+        assert [(c.name, c.outcome) for c in run.result.robot_calls] == [
+            ('navigate', OUT.SUCCEEDED), ('look', OUT.SUCCEEDED), ('say', OUT.SUCCEEDED)]
+        for line in ("navigate to 'door' at 0.5 m/s", "look at 'door': the door is open",
+                     'say: it is open'):
+            wait_for(lambda: line in demo.output(), f'{line!r} in the robot_demo log')
+    finally:
+        assert demo.stop() == 0, demo.output()
