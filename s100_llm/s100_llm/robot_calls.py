@@ -28,13 +28,16 @@ import json
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
+import uuid
 
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
+from rclpy.action.client import ClientGoalHandle
 from rclpy.callback_groups import CallbackGroup
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
+from unique_identifier_msgs.msg import UUID
 
 from .core.robot_tools import CallOutcome
 from .core.robot_tools import INTERFACE_KIND
@@ -144,11 +147,18 @@ class RosToolBackend:
             if running.is_set():
                 report(json.dumps(message_to_data(message.feedback)))
 
-        sent = client.send_goal_async(goal, feedback_callback=on_feedback)
+        goal_id = UUID(uuid=list(uuid.uuid4().bytes))
+        sent = client.send_goal_async(goal, feedback_callback=on_feedback, goal_uuid=goal_id)
         try:
             if not _wait_future(sent, deadline, canceled):
-                # The goal may still be accepted later: cancel it then, so it does not run on.
+                # The goal may still be accepted: cancel it when the response comes, and by its
+                # id now, since the response may never come to this client (Humble's and
+                # Jazzy's send_goal_async register the request after sending it, without a
+                # lock: a response taken in between is dropped, "unexpected goal response").
                 sent.add_done_callback(_cancel_if_accepted)
+                action = message_class(tool.interface_type, kind='action')
+                ClientGoalHandle(client, goal_id, action.Impl.SendGoalService.Response(
+                    accepted=True)).cancel_goal_async()
                 return _ended_early(tool, canceled, 'before the action server accepted the goal')
             handle = sent.result()
             if not handle.accepted:

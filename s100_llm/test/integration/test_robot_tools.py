@@ -36,8 +36,10 @@ from s100_llm.robot_calls import RosToolBackend
 # Navigate goals to this place abort; to FAR they drive (with feedback) until canceled.
 NOWHERE = 'nowhere'
 FAR = 'far'
-# Navigate goals to this place are rejected.
+# Navigate goals to this place are rejected; to STALLED, answered when the test lets them in
+# (then they drive like FAR).
 FORBIDDEN = 'forbidden'
+STALLED = 'stalled'
 # Look requests for this target are answered only when the test ends.
 SLOW = 'slow'
 # Liveness bound of the tools the tests expect to answer (finding the server included).
@@ -96,11 +98,11 @@ class PretendRobot:
         self.said: List[str] = []
         self.counts: List[int] = []
         self.release = threading.Event()            # ends what still runs at the test's end
+        self.let_in = threading.Event()             # answers STALLED goals
         group = ReentrantCallbackGroup()
         self.navigate = ActionServer(
             self.node, Navigate, '/t_navigate', self._navigate, callback_group=group,
-            goal_callback=lambda goal: (GoalResponse.REJECT if goal.place == FORBIDDEN
-                                        else GoalResponse.ACCEPT),
+            goal_callback=self._goal_response,
             cancel_callback=lambda _: CancelResponse.ACCEPT)
         self.node.create_service(Look, '/t_look', self._look, callback_group=group)
         self.node.create_subscription(String, '/t_say', lambda m: self.said.append(m.data), 10)
@@ -111,6 +113,11 @@ class PretendRobot:
         self._closing = threading.Event()
         self._thread = spin_until_closed(self.executor, self._closing)
 
+    def _goal_response(self, goal: Navigate.Goal) -> GoalResponse:
+        if goal.place == STALLED:
+            self.let_in.wait()
+        return GoalResponse.REJECT if goal.place == FORBIDDEN else GoalResponse.ACCEPT
+
     def _navigate(self, goal: ServerGoalHandle) -> Navigate.Result:
         record = {'place': goal.request.place, 'max_speed': goal.request.max_speed,
                   'end': 'running'}
@@ -119,7 +126,8 @@ class PretendRobot:
             goal.abort()
             record['end'] = 'aborted'
             return Navigate.Result(arrived=False, message='no such place')
-        for distance in (2.0, 1.0) if goal.request.place != FAR else iter(float, 1.0):
+        endless = goal.request.place in (FAR, STALLED)
+        for distance in iter(float, 1.0) if endless else (2.0, 1.0):
             if goal.is_cancel_requested:
                 goal.canceled()
                 record['end'] = 'canceled'
@@ -146,6 +154,7 @@ class PretendRobot:
 
     def close(self) -> None:
         self.release.set()
+        self.let_in.set()
         self._closing.set()
         self.executor.shutdown(timeout_sec=2.0)
         self._thread.join(timeout=5)
@@ -250,6 +259,14 @@ def test_each_failure_of_the_backend_is_an_outcome(caller, robot, name, argument
     assert (got, message in why) == (outcome, True), why
     # Nothing of the call is left running on the robot's side.
     wait_for(lambda: robot.running_goals() == [], 'no goal running on the robot')
+
+
+def test_a_goal_accepted_after_the_timeout_is_canceled(caller, robot):
+    outcome, _, message, _ = caller.call('dash', {'place': STALLED, 'max_speed': 1.0})
+    assert outcome == OUT.TIMEOUT and message.endswith(
+        '(before the action server accepted the goal)'), message
+    robot.let_in.set()
+    wait_for(lambda: [g['end'] for g in robot.goals] == ['canceled'], 'the late goal canceled')
 
 
 def test_the_backend_cancels_a_running_action_when_the_chat_goal_is_canceled(caller, robot):
