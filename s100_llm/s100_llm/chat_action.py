@@ -25,7 +25,7 @@ serving_state().
 import dataclasses
 import threading
 import time
-from typing import Dict, List, Optional, Tuple, TYPE_CHECKING
+from typing import Dict, List, Optional, Sequence, Tuple, TYPE_CHECKING
 import uuid
 
 from rclpy.action import CancelResponse
@@ -34,6 +34,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import GenerationStats
+from s100_llm_msgs.msg import RobotToolCall
 from s100_llm_msgs.msg import ToolCall
 from sensor_msgs.msg import CompressedImage as CompressedImageMsg
 from sensor_msgs.msg import Image
@@ -51,6 +52,8 @@ from .core.config import ChatSettings
 from .core.config import VisionSettings
 from .core.images import CompressedImage
 from .core.images import RawImage
+from .core.robot_tools import RobotCall
+from .core.robot_tools import RobotToolbox
 from .core.serving import ServingState
 from .core.sessions import SessionStore
 from .qos import FEEDBACK_QOS
@@ -84,7 +87,13 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
                       for r in goal.tool_results],
         images=[raw_image(image) for image in goal.images],
         compressed_images=[compressed_image(image) for image in goal.compressed_images],
-        use_camera=goal.use_camera)
+        use_camera=goal.use_camera, robot_tools=list(goal.robot_tools), dry_run=goal.dry_run)
+
+
+def robot_call_messages(calls: Sequence[RobotCall]) -> List[RobotToolCall]:
+    return [RobotToolCall(step=call.step, name=call.name, arguments_json=call.arguments_json,
+                          outcome=int(call.outcome), result_json=call.result_json,
+                          message=call.message, duration=call.duration) for call in calls]
 
 
 def raw_image(message: Image) -> RawImage:
@@ -134,6 +143,8 @@ class ChatActionServer:
         self.settings = ChatSettings()
         self.vision = VisionSettings()
         self.sessions = SessionStore(self.settings.session_max_turns, self.settings.max_sessions)
+        # The robot tools of the robot_tools_file (set by the node at configure; None: none).
+        self.toolbox: Optional[RobotToolbox] = None
         self.admission: Admission[ChatGoal] = Admission('queue', 1, 0)
         self.counters = ChatCounters()
         self._goals: Dict[bytes, ChatGoal] = {}     # goal uuid -> goal, until its result
@@ -212,7 +223,7 @@ class ChatActionServer:
                                         if isinstance(frame, CompressedImageMsg)
                                         else raw_image(frame))
         validate(request, self.settings, self.sessions, list(state.capabilities), state.model,
-                 self.vision)
+                 self.vision, list(self.toolbox.tools) if self.toolbox is not None else [])
 
     def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
         if was_waiting:
@@ -288,16 +299,19 @@ class ChatActionServer:
         if not state.serving or state.engine is None:
             return ChatOutcome.unserved(ErrorCode.NOT_SERVING, state.not_serving_reason)
 
-        def publish(seq: int, delta: str, thinking_delta: str) -> None:
+        def publish(seq: int, delta: str, thinking_delta: str,
+                    calls: Sequence[RobotCall]) -> None:
             goal.handle.publish_feedback(
-                Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta))
+                Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta,
+                              robot_calls=robot_call_messages(calls)))
             self._check_clients()
 
         run = ChatRun(state.engine, state.model, goal.request, self.settings, self.sessions,
                       state.context_length, keep_alive=-1, publish=publish,
                       accepted_at=goal.accepted_at,
                       inline_think='thinking' in state.capabilities,
-                      image_max_side=self.vision.image_max_side)
+                      image_max_side=self.vision.image_max_side, toolbox=self.toolbox,
+                      log=self.node.get_logger().info)
         with self._lock:
             goal.run = run
             stop = goal.stop
@@ -320,7 +334,8 @@ class ChatActionServer:
                 eval_duration=outcome.eval_duration),
             tool_calls=[ToolCall(id=call.call_id, name=call.name,
                                  arguments_json=call.arguments_json)
-                        for call in outcome.tool_calls])
+                        for call in outcome.tool_calls],
+            robot_calls=robot_call_messages(outcome.robot_calls))
         code = outcome.error_code
         if code == ErrorCode.NONE:
             self.counters.served += 1
