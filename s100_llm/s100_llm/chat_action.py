@@ -23,9 +23,11 @@ serving_state().
 """
 
 import dataclasses
+import functools
+import json
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, TYPE_CHECKING
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TYPE_CHECKING
 import uuid
 
 from rclpy.action import CancelResponse
@@ -45,6 +47,7 @@ from .core.admission import Admission
 from .core.chat.checks import validate
 from .core.chat.request import ChatOutcome
 from .core.chat.request import ChatRequest
+from .core.chat.request import DONE_ERROR
 from .core.chat.request import ErrorCode
 from .core.chat.request import Refusal
 from .core.chat.run import ChatRun
@@ -56,6 +59,12 @@ from .core.robot_tools import RobotCall
 from .core.robot_tools import RobotToolbox
 from .core.serving import ServingState
 from .core.sessions import SessionStore
+from .interface_schema import fill_from_json
+from .interface_schema import InterfaceProblem
+from .interface_schema import looks_like_type_name
+from .interface_schema import message_class
+from .interface_schema import message_schema
+from .interface_schema import type_name
 from .qos import FEEDBACK_QOS
 from .qos import SERVICE_QOS
 
@@ -96,6 +105,44 @@ def robot_call_messages(calls: Sequence[RobotCall]) -> List[RobotToolCall]:
                           message=call.message, duration=call.duration) for call in calls]
 
 
+@functools.lru_cache(maxsize=64)
+def typed_format(name: str) -> Tuple[Any, str]:
+    """The message class a goal's format names and its JSON Schema as compact JSON text;
+    InterfaceProblem when it is not an installed message type a model can write. Cached (a
+    failure is not): the schema of a type does not change while the node runs."""
+    cls = message_class(name)
+    return cls, json.dumps(message_schema(cls), separators=(',', ':'))
+
+
+def resolve_typed_format(goal: 'ChatGoal') -> None:
+    """A format that names a message type: the core gets the type's schema (it constrains
+    and checks the answer as with any schema), the goal keeps the class to fill after."""
+    name = goal.request.output_format
+    if not looks_like_type_name(name):
+        return
+    try:
+        cls, schema = typed_format(name.strip())
+    except InterfaceProblem as problem:
+        raise Refusal(ErrorCode.INVALID_GOAL, f'format: {problem}') from None
+    goal.request.output_format = schema
+    goal.format_class = cls
+    goal.format_type = type_name(cls)
+
+
+def check_typed_answer(outcome: ChatOutcome, cls: Any) -> None:
+    """A served answer must fill a message of the goal's type: FORMAT_MISMATCH otherwise
+    (the text stays the raw answer). The core has checked it against the type's schema,
+    which says all a message's setters check, so this catches only a defect."""
+    if outcome.error_code != ErrorCode.NONE or outcome.tool_calls:
+        return
+    try:
+        fill_from_json(cls, outcome.text)
+    except InterfaceProblem as problem:
+        outcome.done_reason = DONE_ERROR
+        outcome.error_code = ErrorCode.FORMAT_MISMATCH
+        outcome.error_message = f'the answer does not fill {problem}'
+
+
 def raw_image(message: Image) -> RawImage:
     """A sensor_msgs/Image's fields for the ROS-free core (data as bytes: one copy)."""
     return RawImage(width=message.width, height=message.height, encoding=message.encoding,
@@ -131,6 +178,9 @@ class ChatGoal:
     # Set when a running goal is told to stop; applied to its run as soon as it has one.
     stop: Optional[Tuple[ErrorCode, str]] = None
     run: Optional[ChatRun] = None
+    # A format naming a message type: its class (to fill with the answer) and full name.
+    format_class: Any = None
+    format_type: str = ''
 
     @property
     def uuid(self) -> bytes:
@@ -181,6 +231,7 @@ class ChatActionServer:
         with self._lock:
             self._goals[goal.uuid] = goal
         try:
+            resolve_typed_format(goal)
             self._check(goal.request)
         except Refusal as refusal:
             self._refuse(goal, refusal.code, refusal.reason)
@@ -278,6 +329,8 @@ class ChatActionServer:
         try:
             try:
                 outcome = self._outcome(goal, state)
+                if goal.format_class is not None:
+                    check_typed_answer(outcome, goal.format_class)
             except Exception as error:  # a defect: the goal still gets a result that says so
                 self.node.get_logger().error(f'chat failed: {error!r}')
                 outcome = ChatOutcome.unserved(ErrorCode.UNKNOWN, f'internal error: {error!r}')
@@ -336,6 +389,7 @@ class ChatActionServer:
                                  arguments_json=call.arguments_json)
                         for call in outcome.tool_calls],
             robot_calls=robot_call_messages(outcome.robot_calls))
+        result.format_type = goal.format_type
         code = outcome.error_code
         if code == ErrorCode.NONE:
             self.counters.served += 1
