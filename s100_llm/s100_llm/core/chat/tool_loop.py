@@ -119,27 +119,37 @@ class RobotTools:
 
 
 class _Progress:
-    """An action's feedback as PROGRESS entries: at most one per interval (the latest one
-    between them is dropped: the final entry follows), none once the call has ended."""
+    """An action's feedback as PROGRESS entries: at most one per interval. Feedback that comes
+    sooner is held, the latest replacing the one before, and goes out with the next that is
+    due or when the call ends (before its end entry): the latest feedback is never lost."""
 
     def __init__(self, tools: RobotTools, step: int, name: str, arguments_json: str) -> None:
         self.tools = tools
         self.entry = (step, name, arguments_json)
         self._lock = threading.Lock()
         self._last = float('-inf')
+        self._held = ''
         self._open = True
 
     def report(self, feedback_json: str) -> None:
         with self._lock:
-            now = time.monotonic()
-            if not self._open or now - self._last < self.tools.progress_interval:
+            if not self._open:      # a late callback: the call has ended
                 return
-            self._last = now
-            self.tools.send([RobotCall(*self.entry, CallOutcome.PROGRESS, feedback_json)])
+            now = time.monotonic()
+            if now - self._last < self.tools.progress_interval:
+                self._held = feedback_json
+                return
+            self._last, self._held = now, ''
+            self._send(feedback_json)
 
     def close(self) -> None:
         with self._lock:
             self._open = False
+            if self._held:
+                self._send(self._held)
+
+    def _send(self, feedback_json: str) -> None:
+        self.tools.send([RobotCall(*self.entry, CallOutcome.PROGRESS, feedback_json)])
 
 
 def assistant_message(text: str, calls: Sequence[ModelCall]) -> Message:
