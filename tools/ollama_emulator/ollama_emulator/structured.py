@@ -30,7 +30,8 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft7Validator
 from jsonschema.validators import validator_for
 
-_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|\S+)')
+# A value ends at white space or a comma ('place=kitchen, look'), unless quoted.
+_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|[^\s,]+)')
 _INVENTED = re.compile(r'\bcall:([A-Za-z0-9_-]+)')
 _DEFAULTS: Dict[str, Any] = {'string': '', 'integer': 0, 'number': 0, 'boolean': False,
                              'array': [], 'object': {}, 'null': None}

@@ -138,6 +138,14 @@ def test_steps_separated_by_semicolons_take_one_model_turn_each(tooler):
         'navigate_to returned: arrived; look returned: a closed door', None)
 
 
+def test_a_value_ends_at_a_comma(tooler):
+    reply = tooler.client.chat('tooler', [{'role': 'user', 'content':
+                                           'navigate_to place=kitchen, speed=0.5, look'}],
+                               tools=[NAVIGATE, LOOK])
+    assert [(c.function.name, dict(c.function.arguments)) for c in reply.message.tool_calls] == [
+        ('navigate_to', {'place': 'kitchen', 'speed': 0.5}), ('look', {})]
+
+
 def test_a_model_can_invent_a_tool(tooler):
     reply = tooler.client.chat('tooler', [{'role': 'user', 'content': 'call:fly to=moon'}],
                                tools=[LOOK])
