@@ -23,9 +23,11 @@ serving_state().
 """
 
 import dataclasses
+import functools
+import json
 import threading
 import time
-from typing import Dict, List, Optional, Tuple, TYPE_CHECKING
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TYPE_CHECKING
 import uuid
 
 from rclpy.action import CancelResponse
@@ -34,6 +36,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import GenerationStats
+from s100_llm_msgs.msg import RobotToolCall
 from s100_llm_msgs.msg import ToolCall
 from sensor_msgs.msg import CompressedImage as CompressedImageMsg
 from sensor_msgs.msg import Image
@@ -44,6 +47,7 @@ from .core.admission import Admission
 from .core.chat.checks import validate
 from .core.chat.request import ChatOutcome
 from .core.chat.request import ChatRequest
+from .core.chat.request import DONE_ERROR
 from .core.chat.request import ErrorCode
 from .core.chat.request import Refusal
 from .core.chat.run import ChatRun
@@ -51,8 +55,16 @@ from .core.config import ChatSettings
 from .core.config import VisionSettings
 from .core.images import CompressedImage
 from .core.images import RawImage
+from .core.robot_tools import RobotCall
+from .core.robot_tools import RobotToolbox
 from .core.serving import ServingState
 from .core.sessions import SessionStore
+from .interface_schema import fill_from_json
+from .interface_schema import InterfaceProblem
+from .interface_schema import looks_like_type_name
+from .interface_schema import message_class
+from .interface_schema import message_schema
+from .interface_schema import type_name
 from .qos import FEEDBACK_QOS
 from .qos import SERVICE_QOS
 
@@ -84,7 +96,51 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
                       for r in goal.tool_results],
         images=[raw_image(image) for image in goal.images],
         compressed_images=[compressed_image(image) for image in goal.compressed_images],
-        use_camera=goal.use_camera)
+        use_camera=goal.use_camera, robot_tools=list(goal.robot_tools), dry_run=goal.dry_run)
+
+
+def robot_call_messages(calls: Sequence[RobotCall]) -> List[RobotToolCall]:
+    return [RobotToolCall(step=call.step, name=call.name, arguments_json=call.arguments_json,
+                          outcome=int(call.outcome), result_json=call.result_json,
+                          message=call.message, duration=call.duration) for call in calls]
+
+
+@functools.lru_cache(maxsize=64)
+def typed_format(name: str) -> Tuple[Any, str]:
+    """The message class a goal's format names and its JSON Schema as compact JSON text;
+    InterfaceProblem when it is not an installed message type a model can write. Cached (a
+    failure is not): the schema of a type does not change while the node runs."""
+    cls = message_class(name)
+    return cls, json.dumps(message_schema(cls), separators=(',', ':'))
+
+
+def resolve_typed_format(goal: 'ChatGoal') -> None:
+    """A format that names a message type: the core gets the type's schema (it constrains
+    and checks the answer as with any schema), the goal keeps the class to fill after."""
+    name = goal.request.output_format
+    if not looks_like_type_name(name):
+        return
+    try:
+        cls, schema = typed_format(name.strip())
+    except InterfaceProblem as problem:
+        raise Refusal(ErrorCode.INVALID_GOAL, f'format: {problem}') from None
+    goal.request.output_format = schema
+    goal.format_class = cls
+    goal.format_type = type_name(cls)
+
+
+def check_typed_answer(outcome: ChatOutcome, cls: Any) -> None:
+    """A served answer must fill a message of the goal's type: FORMAT_MISMATCH otherwise
+    (the text stays the raw answer). The core has checked it against the type's schema,
+    which says all a message's setters check, so this catches only a defect."""
+    if outcome.error_code != ErrorCode.NONE or outcome.tool_calls:
+        return
+    try:
+        fill_from_json(cls, outcome.text)
+    except InterfaceProblem as problem:
+        outcome.done_reason = DONE_ERROR
+        outcome.error_code = ErrorCode.FORMAT_MISMATCH
+        outcome.error_message = f'the answer does not fill {problem}'
 
 
 def raw_image(message: Image) -> RawImage:
@@ -122,6 +178,9 @@ class ChatGoal:
     # Set when a running goal is told to stop; applied to its run as soon as it has one.
     stop: Optional[Tuple[ErrorCode, str]] = None
     run: Optional[ChatRun] = None
+    # A format naming a message type: its class (to fill with the answer) and full name.
+    format_class: Any = None
+    format_type: str = ''
 
     @property
     def uuid(self) -> bytes:
@@ -134,6 +193,8 @@ class ChatActionServer:
         self.settings = ChatSettings()
         self.vision = VisionSettings()
         self.sessions = SessionStore(self.settings.session_max_turns, self.settings.max_sessions)
+        # The robot tools of the robot_tools_file (set by the node at configure; None: none).
+        self.toolbox: Optional[RobotToolbox] = None
         self.admission: Admission[ChatGoal] = Admission('queue', 1, 0)
         self.counters = ChatCounters()
         self._goals: Dict[bytes, ChatGoal] = {}     # goal uuid -> goal, until its result
@@ -170,6 +231,7 @@ class ChatActionServer:
         with self._lock:
             self._goals[goal.uuid] = goal
         try:
+            resolve_typed_format(goal)
             self._check(goal.request)
         except Refusal as refusal:
             self._refuse(goal, refusal.code, refusal.reason)
@@ -212,7 +274,7 @@ class ChatActionServer:
                                         if isinstance(frame, CompressedImageMsg)
                                         else raw_image(frame))
         validate(request, self.settings, self.sessions, list(state.capabilities), state.model,
-                 self.vision)
+                 self.vision, list(self.toolbox.tools) if self.toolbox is not None else [])
 
     def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
         if was_waiting:
@@ -267,6 +329,8 @@ class ChatActionServer:
         try:
             try:
                 outcome = self._outcome(goal, state)
+                if goal.format_class is not None:
+                    check_typed_answer(outcome, goal.format_class)
             except Exception as error:  # a defect: the goal still gets a result that says so
                 self.node.get_logger().error(f'chat failed: {error!r}')
                 outcome = ChatOutcome.unserved(ErrorCode.UNKNOWN, f'internal error: {error!r}')
@@ -288,16 +352,19 @@ class ChatActionServer:
         if not state.serving or state.engine is None:
             return ChatOutcome.unserved(ErrorCode.NOT_SERVING, state.not_serving_reason)
 
-        def publish(seq: int, delta: str, thinking_delta: str) -> None:
+        def publish(seq: int, delta: str, thinking_delta: str,
+                    calls: Sequence[RobotCall]) -> None:
             goal.handle.publish_feedback(
-                Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta))
+                Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta,
+                              robot_calls=robot_call_messages(calls)))
             self._check_clients()
 
         run = ChatRun(state.engine, state.model, goal.request, self.settings, self.sessions,
                       state.context_length, keep_alive=-1, publish=publish,
                       accepted_at=goal.accepted_at,
                       inline_think='thinking' in state.capabilities,
-                      image_max_side=self.vision.image_max_side)
+                      image_max_side=self.vision.image_max_side, toolbox=self.toolbox,
+                      log=self.node.get_logger().info)
         with self._lock:
             goal.run = run
             stop = goal.stop
@@ -320,7 +387,9 @@ class ChatActionServer:
                 eval_duration=outcome.eval_duration),
             tool_calls=[ToolCall(id=call.call_id, name=call.name,
                                  arguments_json=call.arguments_json)
-                        for call in outcome.tool_calls])
+                        for call in outcome.tool_calls],
+            robot_calls=robot_call_messages(outcome.robot_calls))
+        result.format_type = goal.format_type
         code = outcome.error_code
         if code == ErrorCode.NONE:
             self.counters.served += 1

@@ -5,6 +5,9 @@ send() for callback code and an ask() that waits for the result. ask() raises th
 errors below instead of leaving every caller to test `error_code` and `accepted` by hand.
 
 A behaviour in another package may copy this file: it needs only rclpy and s100_llm_msgs.
+The typed answers (typed_answer, ChatClient.ask_typed: the answer as a message of the type the
+goal's format named) also need s100_llm's interface_schema module, imported only when used: a
+behaviour that wants them depends on s100_llm for that helper alone.
 
 The QoS of the chat action (the server, chat_action.py, uses the same, through qos.py): nothing
 a burst sends is overwritten. rclpy's defaults keep the last 10 messages: a model streaming
@@ -17,7 +20,8 @@ instead of dropping. A client's own KEEP_LAST(10) default loses its own requests
 beyond 10 in flight, whatever the server does.
 """
 
-from typing import Callable, Optional
+import copy
+from typing import Any, Callable, Optional
 
 import rclpy
 from rclpy.action import ActionClient
@@ -29,8 +33,8 @@ from rclpy.qos import ReliabilityPolicy
 from rclpy.task import Future
 from s100_llm_msgs.action import Chat
 
-__all__ = ['ChatClient', 'ChatError', 'GoalNotAccepted', 'check', 'FEEDBACK_QOS',
-           'SERVICE_QOS']
+__all__ = ['ChatClient', 'ChatError', 'GoalNotAccepted', 'check', 'typed_answer',
+           'FEEDBACK_QOS', 'SERVICE_QOS']
 
 FEEDBACK_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 # Goal, cancel and result services: requests from many clients at once are all kept (depth is
@@ -65,6 +69,24 @@ def check(result: Chat.Result) -> Chat.Result:
     if result.error_code != Chat.Result.NONE:
         raise ChatError(result)
     return result
+
+
+def typed_answer(result: Chat.Result, msg_class: Any) -> Any:
+    """The answer of a goal whose format named msg_class's type, as a message of that type.
+
+    Raises ChatError for a result with an error_code, and ChatError with FORMAT_MISMATCH when
+    the text does not fill the type (e.g. a result of a goal that asked for another format).
+    """
+    from .interface_schema import fill_from_json
+    from .interface_schema import InterfaceProblem
+    check(result)
+    try:
+        return fill_from_json(msg_class, result.text)
+    except InterfaceProblem as problem:
+        mismatch = copy.copy(result)
+        mismatch.error_code = Chat.Result.FORMAT_MISMATCH
+        mismatch.error_message = f'the answer does not fill {problem}'
+        raise ChatError(mismatch) from None
 
 
 class ChatClient:
@@ -118,6 +140,13 @@ class ChatClient:
             handle.cancel_goal_async()
             spin(result.done)
         return check(result.result().result)
+
+    def ask_typed(self, goal: Chat.Goal, msg_class: Any, **ask: Any) -> Any:
+        """ask() with the goal's format set to msg_class's type (e.g. PoseStamped); returns
+        the answer as a message of that type (typed_answer). `ask` takes ask()'s arguments."""
+        from .interface_schema import type_name
+        goal.format = type_name(msg_class)
+        return typed_answer(self.ask(goal, **ask), msg_class)
 
     def _spin_until(self, condition: Callable[[], bool]) -> None:
         # In steps: rcl_wait is not woken by signals, and Python runs a SIGINT handler only

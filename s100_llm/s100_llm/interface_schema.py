@@ -27,6 +27,12 @@ from rosidl_parser import definition as idl
 # item is one more optional repetition). A fixed array longer than this is refused: the model
 # would have to write every element.
 MAX_ITEMS = 64
+# A string gets at most this maxLength (a bounded one its bound when smaller): SmolLM2-135M,
+# constrained to PoseStamped's schema, wrote digits into frame_id until max_tokens in every
+# try (measured: "frame_id": "1234567890123...", 300 tokens, FORMAT_MISMATCH); with a bound the
+# grammar closes the string and the document completes. 128 characters hold frame ids, names,
+# labels and a sentence; a longer text is free text, not a typed answer.
+MAX_STRING = 128
 # uint8/byte/char sequences longer than this (or unbounded) are binary data (image pixels, point
 # clouds, compressed frames), not something a language model writes: the type is refused.
 MAX_BYTES = 64
@@ -170,10 +176,9 @@ def _value_schema(slot: Any, name: str, path: str, omit: Set[str],
     if isinstance(slot, idl.NamespacedType):
         return _object_schema(_nested_class(slot), name, path + '.', omit, depth + 1)
     if isinstance(slot, idl.AbstractGenericString):
-        schema: Dict[str, Any] = {'type': 'string'}
-        if slot.has_maximum_size():
-            schema['maxLength'] = slot.maximum_size
-        return schema
+        return {'type': 'string',
+                'maxLength': (min(slot.maximum_size, MAX_STRING) if slot.has_maximum_size()
+                              else MAX_STRING)}
     if isinstance(slot, idl.BasicType):
         typename = slot.typename
         if typename == 'boolean':

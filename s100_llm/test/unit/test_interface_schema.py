@@ -21,6 +21,7 @@ from s100_llm.interface_schema import fill_message
 from s100_llm.interface_schema import InterfaceProblem
 from s100_llm.interface_schema import looks_like_type_name
 from s100_llm.interface_schema import MAX_ITEMS
+from s100_llm.interface_schema import MAX_STRING
 from s100_llm.interface_schema import message_class
 from s100_llm.interface_schema import message_schema
 from s100_llm.interface_schema import message_to_data
@@ -86,6 +87,9 @@ def test_pose_stamped_schema_is_compact_strict_and_accepted_by_the_node() -> Non
     assert stamp['properties']['nanosec']['maximum'] == 2 ** 32 - 1
     assert schema['properties']['pose']['properties']['position']['properties']['x'] == {
         'type': 'number'}
+    # An unbounded string is bounded: small models loop inside strings.
+    assert schema['properties']['header']['properties']['frame_id'] == {
+        'type': 'string', 'maxLength': MAX_STRING}
     assert schema['required'] == ['header', 'pose']
     assert schema['additionalProperties'] is False
     assert document_problem(schema, POSE) == ''

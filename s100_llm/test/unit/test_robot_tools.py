@@ -8,6 +8,7 @@ import pytest
 from s100_llm.core.robot_tools import DEFAULT_TIMEOUT
 from s100_llm.core.robot_tools import load_robot_tools
 from s100_llm.core.robot_tools import MAX_FILE_BYTES
+from s100_llm.core.robot_tools import robot_toolbox
 from s100_llm.core.robot_tools import RobotTool
 from s100_llm.core.robot_tools import RobotToolsProblem
 
@@ -102,3 +103,46 @@ def test_only_a_regular_file_of_bounded_size_is_read(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(RobotToolsProblem, match='not a regular file'):
         load_robot_tools(str(fifo))     # a FIFO with no writer: refused, configure not held
+
+
+class Backend:
+    """parameters() answers from a table: a schema, or an exception to raise."""
+
+    def __init__(self, **schemas) -> None:
+        self.schemas = schemas
+
+    def parameters(self, tool):
+        schema = self.schemas[tool.name]
+        if isinstance(schema, Exception):
+            raise schema
+        return schema
+
+    def call(self, tool, arguments, report, canceled):
+        raise AssertionError('nothing is called at configure')
+
+
+PLACE = {'type': 'object', 'properties': {'place': {'type': 'string'}}, 'required': ['place']}
+NONE = {'type': 'object', 'properties': {}}
+
+
+def test_the_toolbox_offers_each_tool_as_a_function_with_its_schema(tmp_path):
+    tools = load_robot_tools(write(tmp_path, GOOD))
+    toolbox = robot_toolbox(tools, Backend(navigate=PLACE, look=NONE, say=NONE))
+    assert toolbox.offer('navigate') == {'type': 'function', 'function': {
+        'name': 'navigate', 'description': 'Drive the robot to a named place.',
+        'parameters': PLACE}}
+
+
+@pytest.mark.parametrize('schema, problem', [
+    (LookupError('s100_llm_demo_interfaces/action/Navigate is not installed'),
+     "robot tool 'navigate' .s100_llm_demo_interfaces/action/Navigate. cannot be offered: "
+     's100_llm_demo_interfaces/action/Navigate is not installed'),
+    ({'type': 'string'}, "robot tool 'navigate': its parameters are not a JSON Schema of type "
+                         'object'),
+    ({'type': 'object', 'properties': {'x': {'type': 'strange'}}},
+     "robot tool 'navigate': the parameters is not a valid JSON Schema"),
+])
+def test_a_tool_the_backend_cannot_offer_is_named_with_the_reason(tmp_path, schema, problem):
+    tools = load_robot_tools(write(tmp_path, GOOD))
+    with pytest.raises(RobotToolsProblem, match=problem):
+        robot_toolbox(tools, Backend(navigate=schema, look=NONE, say=NONE))

@@ -5,15 +5,24 @@ Both are as deterministic as the scripted models' text, so tests know what to ex
 format      A scripted model's answer becomes a JSON document: `{"response": <text>}` in JSON
             mode, an instance of the schema otherwise (object: its required properties, all of
             them when none are required; string: the text the model would have answered;
-            integer/number: that text's word count; boolean: true; array: one item, a tuple
-            one per position; enum and const: the first value). It is streamed token by token
+            integer/number: that text's word count; boolean: true; array: one item, or
+            minItems, a tuple one per position; enum and const: the first value). A
+            `key=value` word of the last user message sets every property named `key`
+            (`frame_id=map x=1.5` fills a geometry_msgs/msg/PoseStamped-shaped schema). Strings
+            keep to minLength/maxLength and arrays to minItems/maxItems (fixed-size arrays);
+            numbers keep to no bound (minimum, maximum), as with grammars that do not enforce
+            them, so a test can make an answer break its schema. It is streamed token by token
             like any answer, so a num_predict cut leaves an unfinished document, as it does
             with a real model.
 tools       The `tooler` script calls every offered tool whose name appears in the last user
             message, in the order they appear, with arguments taken from `key=value` words of
             that message for the parameters the tool declares, and type defaults for the other
-            required ones. After a tool result (a last message with role `tool`) it answers
-            "<tool name> returned: <content>". Without a named tool it answers in plain text.
+            required ones; `call:<name>` calls <name> even when it is not offered (a model
+            inventing a tool), with every `key=value` word as a string argument. A message in
+            steps separated by `;` makes one model turn of calls per step: each turn after tool
+            results calls the next step's tools. When no step is left (or its step names no
+            tool) it answers from the results since the message, "<tool name> returned:
+            <content>" joined by "; ". Without a named tool it answers in plain text.
 
 The real model gets `format` as llama.cpp's `response_format` (grammar-constrained sampling).
 """
@@ -26,7 +35,9 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft7Validator
 from jsonschema.validators import validator_for
 
-_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|\S+)')
+# A value ends at white space or a comma ('place=kitchen, look'), unless quoted.
+_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|[^\s,]+)')
+_INVENTED = re.compile(r'\bcall:([A-Za-z0-9_-]+)')
 _DEFAULTS: Dict[str, Any] = {'string': '', 'integer': 0, 'number': 0, 'boolean': False,
                              'array': [], 'object': {}, 'null': None}
 
@@ -59,14 +70,18 @@ def check_schema(schema: Dict[str, Any]) -> None:
         raise FormatError(f'JSON schema error: {error.message}') from None
 
 
-def formatted(text: str, runner_format: Dict[str, Any]) -> str:
-    """The JSON document a scripted model answers instead of `text`."""
+def formatted(text: str, runner_format: Dict[str, Any], prompt: str = '') -> str:
+    """The JSON document a scripted model answers instead of `text` (`prompt`: the last user
+    message, whose key=value words set the properties they name)."""
     if runner_format['type'] == 'json_object':
         return json.dumps({'response': text})
-    return json.dumps(_instance(runner_format['json_schema']['schema'], text), indent=1)
+    given = {key: value.strip('"') for key, value in _KEY_VALUE.findall(prompt)}
+    return json.dumps(_instance(runner_format['json_schema']['schema'], text, given, ''),
+                      indent=1)
 
 
-def _instance(schema: Any, text: str) -> Any:
+def _instance(schema: Any, text: str, given: Dict[str, str], name: str) -> Any:
+    """An instance of `schema` for the property `name` ('' at the top and for items)."""
     if not isinstance(schema, dict):
         return text
     if 'const' in schema:
@@ -75,27 +90,34 @@ def _instance(schema: Any, text: str) -> Any:
         return schema['enum'][0]
     for combinator in ('anyOf', 'oneOf', 'allOf'):
         if schema.get(combinator):
-            return _instance(schema[combinator][0], text)
+            return _instance(schema[combinator][0], text, given, name)
     kind = schema.get('type', 'object' if 'properties' in schema else 'string')
     if isinstance(kind, list):
         kind = next((k for k in kind if k != 'null'), 'null')
     if kind == 'object':
         properties = schema.get('properties') or {}
         names = schema.get('required') or list(properties)
-        return {name: _instance(properties.get(name, {}), text) for name in names}
+        return {key: _instance(properties.get(key, {}), text, given, key) for key in names}
     if kind == 'array':
         # A tuple: Draft 2020-12's prefixItems, or Draft 7's items as a list.
         prefix = schema.get('prefixItems') or schema.get('items')
         if isinstance(prefix, list):
-            return [_instance(item, text) for item in prefix]
-        return [_instance(schema.get('items', {}), text)]
+            return [_instance(item, text, given, name) for item in prefix]
+        count = max(schema.get('minItems', 1), 1)
+        if 'maxItems' in schema:
+            count = min(count, schema['maxItems'])
+        return [_instance(schema.get('items', {}), text, given, name)] * count
+    value = _typed(given[name], kind) if name in given else None
     if kind in ('integer', 'number'):
-        return len(text.split())
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return value if numeric else len(text.split())
     if kind == 'boolean':
-        return True
+        return value if isinstance(value, bool) else True
     if kind == 'null':
         return None
-    return text
+    value = value if isinstance(value, str) else text
+    value = value[:schema['maxLength']] if 'maxLength' in schema else value
+    return value.ljust(schema.get('minLength', 0), '.')
 
 
 def tool_calls(tools: List[Dict[str, Any]], prompt: str) -> List[Dict[str, Any]]:
@@ -108,6 +130,11 @@ def tool_calls(tools: List[Dict[str, Any]], prompt: str) -> List[Dict[str, Any]]
         position = prompt.find(name) if name else -1
         if position >= 0:
             mentioned.append((position, function))
+    offered = {function['name'] for _, function in mentioned}
+    for invented in _INVENTED.finditer(prompt):
+        if invented.group(1) not in offered:
+            mentioned.append((invented.start(), {'name': invented.group(1), 'parameters': {
+                'properties': {key: {'type': 'string'} for key in given}}}))
     calls = []
     for _, function in sorted(mentioned, key=lambda item: item[0]):
         parameters = function.get('parameters') or {}

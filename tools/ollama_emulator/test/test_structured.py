@@ -57,6 +57,54 @@ def test_a_tuple_gets_one_item_per_position(emulator, schema):
     assert json.loads(reply.message.content) == ['user: two words\n', 3]
 
 
+def strict(required: dict) -> dict:
+    """An object schema whose properties are all required, none other allowed."""
+    return {'type': 'object', 'properties': required, 'required': list(required),
+            'additionalProperties': False}
+
+
+NUMBER = {'type': 'number'}
+POINT = strict({'x': NUMBER, 'y': NUMBER})
+# The shape interface_schema.py derives for geometry_msgs/msg/PoseStamped (written out: the
+# emulator does not depend on the node), with a bounded string and a fixed-size array.
+POSE_STAMPED = strict({
+    'header': strict({
+        'stamp': strict({
+            'sec': {'type': 'integer', 'minimum': -2 ** 31, 'maximum': 2 ** 31 - 1},
+            'nanosec': {'type': 'integer', 'minimum': 0, 'maximum': 2 ** 32 - 1}}),
+        'frame_id': {'type': 'string', 'maxLength': 8}}),
+    'pose': strict({
+        'position': POINT,
+        'covariance': {'type': 'array', 'items': NUMBER, 'minItems': 4, 'maxItems': 4}})})
+
+
+def test_a_message_shaped_schema_is_filled_from_key_value_words(emulator):
+    prompt = 'Where is the dock? frame_id=map x=1.5 sec=-7 covariance=0.25'
+    reply = emulator.client.chat('echo', [{'role': 'user', 'content': prompt}],
+                                 format=POSE_STAMPED)
+    document = json.loads(reply.message.content)
+    jsonschema.validate(document, POSE_STAMPED)
+    # nanosec and y are not given: the word count of the answer the model would have written.
+    words = len(f'user: {prompt}'.split())
+    assert document['header'] == {'stamp': {'sec': -7, 'nanosec': words}, 'frame_id': 'map'}
+    assert document['pose'] == {'position': {'x': 1.5, 'y': words},
+                                'covariance': [0.25] * 4}
+
+
+@pytest.mark.parametrize('schema, expected', [
+    # Numbers keep to no bound: the word count ('user: two words').
+    ({'type': 'integer', 'maximum': 1}, 3),
+    ({'type': 'string', 'maxLength': 4}, 'user'),
+    ({'type': 'string', 'minLength': 1, 'maxLength': 1}, 'u'),
+    ({'type': 'array', 'items': {'type': 'boolean'}, 'minItems': 3}, [True] * 3),
+    ({'type': 'array', 'items': {'type': 'boolean'}, 'maxItems': 0}, []),
+])
+def test_strings_and_arrays_keep_to_their_lengths(emulator, schema, expected):
+    reply = emulator.client.chat('echo', [{'role': 'user', 'content': 'two words'}],
+                                 format=schema)
+    assert json.loads(reply.message.content) == expected
+
+
 def test_num_predict_cuts_the_document(emulator):
     reply = emulator.client.chat('echo', [{'role': 'user', 'content': 'x'}], format=SCHEMA,
                                  options={'num_predict': 3})
@@ -114,3 +162,40 @@ def test_a_tool_exchange_through_the_official_client(tooler):
 def test_no_tool_named_is_a_plain_answer(tooler):
     reply = tooler.client.chat('tooler', [{'role': 'user', 'content': 'hello'}], tools=[BATTERY])
     assert (reply.message.content, reply.message.tool_calls) == ('No tool for: hello', None)
+
+
+LOOK = {'type': 'function', 'function': {
+    'name': 'look', 'description': 'Say what the camera sees.',
+    'parameters': {'type': 'object', 'properties': {}}}}
+
+
+def test_steps_separated_by_semicolons_take_one_model_turn_each(tooler):
+    """Ollama's multi-step exchange: each turn after tool results calls the next step's tools,
+    and the last answers from every result since the question."""
+    messages = [{'role': 'user', 'content': 'navigate_to place=kitchen; look'}]
+    turns = []
+    for result in ('arrived', 'a closed door'):
+        reply = tooler.client.chat('tooler', messages, tools=[NAVIGATE, LOOK])
+        (call,) = reply.message.tool_calls
+        turns.append((call.function.name, dict(call.function.arguments)))
+        messages += [reply.message, {'role': 'tool', 'content': result,
+                                     'tool_name': call.function.name}]
+    assert turns == [('navigate_to', {'place': 'kitchen'}), ('look', {})]
+    final = tooler.client.chat('tooler', messages, tools=[NAVIGATE, LOOK])
+    assert (final.message.content, final.message.tool_calls) == (
+        'navigate_to returned: arrived; look returned: a closed door', None)
+
+
+def test_a_value_ends_at_a_comma(tooler):
+    reply = tooler.client.chat('tooler', [{'role': 'user', 'content':
+                                           'navigate_to place=kitchen, speed=0.5, look'}],
+                               tools=[NAVIGATE, LOOK])
+    assert [(c.function.name, dict(c.function.arguments)) for c in reply.message.tool_calls] == [
+        ('navigate_to', {'place': 'kitchen', 'speed': 0.5}), ('look', {})]
+
+
+def test_a_model_can_invent_a_tool(tooler):
+    reply = tooler.client.chat('tooler', [{'role': 'user', 'content': 'call:fly to=moon'}],
+                               tools=[LOOK])
+    (call,) = reply.message.tool_calls
+    assert (call.function.name, dict(call.function.arguments)) == ('fly', {'to': 'moon'})

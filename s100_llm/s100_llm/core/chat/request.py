@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Tuple
 from ..images import AnyImage
 from ..images import CompressedImage
 from ..images import RawImage
+from ..robot_tools import RobotCall
 
 # The values of Chat.Goal.think, Chat.Result.done_reason and Chat.Result.error_code, defined by
 # s100_llm_msgs/action/Chat.action; the core is ROS-free, so test_chat_logic ties these to it.
@@ -33,6 +34,7 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 8
     FORMAT_MISMATCH = 9
     NO_IMAGE = 10
+    TOOL_STEPS = 12
 
 
 class Refusal(Exception):
@@ -75,6 +77,9 @@ class ChatRequest:
     camera_image: Optional[AnyImage] = None
     camera_name: str = 'the camera frame'
     camera_missing: Optional[str] = None
+    # Names of the node's robot tools the model may use; dry_run: plan them, execute nothing.
+    robot_tools: List[str] = dataclasses.field(default_factory=list)
+    dry_run: bool = False
 
     @property
     def image_count(self) -> int:
@@ -130,6 +135,8 @@ class ChatOutcome:
     eval_duration: float = 0.0
     feedback_messages: int = 0
     tool_calls: List[ToolCall] = dataclasses.field(default_factory=list)
+    # Every robot tool call the model asked for, in order, with its outcome.
+    robot_calls: List[RobotCall] = dataclasses.field(default_factory=list)
 
     @classmethod
     def unserved(cls, error_code: ErrorCode, error_message: str) -> 'ChatOutcome':
