@@ -315,12 +315,14 @@ def test_the_node_calls_an_action_and_a_service_and_the_model_answers_from_them(
         ('kitchen', 0.25, 'succeeded')]
     assert robot.looks == ['door']
     # Feedback: each call started, the action's progress (its feedback as JSON), each end.
-    assert feedback_calls(run) == [('navigate', OUT.STARTED), ('navigate', OUT.PROGRESS),
-                                   ('navigate', OUT.PROGRESS), ('navigate', OUT.SUCCEEDED),
-                                   ('look', OUT.STARTED), ('look', OUT.SUCCEEDED)]
+    # (The action's last feedback may reach the node after its result, which ends the call.)
     progress = [c for f in run.feedback for c in f.robot_calls if c.outcome == OUT.PROGRESS]
+    assert feedback_calls(run) == [('navigate', OUT.STARTED)] + [
+        ('navigate', OUT.PROGRESS)] * len(progress) + [
+        ('navigate', OUT.SUCCEEDED), ('look', OUT.STARTED), ('look', OUT.SUCCEEDED)]
     assert [json.loads(c.result_json) for c in progress] == [
-        {'distance_remaining': 2.0}, {'distance_remaining': 1.0}]
+        {'distance_remaining': 2.0}, {'distance_remaining': 1.0}][:len(progress)]
+    assert progress, 'no progress of the action in the feedback'
 
 
 def test_a_tool_the_model_invents_is_not_called(tooler, robot):
