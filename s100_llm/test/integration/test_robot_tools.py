@@ -4,6 +4,7 @@ which calls the offered tools named in the prompt and then answers from the last
 
 import json
 import pathlib
+import re
 import threading
 from typing import Any, Dict, List, Optional
 
@@ -458,3 +459,10 @@ def test_the_example_makes_the_demo_robot_navigate_look_and_say(active, domain_i
             wait_for(lambda: line in demo.output(), f'{line!r} in the robot_demo log')
     finally:
         assert demo.stop() == 0, demo.output()
+
+
+def test_the_guide_shows_the_installed_tools_file():
+    guide = (pathlib.Path(__file__).resolve().parents[3] / 'docs' / 'robot-tools.md').read_text()
+    shown = yaml.safe_load(re.search(r'^```yaml\n(.*?)^```', guide, re.M | re.S).group(1))
+    installed = install_prefix() / 'share' / 's100_llm' / 'config' / 'robot_tools.yaml'
+    assert shown == yaml.safe_load(installed.read_text())
