@@ -36,6 +36,7 @@ from rclpy.action.client import ClientGoalHandle
 from rclpy.callback_groups import CallbackGroup
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.task import Future
 from unique_identifier_msgs.msg import UUID
 
@@ -104,10 +105,10 @@ class RosToolBackend:
         """Destroy every client and publisher (the node cleans up or goes away)."""
         with self._lock:
             endpoints, self._endpoints = self._endpoints, {}
-        for tool_name, endpoint in endpoints.items():
+        for endpoint in endpoints.values():
             if isinstance(endpoint, ActionClient):
                 endpoint.destroy()      # destroy_node would leave it (rclpy keeps waitables)
-            elif hasattr(endpoint, 'topic_name'):
+            elif isinstance(endpoint, Publisher):
                 self._node.destroy_publisher(endpoint)
             else:
                 self._node.destroy_client(endpoint)

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 from action_msgs.msg import GoalStatus
 import pytest
 import rclpy
+from rclpy.action import ActionClient
 from rclpy.action import ActionServer
 from rclpy.action import CancelResponse
 from rclpy.action import GoalResponse
@@ -244,6 +245,11 @@ def test_the_backend_calls_a_service_an_action_and_a_topic(caller, robot):
     assert robot.goals == [{'place': 'kitchen', 'max_speed': 0.25, 'end': 'succeeded'}]
     assert caller.call('say', {'data': 'hi'}) == (OUT.SUCCEEDED, {'published': True}, '', [])
     wait_for(lambda: robot.said == ['hi'], 'the robot to hear it')
+    # close() (the node's cleanup) destroys every client and publisher it made.
+    caller.backend.close()
+    assert list(caller.node.clients) == []
+    assert not any(isinstance(w, ActionClient) for w in caller.node.waitables)
+    assert '/t_say' not in [publisher.topic_name for publisher in caller.node.publishers]
 
 
 @pytest.mark.parametrize('name, arguments, outcome, message', [
