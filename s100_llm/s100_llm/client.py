@@ -77,8 +77,10 @@ def typed_answer(result: Chat.Result, msg_class: Any) -> Any:
     Raises ChatError for a result with an error_code, and ChatError with FORMAT_MISMATCH when
     the text does not fill the type (e.g. a result of a goal that asked for another format).
     """
-    from .interface_schema import fill_from_json
-    from .interface_schema import InterfaceProblem
+    # Imported here: the rest of this file needs only rclpy and s100_llm_msgs (it may be
+    # copied into a behaviour's package); the typed answers need the s100_llm package.
+    from s100_llm.interface_schema import fill_from_json
+    from s100_llm.interface_schema import InterfaceProblem
     check(result)
     try:
         return fill_from_json(msg_class, result.text)
@@ -144,7 +146,7 @@ class ChatClient:
     def ask_typed(self, goal: Chat.Goal, msg_class: Any, **ask: Any) -> Any:
         """ask() with the goal's format set to msg_class's type (e.g. PoseStamped); returns
         the answer as a message of that type (typed_answer). `ask` takes ask()'s arguments."""
-        from .interface_schema import type_name
+        from s100_llm.interface_schema import type_name
         goal.format = type_name(msg_class)
         return typed_answer(self.ask(goal, **ask), msg_class)
 

@@ -230,6 +230,8 @@ def fill_message(cls: Any, data: Any, fixed: Optional[Mapping[str, Any]] = None)
     """
     name = type_name(cls)
     fixed = dict(fixed or {})
+    for path in fixed:
+        _field_slot(cls, name, path)
     msg = _fill(cls, data, name, '', set(fixed))
     for path, value in fixed.items():
         _set_path(msg, name, path, value)
@@ -260,8 +262,11 @@ def _fill(cls: Any, data: Any, name: str, prefix: str, skip: Set[str]) -> Any:
     if extra:
         raise InterfaceProblem(f'{name}: {_where(prefix[:-1])} has unexpected '
                                f'field{"s" if len(extra) > 1 else ""} {", ".join(extra)}')
+    # A nested message of which only some fields are fixed is still required in part.
+    partly_fixed = {field for field, slot in fields if isinstance(slot, idl.NamespacedType)
+                    and any(s.startswith(f'{prefix}{field}.') for s in skip)}
     missing = [field for field in known if field not in data and prefix + field not in skip
-               and not any(s.startswith(prefix + field + '.') for s in skip)]
+               and field not in partly_fixed]
     if missing:
         raise InterfaceProblem(f'{name}: {_where(prefix[:-1])} lacks '
                                f'field{"s" if len(missing) > 1 else ""} {", ".join(missing)}')
@@ -272,8 +277,7 @@ def _fill(cls: Any, data: Any, name: str, prefix: str, skip: Set[str]) -> Any:
             continue
         if field in data:
             value = _value(slot, data[field], name, path, skip)
-        else:
-            # Only parts of this nested message are fixed: the rest is still required.
+        else:   # partly fixed and absent: its fields that are not fixed are missing
             value = _fill(_nested_class(slot), {}, name, path + '.', skip)
         _assign(msg, field, value, name, path)
     return msg
@@ -342,19 +346,27 @@ def _value(slot: Any, value: Any, name: str, path: str, skip: Set[str]) -> Any:
     return bytes([value]) if typename == 'octet' else value
 
 
-def _set_path(msg: Any, name: str, path: str, value: Any) -> None:
+def _field_slot(cls: Any, name: str, path: str) -> Any:
+    """The type of the (dotted) field path of cls; InterfaceProblem when there is none."""
     *parents, field = path.split('.')
-    target = msg
-    slots = dict(_fields(type(msg)))
+    slots = dict(_fields(cls))
     for part in parents:
         slot = slots.get(part)
         if not isinstance(slot, idl.NamespacedType):
             raise InterfaceProblem(f'{name}: no message field {part} for the fixed field {path}')
-        target = getattr(target, part)
-        slots = dict(_fields(type(target)))
+        slots = dict(_fields(_nested_class(slot)))
     if field not in slots:
         raise InterfaceProblem(f'{name}: no field {path} to fix')
-    _assign(target, field, _value(slots[field], value, name, path, set()), name, path)
+    return slots[field]
+
+
+def _set_path(msg: Any, name: str, path: str, value: Any) -> None:
+    slot = _field_slot(type(msg), name, path)
+    *parents, field = path.split('.')
+    target = msg
+    for part in parents:
+        target = getattr(target, part)
+    _assign(target, field, _value(slot, value, name, path, set()), name, path)
 
 
 def message_to_data(msg: Any) -> Dict[str, Any]:

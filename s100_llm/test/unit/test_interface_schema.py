@@ -249,6 +249,12 @@ def test_fixed_fields_are_set_and_must_not_come_from_the_data() -> None:
     assert whole.header.frame_id == 'map'
     with pytest.raises(InterfaceProblem, match='header.frame_id must be a string'):
         fill_message(PoseStamped, data, fixed={'header.frame_id': 3})
+    with pytest.raises(InterfaceProblem, match='field header lacks field stamp'):
+        fill_message(PoseStamped, {'pose': POSE['pose']}, fixed={'header.frame_id': 'map'})
+    with pytest.raises(InterfaceProblem, match='no field pose.nope to fix'):
+        fill_message(PoseStamped, POSE, fixed={'pose.nope': 1})
+    with pytest.raises(InterfaceProblem, match='no message field covariance'):
+        fill_message(PoseWithCovariance, {'pose': POSE['pose']}, fixed={'covariance.x': 1})
 
 
 def test_fixed_arrays_are_filled_with_their_exact_length() -> None:
