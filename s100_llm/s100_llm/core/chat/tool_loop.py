@@ -28,12 +28,14 @@ class RobotTools:
     """The robot tools a goal offers (names from the node's toolbox), its calls so far."""
 
     def __init__(self, toolbox: RobotToolbox, names: Sequence[str], send: CallSink,
-                 log: Callable[[str], None], progress_interval: float = 0.0) -> None:
+                 log: Callable[[str], None], progress_interval: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.toolbox = toolbox
         self.names = list(names)
         self.send = send
         self.log = log
         self.progress_interval = max(progress_interval, PROGRESS_MIN_INTERVAL)
+        self.clock = clock
         self.calls: List[RobotCall] = []    # every call the model asked for, in order
         self.steps = 0      # model turns whose robot calls were executed
         self._executed: Dict[str, int] = {}
@@ -96,7 +98,7 @@ class RobotTools:
         self._executed[name] = self._executed.get(name, 0) + 1
         self.send([RobotCall(step, name, arguments_json, CallOutcome.STARTED)])
         progress = _Progress(self, step, name, arguments_json)
-        started = time.monotonic()
+        started = self.clock()
         try:
             outcome, result_json, message = self.toolbox.backend.call(
                 tool, arguments, progress.report, canceled)
@@ -105,10 +107,8 @@ class RobotTools:
                                              f'the call raised {type(error).__name__}: {error}')
         finally:
             progress.close()
-        if canceled.is_set() and outcome == CallOutcome.SUCCEEDED:
-            message = 'the goal was canceled after the call ended'
         return self._end(RobotCall(step, name, arguments_json, CallOutcome(outcome),
-                                   result_json, message, time.monotonic() - started))
+                                   result_json, message, self.clock() - started))
 
     def _end(self, entry: RobotCall) -> RobotCall:
         self.calls.append(entry)
@@ -135,7 +135,7 @@ class _Progress:
         with self._lock:
             if not self._open:      # a late callback: the call has ended
                 return
-            now = time.monotonic()
+            now = self.tools.clock()
             if now - self._last < self.tools.progress_interval:
                 self._held = feedback_json
                 return
