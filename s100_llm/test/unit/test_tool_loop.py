@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from s100_llm.core.chat.tool_loop import MAX_RESULT_CHARS
 from s100_llm.core.chat.tool_loop import RobotTools
 from s100_llm.core.robot_tools import CallOutcome
 from s100_llm.core.robot_tools import RobotTool
@@ -31,6 +32,7 @@ class Robot:
         self.clock = clock
         self.feedback = feedback
         self.calls = []
+        self.result = '{"arrived": true}'
 
     def parameters(self, tool):
         return PLACE
@@ -41,7 +43,7 @@ class Robot:
             self.clock.now = at
             report(progress)
         self.clock.now += 1.0
-        return CallOutcome.SUCCEEDED, '{"arrived": true}', ''
+        return CallOutcome.SUCCEEDED, self.result, ''
 
 
 def tools_with(feedback=()):
@@ -92,3 +94,15 @@ def test_a_canceled_goal_stops_after_the_call_it_interrupted():
     results = tools.execute(0, [('navigate', {'place': 'dock'}),
                                 ('navigate', {'place': 'hall'})], canceled)
     assert len(results) == 1 and robot.calls == [{'place': 'dock'}] and len(tools.calls) == 1
+
+
+def test_a_result_too_long_for_the_model_is_not_sent():
+    tools, robot, _, _ = tools_with()
+    robot.result = '"' + 'x' * MAX_RESULT_CHARS + '"'
+    (result,) = tools.execute(0, [('navigate', {'place': 'dock'})], threading.Event())
+    (call,) = tools.calls
+    assert (call.outcome, call.result_json) == (CallOutcome.FAILED, '')
+    assert call.message == (f'the result has {MAX_RESULT_CHARS + 2} characters, more than the '
+                            f'{MAX_RESULT_CHARS} a tool result may have: it is not sent to the '
+                            'model')
+    assert result['content'] == f'FAILED: {call.message}'

@@ -22,6 +22,10 @@ CallSink = Callable[[Sequence[RobotCall]], None]
 # An action's feedback goes out at most this often per call (or every feedback_min_interval,
 # if longer): the latest is what matters, and a fast action server must not flood the client.
 PROGRESS_MIN_INTERVAL = 0.2
+# The longest result sent to the model (and put in the Result): a response such as a map or an
+# image as JSON would fill the model's context (4096 tokens by default: some 16,000 characters)
+# and the goal's messages.
+MAX_RESULT_CHARS = 16000
 
 
 class RobotTools:
@@ -107,6 +111,11 @@ class RobotTools:
                                              f'the call raised {type(error).__name__}: {error}')
         finally:
             progress.close()
+        if outcome == CallOutcome.SUCCEEDED and len(result_json) > MAX_RESULT_CHARS:
+            outcome, message = CallOutcome.FAILED, (
+                f'the result has {len(result_json)} characters, more than the '
+                f'{MAX_RESULT_CHARS} a tool result may have: it is not sent to the model')
+            result_json = ''
         return self._end(RobotCall(step, name, arguments_json, CallOutcome(outcome),
                                    result_json, message, self.clock() - started))
 
