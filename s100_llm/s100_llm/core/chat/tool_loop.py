@@ -22,18 +22,24 @@ CallSink = Callable[[Sequence[RobotCall]], None]
 # An action's feedback goes out at most this often per call (or every feedback_min_interval,
 # if longer): the latest is what matters, and a fast action server must not flood the client.
 PROGRESS_MIN_INTERVAL = 0.2
+# The longest result sent to the model (and put in the Result): a response such as a map or an
+# image as JSON would fill the model's context (4096 tokens by default: some 16,000 characters)
+# and the goal's messages.
+MAX_RESULT_CHARS = 16000
 
 
 class RobotTools:
     """The robot tools a goal offers (names from the node's toolbox), its calls so far."""
 
     def __init__(self, toolbox: RobotToolbox, names: Sequence[str], send: CallSink,
-                 log: Callable[[str], None], progress_interval: float = 0.0) -> None:
+                 log: Callable[[str], None], progress_interval: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.toolbox = toolbox
         self.names = list(names)
         self.send = send
         self.log = log
         self.progress_interval = max(progress_interval, PROGRESS_MIN_INTERVAL)
+        self.clock = clock
         self.calls: List[RobotCall] = []    # every call the model asked for, in order
         self.steps = 0      # model turns whose robot calls were executed
         self._executed: Dict[str, int] = {}
@@ -96,7 +102,7 @@ class RobotTools:
         self._executed[name] = self._executed.get(name, 0) + 1
         self.send([RobotCall(step, name, arguments_json, CallOutcome.STARTED)])
         progress = _Progress(self, step, name, arguments_json)
-        started = time.monotonic()
+        started = self.clock()
         try:
             outcome, result_json, message = self.toolbox.backend.call(
                 tool, arguments, progress.report, canceled)
@@ -105,10 +111,13 @@ class RobotTools:
                                              f'the call raised {type(error).__name__}: {error}')
         finally:
             progress.close()
-        if canceled.is_set() and outcome == CallOutcome.SUCCEEDED:
-            message = 'the goal was canceled after the call ended'
+        if outcome == CallOutcome.SUCCEEDED and len(result_json) > MAX_RESULT_CHARS:
+            outcome, message = CallOutcome.FAILED, (
+                f'the result has {len(result_json)} characters, more than the '
+                f'{MAX_RESULT_CHARS} a tool result may have: it is not sent to the model')
+            result_json = ''
         return self._end(RobotCall(step, name, arguments_json, CallOutcome(outcome),
-                                   result_json, message, time.monotonic() - started))
+                                   result_json, message, self.clock() - started))
 
     def _end(self, entry: RobotCall) -> RobotCall:
         self.calls.append(entry)
@@ -135,7 +144,7 @@ class _Progress:
         with self._lock:
             if not self._open:      # a late callback: the call has ended
                 return
-            now = time.monotonic()
+            now = self.tools.clock()
             if now - self._last < self.tools.progress_interval:
                 self._held = feedback_json
                 return

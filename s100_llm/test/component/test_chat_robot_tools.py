@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from s100_llm.core import session_file
 from s100_llm.core.chat.request import ChatRequest
 from s100_llm.core.chat.request import DONE_CANCELED
 from s100_llm.core.chat.request import DONE_ERROR
@@ -137,6 +138,9 @@ def test_a_two_step_exchange_calls_each_tool_and_answers_from_the_results(engine
         {'function': {'name': 'navigate', 'arguments': {'place': 'kitchen'}}}]
     assert turn.messages[2] == {'role': 'tool', 'tool_name': 'navigate',
                                 'content': '{"arrived": "kitchen"}'}
+    # The sessions file keeps it as it is (the node reloads it at its next configure).
+    stored = goal.sessions.snapshot()
+    assert session_file.parse(session_file.serialize(stored)) == stored
     again = Goal(engine, sessions=goal.sessions, prompt='look', robot_tools=['look'],
                  session_id='s').run.run()
     assert again.text == 'look returned: {"seen": "a closed door"}' and again.session_turns == 2
