@@ -32,8 +32,8 @@ setup(
             'chat = s100_llm.chat_cli:main',
             # The speech chain bridge (docs/tts-bridge.md; launch argument tts_bridge:=true).
             'tts_bridge = s100_llm.tts_bridge:main',
-            # The tool-calling example behaviour (docs/tools.md).
-            'robot_skills = s100_llm.examples.robot_skills:main',
+            # The pretend robot of the robot tools example (docs/robot-tools.md).
+            'robot_demo = s100_llm.examples.robot_demo:main',
             # The embeddings example (docs/embeddings.md).
             'remember_recall = s100_llm.examples.remember_recall:main',
         ],

@@ -45,6 +45,8 @@ ARGUMENTS = {
     'host': ('', "Address of the Ollama server; empty: params_file's (127.0.0.1:11434 in "
                  'llm.yaml).'),
     'ollama_bin': ('', "The ollama executable; empty: params_file's (ollama in llm.yaml)."),
+    'robot_tools_file': ('', 'The robot tools the model may call (docs/robot-tools.md); empty: '
+                             "params_file's (none in llm.yaml)."),
     'autostart': ('true', 'Configure and activate the node once it starts.'),
     'log_level': ('info', 'Logging level of the node.'),
     'tts_bridge': ('false', 'true: also start the tts_bridge node, prompt_text -> llm/chat -> '
@@ -53,7 +55,7 @@ ARGUMENTS = {
                                        '(needs the diagnostic_aggregator package).'),
 }
 # Parameters the arguments above set; an argument left empty leaves the params file's value.
-OVERRIDING_ARGUMENTS = ('model', 'models_dir', 'host', 'ollama_bin')
+OVERRIDING_ARGUMENTS = ('model', 'models_dir', 'host', 'ollama_bin', 'robot_tools_file')
 
 
 def require_aggregator_package(context: LaunchContext) -> List[Action]:

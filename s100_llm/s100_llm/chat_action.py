@@ -31,7 +31,7 @@ import functools
 import json
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple, TYPE_CHECKING
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TYPE_CHECKING
 import uuid
 
 from rclpy.action import CancelResponse
@@ -44,6 +44,7 @@ from rclpy.timer import Timer
 from s100_llm_msgs.action import Chat
 from s100_llm_msgs.msg import Confidence as ConfidenceMsg
 from s100_llm_msgs.msg import GenerationStats
+from s100_llm_msgs.msg import RobotToolCall
 from s100_llm_msgs.msg import TokenLogprob as TokenLogprobMsg
 from s100_llm_msgs.msg import ToolCall
 from sensor_msgs.msg import CompressedImage as CompressedImageMsg
@@ -64,6 +65,8 @@ from .core.config import ChatSettings
 from .core.config import VisionSettings
 from .core.images import CompressedImage
 from .core.images import RawImage
+from .core.robot_tools import RobotCall
+from .core.robot_tools import RobotToolbox
 from .core.serving import ServingState
 from .core.sessions import SessionStore
 from .interface_schema import fill_from_json
@@ -105,7 +108,13 @@ def request_from_goal(goal: Chat.Goal) -> ChatRequest:
         compressed_images=[compressed_image(image) for image in goal.compressed_images],
         use_camera=goal.use_camera, logprobs=goal.logprobs,
         token_logprobs=goal.token_logprobs, top_logprobs=goal.top_logprobs,
-        deadline=goal.deadline)
+        deadline=goal.deadline, robot_tools=list(goal.robot_tools), dry_run=goal.dry_run)
+
+
+def robot_call_messages(calls: Sequence[RobotCall]) -> List[RobotToolCall]:
+    return [RobotToolCall(step=call.step, name=call.name, arguments_json=call.arguments_json,
+                          outcome=int(call.outcome), result_json=call.result_json,
+                          message=call.message, duration=call.duration) for call in calls]
 
 
 def confidence_message(confidence: Optional[Confidence]) -> ConfidenceMsg:
@@ -215,6 +224,8 @@ class ChatActionServer:
         self.settings = ChatSettings()
         self.vision = VisionSettings()
         self.sessions = SessionStore(self.settings.session_max_turns, self.settings.max_sessions)
+        # The robot tools of the robot_tools_file (set by the node at configure; None: none).
+        self.toolbox: Optional[RobotToolbox] = None
         self.admission: Admission[ChatGoal] = Admission('queue', 1, 0)
         self.counters = ChatCounters()
         self._goals: Dict[bytes, ChatGoal] = {}     # goal uuid -> goal, until its result
@@ -298,7 +309,8 @@ class ChatActionServer:
                                         if isinstance(frame, CompressedImageMsg)
                                         else raw_image(frame))
         validate(request, self.settings, self.sessions, list(state.capabilities), state.model,
-                 self.vision, think_levels=state.think_levels)
+                 self.vision, think_levels=state.think_levels,
+                 robot_tools=list(self.toolbox.tools) if self.toolbox is not None else [])
 
     def _preempt(self, victim: ChatGoal, was_waiting: bool) -> None:
         if was_waiting:
@@ -410,16 +422,19 @@ class ChatActionServer:
         if not state.serving or state.engine is None:
             return ChatOutcome.unserved(ErrorCode.NOT_SERVING, state.not_serving_reason)
 
-        def publish(seq: int, delta: str, thinking_delta: str) -> None:
+        def publish(seq: int, delta: str, thinking_delta: str,
+                    calls: Sequence[RobotCall]) -> None:
             goal.handle.publish_feedback(
-                Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta))
+                Chat.Feedback(seq=seq, delta=delta, thinking_delta=thinking_delta,
+                              robot_calls=robot_call_messages(calls)))
             self._check_clients()
 
         run = ChatRun(state.engine, state.model, goal.request, self.settings, self.sessions,
                       state.context_length, keep_alive=-1, publish=publish,
                       accepted_at=goal.accepted_at,
                       inline_think='thinking' in state.capabilities,
-                      image_max_side=self.vision.image_max_side)
+                      image_max_side=self.vision.image_max_side, toolbox=self.toolbox,
+                      log=self.node.get_logger().info)
         with self._lock:
             goal.run = run
             stop = goal.stop
@@ -443,7 +458,8 @@ class ChatActionServer:
             tool_calls=[ToolCall(id=call.call_id, name=call.name,
                                  arguments_json=call.arguments_json)
                         for call in outcome.tool_calls],
-            confidence=confidence_message(outcome.confidence))
+            confidence=confidence_message(outcome.confidence),
+            robot_calls=robot_call_messages(outcome.robot_calls))
         result.format_type = goal.format_type
         code = outcome.error_code
         if code == ErrorCode.NONE:

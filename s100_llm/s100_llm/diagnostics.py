@@ -133,11 +133,13 @@ class DiagnosticsPublisher:
         """The only reads of the chat action: its counters and the admission's occupancy."""
         counters = self.node.chat.counters
         admission = self.node.chat.admission
+        toolbox = self.node.chat.toolbox
         return status.ChatFigures(
             served=counters.served, failed=counters.failed, canceled=counters.canceled,
             last_tokens_per_second=counters.last_tokens_per_second,
             last_time_to_first_token=counters.last_time_to_first_token,
-            goals_running=admission.running, goals_queued=admission.waiting)
+            goals_running=admission.running, goals_queued=admission.waiting,
+            robot_tools=tuple(toolbox.tools) if toolbox is not None else ())
 
     def _message(self, report: status.StatusReport) -> DiagnosticStatus:
         return DiagnosticStatus(

@@ -4,9 +4,10 @@
          ^                          |  ^                 |
          +---------cleanup----------+  +---deactivate----+
 
-configure   validates the parameters, starts `ollama serve` (or adopts a running server) and
-            waits until it answers HTTP. SUCCESS -> inactive; FAILURE (bad parameter, missing
-            binary, port taken, server died or timed out) -> unconfigured, nothing left running.
+configure   validates the parameters, reads the robot_tools_file, starts `ollama serve` (or
+            adopts a running server) and waits until it answers HTTP. SUCCESS -> inactive;
+            FAILURE (bad parameter or robot tools file, missing binary, port taken, server died
+            or timed out) -> unconfigured, nothing left running.
 activate    takes the model and chat parameters as they are now, pulls the model (and the
             embedding_model, when set) if missing, checks that they fit in the available RAM
             and that the embedding model embeds, loads them (kept loaded for as long as the
@@ -57,6 +58,7 @@ Threads and locks:
 """
 
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -78,6 +80,9 @@ from .camera import Camera
 from .chat_action import ChatActionServer
 from .core.config import ConfigError
 from .core.config import SupervisionSettings
+from .core.robot_tools import load_robot_tools
+from .core.robot_tools import robot_toolbox
+from .core.robot_tools import RobotToolsProblem
 from .core.serving import Serving
 from .core.serving import ServingError
 from .core.serving import ServingState
@@ -89,6 +94,7 @@ from .diagnostics import DiagnosticsPublisher
 from .embed_service import EmbedService
 from .model_services import ModelServices
 from .parent_death import exit_with_parent
+from .robot_calls import RosToolBackend
 from .session_services import SessionServices
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
@@ -117,6 +123,7 @@ class LlmNode(LifecycleNode):
         self._error_cause = ''
         self._decouple_lifecycle_services()
         self.chat = ChatActionServer(self)
+        self._robot_backend: Optional[RosToolBackend] = None    # with the robot tools
         self.camera = Camera(self)
         self.session_writer = SessionWriter(self.chat.sessions, self._log_line)
         self.chat.sessions.on_change = self.session_writer.changed
@@ -197,6 +204,7 @@ class LlmNode(LifecycleNode):
             self.settings = self._read_settings()
             self.chat.configure(self.settings)      # the sessions' bounds, before loading
             self._open_sessions_file(self.settings.chat.sessions_file)
+            self._load_robot_tools(self.settings.chat.robot_tools_file)
             self.serving.start(self.settings.server, self.settings.models_dir,
                                self.settings.model, self.settings.embedding.embedding_model)
             self.embed.configure(self.settings)
@@ -204,6 +212,7 @@ class LlmNode(LifecycleNode):
         result = self._transition('configure', configure)
         if result is FAILURE:   # unconfigured: the sessions file is free for another node
             self.session_writer.close()
+            self._drop_robot_tools()
         return result
 
     def _open_sessions_file(self, parameter: str) -> None:
@@ -217,6 +226,30 @@ class LlmNode(LifecycleNode):
         if parameter:
             self.log.info(f"sessions file {loaded['path']}: {loaded['sessions']} session(s), "
                           f"{loaded['turns']} turn(s) loaded")
+
+    def _load_robot_tools(self, parameter: str) -> None:
+        """Read the robot_tools_file and derive each tool's parameters from its interface; a
+        problem (core/robot_tools.py, an interface not installed or not expressible) fails the
+        configure with the reason."""
+        self._drop_robot_tools()
+        if not parameter:
+            return
+        path = os.path.abspath(os.path.expanduser(parameter))
+        backend = RosToolBackend(self)
+        try:
+            self.chat.toolbox = robot_toolbox(load_robot_tools(path), backend)
+        except RobotToolsProblem as problem:
+            backend.close()
+            raise ServingError(str(problem)) from None
+        self._robot_backend = backend
+        self.log.info(f"robot tools from {path}: {', '.join(self.chat.toolbox.tools) or 'none'}")
+
+    def _drop_robot_tools(self) -> None:
+        """Forget the robot tools and destroy their clients (no goal runs any more)."""
+        self.chat.toolbox = None
+        backend, self._robot_backend = self._robot_backend, None
+        if backend is not None:
+            backend.close()
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Take the model and chat settings, make sure the model is present and fits, load it,
@@ -273,6 +306,7 @@ class LlmNode(LifecycleNode):
             self.serving.stop()
             self.session_writer.close()     # so that clearing memory does not reach the file
             self.chat.sessions.clear()
+            self._drop_robot_tools()
         return self._transition('cleanup', cleanup)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -347,6 +381,7 @@ class LlmNode(LifecycleNode):
         """Abort chats, unload the model, stop the server: safe from any state, idempotent."""
         self.chat.abort_all('the node is shutting down', failure=False)
         self.models.abort('the node is shutting down')
+        self._drop_robot_tools()
         self.camera.stop()
         self.serving.release()
         self.session_writer.close()     # written, and its lock released for another node

@@ -340,6 +340,14 @@ class ChatSettings:
         '', CONFIGURE, 'A file that keeps the sessions across restarts (JSON, written '
         'atomically after each completed turn, loaded at configure; a corrupt one is moved '
         'aside), e.g. ~/.ros/llm_sessions.json; empty = sessions in memory only.')
+    robot_tools_file: str = setting(
+        '', CONFIGURE, "The robot's services, actions and topics a goal's robot_tools may use "
+        '(YAML; see docs/robot-tools.md), read at configure: a file with a problem fails '
+        'configure with the reason; empty = no robot tools.')
+    max_tool_steps: int = setting(
+        5, ACTIVATE, 'Model turns a goal with robot_tools may take, its answer included; a '
+        'model still calling tools in the last one ends the goal with TOOL_STEPS (those calls '
+        'not executed).', bounds=(1, 100))
 
     def validate(self) -> None:
         check_values(self)

@@ -70,7 +70,8 @@ def total_rss(samples: Tuple[ProcessSample, ...]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ChatFigures:
-    """The chat action's counters and admission occupancy at the time of the sample."""
+    """The chat action's counters and admission occupancy at the time of the sample, and the
+    robot tools it offers (from the robot_tools_file read at the last configure)."""
 
     served: int = 0
     failed: int = 0
@@ -79,6 +80,7 @@ class ChatFigures:
     last_time_to_first_token: float = 0.0
     goals_running: int = 0
     goals_queued: int = 0
+    robot_tools: Tuple[str, ...] = ()
 
 
 def level_for(value: float, warn: float, error: float) -> Level:
@@ -259,6 +261,7 @@ def model_status(state: ServingState, model: str, probe: ServerProbe,
         ('chats served', chat.served), ('chats failed', chat.failed),
         ('chats canceled', chat.canceled),
         ('goals running', chat.goals_running), ('goals queued', chat.goals_queued),
+        ('robot tools', ', '.join(chat.robot_tools)),
     ])
 
 

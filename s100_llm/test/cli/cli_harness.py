@@ -109,13 +109,16 @@ def stop_process(process: subprocess.Popen, number: int = signal.SIGINT,
 
 
 class Launch:
-    """`ros2 launch s100_llm llm.launch.py ARGS` with its own Ollama port and models dir."""
+    """`ros2 launch s100_llm llm.launch.py ARGS` (or another launch file of the package) with its
+    own Ollama port and models dir."""
 
     def __init__(self, ros2: Ros2, log_path: pathlib.Path, port: int, models_dir: str,
                  *arguments: str, model: str = 'echo:latest',
-                 env: Optional[Dict[str, str]] = None, emulator_arguments: bool = True) -> None:
+                 env: Optional[Dict[str, str]] = None, emulator_arguments: bool = True,
+                 launch_file: str = 'llm.launch.py') -> None:
         """emulator_arguments: pass ollama_bin, model, host and models_dir (the port and models
-        dir are this launch's in any case: a params file given instead must use them)."""
+        dir are this launch's in any case: a params file given instead must use them).
+        launch_file: the package's launch file (robot_tools.launch.py includes llm.launch.py)."""
         self.ros2 = ros2
         self.port = port
         self.models_dir = models_dir
@@ -133,7 +136,7 @@ class Launch:
                 {'/**': {'ros__parameters': {'ollama_env': server_env}}}))
             self.arguments.append(f'params_file:={params_file}')
         self.arguments += arguments
-        self.process = ros2.start('launch', 's100_llm', 'llm.launch.py', *self.arguments,
+        self.process = ros2.start('launch', 's100_llm', launch_file, *self.arguments,
                                   log_path=log_path, env=env)
         self._node: Optional[psutil.Process] = None
 

@@ -118,6 +118,7 @@ def test_launch_arguments_name_the_defaults_of_the_parameters_they_override():
         # "...; empty: params_file's (<its default> in llm.yaml)."
         said = re.search(r"params_file's \((.*)\)", description).group(1)
         default = defaults[name]
-        shown = ("Ollama's default" if default == '' else
+        # An empty default is Ollama's own (models_dir) or nothing (robot_tools_file: no tools).
+        shown = ({'models_dir': "Ollama's default"}.get(name, 'none') if default == '' else
                  str(default).lower() if isinstance(default, bool) else default)
         assert re.search(rf'(^|[ (]){re.escape(shown)}([ ,]|$)', said), (name, description)

@@ -6,11 +6,13 @@ this distro's rosidl gives them, are the levels a received message carries."""
 import pytest
 from rcl_interfaces.msg import Log
 from s100_llm_msgs.action import Chat
+from s100_llm_msgs.msg import RobotToolCall
 from s100_llm_msgs.srv import Embed
 
 from s100_llm.core.chat import request as chat_request
 from s100_llm.core.chat.request import ErrorCode
 from s100_llm.core.embedding import EmbedErrorCode
+from s100_llm.core.robot_tools import CallOutcome
 from s100_llm.tts_bridge import SentenceSplitter
 from support import log_level
 
@@ -26,6 +28,11 @@ def test_the_core_constants_are_the_interfaces():
     constants = type(Chat.Result).__prepare__('Result', ())   # rosidl: the constants by name
     codes = {name: value for name, value in constants.items() if not name.startswith('DONE_')}
     assert codes == {code.name: code.value for code in ErrorCode}
+
+
+def test_the_robot_call_outcomes_are_the_message():
+    constants = type(RobotToolCall).__prepare__('RobotToolCall', ())
+    assert constants == {outcome.name: outcome.value for outcome in CallOutcome}
 
 
 def test_the_error_codes_are_the_services():

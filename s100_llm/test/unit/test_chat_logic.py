@@ -189,6 +189,33 @@ def test_bad_tool_fields_get_a_reason(fields, fragment):
     assert fragment in refused(validate, request, SETTINGS, SessionStore(5, 5), ['tools'], 'm')
 
 
+@pytest.mark.parametrize('fields, capabilities, fragment', [
+    ({'robot_tools': ['fly']}, ['tools'], "robot tool 'fly' is not in the node's "
+                                          'robot_tools_file (its tools: navigate, look)'),
+    ({'robot_tools': ['look']}, ['completion'], "model 'm' cannot call tools"),
+    ({'robot_tools': ['look', 'look']}, ['tools'], "robot tool 'look' is asked for twice"),
+    ({'robot_tools': ['look'], 'tools': [{'name': 'look', 'description': '',
+                                          'parameters_json': ''}]},
+     ['tools'], "'look' is both a robot tool and one of the goal's tools"),
+    ({'dry_run': True}, ['tools'], 'dry_run needs robot_tools'),
+    ({'robot_tools': ['look'] * 65}, ['tools'], 'robot_tools take at most 64 entries'),
+])
+def test_robot_tools_must_be_the_nodes_and_the_model_must_call_tools(fields, capabilities,
+                                                                     fragment):
+    request = ChatRequest(prompt='x', **fields)
+    assert fragment in refused(validate, request, SETTINGS, SessionStore(5, 5), capabilities,
+                               'm', VisionSettings(), ['navigate', 'look'])
+
+
+def test_a_node_without_robot_tools_says_so():
+    request = ChatRequest(prompt='x', robot_tools=['look'])
+    assert 'the node has none: its robot_tools_file parameter is empty' in refused(
+        validate, request, SETTINGS, SessionStore(5, 5), ['tools'], 'm')
+    request.dry_run = True
+    assert refused(validate, request, SETTINGS, SessionStore(5, 5), ['tools'], 'm',
+                   VisionSettings(), ['look']) is None
+
+
 def test_a_tool_whose_parameters_refer_in_a_circle_or_nowhere_is_refused():
     def found(parameters):
         tool = {'name': 'go', 'description': '', 'parameters_json': json.dumps(parameters)}
@@ -324,19 +351,19 @@ def test_feedback_batch_sends_at_once_after_a_quiet_interval_and_joins_faster_te
     batch = FeedbackBatch(0.01, lambda *message: sent.append(message), clock)
     assert batch.due_in() is None
     batch.add('a', '')
-    assert sent == [(0, 'a', '')]                  # the first text never waits
+    assert sent == [(0, 'a', '', ())]              # the first text never waits
     clock.now += 0.004
     batch.add('b', 't')
     batch.add('c', '')
-    assert sent == [(0, 'a', '')]                  # held: the interval has not passed
+    assert sent == [(0, 'a', '', ())]              # held: the interval has not passed
     assert batch.due_in() == pytest.approx(0.006)
     clock.now += 0.006
     assert batch.due_in() == 0.0                   # due even if nothing else arrives
     batch.flush()
-    assert sent[1] == (1, 'bc', 't')
+    assert sent[1] == (1, 'bc', 't', ())
     clock.now += 1.0
     batch.add('d', '')                             # quiet interval: at once again
-    assert sent[2] == (2, 'd', '') and batch.sent == 3 and batch.due_in() is None
+    assert sent[2] == (2, 'd', '', ()) and batch.sent == 3 and batch.due_in() is None
 
 
 def test_feedback_batch_with_no_interval_sends_every_piece_and_skips_empty_ones():
@@ -345,4 +372,4 @@ def test_feedback_batch_with_no_interval_sends_every_piece_and_skips_empty_ones(
     for piece in ('x', '', 'y'):
         batch.add(piece, '')
     batch.flush()
-    assert sent == [(0, 'x', ''), (1, 'y', '')]
+    assert sent == [(0, 'x', '', ()), (1, 'y', '', ())]

@@ -282,7 +282,8 @@ def test_the_server_error_clears_after_recovery():
 # ---- Model ---------------------------------------------------------------------------------
 def test_a_loaded_model_is_ok_with_its_figures():
     chat = ChatFigures(served=3, failed=1, canceled=2, last_tokens_per_second=12.345,
-                       last_time_to_first_token=0.1234, goals_running=1, goals_queued=2)
+                       last_time_to_first_token=0.1234, goals_running=1, goals_queued=2,
+                       robot_tools=('navigate', 'look'))
     report = model(serving(model_loaded=True, capabilities=('completion', 'tools')), chat=chat)
     assert (report.task, report.level) == ('Model', Level.OK)
     assert report.message == 'qwen3:0.6b loaded (0.50 GiB)'
@@ -293,7 +294,7 @@ def test_a_loaded_model_is_ok_with_its_figures():
         ('expires at', 'never'), ('pull progress (%)', ''),
         ('last tokens/s', '12.3'), ('last time to first token (s)', '0.123'),
         ('chats served', '3'), ('chats failed', '1'), ('chats canceled', '2'),
-        ('goals running', '1'), ('goals queued', '2'))
+        ('goals running', '1'), ('goals queued', '2'), ('robot tools', 'navigate, look'))
 
 
 @pytest.mark.parametrize('expires_at, shown', [

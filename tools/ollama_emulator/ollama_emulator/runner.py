@@ -115,16 +115,20 @@ def scripted_pieces(script: str, messages: List[Dict], think: bool,
         for token in tokenize(f'Thinking ({level or "medium"}) about: {last_user}'):
             yield 'thinking', token
     if script == 'tooler':
-        last = messages[-1] if messages else {}
-        if last.get('role') == 'tool':
-            text = f"{last.get('name', '')} returned: {last.get('content', '')}"
-        else:
-            calls = structured.tool_calls(tools or [], last_user)
-            for call in calls:
-                yield 'tool_call', call
-            if calls:
-                return
-            text = f'No tool for: {last_user}'
+        # The exchange since the question: one step of calls per model turn, then the answer.
+        after = messages[len(messages) - next(
+            (i for i, m in enumerate(reversed(messages)) if m.get('role') == 'user'),
+            len(messages)):]
+        steps = last_user.split(';')
+        made = sum(1 for m in after if m.get('role') == 'assistant' and m.get('tool_calls'))
+        calls = structured.tool_calls(tools or [], steps[made]) if made < len(steps) else []
+        for call in calls:
+            yield 'tool_call', call
+        if calls:
+            return
+        results = [m for m in after if m.get('role') == 'tool']
+        text = ('; '.join(f"{m.get('name', '')} returned: {text_of(m)}" for m in results)
+                if results else f'No tool for: {last_user}')
     elif script == 'echo':
         text = ''.join(f"{m.get('role')}: {text_of(m)}\n" for m in messages)
     elif script in ('thinker', 'reasoner'):

@@ -17,8 +17,12 @@ format      A scripted model's answer becomes a JSON document: `{"response": <te
 tools       The `tooler` script calls every offered tool whose name appears in the last user
             message, in the order they appear, with arguments taken from `key=value` words of
             that message for the parameters the tool declares, and type defaults for the other
-            required ones. After a tool result (a last message with role `tool`) it answers
-            "<tool name> returned: <content>". Without a named tool it answers in plain text.
+            required ones; `call:<name>` calls <name> even when it is not offered (a model
+            inventing a tool), with every `key=value` word as a string argument. A message in
+            steps separated by `;` makes one model turn of calls per step: each turn after tool
+            results calls the next step's tools. When no step is left (or its step names no
+            tool) it answers from the results since the message, "<tool name> returned:
+            <content>" joined by "; ". Without a named tool it answers in plain text.
 
 The real model gets `format` as llama.cpp's `response_format` (grammar-constrained sampling).
 """
@@ -31,7 +35,9 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft7Validator
 from jsonschema.validators import validator_for
 
-_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|\S+)')
+# A value ends at white space or a comma ('place=kitchen, look'), unless quoted.
+_KEY_VALUE = re.compile(r'(\w+)=("[^"]*"|[^\s,]+)')
+_INVENTED = re.compile(r'\bcall:([A-Za-z0-9_-]+)')
 _DEFAULTS: Dict[str, Any] = {'string': '', 'integer': 0, 'number': 0, 'boolean': False,
                              'array': [], 'object': {}, 'null': None}
 
@@ -124,6 +130,11 @@ def tool_calls(tools: List[Dict[str, Any]], prompt: str) -> List[Dict[str, Any]]
         position = prompt.find(name) if name else -1
         if position >= 0:
             mentioned.append((position, function))
+    offered = {function['name'] for _, function in mentioned}
+    for invented in _INVENTED.finditer(prompt):
+        if invented.group(1) not in offered:
+            mentioned.append((invented.start(), {'name': invented.group(1), 'parameters': {
+                'properties': {key: {'type': 'string'} for key in given}}}))
     calls = []
     for _, function in sorted(mentioned, key=lambda item: item[0]):
         parameters = function.get('parameters') or {}

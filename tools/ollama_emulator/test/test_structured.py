@@ -162,3 +162,40 @@ def test_a_tool_exchange_through_the_official_client(tooler):
 def test_no_tool_named_is_a_plain_answer(tooler):
     reply = tooler.client.chat('tooler', [{'role': 'user', 'content': 'hello'}], tools=[BATTERY])
     assert (reply.message.content, reply.message.tool_calls) == ('No tool for: hello', None)
+
+
+LOOK = {'type': 'function', 'function': {
+    'name': 'look', 'description': 'Say what the camera sees.',
+    'parameters': {'type': 'object', 'properties': {}}}}
+
+
+def test_steps_separated_by_semicolons_take_one_model_turn_each(tooler):
+    """Ollama's multi-step exchange: each turn after tool results calls the next step's tools,
+    and the last answers from every result since the question."""
+    messages = [{'role': 'user', 'content': 'navigate_to place=kitchen; look'}]
+    turns = []
+    for result in ('arrived', 'a closed door'):
+        reply = tooler.client.chat('tooler', messages, tools=[NAVIGATE, LOOK])
+        (call,) = reply.message.tool_calls
+        turns.append((call.function.name, dict(call.function.arguments)))
+        messages += [reply.message, {'role': 'tool', 'content': result,
+                                     'tool_name': call.function.name}]
+    assert turns == [('navigate_to', {'place': 'kitchen'}), ('look', {})]
+    final = tooler.client.chat('tooler', messages, tools=[NAVIGATE, LOOK])
+    assert (final.message.content, final.message.tool_calls) == (
+        'navigate_to returned: arrived; look returned: a closed door', None)
+
+
+def test_a_value_ends_at_a_comma(tooler):
+    reply = tooler.client.chat('tooler', [{'role': 'user', 'content':
+                                           'navigate_to place=kitchen, speed=0.5, look'}],
+                               tools=[NAVIGATE, LOOK])
+    assert [(c.function.name, dict(c.function.arguments)) for c in reply.message.tool_calls] == [
+        ('navigate_to', {'place': 'kitchen', 'speed': 0.5}), ('look', {})]
+
+
+def test_a_model_can_invent_a_tool(tooler):
+    reply = tooler.client.chat('tooler', [{'role': 'user', 'content': 'call:fly to=moon'}],
+                               tools=[LOOK])
+    (call,) = reply.message.tool_calls
+    assert (call.function.name, dict(call.function.arguments)) == ('fly', {'to': 'moon'})

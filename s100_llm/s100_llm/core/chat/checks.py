@@ -6,8 +6,7 @@ check of the final answer against the goal's format.
 
 import json
 import math
-import re
-from typing import Any, List
+from typing import Any, Collection, List
 
 from .request import ChatRequest
 from .request import DONE_LENGTH
@@ -21,6 +20,8 @@ from .request import THINK_ON
 from ..config import ChatSettings
 from ..config import VisionSettings
 from ..images import problem as image_problem
+from ..robot_tools import MAX_TOOLS
+from ..robot_tools import TOOL_NAME
 from ..schema import DEPTH_NOTE
 from ..schema import document_problem
 from ..schema import schema_problem
@@ -33,9 +34,7 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256            # per stop string
 MAX_SESSION_ID_CHARS = 128
 MAX_CONTEXT_MESSAGES = 1000     # context[] entries (their text counts in max_prompt_chars)
-MAX_TOOLS = 64                  # tools[] and tool_results[] entries (their text counts too)
-# Ollama's function names (and what OpenAI-style tool parsers accept).
-TOOL_NAME = re.compile(r'[A-Za-z0-9_-]{1,64}')
+# tools[], tool_results[] and robot_tools[] take MAX_TOOLS entries each (their text counts too).
 MAX_TOP_LOGPROBS = 20           # Ollama refuses more (400 "top_logprobs must be between 0 and 20")
 # The longest deadline accepted (a day): a longer one is a unit mistake (e.g. milliseconds).
 MAX_DEADLINE = 86400.0
@@ -48,12 +47,14 @@ def invalid(reason: str) -> Refusal:
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
              capabilities: List[str], model: str,
-             vision: VisionSettings = VisionSettings(), think_levels: bool = False) -> None:
+             vision: VisionSettings = VisionSettings(), think_levels: bool = False,
+             robot_tools: Collection[str] = ()) -> None:
     """Raise Refusal when the goal cannot be served: INVALID_GOAL, or NO_IMAGE for the camera.
     think_levels: the model thinks in levels (engine.thinks_in_levels()).
 
     Sizes are checked first, so that no reason quotes an unbounded field; the camera frame
-    last, so that a goal's own faults are named before the view it asked for.
+    last, so that a goal's own faults are named before the view it asked for. robot_tools:
+    the names of the node's robot tools.
     """
     check_sizes(request, settings, vision)
     check_fields(request, settings, sessions, capabilities, model)
@@ -62,6 +63,7 @@ def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStor
     check_images(request, capabilities, model, vision)
     check_format(request.output_format)
     check_tools(request, sessions, capabilities, model)
+    check_robot_tools(request, robot_tools, capabilities, model)
     check_camera(request, vision)
 
 
@@ -73,8 +75,9 @@ def check_sizes(request: ChatRequest, settings: ChatSettings, vision: VisionSett
     if len(request.context) > MAX_CONTEXT_MESSAGES:
         raise invalid(f'context has {len(request.context)} messages; at most '
                       f'{MAX_CONTEXT_MESSAGES} are accepted')
-    if len(request.tools) > MAX_TOOLS or len(request.tool_results) > MAX_TOOLS:
-        raise invalid(f'tools and tool_results take at most {MAX_TOOLS} entries each')
+    if max(len(request.tools), len(request.tool_results), len(request.robot_tools)) > MAX_TOOLS:
+        raise invalid(f'tools, tool_results and robot_tools take at most {MAX_TOOLS} entries '
+                      'each')
     size = (len(request.prompt) + len(request.system_prompt) + len(request.output_format)
             + sum(len(m.get('content', '')) + len(m.get('thinking', ''))
                   for m in request.context)
@@ -226,6 +229,31 @@ def check_tools(request: ChatRequest, sessions: SessionStore, capabilities: List
         if result['name'] != pending[call_id]:
             raise invalid(f"tool_results: call {call_id} was to '{pending[call_id]}', not "
                           f"{result['name'][:70]!r}")
+
+
+def check_robot_tools(request: ChatRequest, available: Collection[str],
+                      capabilities: List[str], model: str) -> None:
+    """The goal's robot tools: the node's, each asked for once, beside the goal's own."""
+    if request.dry_run and not request.robot_tools:
+        raise invalid('dry_run needs robot_tools (it plans their calls)')
+    if not request.robot_tools:
+        return
+    if 'tools' not in capabilities:
+        raise invalid(f"model '{model}' cannot call tools (capabilities: "
+                      f"{', '.join(capabilities)}); send no robot_tools or use a model with the "
+                      '"tools" capability')
+    own = {tool['name'] for tool in request.tools}
+    seen = set()
+    for name in request.robot_tools:
+        if name not in available:
+            raise invalid(f"robot tool {name[:70]!r} is not in the node's robot_tools_file ("
+                          + (f"its tools: {', '.join(available)})" if available
+                             else 'the node has none: its robot_tools_file parameter is empty)'))
+        if name in seen:
+            raise invalid(f"robot tool '{name}' is asked for twice")
+        if name in own:
+            raise invalid(f"'{name}' is both a robot tool and one of the goal's tools")
+        seen.add(name)
 
 
 def _check_parameters(text: str, name: str) -> None:

@@ -11,6 +11,7 @@ from .confidence import Confidence
 from ..images import AnyImage
 from ..images import CompressedImage
 from ..images import RawImage
+from ..robot_tools import RobotCall
 
 # The values of Chat.Goal.think, Chat.Result.done_reason and Chat.Result.error_code, defined by
 # s100_llm_msgs/action/Chat.action; the core is ROS-free, so test_chat_logic ties these to it.
@@ -89,6 +90,9 @@ class ChatRequest:
     camera_image: Optional[AnyImage] = None
     camera_name: str = 'the camera frame'
     camera_missing: Optional[str] = None
+    # Names of the node's robot tools the model may use; dry_run: plan them, execute nothing.
+    robot_tools: List[str] = dataclasses.field(default_factory=list)
+    dry_run: bool = False
 
     @property
     def wants_logprobs(self) -> bool:
@@ -150,6 +154,8 @@ class ChatOutcome:
     tool_calls: List[ToolCall] = dataclasses.field(default_factory=list)
     # How sure the model was of its answer, when the goal asked for logprobs.
     confidence: Optional[Confidence] = None
+    # Every robot tool call the model asked for, in order, with its outcome.
+    robot_calls: List[RobotCall] = dataclasses.field(default_factory=list)
 
     @classmethod
     def unserved(cls, error_code: ErrorCode, error_message: str) -> 'ChatOutcome':

@@ -1,13 +1,15 @@
 """One goal's run, ROS-free: ChatRun prepares the goal's images, sends the session's messages
 to Ollama, streams the reply into feedback, stops at once when canceled from any thread, and
 ends in the goal's outcome (statistics, tool calls, the answer checked against the format, the
-turn kept in its session).
+turn kept in its session). A goal with robot tools takes several model turns: the robot calls
+of each (tool_loop) are executed and their results sent back, until the model answers, calls
+one of the goal's own tools, or has taken max_tool_steps turns.
 """
 
 import json
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 import uuid
 
 from .checks import format_mismatch
@@ -29,6 +31,9 @@ from .stream import ollama_think
 from .stream import ollama_tools
 from .stream import output_format
 from .stream import ThinkTagSplitter
+from .tool_loop import assistant_message
+from .tool_loop import Message
+from .tool_loop import RobotTools
 from ..config import ChatSettings
 from ..engine import ChatCanceled
 from ..engine import ChatChunk
@@ -38,6 +43,7 @@ from ..engine import OllamaEngine
 from ..engine import StreamTimeout
 from ..images import ImageProblem
 from ..images import prepare as prepare_image
+from ..robot_tools import RobotToolbox
 from ..sessions import context_budget
 from ..sessions import Prompt
 from ..sessions import SessionStore
@@ -86,7 +92,9 @@ class ChatRun:
     def __init__(self, engine: OllamaEngine, model: str, request: ChatRequest,
                  settings: ChatSettings, sessions: SessionStore, context_length: int,
                  keep_alive: float, publish: FeedbackSink, accepted_at: float,
-                 inline_think: bool = False, image_max_side: int = 1024) -> None:
+                 inline_think: bool = False, image_max_side: int = 1024,
+                 toolbox: Optional[RobotToolbox] = None,
+                 log: Callable[[str], None] = lambda line: None) -> None:
         self.engine = engine
         self.model = model
         self.request = request
@@ -98,10 +106,13 @@ class ChatRun:
         self.accepted_at = accepted_at
         self.inline_think = inline_think      # the model thinks: parse a leading <think> block
         self.image_max_side = image_max_side
+        self.toolbox = toolbox      # the node's robot tools (None: it has none)
+        self.log = log              # one line per robot call
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
         self._cancel_code = ErrorCode.NONE
         self._lock = threading.Lock()
+        self._canceled = threading.Event()     # a robot call in progress stops when set
 
     def cancel(self, reason: str, error_code: ErrorCode) -> None:
         """Close the stream now; the outcome carries error_code and the reason (the first
@@ -112,6 +123,7 @@ class ChatRun:
             self._cancel_reason = reason
             self._cancel_code = error_code
             stream = self._stream
+        self._canceled.set()
         if stream is not None:
             stream.cancel()
 
@@ -134,37 +146,32 @@ class ChatRun:
             messages[-1] = dict(messages[-1], images=images)
         fmt = output_format(request.output_format)
         outcome = ChatOutcome(error_code=ErrorCode.NONE)
-        reply = _Reply(self.inline_think,
-                       FeedbackBatch(self.settings.feedback_min_interval, self.publish), request)
-        with self._lock:
-            if self._cancel_reason:
-                return self._canceled(outcome, reply)
-            self._stream = stream = self.engine.chat(
-                self.model, messages, ollama_think(request.think),
-                ollama_options(request, self.settings), self.keep_alive,
-                self.settings.stream_timeout, output_format=fmt,
-                tools=ollama_tools(request.tools), logprobs=request.wants_logprobs,
-                top_logprobs=request.top_logprobs)
-        try:
-            final = self._read(stream, reply, outcome)
-        except ChatCanceled:
-            outcome.completion_tokens = reply.streamed
-            return self._canceled(outcome, reply)
-        except EngineError as error:
-            reply.end(outcome)
-            outcome.completion_tokens = reply.streamed
-            outcome.error_message = str(error)
-            outcome.error_code = (ErrorCode.TIMEOUT if isinstance(error, StreamTimeout)
-                                  else ErrorCode.SERVER_FAILED)
+        batch = FeedbackBatch(self.settings.feedback_min_interval, self.publish)
+        robot = (RobotTools(self.toolbox, request.robot_tools, batch.send_calls, self.log,
+                            self.settings.feedback_min_interval)
+                 if request.robot_tools and self.toolbox is not None else None)
+        ended = self._converse(messages, fmt, batch, robot, outcome)
+        if ended is None:
             return outcome
-        reply.end(outcome)
-        outcome.done_reason = DONE_LENGTH if final.done_reason == 'length' else DONE_STOP
-        _fill_stats(outcome, final)
-        if reply.calls:     # the model asked for tools: there is no answer to check yet
+        reply, final, exchange = ended
+        own_calls = [call for call in reply.calls
+                     if robot is None or call[0] in {tool['name'] for tool in request.tools}]
+        beside = [call for call in reply.calls if call not in own_calls]
+        if robot is not None and beside and request.dry_run:
+            robot.plan(0, beside)
+        elif robot is not None and beside:
+            # Robot calls beside the behaviour's: executed now; the behaviour answers its own.
+            exchange.append(assistant_message('', beside))
+            exchange.extend(robot.execute(robot.steps, beside, self._canceled))
+            if self._canceled.is_set():
+                return self._canceled_outcome(outcome)
+        if own_calls:     # the model asked for tools: there is no answer to check yet
             outcome.done_reason = DONE_TOOL_CALLS
             outcome.tool_calls = [
                 ToolCall(f'call_{uuid.uuid4().hex[:8]}', name, json.dumps(arguments))
-                for name, arguments in reply.calls]     # Ollama's client drops Ollama's ids
+                for name, arguments in own_calls]     # Ollama's client drops Ollama's ids
+            if request.dry_run:
+                return outcome      # a plan, not a turn: the session stays as it was
         else:
             mismatch = format_mismatch(outcome.text, fmt, outcome.done_reason)
             if mismatch:    # the session keeps no turn whose answer is unusable
@@ -175,8 +182,87 @@ class ChatRun:
             if fmt is not None and reply.logprobs is not None:     # name the least sure field
                 outcome.confidence = summarize(reply.logprobs, reply.keep_tokens, outcome.text)
         if request.session_id:
-            outcome.session_turns = self._commit(sent, outcome, reply, final, len(images))
+            outcome.session_turns = self._commit(sent, exchange, outcome, own_calls, final,
+                                                 len(images))
         return outcome
+
+    def _converse(self, messages: List[Message], fmt: Any, batch: FeedbackBatch,
+                  robot: Optional[RobotTools], outcome: ChatOutcome
+                  ) -> Optional[Tuple['_Reply', ChatChunk, List[Message]]]:
+        """Model turns until one answers or calls one of the goal's own tools: the robot calls
+        of the others executed and their results sent back. Returns that last turn, its final
+        chunk and the exchange before it (the turns with robot calls and their results); None
+        when the goal ended (canceled, failed, dry_run planned, max_tool_steps reached)."""
+        request = self.request
+        tools = ollama_tools(request.tools) + (robot.offers() if robot else [])
+        own = {tool['name'] for tool in request.tools}
+        exchange: List[Message] = []
+        thinking: List[str] = []
+        while True:
+            reply = _Reply(self.inline_think, batch, request)
+            final = self._turn(messages + exchange, fmt, tools, reply, outcome)
+            thinking.append(''.join(reply.thinking))
+            outcome.thinking = ''.join(thinking)   # every turn's reasoning
+            if robot is not None:
+                outcome.robot_calls = robot.calls
+            if final is None:
+                return None
+            calls = [call for call in reply.calls if call[0] not in own]
+            if robot is None or not calls or len(calls) < len(reply.calls):
+                return reply, final, exchange   # an answer, or calls for the behaviour
+            if request.dry_run:
+                robot.plan(0, calls)
+                outcome.done_reason = DONE_TOOL_CALLS
+                return None         # a plan, not a turn: the session stays as it was
+            if robot.steps + 1 >= self.settings.max_tool_steps:
+                outcome.error_message = (
+                    f'the model still called tools after {robot.steps + 1} model turns '
+                    '(max_tool_steps); not executed')
+                robot.refuse(robot.steps, calls, outcome.error_message)
+                outcome.done_reason = DONE_ERROR
+                outcome.error_code = ErrorCode.TOOL_STEPS
+                return None
+            exchange.append(assistant_message(outcome.text, calls))
+            exchange.extend(robot.execute(robot.steps, calls, self._canceled))
+            if self._canceled.is_set():
+                self._canceled_outcome(outcome)
+                return None
+            robot.steps += 1
+
+    def _turn(self, messages: List[Message], fmt: Any, tools: List[Dict[str, Any]],
+              reply: '_Reply', outcome: ChatOutcome) -> Optional[ChatChunk]:
+        """One model turn, streamed into feedback; its text in the outcome and its statistics
+        added. None when the goal ends here (canceled, or the server failed)."""
+        request = self.request
+        with self._lock:
+            if self._cancel_reason:
+                reply.end(outcome)
+                self._canceled_outcome(outcome)
+                return None
+            self._stream = stream = self.engine.chat(
+                self.model, messages, ollama_think(request.think),
+                ollama_options(request, self.settings), self.keep_alive,
+                self.settings.stream_timeout, output_format=fmt, tools=tools,
+                logprobs=request.wants_logprobs, top_logprobs=request.top_logprobs)
+        try:
+            final = self._read(stream, reply, outcome)
+        except ChatCanceled:
+            reply.end(outcome)
+            outcome.completion_tokens += reply.streamed
+            self._canceled_outcome(outcome)
+            return None
+        except EngineError as error:
+            reply.end(outcome)
+            outcome.completion_tokens += reply.streamed
+            outcome.error_message = str(error)
+            outcome.error_code = (ErrorCode.TIMEOUT if isinstance(error, StreamTimeout)
+                                  else ErrorCode.SERVER_FAILED)
+            outcome.done_reason = DONE_ERROR
+            return None
+        reply.end(outcome)
+        outcome.done_reason = DONE_LENGTH if final.done_reason == 'length' else DONE_STOP
+        _add_stats(outcome, final)
+        return final
 
     def _read(self, stream: ChatStream, reply: _Reply, outcome: ChatOutcome) -> ChatChunk:
         """Stream the reply into feedback; returns the final chunk (Ollama's statistics)."""
@@ -198,9 +284,10 @@ class ChatRun:
                 reply.take(*reply.splitter.flush())
                 return chunk
 
-    def _commit(self, sent: Prompt, outcome: ChatOutcome, reply: _Reply, final: ChatChunk,
-                images: int) -> int:
-        """Keep the turn in its session; returns the session's number of turns."""
+    def _commit(self, sent: Prompt, exchange: List[Message], outcome: ChatOutcome,
+                calls: List[Tuple[str, Dict[str, Any]]], final: ChatChunk, images: int) -> int:
+        """Keep the turn in its session (with its robot calls and their results, as they were
+        sent); returns the session's number of turns."""
         request = self.request
         if images:
             # The session keeps a note in place of the images (sent.request holds the message
@@ -208,29 +295,30 @@ class ChatRun:
             # with them.
             sent.request[-1] = dict(sent.request[-1],
                                     content=f'{request.prompt} {image_note(images)}')
+        sent.request.extend(exchange)
         return self.sessions.commit(
             request.session_id, request.system_prompt, sent, outcome.text,
-            [{'function': {'name': name, 'arguments': arguments}}
-             for name, arguments in reply.calls],
+            [{'function': {'name': name, 'arguments': arguments}} for name, arguments in calls],
             [call.call_id for call in outcome.tool_calls],
-            # Ollama's counts include the images' tokens, which the stored turn does not hold:
-            # such a turn is estimated from its text.
+            # Ollama's counts (of the last model turn, which was sent the whole exchange)
+            # include the images' tokens, which the stored turn does not hold: such a turn is
+            # estimated from its text.
             0 if images else final.prompt_eval_count, 0 if images else final.eval_count)
 
-    def _canceled(self, outcome: ChatOutcome, reply: _Reply) -> ChatOutcome:
-        reply.end(outcome)
+    def _canceled_outcome(self, outcome: ChatOutcome) -> ChatOutcome:
         ended = ChatOutcome.unserved(self._cancel_code, self._cancel_reason)
         outcome.done_reason, outcome.error_code = ended.done_reason, ended.error_code
         outcome.error_message = ended.error_message
         return outcome
 
 
-def _fill_stats(outcome: ChatOutcome, final: ChatChunk) -> None:
-    outcome.prompt_tokens = final.prompt_eval_count
-    outcome.completion_tokens = final.eval_count
-    outcome.total_duration = final.total_duration / 1e9
-    outcome.load_duration = final.load_duration / 1e9
-    outcome.prompt_eval_duration = final.prompt_eval_duration / 1e9
-    outcome.eval_duration = final.eval_duration / 1e9
-    if final.eval_duration:
-        outcome.tokens_per_second = final.eval_count / outcome.eval_duration
+def _add_stats(outcome: ChatOutcome, final: ChatChunk) -> None:
+    """Add one model turn's statistics (a goal with robot tools takes several turns)."""
+    outcome.prompt_tokens += final.prompt_eval_count
+    outcome.completion_tokens += final.eval_count
+    outcome.total_duration += final.total_duration / 1e9
+    outcome.load_duration += final.load_duration / 1e9
+    outcome.prompt_eval_duration += final.prompt_eval_duration / 1e9
+    outcome.eval_duration += final.eval_duration / 1e9
+    if outcome.eval_duration:
+        outcome.tokens_per_second = outcome.completion_tokens / outcome.eval_duration

@@ -4,8 +4,9 @@ text batched into feedback messages (FeedbackBatch).
 """
 
 import json
+import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .request import ChatRequest
 from .request import FORMAT_JSON
@@ -13,6 +14,7 @@ from .request import THINK_DEFAULT
 from .request import THINK_LEVELS
 from .request import THINK_OFF
 from ..config import ChatSettings
+from ..robot_tools import RobotCall
 
 
 def ollama_options(request: ChatRequest, settings: ChatSettings) -> Dict[str, Any]:
@@ -113,7 +115,8 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-FeedbackSink = Callable[[int, str, str], None]   # (seq, delta, thinking_delta)
+# (seq, delta, thinking_delta, robot_calls)
+FeedbackSink = Callable[[int, str, str, Sequence[RobotCall]], None]
 
 
 class FeedbackBatch:
@@ -123,7 +126,9 @@ class FeedbackBatch:
     model's tokens are never delayed. Text that follows a message within the interval is held
     and joins the next one, which is due at most `min_interval` after the last: the caller
     flushes when due_in() says so, even if the model has paused. No text is ever dropped;
-    min_interval 0 sends one message per piece of text.
+    min_interval 0 sends one message per piece of text. Robot call entries go out at once,
+    with the text held (send_calls); they may come from another thread (an action's feedback),
+    so publishing is serialized.
     """
 
     def __init__(self, min_interval: float, publish: FeedbackSink,
@@ -135,10 +140,12 @@ class FeedbackBatch:
         self._answer = ''
         self._thinking = ''
         self._last_sent: Optional[float] = None
+        self._lock = threading.Lock()
 
     def add(self, answer: str, thinking: str) -> None:
-        self._answer += answer
-        self._thinking += thinking
+        with self._lock:
+            self._answer += answer
+            self._thinking += thinking
         if self.due_in() == 0.0:
             self.flush()
 
@@ -152,8 +159,17 @@ class FeedbackBatch:
 
     def flush(self) -> None:
         """Publish the held text now, if any."""
-        if self._answer or self._thinking:
-            self.publish(self.sent, self._answer, self._thinking)
+        self._send(())
+
+    def send_calls(self, calls: Sequence[RobotCall]) -> None:
+        """Publish robot call entries now, with the held text. Any thread."""
+        self._send(calls)
+
+    def _send(self, calls: Sequence[RobotCall]) -> None:
+        with self._lock:
+            if not (calls or self._answer or self._thinking):
+                return
+            self.publish(self.sent, self._answer, self._thinking, calls)
             self.sent += 1
             self._answer = self._thinking = ''
             self._last_sent = self.clock()
