@@ -29,10 +29,11 @@ from s100_llm.core.sessions import SessionStore
 SETTINGS = ChatSettings(max_prompt_chars=100, max_tokens_limit=50)
 
 
-def refused(check, *args):
-    """The reason check(*args) refuses the goal for (INVALID_GOAL), or None when it passes."""
+def refused(check, *args, **kwargs):
+    """The reason check(*args, **kwargs) refuses the goal for (INVALID_GOAL), or None when it
+    passes."""
     try:
-        check(*args)
+        check(*args, **kwargs)
     except Refusal as refusal:
         assert refusal.code == ErrorCode.INVALID_GOAL, refusal
         return refusal.reason
@@ -204,7 +205,7 @@ def test_robot_tools_must_be_the_nodes_and_the_model_must_call_tools(fields, cap
                                                                      fragment):
     request = ChatRequest(prompt='x', **fields)
     assert fragment in refused(validate, request, SETTINGS, SessionStore(5, 5), capabilities,
-                               'm', VisionSettings(), ['navigate', 'look'])
+                               'm', VisionSettings(), robot_tools=['navigate', 'look'])
 
 
 def test_a_node_without_robot_tools_says_so():
@@ -213,7 +214,7 @@ def test_a_node_without_robot_tools_says_so():
         validate, request, SETTINGS, SessionStore(5, 5), ['tools'], 'm')
     request.dry_run = True
     assert refused(validate, request, SETTINGS, SessionStore(5, 5), ['tools'], 'm',
-                   VisionSettings(), ['look']) is None
+                   VisionSettings(), robot_tools=['look']) is None
 
 
 def test_a_tool_whose_parameters_refer_in_a_circle_or_nowhere_is_refused():
@@ -245,7 +246,7 @@ def test_a_tool_call_answered_twice_is_refused_naming_it():
 
 def think_reason(think, capabilities, levels):
     return refused(validate, ChatRequest('hello', think=think), SETTINGS, SessionStore(5, 5),
-                   capabilities, 'm', VisionSettings(), levels)
+                   capabilities, 'm', VisionSettings(), think_levels=levels)
 
 
 @pytest.mark.parametrize('think', [THINK_LOW, THINK_MEDIUM, THINK_HIGH, THINK_MAX])

@@ -47,7 +47,7 @@ def invalid(reason: str) -> Refusal:
 
 def validate(request: ChatRequest, settings: ChatSettings, sessions: SessionStore,
              capabilities: List[str], model: str,
-             vision: VisionSettings = VisionSettings(), think_levels: bool = False,
+             vision: VisionSettings = VisionSettings(), *, think_levels: bool = False,
              robot_tools: Collection[str] = ()) -> None:
     """Raise Refusal when the goal cannot be served: INVALID_GOAL, or NO_IMAGE for the camera.
     think_levels: the model thinks in levels (engine.thinks_in_levels()).
