@@ -130,7 +130,8 @@ class DiagnosticsPublisher:
             loaded_entry(loaded, state.embedding_model) if state.embedding_model else None)
 
     def _chat_figures(self) -> status.ChatFigures:
-        """The only reads of the chat action: its counters and the admission's occupancy."""
+        """The only reads of the chat action: its counters, the admission's occupancy and the
+        robot tools' names."""
         counters = self.node.chat.counters
         admission = self.node.chat.admission
         toolbox = self.node.chat.toolbox

@@ -165,7 +165,7 @@ class ContractNode(Node):
         self.chat = SimpleNamespace(
             counters=SimpleNamespace(served=4, failed=1, canceled=2, last_tokens_per_second=9.5,
                                      last_time_to_first_token=0.25),
-            admission=SimpleNamespace(running=1, waiting=3))
+            admission=SimpleNamespace(running=1, waiting=3), toolbox=None)
 
     def serving_state(self) -> ServingState:
         return self.state
