@@ -249,7 +249,14 @@ def fill_message(cls: Any, data: Any, fixed: Optional[Mapping[str, Any]] = None)
     fixed = dict(fixed or {})
     for path in fixed:
         _field_slot(cls, name, path)
-    msg = _fill(cls, data, name, '', set(fixed))
+    return set_fixed(_fill(cls, data, name, '', set(fixed)), fixed)
+
+
+def set_fixed(msg: Any, fixed: Mapping[str, Any]) -> Any:
+    """Set the fields of `fixed` (names dotted for nested fields) on msg, each value checked
+    as data is (a nested message whole, in its type's range); InterfaceProblem names the field.
+    A tools file's fixed values are checked with it at configure."""
+    name = type_name(type(msg))
     for path, value in fixed.items():
         _set_path(msg, name, path, value)
     return msg

@@ -48,6 +48,7 @@ from .interface_schema import InterfaceProblem
 from .interface_schema import message_class
 from .interface_schema import message_schema
 from .interface_schema import message_to_data
+from .interface_schema import set_fixed
 
 # An outcome with the JSON the model is sent and the reason in words ('' when it succeeded).
 CallResult = Tuple[CallOutcome, str, str]
@@ -73,11 +74,16 @@ class RosToolBackend:
     # ---- the protocol --------------------------------------------------------------------
     def parameters(self, tool: RobotTool) -> Dict[str, Any]:
         """The JSON Schema of the tool's arguments: its request, goal or message type's
-        fields minus the fixed ones. Raises InterfaceProblem when the type cannot be used."""
+        fields minus the fixed ones. Raises InterfaceProblem when the type cannot be used or
+        a fixed value does not fill its field."""
         with self._lock:
             schema = self._schemas.get(tool.name)
         if schema is None:
-            schema = message_schema(self._argument_class(tool), omit=tuple(tool.fixed))
+            argument_class = self._argument_class(tool)
+            schema = message_schema(argument_class, omit=tuple(tool.fixed))
+            # A fixed value its field does not take fails the configure, rather than every
+            # call as INVALID_ARGUMENTS (which the model would read as its own fault).
+            set_fixed(argument_class(), tool.fixed)
             with self._lock:
                 self._schemas[tool.name] = schema
         return schema
