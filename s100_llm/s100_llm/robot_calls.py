@@ -20,7 +20,8 @@ leaves call(): a robot's failure is an outcome the model is told about.
 Threads: call() runs in the chat goal's execution thread (an executor thread of the node's
 MultiThreadedExecutor) and blocks it until the call ends, waiting on a threading.Event and
 never on the executor: the clients' responses, feedback and results are taken by the other
-executor threads, in a reentrant callback group of the backend's own. `_lock` guards only the
+executor threads, in reentrant callback groups (the service clients share the backend's;
+each action client has its own, compat.action_client's). `_lock` guards only the
 client and schema caches.
 """
 
@@ -40,6 +41,7 @@ from rclpy.publisher import Publisher
 from rclpy.task import Future
 from unique_identifier_msgs.msg import UUID
 
+from . import compat
 from .core.robot_tools import CallOutcome
 from .core.robot_tools import INTERFACE_KIND
 from .core.robot_tools import RobotTool
@@ -113,7 +115,8 @@ class RosToolBackend:
             endpoints, self._endpoints = self._endpoints, {}
         for endpoint in endpoints.values():
             if isinstance(endpoint, ActionClient):
-                endpoint.destroy()      # destroy_node would leave it (rclpy keeps waitables)
+                # destroy_node would leave it (rclpy keeps waitables)
+                compat.destroy_action_client(self._node, endpoint)
             elif isinstance(endpoint, Publisher):
                 self._node.destroy_publisher(endpoint)
             else:
@@ -219,8 +222,8 @@ class RosToolBackend:
                     endpoint = self._node.create_client(interface, tool.ros_name,
                                                         callback_group=self._group)
                 elif tool.kind == 'action':
-                    endpoint = ActionClient(self._node, interface, tool.ros_name,
-                                            callback_group=self._group)
+                    # Created while the executor spins (rclpy#1589: compat).
+                    endpoint = compat.action_client(self._node, interface, tool.ros_name)
                 else:
                     endpoint = self._node.create_publisher(interface, tool.ros_name, 10)
                 self._endpoints[tool.name] = endpoint
