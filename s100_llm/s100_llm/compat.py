@@ -166,6 +166,16 @@ def destroy_action_client(node: Node, client: ActionClient) -> None:
     client.destroy()
 
 
+def forget_feedback_callback(client: ActionClient, goal_id: Any) -> None:
+    """Drop the feedback callback send_goal_async registered for the goal (a UUID message).
+
+    Humble, Jazzy, Kilted: ActionClient keeps it in `_feedback_callbacks` (goal id bytes ->
+    callback) until the goal's result is received; a goal rejected, never answered, or whose
+    result is not waited for keeps it (and what the callback holds) for the client's life.
+    """
+    client._feedback_callbacks.pop(bytes(goal_id.uuid), None)
+
+
 # ---- executors -----------------------------------------------------------------------------
 def wait_until_idle(executor: Executor, timeout: float) -> bool:
     """Wait until the executor has run every task it was given (a goal's result is sent by a

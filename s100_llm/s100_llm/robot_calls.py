@@ -185,6 +185,8 @@ class RosToolBackend:
             response = finished.result()
         finally:
             running.clear()
+            # rclpy drops it only with a result received: not for a rejected or abandoned goal.
+            compat.forget_feedback_callback(client, goal_id)
         result_json = json.dumps(message_to_data(response.result))
         if response.status == GoalStatus.STATUS_SUCCEEDED:
             return CallOutcome.SUCCEEDED, result_json, ''

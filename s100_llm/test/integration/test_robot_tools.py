@@ -498,3 +498,14 @@ def test_the_guide_shows_the_installed_tools_file():
     installed = install_prefix() / 'share' / 's100_llm' / 'config' / 'robot_tools.yaml'
     assert shown == yaml.safe_load(installed.read_text())
 
+
+def test_a_rejected_action_goal_leaves_nothing_behind_in_the_client(caller, robot):
+    # rclpy keeps a goal's feedback callback until its result is received: a goal rejected (or
+    # never answered) would keep it, with the chat goal's whole call record, for as long as
+    # the node runs (a robot that rejects goals while busy: one more per call).
+    for _ in range(3):
+        assert caller.call('navigate', {'place': FORBIDDEN})[0] == OUT.NOT_AVAILABLE
+    assert caller.call('dash', {'place': STALLED, 'max_speed': 1.0})[0] == OUT.TIMEOUT
+    assert caller.call('navigate', {'place': 'kitchen'})[0] == OUT.SUCCEEDED
+    clients = caller.backend._endpoints
+    assert [len(client._feedback_callbacks) for client in clients.values()] == [0, 0]
