@@ -10,16 +10,20 @@ installed rclpy no longer behaves as assumed here (the private name is gone or c
 the bug was fixed): then this module is the one place to change.
 """
 
+import threading
 import time
 from typing import Any, Callable, List, Tuple
 
+from rclpy.action import ActionClient
 from rclpy.action import ActionServer
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import Executor
 # The C extension (rclpy._rclpy_pybind11): the only way to name the exception it raises.
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode
+from rclpy.node import Node
 
 # What rcl failures raise (Humble, Jazzy, Kilted): defined in the C extension, with no public
 # name (ros2/rclpy#478 added it; rclpy's own modules alias it the same way).
@@ -105,6 +109,71 @@ class CancelHookActionServer(ActionServer):
         await super().execute(taken_data)
         if 'cancel' in taken_data:
             self.after_cancel()
+
+
+class _Gate(ReentrantCallbackGroup):
+    """A reentrant group whose entities an executor takes in its wait set only while open
+    (executors list a node's waitables through can_execute)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = False
+        self.passed = threading.Event()     # an executor asked after it closed
+
+    def can_execute(self, entity: Any) -> bool:
+        if not self.open:
+            self.passed.set()
+            return False
+        return super().can_execute(entity)
+
+
+# How long destroy_action_client waits for the executor's next wait set.
+GATE_WAIT = 1.0
+
+
+def action_client(node: Node, action_type: Any, name: str) -> ActionClient:
+    """An ActionClient created while the node's executor spins, which the executor takes only
+    once it is whole.
+
+    Humble, Jazzy, Kilted: ActionClient.__init__ adds itself to the node (waking the executor)
+    before it sets the `_lock` its wait-set methods take, so the executor's next pass may raise
+    AttributeError out of spin, which ends the node (ros2/rclpy#1589). Its own group keeps it
+    out of the executor's passes until the constructor has returned.
+    """
+    gate = _Gate()
+    client = ActionClient(node, action_type, name, callback_group=gate)
+    gate.open = True
+    return client
+
+
+def destroy_action_client(node: Node, client: ActionClient) -> None:
+    """Destroy an action_client() while the node's executor spins.
+
+    Humble, Jazzy, Kilted: an executor that listed the node's waitables just before the client
+    was destroyed still adds it to its wait set (it skips the client's InvalidHandle when
+    entering it, then calls add_to_wait_set anyway): RCLError "action client pointer is
+    invalid" out of spin. So the client is first left out of the executor's passes, and
+    destroyed once the executor has begun a pass without it (or GATE_WAIT passed: no executor
+    spins the node).
+    """
+    gate = client.callback_group
+    if isinstance(gate, _Gate):
+        gate.open = False
+        gate.passed.clear()
+        if node.executor is not None:
+            node.executor.wake()
+        gate.passed.wait(GATE_WAIT)
+    client.destroy()
+
+
+def forget_feedback_callback(client: ActionClient, goal_id: Any) -> None:
+    """Drop the feedback callback send_goal_async registered for the goal (a UUID message).
+
+    Humble, Jazzy, Kilted: ActionClient keeps it in `_feedback_callbacks` (goal id bytes ->
+    callback) until the goal's result is received; a goal rejected, never answered, or whose
+    result is not waited for keeps it (and what the callback holds) for the client's life.
+    """
+    client._feedback_callbacks.pop(bytes(goal_id.uuid), None)
 
 
 # ---- executors -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
+from ament_index_python import get_resource
 from rosidl_parser import definition as idl
 
 # An unbounded sequence gets this maxItems (and a bounded one at most this): without a bound a
@@ -99,6 +100,12 @@ def message_class(name: str, kind: str = 'msg') -> Any:
     if named_kind is not None and named_kind != kind:
         raise InterfaceProblem(f'{name} is a {_KIND_WORDS[named_kind]} type, not a {word} type')
     full = f'{package}/{kind}/{type_}'
+    # The name may come from any ROS client (a goal's format): only a package the ament index
+    # lists as declaring this interface is imported, so that naming some other Python package
+    # (`this`, `antigravity`) does not run its code in the node.
+    if not _declared(package, f'{kind}/{type_}'):
+        raise InterfaceProblem(f'{full} is not installed (the ament index lists no such '
+                               f'interface of a package {package})')
     try:
         module = importlib.import_module(f'{package}.{kind}')
     except ImportError as error:
@@ -108,6 +115,16 @@ def message_class(name: str, kind: str = 'msg') -> Any:
     if not isinstance(cls, type) or not all(hasattr(cls, m) for m in _MEMBERS[kind]):
         raise InterfaceProblem(f'{full} is not installed ({package} has no {word} type {type_})')
     return cls
+
+
+def _declared(package: str, interface: str) -> bool:
+    """Whether the ament index lists `interface` ('msg/Type') among the package's interfaces
+    (its rosidl_interfaces resource: 'msg/Type.idl', 'msg/Type.msg', ... one a line)."""
+    try:
+        content, _ = get_resource('rosidl_interfaces', package)
+    except LookupError:
+        return False
+    return any(line.rsplit('.', 1)[0] == interface for line in content.splitlines())
 
 
 def type_name(cls: Any) -> str:
@@ -232,7 +249,14 @@ def fill_message(cls: Any, data: Any, fixed: Optional[Mapping[str, Any]] = None)
     fixed = dict(fixed or {})
     for path in fixed:
         _field_slot(cls, name, path)
-    msg = _fill(cls, data, name, '', set(fixed))
+    return set_fixed(_fill(cls, data, name, '', set(fixed)), fixed)
+
+
+def set_fixed(msg: Any, fixed: Mapping[str, Any]) -> Any:
+    """Set the fields of `fixed` (names dotted for nested fields) on msg, each value checked
+    as data is (a nested message whole, in its type's range); InterfaceProblem names the field.
+    A tools file's fixed values are checked with it at configure."""
+    name = type_name(type(msg))
     for path, value in fixed.items():
         _set_path(msg, name, path, value)
     return msg

@@ -20,7 +20,8 @@ leaves call(): a robot's failure is an outcome the model is told about.
 Threads: call() runs in the chat goal's execution thread (an executor thread of the node's
 MultiThreadedExecutor) and blocks it until the call ends, waiting on a threading.Event and
 never on the executor: the clients' responses, feedback and results are taken by the other
-executor threads, in a reentrant callback group of the backend's own. `_lock` guards only the
+executor threads, in reentrant callback groups (the service clients share the backend's;
+each action client has its own, compat.action_client's). `_lock` guards only the
 client and schema caches.
 """
 
@@ -40,6 +41,7 @@ from rclpy.publisher import Publisher
 from rclpy.task import Future
 from unique_identifier_msgs.msg import UUID
 
+from . import compat
 from .core.robot_tools import CallOutcome
 from .core.robot_tools import INTERFACE_KIND
 from .core.robot_tools import RobotTool
@@ -48,6 +50,7 @@ from .interface_schema import InterfaceProblem
 from .interface_schema import message_class
 from .interface_schema import message_schema
 from .interface_schema import message_to_data
+from .interface_schema import set_fixed
 
 # An outcome with the JSON the model is sent and the reason in words ('' when it succeeded).
 CallResult = Tuple[CallOutcome, str, str]
@@ -73,11 +76,16 @@ class RosToolBackend:
     # ---- the protocol --------------------------------------------------------------------
     def parameters(self, tool: RobotTool) -> Dict[str, Any]:
         """The JSON Schema of the tool's arguments: its request, goal or message type's
-        fields minus the fixed ones. Raises InterfaceProblem when the type cannot be used."""
+        fields minus the fixed ones. Raises InterfaceProblem when the type cannot be used or
+        a fixed value does not fill its field."""
         with self._lock:
             schema = self._schemas.get(tool.name)
         if schema is None:
-            schema = message_schema(self._argument_class(tool), omit=tuple(tool.fixed))
+            argument_class = self._argument_class(tool)
+            schema = message_schema(argument_class, omit=tuple(tool.fixed))
+            # A fixed value its field does not take fails the configure, rather than every
+            # call as INVALID_ARGUMENTS (which the model would read as its own fault).
+            set_fixed(argument_class(), tool.fixed)
             with self._lock:
                 self._schemas[tool.name] = schema
         return schema
@@ -107,7 +115,8 @@ class RosToolBackend:
             endpoints, self._endpoints = self._endpoints, {}
         for endpoint in endpoints.values():
             if isinstance(endpoint, ActionClient):
-                endpoint.destroy()      # destroy_node would leave it (rclpy keeps waitables)
+                # destroy_node would leave it (rclpy keeps waitables)
+                compat.destroy_action_client(self._node, endpoint)
             elif isinstance(endpoint, Publisher):
                 self._node.destroy_publisher(endpoint)
             else:
@@ -176,6 +185,8 @@ class RosToolBackend:
             response = finished.result()
         finally:
             running.clear()
+            # rclpy drops it only with a result received: not for a rejected or abandoned goal.
+            compat.forget_feedback_callback(client, goal_id)
         result_json = json.dumps(message_to_data(response.result))
         if response.status == GoalStatus.STATUS_SUCCEEDED:
             return CallOutcome.SUCCEEDED, result_json, ''
@@ -213,8 +224,8 @@ class RosToolBackend:
                     endpoint = self._node.create_client(interface, tool.ros_name,
                                                         callback_group=self._group)
                 elif tool.kind == 'action':
-                    endpoint = ActionClient(self._node, interface, tool.ros_name,
-                                            callback_group=self._group)
+                    # Created while the executor spins (rclpy#1589: compat).
+                    endpoint = compat.action_client(self._node, interface, tool.ros_name)
                 else:
                     endpoint = self._node.create_publisher(interface, tool.ros_name, 10)
                 self._endpoints[tool.name] = endpoint

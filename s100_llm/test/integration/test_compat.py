@@ -24,6 +24,7 @@ import ast
 import inspect
 import os
 import pathlib
+import threading
 import time
 from typing import Any, Callable, Iterator, List, Set, Tuple
 
@@ -34,6 +35,7 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.action import CancelResponse
 from rclpy.action.server import ServerGoalHandle
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode
 from rclpy.node import Node
@@ -389,3 +391,35 @@ def test_wait_until_idle_reads_the_executor_tasks(executor: SingleThreadedExecut
     release.set_result(None)
     spin_until(executor, task.done, 'the task done')
     assert compat.wait_until_idle(executor, WAIT)
+
+
+def test_action_clients_made_and_destroyed_while_the_executor_spins_rclpy_1589(
+        context: rclpy.Context) -> None:
+    # A robot tool's action client is made at its first call and destroyed at cleanup, while
+    # the node's executor spins (here kept busy by a timer, as the node's are): plain
+    # ActionClient() and destroy() end spin with AttributeError '_lock' (rclpy#1589) or
+    # RCLError 'action client pointer is invalid' within a few rounds.
+    node = Node('compat_action_clients', context=context)
+    node.create_timer(0.0005, lambda: None)
+    executor = MultiThreadedExecutor(context=context)
+    executor.add_node(node)
+    errors: List[BaseException] = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except BaseException as error:
+            errors.append(error)
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            client = compat.action_client(node, Chat, '/compat_gate')
+            compat.destroy_action_client(node, client)
+            assert not errors, errors
+        assert not any(isinstance(w, ActionClient) for w in node.waitables)
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        thread.join(timeout=WAIT)
+        node.destroy_node()
+    assert not errors, errors

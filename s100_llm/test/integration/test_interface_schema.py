@@ -278,3 +278,20 @@ def test_message_to_data_makes_arrays_and_bytes_jsonable() -> None:
     assert json.loads(json.dumps(message_to_data(blob)))['data'] == [1, 2]
     assert message_to_data(Duration(sec=1, nanosec=2)) == {'sec': 1, 'nanosec': 2}
     assert message_to_data(Header())['frame_id'] == ''
+
+
+def test_message_class_imports_no_package_that_declares_no_interfaces(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A goal's format comes from any ROS client: naming a Python package that is not an
+    # interface package (`this/msg/Zen` printed the Zen of Python into the node's log,
+    # `antigravity/msg/X` started a web browser) must not run that package's code.
+    package = tmp_path / 'side_effect_pkg'
+    (package / 'msg').mkdir(parents=True)
+    ran = tmp_path / 'ran'
+    (package / '__init__.py').write_text(f'open({str(ran)!r}, "w").close()\n')
+    (package / 'msg' / '__init__.py').write_text('')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(InterfaceProblem) as raised:
+        message_class('side_effect_pkg/msg/Thing')
+    assert 'side_effect_pkg/msg/Thing is not installed' in str(raised.value)
+    assert not ran.exists()

@@ -32,7 +32,9 @@ from harness import assert_aborted
 from harness import install_prefix
 from harness import NodeProcess
 from harness import wait_for
+from s100_llm.core.robot_tools import robot_toolbox
 from s100_llm.core.robot_tools import RobotTool
+from s100_llm.core.robot_tools import RobotToolsProblem
 from s100_llm.robot_calls import RosToolBackend
 
 # Navigate goals to this place abort; to FAR they drive (with feedback) until canceled.
@@ -231,6 +233,27 @@ def test_the_backend_derives_the_parameters_without_the_fixed_fields(caller):
     assert (list(schema['properties']), schema['required'], schema['additionalProperties']) == (
         ['place'], ['place'], False)
     assert schema['properties']['place']['type'] == 'string'
+
+
+@pytest.mark.parametrize('interface_type, fixed, problem', [
+    ('s100_llm_demo_interfaces/action/Navigate', {'max_speed': 'fast'},
+     'field max_speed must be a number, not a string'),
+    # A nested mapping fixes the whole message (a dotted name fixes one field of it).
+    ('geometry_msgs/msg/PoseStamped', {'header': {'frame_id': 'map'}},
+     'field header lacks field stamp'),
+    # Fields of an array's items are the model's to fill: none of them can be fixed.
+    ('geometry_msgs/msg/PoseArray', {'poses.position': {'x': 0.0, 'y': 0.0, 'z': 0.0}},
+     'no message field poses for the fixed field poses.position'),
+])
+def test_a_fixed_value_that_does_not_fill_its_field_fails_at_configure(
+        caller, interface_type, fixed, problem):
+    # Found at configure, not at each call as INVALID_ARGUMENTS the model is blamed for.
+    kind = {'msg': 'topic', 'action': 'action'}[interface_type.split('/')[1]]
+    tool = RobotTool(name='tool', description='d', kind=kind, ros_name='/t_fixed',
+                     interface_type=interface_type, fixed=fixed)
+    with pytest.raises(RobotToolsProblem) as raised:
+        robot_toolbox({'tool': tool}, caller.backend)
+    assert problem in str(raised.value)
 
 
 def test_the_backend_calls_a_service_an_action_and_a_topic(caller, robot):
@@ -474,3 +497,15 @@ def test_the_guide_shows_the_installed_tools_file():
     shown = yaml.safe_load(re.search(r'^```yaml\n(.*?)^```', guide, re.M | re.S).group(1))
     installed = install_prefix() / 'share' / 's100_llm' / 'config' / 'robot_tools.yaml'
     assert shown == yaml.safe_load(installed.read_text())
+
+
+def test_a_rejected_action_goal_leaves_nothing_behind_in_the_client(caller, robot):
+    # rclpy keeps a goal's feedback callback until its result is received: a goal rejected (or
+    # never answered) would keep it, with the chat goal's whole call record, for as long as
+    # the node runs (a robot that rejects goals while busy: one more per call).
+    for _ in range(3):
+        assert caller.call('navigate', {'place': FORBIDDEN})[0] == OUT.NOT_AVAILABLE
+    assert caller.call('dash', {'place': STALLED, 'max_speed': 1.0})[0] == OUT.TIMEOUT
+    assert caller.call('navigate', {'place': 'kitchen'})[0] == OUT.SUCCEEDED
+    clients = caller.backend._endpoints
+    assert [len(client._feedback_callbacks) for client in clients.values()] == [0, 0]

@@ -106,3 +106,15 @@ def test_a_result_too_long_for_the_model_is_not_sent():
                             f'{MAX_RESULT_CHARS} a tool result may have: it is not sent to the '
                             'model')
     assert result['content'] == f'FAILED: {call.message}'
+
+
+def test_feedback_too_long_for_a_tool_result_goes_out_as_a_note():
+    # The bound of a result holds for an action's feedback too: each one is published to the
+    # chat goal's clients (a path or a map in the feedback would go out several times a second).
+    huge = '"' + 'x' * MAX_RESULT_CHARS + '"'
+    tools, _, sent, _ = tools_with([(100.0, huge), (100.1, huge)])
+    tools.execute(0, [('navigate', {'place': 'dock'})], threading.Event())
+    progress = [entry for entry in sent if entry.outcome == CallOutcome.PROGRESS]
+    assert [(entry.result_json, entry.message) for entry in progress] == [
+        ('', f'the feedback has {MAX_RESULT_CHARS + 2} characters, more than the '
+             f'{MAX_RESULT_CHARS} a tool result may have: it is not sent')] * 2

@@ -158,7 +158,13 @@ class _Progress:
                 self._send(self._held)
 
     def _send(self, feedback_json: str) -> None:
-        self.tools.send([RobotCall(*self.entry, CallOutcome.PROGRESS, feedback_json)])
+        message = ''
+        if len(feedback_json) > MAX_RESULT_CHARS:   # published to every client of the goal
+            feedback_json, message = '', (
+                f'the feedback has {len(feedback_json)} characters, more than the '
+                f'{MAX_RESULT_CHARS} a tool result may have: it is not sent')
+        self.tools.send([RobotCall(*self.entry, CallOutcome.PROGRESS, feedback_json,
+                                   message)])
 
 
 def assistant_message(text: str, calls: Sequence[ModelCall]) -> Message:
