@@ -15,6 +15,7 @@ types nested deeper than MAX_DEPTH and schemas longer than MAX_SCHEMA_CHARS.
 import array
 import importlib
 import json
+import math
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
@@ -415,10 +416,12 @@ def _jsonable(value: Any) -> Any:
         return {key: _jsonable(item) for key, item in value.items()}
     if isinstance(value, bytes):
         return value[0] if len(value) == 1 else list(value)
-    if isinstance(value, array.array):
-        return value.tolist()
-    if hasattr(value, 'tolist'):  # numpy arrays (fixed-size arrays) and numpy scalars
-        return value.tolist()
+    if isinstance(value, array.array) or hasattr(value, 'tolist'):
+        # array.array, numpy arrays (fixed-size arrays) and numpy scalars; their floats too
+        return _jsonable(value.tolist())
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN or infinity (json.dumps would write NaN, which strict parsers refuse)
+        return 'NaN' if math.isnan(value) else ('Infinity' if value > 0 else '-Infinity')
     return value

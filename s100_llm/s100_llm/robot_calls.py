@@ -257,7 +257,8 @@ def _wait_future(future: Future, deadline: float, canceled: Optional[threading.E
 
 def _ended_early(tool: RobotTool, canceled: threading.Event, when: str) -> CallResult:
     if canceled.is_set():
-        return CallOutcome.CANCELED, '', f'the chat goal was canceled {when}'
+        # canceled, preempted, past its deadline or the node stopping: the goal's error_code says
+        return CallOutcome.CANCELED, '', f'the chat goal stopped {when}'
     return (CallOutcome.TIMEOUT, '',
             f"action '{tool.ros_name}' did not finish within {tool.timeout:g} s ({when})")
 

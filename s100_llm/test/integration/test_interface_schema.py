@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 from typing import Any, Dict
 
 from builtin_interfaces.msg import Duration
@@ -278,6 +279,15 @@ def test_message_to_data_makes_arrays_and_bytes_jsonable() -> None:
     assert json.loads(json.dumps(message_to_data(blob)))['data'] == [1, 2]
     assert message_to_data(Duration(sec=1, nanosec=2)) == {'sec': 1, 'nanosec': 2}
     assert message_to_data(Header())['frame_id'] == ''
+
+
+def test_message_to_data_writes_no_nan_or_infinity() -> None:
+    # A tool's response goes into result_json: NaN is not JSON, and strict parsers (C++,
+    # JavaScript) refuse a document with it.
+    covariance = [math.nan, math.inf, -math.inf] + [0.5] * 33
+    text = json.dumps(message_to_data(PoseWithCovariance(covariance=covariance)),
+                      allow_nan=False)
+    assert json.loads(text)['covariance'][:4] == ['NaN', 'Infinity', '-Infinity', 0.5]
 
 
 def test_message_class_imports_no_package_that_declares_no_interfaces(
