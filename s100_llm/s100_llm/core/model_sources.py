@@ -200,22 +200,30 @@ class ImportRecords:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             data = {}
-        self.models: Dict[str, str] = dict(data.get('models') or {})
-        self.hashes: Dict[str, List[Any]] = dict(data.get('hashes') or {})
+        # A damaged or foreign file loses the entries that are not of the shape written here
+        # (it is a cache: a lost entry means one more import or hash, never a failure).
+        data = data if isinstance(data, dict) else {}
+        models, hashes = data.get('models'), data.get('hashes')
+        self.models: Dict[str, str] = {
+            name: digest for name, digest in (models if isinstance(models, dict) else {}).items()
+            if isinstance(digest, str)}
+        self.hashes: Dict[str, List[Any]] = {
+            path: entry for path, entry in (hashes if isinstance(hashes, dict) else {}).items()
+            if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str)}
         self._dirty = False
 
     def file_digest(self, path: str) -> str:
         """sha256 hex of a file's bytes, from the cache when its size and mtime match."""
         real = os.path.realpath(path)
-        stat = os.stat(real)
+        info = os.stat(real)
         cached = self.hashes.get(real)
-        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+        if cached and cached[0] == info.st_size and cached[1] == info.st_mtime_ns:
             return str(cached[2])
         digest = hashlib.sha256()
         with open(real, 'rb') as handle:
             for piece in iter(lambda: handle.read(1 << 20), b''):
                 digest.update(piece)
-        self.hashes[real] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        self.hashes[real] = [info.st_size, info.st_mtime_ns, digest.hexdigest()]
         self._dirty = True
         return digest.hexdigest()
 

@@ -1,5 +1,8 @@
 """core/model_sources.py: the Modelfile grammar and how sources are resolved."""
 
+import hashlib
+import os
+
 import pytest
 
 from s100_llm.core import model_sources as models
@@ -63,3 +66,17 @@ def test_unusable_sources_are_named(tmp_path):
         models.resolve_source(str(tmp_path / 'empty'))
     with pytest.raises(models.SourceError, match='names an installed model'):
         models.resolve_source(str(tmp_path / 'Modelfile'))
+
+
+@pytest.mark.parametrize('content', [
+    'null', '[1]', '{"models": 5, "hashes": []}', '{"models": {"m:latest": 1}}',
+    '{"hashes": {"PATH": 5}}', '{"hashes": {"PATH": [1]}}'])
+def test_a_damaged_record_file_is_read_as_empty_entries(tmp_path, content):
+    weights = tmp_path / 'w.gguf'
+    weights.write_bytes(b'GGUF' + b'\0' * 8)
+    record = tmp_path / 'models' / models.RECORD_DIR / models.RECORD_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text(content.replace('PATH', str(weights)))
+    records = models.ImportRecords(str(tmp_path / 'models'))
+    assert records.imported_from('m') == ''
+    assert records.file_digest(str(weights)) == hashlib.sha256(weights.read_bytes()).hexdigest()
