@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 from typing import Any, Dict, List, Optional, Tuple
 
 from .engine import canonical_name
@@ -134,32 +135,46 @@ class Source:
         return sum(os.path.getsize(path) for path in self.files.values())
 
 
-def resolve_source(source: str) -> Source:
-    """What to upload for `source`; ModelProblem 'invalid' naming why it cannot be used."""
+def resolve_source(source: str, modelfile_allowed: bool = True) -> Source:
+    """What to upload for `source`; SourceError naming why it cannot be used. A Modelfile's
+    FROM is resolved with modelfile_allowed False: it names weights (Ollama's FROM takes no
+    Modelfile), so a FROM naming another Modelfile, or itself, is refused, not followed."""
     path = os.path.abspath(os.path.expanduser(source))
     if os.path.isdir(path):
         return Source('safetensors', _safetensors_files(path), Modelfile(source=path))
     try:
-        with open(path, 'rb') as handle:
-            head = handle.read(4)
+        raw = _read_regular(path, source, 1024 * 1024 + 1)  # a Modelfile is small
     except OSError as error:
         raise SourceError(f"model_source '{source}' cannot be read: "
                           f'{error.strerror}') from None
-    if head == GGUF_MAGIC:
+    if raw[:4] == GGUF_MAGIC:
         return Source('gguf', {os.path.basename(path): path}, Modelfile(source=path))
-    modelfile = _read_modelfile(path, source)
+    if not modelfile_allowed:
+        raise SourceError(f"model_source '{source}' is not a GGUF file (no GGUF magic): a "
+                          "Modelfile's FROM names weights, not another Modelfile")
+    modelfile = _parse_modelfile_bytes(raw, path, source)
     if not os.path.isabs(modelfile.source):
         raise SourceError(f"Modelfile '{source}': FROM {modelfile.source} names an "
                           'installed model, not a local file: importing needs '
                           'weights to upload')
-    inner = resolve_source(modelfile.source)
+    inner = resolve_source(modelfile.source, modelfile_allowed=False)
     return Source(inner.kind, inner.files, modelfile)
 
 
-def _read_modelfile(path: str, source: str) -> Modelfile:
+def _read_regular(path: str, source: str, limit: int) -> bytes:
+    """The first `limit` bytes of a regular file. Opened without blocking and checked before
+    reading: a FIFO would block the open (or the read) until some writer came, a device
+    (/dev/zero) is no model file."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, 'rb') as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise SourceError(f"model_source '{source}' is not a model: neither a regular "
+                              'file nor a directory (a FIFO, a device or a socket)')
+        return handle.read(limit)
+
+
+def _parse_modelfile_bytes(raw: bytes, path: str, source: str) -> Modelfile:
     try:
-        with open(path, 'rb') as handle:
-            raw = handle.read(1024 * 1024 + 1)   # a Modelfile is small; a big file is not one
         if len(raw) > 1024 * 1024:
             raise ValueError('too large')
         text = raw.decode('utf-8')

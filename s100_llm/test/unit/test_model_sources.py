@@ -68,6 +68,25 @@ def test_unusable_sources_are_named(tmp_path):
         models.resolve_source(str(tmp_path / 'Modelfile'))
 
 
+def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
+    # A FIFO with no writer would block open() for ever (the serving lock or the pull slot
+    # held); the test's own timeout is the liveness bound.
+    os.mkfifo(tmp_path / 'fifo')
+    (tmp_path / 'Modelfile').write_text('FROM ./fifo\n')
+    for source in (tmp_path / 'fifo', tmp_path / 'Modelfile', '/dev/zero'):
+        with pytest.raises(models.SourceError, match='neither a regular file nor a directory'):
+            models.resolve_source(str(source))
+
+
+def test_a_modelfile_from_a_modelfile_is_refused_not_followed(tmp_path):
+    (tmp_path / 'self').write_text('FROM ./self\n')
+    (tmp_path / 'a').write_text('FROM ./b\n')
+    (tmp_path / 'b').write_text('FROM ./a\n')
+    for source in ('self', 'a'):
+        with pytest.raises(models.SourceError, match='names weights, not another Modelfile'):
+            models.resolve_source(str(tmp_path / source))
+
+
 @pytest.mark.parametrize('content', [
     'null', '[1]', '{"models": 5, "hashes": []}', '{"models": {"m:latest": 1}}',
     '{"hashes": {"PATH": 5}}', '{"hashes": {"PATH": [1]}}'])
