@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import stat
+import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from .engine import canonical_name
@@ -267,14 +268,24 @@ class ImportRecords:
         self._dirty = True
 
     def save(self) -> None:
-        """Write the file if anything changed (atomically: a crash leaves the old one)."""
+        """Write the file if anything changed (atomically: a crash leaves the old one). The
+        temporary file is a new one of this call's (never a file found there, which may be a
+        symlink or another writer's) and is removed when the write fails (a full disk), so
+        nothing partial stays; the OSError is raised."""
         if not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + '.tmp')
-        temporary.write_text(json.dumps({'models': self.models, 'hashes': self.hashes},
-                                        indent=1, sort_keys=True))
-        os.replace(temporary, self.path)
+        text = json.dumps({'models': self.models, 'hashes': self.hashes}, indent=1,
+                          sort_keys=True)
+        with tempfile.NamedTemporaryFile('w', dir=self.path.parent, prefix=RECORD_FILE,
+                                         suffix='.tmp', delete=False) as temporary:
+            try:
+                temporary.write(text)
+                temporary.close()
+                os.replace(temporary.name, self.path)
+            except BaseException:
+                os.unlink(temporary.name)
+                raise
         self._dirty = False
 
 

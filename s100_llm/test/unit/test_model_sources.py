@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import resource
+import signal
 
 import pytest
 
@@ -99,3 +101,22 @@ def test_a_damaged_record_file_is_read_as_empty_entries(tmp_path, content):
     records = models.ImportRecords(str(tmp_path / 'models'))
     assert records.imported_from('m') == ''
     assert records.file_digest(str(weights)) == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_a_record_file_that_cannot_be_written_leaves_no_partial_file(tmp_path):
+    # A full disk (the import just filled it), as a file size limit: the write fails part way.
+    records = models.ImportRecords(str(tmp_path))
+    records.record('m', 'a' * 64)
+    records.hashes.update({f'/weights/{index}': [1, 2, 'b' * 64] for index in range(100)})
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            records.save()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert os.listdir(tmp_path / models.RECORD_DIR) == []
+    records.save()      # the next save writes it
+    assert models.ImportRecords(str(tmp_path)).imported_from('m') == 'a' * 64
