@@ -309,8 +309,12 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     except SourceError as error:
         raise ModelProblem(INVALID, str(error)) from None
     quantize = quantize.strip()
-    digests = {file: 'sha256:' + records.file_digest(path)
-               for file, path in resolved.files.items()}
+    try:
+        digests = {file: 'sha256:' + records.file_digest(path)
+                   for file, path in resolved.files.items()}
+    except OSError as error:    # a file the node may not read, or gone since resolve_source
+        raise ModelProblem(INVALID, f"model_source '{source}': {error.filename} cannot be "
+                                    f'read: {error.strerror}') from None
     missing = {file: path for file, path in resolved.files.items()
                if not engine.has_blob(digests[file])}
     upload = sum(os.path.getsize(path) for path in missing.values())

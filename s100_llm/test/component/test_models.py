@@ -193,6 +193,26 @@ def test_a_file_that_is_no_model_is_named(engine, tmp_path):
                             nothing, threading.Event())
 
 
+def test_a_source_file_the_node_may_not_read_is_invalid(engine, tmp_path, monkeypatch):
+    # The node runs as root in the tests: a file of another user's is denied by hand.
+    tuned = tmp_path / 'tuned'
+    tuned.mkdir()
+    (tuned / 'config.json').write_text('{}')
+    (tuned / 'model.safetensors').write_bytes(b'\0' * 16)
+    real_open = open
+
+    def denying_open(path, *args, **kwargs):
+        if str(path).endswith('model.safetensors'):
+            raise PermissionError(13, 'Permission denied', str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr('builtins.open', denying_open)
+    with pytest.raises(models.ModelProblem, match='model.safetensors cannot be read: '
+                                                  'Permission denied') as caught:
+        models.import_model(engine, 'x', str(tuned), '', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'invalid'
+
+
 def test_quantizing_a_quantized_gguf_is_refused_with_ollamas_message(engine):
     with pytest.raises(models.ModelProblem,
                        match='quantization is only supported for F16, BF16 and F32 models'
