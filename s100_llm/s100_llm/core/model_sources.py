@@ -15,9 +15,11 @@ import os
 import pathlib
 import stat
 import tempfile
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from .engine import canonical_name
+from .engine import OperationCanceled
 
 # The files of a safetensors model directory that Ollama's CLI uploads for `ollama create`
 # (parser/parser.go filesForModel): the weights (model*.safetensors, else
@@ -228,8 +230,10 @@ class ImportRecords:
             if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str)}
         self._dirty = False
 
-    def file_digest(self, path: str) -> str:
-        """sha256 hex of a file's bytes, from the cache when its size and mtime match."""
+    def file_digest(self, path: str, canceled: Optional[threading.Event] = None) -> str:
+        """sha256 hex of a file's bytes, from the cache when its size and mtime match. Reading
+        a multi-GB file takes seconds to minutes: `canceled` is checked after each MiB
+        (OperationCanceled)."""
         real = os.path.realpath(path)
         info = os.stat(real)
         cached = self.hashes.get(real)
@@ -238,6 +242,8 @@ class ImportRecords:
         digest = hashlib.sha256()
         with open(real, 'rb') as handle:
             for piece in iter(lambda: handle.read(1 << 20), b''):
+                if canceled is not None and canceled.is_set():
+                    raise OperationCanceled(f"reading '{path}' canceled")
                 digest.update(piece)
         self.hashes[real] = [info.st_size, info.st_mtime_ns, digest.hexdigest()]
         self._dirty = True

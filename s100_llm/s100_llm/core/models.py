@@ -310,8 +310,10 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
         raise ModelProblem(INVALID, str(error)) from None
     quantize = quantize.strip()
     try:
-        digests = {file: 'sha256:' + records.file_digest(path)
+        digests = {file: 'sha256:' + records.file_digest(path, canceled)
                    for file, path in resolved.files.items()}
+    except OperationCanceled:
+        raise ModelProblem(CANCELED, f"import of '{name}' canceled") from None
     except OSError as error:    # a file the node may not read, or gone since resolve_source
         raise ModelProblem(INVALID, f"model_source '{source}': {error.filename} cannot be "
                                     f'read: {error.strerror}') from None

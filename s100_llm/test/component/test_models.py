@@ -213,6 +213,22 @@ def test_a_source_file_the_node_may_not_read_is_invalid(engine, tmp_path, monkey
     assert caught.value.code == 'invalid'
 
 
+def test_a_cancel_stops_the_import_while_it_reads_the_source(engine, tmp_path, monkeypatch):
+    # Hashing a multi-GB source takes minutes on the robot: a cancel (or the node's cleanup)
+    # takes effect there too, before anything is sent to the server.
+    source = tmp_path / 'big.gguf'
+    source.write_bytes(b'GGUF' + b'\0' * (3 << 20))
+    monkeypatch.setattr(engine, 'has_blob', lambda digest: pytest.fail('the server was asked'))
+    canceled = threading.Event()
+    canceled.set()
+    records = models.ImportRecords(engine.models_dir)
+    with pytest.raises(models.ModelProblem, match='canceled') as caught:
+        models.import_model(engine, 'x', str(source), '', engine.models_dir, nothing,
+                            canceled, records)
+    assert caught.value.code == 'canceled'
+    assert records.hashes == {}     # not read to its end
+
+
 def test_quantizing_a_quantized_gguf_is_refused_with_ollamas_message(engine):
     with pytest.raises(models.ModelProblem,
                        match='quantization is only supported for F16, BF16 and F32 models'
