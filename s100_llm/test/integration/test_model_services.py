@@ -141,6 +141,11 @@ def test_delete_frees_a_model_and_refuses_the_served_ones_and_unknown_names(acti
              "'echo:latest' is the node's model: set model to another model and activate "
              'again first'),
             ('echo', DeleteModel.Response.IN_USE, "'echo' is the node's model"),
+            # Other spellings Ollama resolves to the served model (it would delete it).
+            ('ECHO', DeleteModel.Response.IN_USE, "'ECHO' is the node's model"),
+            ('library/echo', DeleteModel.Response.IN_USE, "is the node's model"),
+            ('registry.ollama.ai/library/echo:latest', DeleteModel.Response.IN_USE,
+             "is the node's model"),
             (EMBEDDER, DeleteModel.Response.IN_USE,
              f"'{EMBEDDER}' is the node's embedding_model: set embedding_model to another "
              'model and configure again first'),
