@@ -229,6 +229,30 @@ def test_a_cancel_stops_the_import_while_it_reads_the_source(engine, tmp_path, m
     assert records.hashes == {}     # not read to its end
 
 
+def test_a_finished_import_leaves_a_concurrent_pulls_files_alone(start, tmp_path):
+    # Activate's pull (or an operator's) may start while an import uploads: the blobs that
+    # pull writes are new and not yet referenced by a manifest, and not the import's to remove.
+    engine = start('OLLAMA_EMULATOR_PULL_RATE=4194304')     # smollm2:135m takes 24 s
+    writing = threading.Event()
+    outcome = []
+    puller = threading.Thread(target=lambda: outcome.append(models.pull_model(
+        engine, 'smollm2:135m', engine.models_dir,
+        lambda status, done, total: done and writing.set(), threading.Event())))
+
+    def uploading(status: str, done: int, total: int) -> None:
+        if not puller.is_alive() and not writing.is_set():
+            puller.start()
+            assert writing.wait(60)     # the pull's first bytes are on disk
+    weights = tmp_path / 'f16.gguf'
+    weights.write_bytes(gguf_bytes(1))
+    try:
+        models.import_model(engine, 'mine', str(weights), 'q8_0', engine.models_dir,
+                            uploading, threading.Event())
+    finally:
+        puller.join(120)
+    assert outcome and outcome[0].name == 'smollm2:135m'
+
+
 def test_quantizing_a_quantized_gguf_is_refused_with_ollamas_message(engine):
     with pytest.raises(models.ModelProblem,
                        match='quantization is only supported for F16, BF16 and F32 models'
