@@ -249,12 +249,13 @@ class ImportRecords:
         self._dirty = True
         return digest.hexdigest()
 
-    def source_digest(self, source: str, quantize: str = '') -> str:
+    def source_digest(self, source: str, quantize: str = '',
+                      canceled: Optional[threading.Event] = None) -> str:
         """The content of a source: the sha256 over its files' names and digests, the
-        Modelfile's instructions and the quantization."""
+        Modelfile's instructions and the quantization (canceled: as file_digest's)."""
         resolved = resolve_source(source)
         summary = {'kind': resolved.kind, 'quantize': quantize.strip().lower(),
-                   'files': {file: self.file_digest(path)
+                   'files': {file: self.file_digest(path, canceled)
                              for file, path in sorted(resolved.files.items())},
                    'template': resolved.modelfile.template,
                    'system': resolved.modelfile.system,
