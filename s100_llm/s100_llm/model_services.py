@@ -16,6 +16,7 @@ shutdown and exit call abort(): the running pull stops (what it wrote is removed
 server goes away.
 """
 
+import os
 import threading
 import time
 import traceback
@@ -216,6 +217,10 @@ class ModelServices:
             return (PullModel.Result.INVALID_GOAL,
                     'quantize needs a source (local F16/F32 weights): a registry model is '
                     'stored as published')
+        if goal.source and not os.path.isabs(os.path.expanduser(goal.source)):
+            return (PullModel.Result.INVALID_GOAL,
+                    f"source '{goal.source}' is a relative path: give it absolute (a path on the "
+                    "node's machine; the node's working directory is not the caller's)")
         what = f"import '{goal.source}' as '{name}'" if goal.source else f"pull '{name}'"
         if goal.quantize:
             what += f' quantized to {goal.quantize}'

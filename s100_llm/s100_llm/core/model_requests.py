@@ -24,12 +24,23 @@ def not_serving_reason(state: ServingState) -> str:
     return ''
 
 
+def model_key(name: str) -> str:
+    """The model a name denotes, as Ollama resolves it (types/model/name.go): the tag completed
+    with latest, the host and namespace with registry.ollama.ai/library, and case folded (its
+    manifest paths are lower case), so 'SmolLM2' and 'registry.ollama.ai/library/smollm2:latest'
+    are the model 'smollm2'."""
+    path, _, last = canonical_name(name.strip()).rpartition('/')
+    parts = path.split('/') if path else []
+    parts = ['registry.ollama.ai', 'library'][:max(2 - len(parts), 0)] + parts
+    return '/'.join(parts + [last]).lower()
+
+
 def served_as(name: str, state: ServingState) -> str:
     """'model' or 'embedding_model' when the node serves the model as that parameter, else ''
-    (names compared as Ollama does: a missing tag is 'latest')."""
-    wanted = canonical_name(name)
+    (names compared as Ollama resolves them: model_key)."""
+    wanted = model_key(name)
     for served, parameter in ((state.model, 'model'), (state.embedding_model, 'embedding_model')):
-        if served and canonical_name(served) == wanted:
+        if served and model_key(served) == wanted:
             return parameter
     return ''
 

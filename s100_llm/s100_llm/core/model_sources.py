@@ -13,9 +13,13 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
+import tempfile
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from .engine import canonical_name
+from .engine import OperationCanceled
 
 # The files of a safetensors model directory that Ollama's CLI uploads for `ollama create`
 # (parser/parser.go filesForModel): the weights (model*.safetensors, else
@@ -134,32 +138,46 @@ class Source:
         return sum(os.path.getsize(path) for path in self.files.values())
 
 
-def resolve_source(source: str) -> Source:
-    """What to upload for `source`; ModelProblem 'invalid' naming why it cannot be used."""
+def resolve_source(source: str, modelfile_allowed: bool = True) -> Source:
+    """What to upload for `source`; SourceError naming why it cannot be used. A Modelfile's
+    FROM is resolved with modelfile_allowed False: it names weights (Ollama's FROM takes no
+    Modelfile), so a FROM naming another Modelfile, or itself, is refused, not followed."""
     path = os.path.abspath(os.path.expanduser(source))
     if os.path.isdir(path):
         return Source('safetensors', _safetensors_files(path), Modelfile(source=path))
     try:
-        with open(path, 'rb') as handle:
-            head = handle.read(4)
+        raw = _read_regular(path, source, 1024 * 1024 + 1)  # a Modelfile is small
     except OSError as error:
         raise SourceError(f"model_source '{source}' cannot be read: "
                           f'{error.strerror}') from None
-    if head == GGUF_MAGIC:
+    if raw[:4] == GGUF_MAGIC:
         return Source('gguf', {os.path.basename(path): path}, Modelfile(source=path))
-    modelfile = _read_modelfile(path, source)
+    if not modelfile_allowed:
+        raise SourceError(f"model_source '{source}' is not a GGUF file (no GGUF magic): a "
+                          "Modelfile's FROM names weights, not another Modelfile")
+    modelfile = _parse_modelfile_bytes(raw, path, source)
     if not os.path.isabs(modelfile.source):
         raise SourceError(f"Modelfile '{source}': FROM {modelfile.source} names an "
                           'installed model, not a local file: importing needs '
                           'weights to upload')
-    inner = resolve_source(modelfile.source)
+    inner = resolve_source(modelfile.source, modelfile_allowed=False)
     return Source(inner.kind, inner.files, modelfile)
 
 
-def _read_modelfile(path: str, source: str) -> Modelfile:
+def _read_regular(path: str, source: str, limit: int) -> bytes:
+    """The first `limit` bytes of a regular file. Opened without blocking and checked before
+    reading: a FIFO would block the open (or the read) until some writer came, a device
+    (/dev/zero) is no model file."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, 'rb') as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise SourceError(f"model_source '{source}' is not a model: neither a regular "
+                              'file nor a directory (a FIFO, a device or a socket)')
+        return handle.read(limit)
+
+
+def _parse_modelfile_bytes(raw: bytes, path: str, source: str) -> Modelfile:
     try:
-        with open(path, 'rb') as handle:
-            raw = handle.read(1024 * 1024 + 1)   # a Modelfile is small; a big file is not one
         if len(raw) > 1024 * 1024:
             raise ValueError('too large')
         text = raw.decode('utf-8')
@@ -200,31 +218,44 @@ class ImportRecords:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             data = {}
-        self.models: Dict[str, str] = dict(data.get('models') or {})
-        self.hashes: Dict[str, List[Any]] = dict(data.get('hashes') or {})
+        # A damaged or foreign file loses the entries that are not of the shape written here
+        # (it is a cache: a lost entry means one more import or hash, never a failure).
+        data = data if isinstance(data, dict) else {}
+        models, hashes = data.get('models'), data.get('hashes')
+        self.models: Dict[str, str] = {
+            name: digest for name, digest in (models if isinstance(models, dict) else {}).items()
+            if isinstance(digest, str)}
+        self.hashes: Dict[str, List[Any]] = {
+            path: entry for path, entry in (hashes if isinstance(hashes, dict) else {}).items()
+            if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str)}
         self._dirty = False
 
-    def file_digest(self, path: str) -> str:
-        """sha256 hex of a file's bytes, from the cache when its size and mtime match."""
+    def file_digest(self, path: str, canceled: Optional[threading.Event] = None) -> str:
+        """sha256 hex of a file's bytes, from the cache when its size and mtime match. Reading
+        a multi-GB file takes seconds to minutes: `canceled` is checked after each MiB
+        (OperationCanceled)."""
         real = os.path.realpath(path)
-        stat = os.stat(real)
+        info = os.stat(real)
         cached = self.hashes.get(real)
-        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+        if cached and cached[0] == info.st_size and cached[1] == info.st_mtime_ns:
             return str(cached[2])
         digest = hashlib.sha256()
         with open(real, 'rb') as handle:
             for piece in iter(lambda: handle.read(1 << 20), b''):
+                if canceled is not None and canceled.is_set():
+                    raise OperationCanceled(f"reading '{path}' canceled")
                 digest.update(piece)
-        self.hashes[real] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        self.hashes[real] = [info.st_size, info.st_mtime_ns, digest.hexdigest()]
         self._dirty = True
         return digest.hexdigest()
 
-    def source_digest(self, source: str, quantize: str = '') -> str:
+    def source_digest(self, source: str, quantize: str = '',
+                      canceled: Optional[threading.Event] = None) -> str:
         """The content of a source: the sha256 over its files' names and digests, the
-        Modelfile's instructions and the quantization."""
+        Modelfile's instructions and the quantization (canceled: as file_digest's)."""
         resolved = resolve_source(source)
         summary = {'kind': resolved.kind, 'quantize': quantize.strip().lower(),
-                   'files': {file: self.file_digest(path)
+                   'files': {file: self.file_digest(path, canceled)
                              for file, path in sorted(resolved.files.items())},
                    'template': resolved.modelfile.template,
                    'system': resolved.modelfile.system,
@@ -244,14 +275,24 @@ class ImportRecords:
         self._dirty = True
 
     def save(self) -> None:
-        """Write the file if anything changed (atomically: a crash leaves the old one)."""
+        """Write the file if anything changed (atomically: a crash leaves the old one). The
+        temporary file is a new one of this call's (never a file found there, which may be a
+        symlink or another writer's) and is removed when the write fails (a full disk), so
+        nothing partial stays; the OSError is raised."""
         if not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + '.tmp')
-        temporary.write_text(json.dumps({'models': self.models, 'hashes': self.hashes},
-                                        indent=1, sort_keys=True))
-        os.replace(temporary, self.path)
+        text = json.dumps({'models': self.models, 'hashes': self.hashes}, indent=1,
+                          sort_keys=True)
+        with tempfile.NamedTemporaryFile('w', dir=self.path.parent, prefix=RECORD_FILE,
+                                         suffix='.tmp', delete=False) as temporary:
+            try:
+                temporary.write(text)
+                temporary.close()
+                os.replace(temporary.name, self.path)
+            except BaseException:
+                os.unlink(temporary.name)
+                raise
         self._dirty = False
 
 

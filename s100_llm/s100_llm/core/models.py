@@ -183,6 +183,12 @@ def _remove_new_blobs(models_dir: str, before: Iterable[str]) -> int:
     return removed
 
 
+def _remove_unreferenced(models_dir: str, names: Set[str]) -> None:
+    """Remove the blob files `names` that no manifest references."""
+    for name in names - referenced_blobs(models_dir):
+        (pathlib.Path(models_dir) / 'blobs' / name).unlink(missing_ok=True)
+
+
 def _remove_left_behind(models_dir: str, before: Iterable[str]) -> int:
     """_remove_new_blobs after a stream was closed: the server notices the closed connection
     at its next write and may open the next layer's file meanwhile, so remove until two scans
@@ -309,8 +315,14 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
     except SourceError as error:
         raise ModelProblem(INVALID, str(error)) from None
     quantize = quantize.strip()
-    digests = {file: 'sha256:' + records.file_digest(path)
-               for file, path in resolved.files.items()}
+    try:
+        digests = {file: 'sha256:' + records.file_digest(path, canceled)
+                   for file, path in resolved.files.items()}
+    except OperationCanceled:
+        raise ModelProblem(CANCELED, f"import of '{name}' canceled") from None
+    except OSError as error:    # a file the node may not read, or gone since resolve_source
+        raise ModelProblem(INVALID, f"model_source '{source}': {error.filename} cannot be "
+                                    f'read: {error.strerror}') from None
     missing = {file: path for file, path in resolved.files.items()
                if not engine.has_blob(digests[file])}
     upload = sum(os.path.getsize(path) for path in missing.values())
@@ -337,8 +349,10 @@ def import_model(engine: OllamaEngine, name: str, source: str, quantize: str, mo
         _remove_left_behind(models_dir, before)
         raise _server_problem(error, f'import {name}') from None
     # A quantized or converted model does not reference the uploaded source blobs: Ollama
-    # would prune them at its next start only (and never with OLLAMA_NOPRUNE).
-    _remove_new_blobs(models_dir, before)
+    # would prune them at its next start only (and never with OLLAMA_NOPRUNE). Only those:
+    # other new blobs may be a concurrent pull's (activate's, an operator's), written before
+    # its manifest references them.
+    _remove_unreferenced(models_dir, {digests[file].replace(':', '-') for file in missing})
     try:
         records.record(name, records.source_digest(source, quantize))
     except (SourceError, OSError):

@@ -33,6 +33,7 @@ from .engine import EngineError
 from .engine import FOREVER
 from .engine import loaded_entry
 from .engine import OllamaEngine
+from .engine import OperationCanceled
 from .model_sources import ImportRecords
 from .model_sources import SourceError
 from .models import import_model
@@ -365,7 +366,10 @@ class Serving:
         name, source = model.model, model.model_source
         records = ImportRecords(self._models_dir)
         try:
-            digest = records.source_digest(source, model.model_quantize)
+            # Reading a multi-GB source the first time takes minutes: the node's exit stops it.
+            digest = records.source_digest(source, model.model_quantize, self.exiting)
+        except OperationCanceled:
+            raise ServingError(f"reading model_source '{source}' stopped") from None
         except SourceError as error:
             raise ServingError(str(error)) from None
         except OSError as error:    # the source changed while it was read

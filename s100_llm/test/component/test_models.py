@@ -193,6 +193,66 @@ def test_a_file_that_is_no_model_is_named(engine, tmp_path):
                             nothing, threading.Event())
 
 
+def test_a_source_file_the_node_may_not_read_is_invalid(engine, tmp_path, monkeypatch):
+    # The node runs as root in the tests: a file of another user's is denied by hand.
+    tuned = tmp_path / 'tuned'
+    tuned.mkdir()
+    (tuned / 'config.json').write_text('{}')
+    (tuned / 'model.safetensors').write_bytes(b'\0' * 16)
+    real_open = open
+
+    def denying_open(path, *args, **kwargs):
+        if str(path).endswith('model.safetensors'):
+            raise PermissionError(13, 'Permission denied', str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr('builtins.open', denying_open)
+    with pytest.raises(models.ModelProblem, match='model.safetensors cannot be read: '
+                                                  'Permission denied') as caught:
+        models.import_model(engine, 'x', str(tuned), '', engine.models_dir, nothing,
+                            threading.Event())
+    assert caught.value.code == 'invalid'
+
+
+def test_a_cancel_stops_the_import_while_it_reads_the_source(engine, tmp_path, monkeypatch):
+    # Hashing a multi-GB source takes minutes on the robot: a cancel (or the node's cleanup)
+    # takes effect there too, before anything is sent to the server.
+    source = tmp_path / 'big.gguf'
+    source.write_bytes(b'GGUF' + b'\0' * (3 << 20))
+    monkeypatch.setattr(engine, 'has_blob', lambda digest: pytest.fail('the server was asked'))
+    canceled = threading.Event()
+    canceled.set()
+    records = models.ImportRecords(engine.models_dir)
+    with pytest.raises(models.ModelProblem, match='canceled') as caught:
+        models.import_model(engine, 'x', str(source), '', engine.models_dir, nothing,
+                            canceled, records)
+    assert caught.value.code == 'canceled'
+    assert records.hashes == {}     # not read to its end
+
+
+def test_a_finished_import_leaves_a_concurrent_pulls_files_alone(start, tmp_path):
+    # Activate's pull (or an operator's) may start while an import uploads: the blobs that
+    # pull writes are new and not yet referenced by a manifest, and not the import's to remove.
+    engine = start('OLLAMA_EMULATOR_PULL_RATE=4194304')     # smollm2:135m takes 24 s
+    writing = threading.Event()
+    outcome = []
+    puller = threading.Thread(target=lambda: outcome.append(models.pull_model(
+        engine, 'smollm2:135m', engine.models_dir,
+        lambda status, done, total: done and writing.set(), threading.Event())))
+
+    def uploading(status: str, done: int, total: int) -> None:
+        if not puller.is_alive() and not writing.is_set():
+            puller.start()
+            assert writing.wait(60)     # the pull's first bytes are on disk
+    weights = tmp_path / 'f16.gguf'
+    weights.write_bytes(gguf_bytes(1))
+    try:
+        models.import_model(engine, 'mine', str(weights), 'q8_0', engine.models_dir,
+                            uploading, threading.Event())
+    finally:
+        puller.join(120)
+    assert outcome and outcome[0].name == 'smollm2:135m'
+
+
 def test_quantizing_a_quantized_gguf_is_refused_with_ollamas_message(engine):
     with pytest.raises(models.ModelProblem,
                        match='quantization is only supported for F16, BF16 and F32 models'

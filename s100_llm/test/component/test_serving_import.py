@@ -2,6 +2,7 @@
 activate when missing or changed, never pulled, and a failed import leaves models_dir as it
 was."""
 
+import hashlib
 import os
 import pathlib
 import shutil
@@ -120,3 +121,33 @@ def test_an_unreadable_source_is_named(setup, tmp_path):
     with pytest.raises(ServingError, match="model_source '.*nowhere.gguf' cannot be read: "
                                            'No such file or directory'):
         llm.activate(str(tmp_path / 'nowhere.gguf'))
+
+
+def test_the_nodes_exit_stops_reading_a_big_source(setup, tmp_path, monkeypatch):
+    # The first activate hashes the source (minutes for a multi-GB GGUF on the robot): an exit
+    # meanwhile (Serving.exiting) stops it, and the source's hash is not recorded.
+    llm = setup()
+    source = tmp_path / 'big.gguf'
+    source.write_bytes(b'GGUF' + b'\0' * (3 << 20))
+    llm.start(str(source))
+    real_sha256 = hashlib.sha256
+    pieces = []
+
+    class ExitWhileReading:
+        def __init__(self, data: bytes = b'') -> None:
+            self.inner = real_sha256(data)
+
+        def update(self, data: bytes) -> None:
+            pieces.append(len(data))
+            llm.serving.exiting.set()
+            self.inner.update(data)
+
+        def hexdigest(self) -> str:
+            return self.inner.hexdigest()
+    monkeypatch.setattr(hashlib, 'sha256', ExitWhileReading)
+    with pytest.raises(ServingError, match=r"reading model_source '.*big.gguf' stopped "
+                                           r'\(the node is exiting\)'):
+        llm.activate(str(source))
+    monkeypatch.undo()
+    assert pieces == [1 << 20]      # the first MiB only
+    assert not [path for path in llm.files() if path.startswith('s100_llm')]

@@ -2,6 +2,7 @@
 over DDS like an operator's tools; what is on disk is checked in models_dir itself, what is
 loaded with /api/ps, and `chat --models` as the installed executable."""
 
+import os
 import pathlib
 import re
 import shlex
@@ -141,6 +142,11 @@ def test_delete_frees_a_model_and_refuses_the_served_ones_and_unknown_names(acti
              "'echo:latest' is the node's model: set model to another model and activate "
              'again first'),
             ('echo', DeleteModel.Response.IN_USE, "'echo' is the node's model"),
+            # Other spellings Ollama resolves to the served model (it would delete it).
+            ('ECHO', DeleteModel.Response.IN_USE, "'ECHO' is the node's model"),
+            ('library/echo', DeleteModel.Response.IN_USE, "is the node's model"),
+            ('registry.ollama.ai/library/echo:latest', DeleteModel.Response.IN_USE,
+             "is the node's model"),
             (EMBEDDER, DeleteModel.Response.IN_USE,
              f"'{EMBEDDER}' is the node's embedding_model: set embedding_model to another "
              'model and configure again first'),
@@ -174,16 +180,21 @@ def test_registry_pull_reports_progress_and_the_stored_model(start_llm):
     assert not [name for name in files(llm.models_dir) if name.endswith('-partial')]
 
 
-def test_pull_refusals_name_the_cause(start_llm):
+def test_pull_refusals_name_the_cause(start_llm, tmp_path):
     llm = start_llm()
     assert llm.client.change_state('configure')
+    os.mkfifo(tmp_path / 'fifo')    # opened, it would block the pull slot until a writer came
     for goal, code, reason in [
             ({'model': ''}, PullModel.Result.INVALID_GOAL, 'model is empty'),
             ({'model': 'echo:latest', 'quantize': 'q4_K_M'}, PullModel.Result.INVALID_GOAL,
              'quantize needs a source'),
             ({'model': 'nosuch:latest'}, PullModel.Result.REFUSED, 'file does not exist'),
             ({'model': 'mine:latest', 'source': '/nonexistent/model.gguf'},
-             PullModel.Result.INVALID_GOAL, '/nonexistent/model.gguf')]:
+             PullModel.Result.INVALID_GOAL, '/nonexistent/model.gguf'),
+            ({'model': 'mine:latest', 'source': 'models/model.gguf'},
+             PullModel.Result.INVALID_GOAL, "source 'models/model.gguf' is a relative path"),
+            ({'model': 'mine:latest', 'source': str(tmp_path / 'fifo')},
+             PullModel.Result.INVALID_GOAL, 'neither a regular file nor a directory')]:
         run = PullRun(llm, **goal)
         result = run.result()
         assert result.error_code == code and reason in result.error_message, (

@@ -35,6 +35,18 @@ def test_the_served_model_and_the_embedding_model_are_in_use_by_canonical_name()
     assert served_as('anything', ServingState()) == ''    # before the first configure
 
 
+def test_the_served_model_under_another_spelling_is_in_use():
+    # Ollama completes the host, namespace and tag and folds case: each of these deletes the
+    # served model.
+    state = ServingState(model='SmolLM2', embedding_model='all-minilm')
+    for spelling in ('smollm2', 'SMOLLM2:latest', 'library/smollm2',
+                     'registry.ollama.ai/library/smollm2:latest', ' smollm2 '):
+        assert served_as(spelling, state) == 'model', spelling
+    assert served_as('registry.ollama.ai/library/all-minilm', state) == 'embedding_model'
+    for other in ('smollm2:135m', 'someone/smollm2', 'example.com/library/smollm2'):
+        assert served_as(other, state) == '', other
+
+
 def test_progress_goes_out_at_each_new_status_and_at_most_four_times_a_second():
     now = [0.0]
     throttle = ProgressThrottle(clock=lambda: now[0])

@@ -1,5 +1,10 @@
 """core/model_sources.py: the Modelfile grammar and how sources are resolved."""
 
+import hashlib
+import os
+import resource
+import signal
+
 import pytest
 
 from s100_llm.core import model_sources as models
@@ -63,3 +68,55 @@ def test_unusable_sources_are_named(tmp_path):
         models.resolve_source(str(tmp_path / 'empty'))
     with pytest.raises(models.SourceError, match='names an installed model'):
         models.resolve_source(str(tmp_path / 'Modelfile'))
+
+
+def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
+    # A FIFO with no writer would block open() for ever (the serving lock or the pull slot
+    # held); the test's own timeout is the liveness bound.
+    os.mkfifo(tmp_path / 'fifo')
+    (tmp_path / 'Modelfile').write_text('FROM ./fifo\n')
+    for source in (tmp_path / 'fifo', tmp_path / 'Modelfile', '/dev/zero'):
+        with pytest.raises(models.SourceError, match='neither a regular file nor a directory'):
+            models.resolve_source(str(source))
+
+
+def test_a_modelfile_from_a_modelfile_is_refused_not_followed(tmp_path):
+    (tmp_path / 'self').write_text('FROM ./self\n')
+    (tmp_path / 'a').write_text('FROM ./b\n')
+    (tmp_path / 'b').write_text('FROM ./a\n')
+    for source in ('self', 'a'):
+        with pytest.raises(models.SourceError, match='names weights, not another Modelfile'):
+            models.resolve_source(str(tmp_path / source))
+
+
+@pytest.mark.parametrize('content', [
+    'null', '[1]', '{"models": 5, "hashes": []}', '{"models": {"m:latest": 1}}',
+    '{"hashes": {"PATH": 5}}', '{"hashes": {"PATH": [1]}}'])
+def test_a_damaged_record_file_is_read_as_empty_entries(tmp_path, content):
+    weights = tmp_path / 'w.gguf'
+    weights.write_bytes(b'GGUF' + b'\0' * 8)
+    record = tmp_path / 'models' / models.RECORD_DIR / models.RECORD_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text(content.replace('PATH', str(weights)))
+    records = models.ImportRecords(str(tmp_path / 'models'))
+    assert records.imported_from('m') == ''
+    assert records.file_digest(str(weights)) == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_a_record_file_that_cannot_be_written_leaves_no_partial_file(tmp_path):
+    # A full disk (the import just filled it), as a file size limit: the write fails part way.
+    records = models.ImportRecords(str(tmp_path))
+    records.record('m', 'a' * 64)
+    records.hashes.update({f'/weights/{index}': [1, 2, 'b' * 64] for index in range(100)})
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            records.save()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert os.listdir(tmp_path / models.RECORD_DIR) == []
+    records.save()      # the next save writes it
+    assert models.ImportRecords(str(tmp_path)).imported_from('m') == 'a' * 64

@@ -70,7 +70,9 @@ class ModelName:
         for part in (namespace, model, tag):
             if not _NAME_PART.match(part):
                 raise InvalidName('invalid model name')
-        if not re.match(r'^[A-Za-z0-9.-]+(:\d+)?$', host):
+        # Ollama's isValidPart: every part starts with a letter, digit or underscore (so a host
+        # '..' cannot lead a manifest path out of manifests/).
+        if not re.match(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*(:\d+)?$', host):
             raise InvalidName('invalid model name')
         return cls(host, namespace, model.lower(), tag)
 

@@ -55,7 +55,8 @@ def test_pull_of_an_unknown_model_fails_like_ollama(start_emulator):
             pass
 
 
-@pytest.mark.parametrize('name', [';rm -rf /', '../../etc', 'a b'])
+@pytest.mark.parametrize('name', [';rm -rf /', '../../etc', 'a b', '../library/tiny',
+                                  '.../library/tiny'])
 def test_hostile_names_are_invalid(emulator, name):
     reply = httpx.post(emulator.url + '/api/pull', json={'model': name})
     assert (reply.status_code, reply.json()) == (400, {'error': 'invalid model name'})
