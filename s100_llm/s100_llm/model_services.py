@@ -40,6 +40,7 @@ from .core.model_requests import in_use_reason
 from .core.model_requests import not_serving_reason
 from .core.model_requests import ProgressThrottle
 from .core.model_requests import pull_error
+from .core.model_requests import replace_reason
 from .core.model_requests import served_as
 from .core.models import ModelProblem
 from .qos import FEEDBACK_QOS
@@ -221,6 +222,10 @@ class ModelServices:
             return (PullModel.Result.INVALID_GOAL,
                     f"source '{goal.source}' is a relative path: give it absolute (a path on the "
                     "node's machine; the node's working directory is not the caller's)")
+        reason = replace_reason(name, state)
+        if reason:
+            log.warning(f'pull_model goal refused: {reason}')
+            return PullModel.Result.INVALID_GOAL, reason
         what = f"import '{goal.source}' as '{name}'" if goal.source else f"pull '{name}'"
         if goal.quantize:
             what += f' quantized to {goal.quantize}'

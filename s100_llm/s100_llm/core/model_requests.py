@@ -56,6 +56,19 @@ def in_use_reason(name: str, state: ServingState) -> str:
             'again first')
 
 
+def replace_reason(name: str, state: ServingState) -> str:
+    """Why a pull or import may not write the model under this name now ('' when it may): the
+    node has it loaded and serves it. Replaced underneath, the node's capabilities and context
+    length would describe the old model. While the node is inactive it may: activate reads the
+    model again (that is how an operator prepares the configured model)."""
+    parameter = served_as(name, state)
+    loaded = {'model': state.model_loaded, 'embedding_model': state.embedding_loaded}
+    if not parameter or not loaded[parameter]:
+        return ''
+    return (f"'{name}' is the {parameter} the node serves now: store the new one under another "
+            f'name and set {parameter} to it, or deactivate first')
+
+
 # What a failed pull or import is, as PullModel.action tells it apart (its result codes).
 PULL_ERRORS = ('invalid', 'refused', 'server', 'no_space', 'canceled')
 

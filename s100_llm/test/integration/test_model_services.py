@@ -203,6 +203,17 @@ def test_pull_refusals_name_the_cause(start_llm, tmp_path):
     assert files(llm.models_dir) == []
 
 
+def test_a_pull_may_not_replace_the_model_the_node_serves(active):
+    llm = active()
+    result = pull(llm, model='ECHO')    # Ollama's spelling rules: the served echo:latest
+    assert (result.error_code, result.error_message) == (
+        PullModel.Result.INVALID_GOAL,
+        "'ECHO' is the model the node serves now: store the new one under another name and set "
+        'model to it, or deactivate first')
+    assert llm.client.change_state('deactivate')     # activate reads the model again
+    assert pull(llm, model='echo').error_code == PullModel.Result.NONE
+
+
 def test_cancel_mid_pull_removes_what_it_wrote_and_one_pull_runs_at_a_time(start_llm):
     llm = start_llm(env={'OLLAMA_EMULATOR_PULL_RATE': str(SLOW)})
     assert llm.client.change_state('configure')

@@ -6,6 +6,7 @@ from s100_llm.core.model_requests import not_serving_reason
 from s100_llm.core.model_requests import ProgressThrottle
 from s100_llm.core.model_requests import pull_error
 from s100_llm.core.model_requests import PULL_ERRORS
+from s100_llm.core.model_requests import replace_reason
 from s100_llm.core.model_requests import served_as
 from s100_llm.core.models import ModelProblem
 from s100_llm.core.server import ServerStatus
@@ -45,6 +46,17 @@ def test_the_served_model_under_another_spelling_is_in_use():
     assert served_as('registry.ollama.ai/library/all-minilm', state) == 'embedding_model'
     for other in ('smollm2:135m', 'someone/smollm2', 'example.com/library/smollm2'):
         assert served_as(other, state) == '', other
+
+
+def test_a_pull_may_not_replace_a_model_the_node_has_loaded():
+    state = ServingState(model='smollm2', embedding_model='all-minilm', model_loaded=True)
+    assert replace_reason('SMOLLM2:latest', state) == (
+        "'SMOLLM2:latest' is the model the node serves now: store the new one under another "
+        'name and set model to it, or deactivate first')
+    assert replace_reason('all-minilm', state) == ''     # configured but not loaded
+    assert replace_reason('qwen2.5:0.5b', state) == ''
+    inactive = ServingState(model='smollm2')    # activate will read it again
+    assert replace_reason('smollm2', inactive) == ''
 
 
 def test_progress_goes_out_at_each_new_status_and_at_most_four_times_a_second():
