@@ -294,14 +294,3 @@ class ImportRecords:
                 os.unlink(temporary.name)
                 raise
         self._dirty = False
-
-
-def source_digest(source: str, models_dir: str = '') -> str:
-    """sha256 identifying a source's content (files, Modelfile instructions); with models_dir
-    the file hashes are cached there (ImportRecords), else every file is read."""
-    if not models_dir:
-        return ImportRecords(os.devnull).source_digest(source)
-    records = ImportRecords(models_dir)
-    digest = records.source_digest(source)
-    records.save()
-    return digest

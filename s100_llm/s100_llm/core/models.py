@@ -30,7 +30,6 @@ from .engine import OperationCanceled
 from .model_sources import ImportRecords
 from .model_sources import resolve_source
 from .model_sources import Source
-from .model_sources import source_digest  # noqa: F401 (part of this module's API)
 from .model_sources import SourceError
 
 # progress(status, completed bytes, total bytes); total 0 when unknown.

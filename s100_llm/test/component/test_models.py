@@ -339,14 +339,21 @@ def test_source_digest_changes_with_the_content_and_is_cached(tmp_path):
     gguf = tmp_path / 'm.gguf'
     gguf.write_bytes(b'GGUF' + b'\x00' * 100)
     models_dir = str(tmp_path / 'models')
-    first = models.source_digest(str(gguf), models_dir)
+
+    def digest(directory: str = models_dir) -> str:
+        records = models.ImportRecords(directory)
+        found = records.source_digest(str(gguf))
+        records.save()
+        return found
+
+    first = digest()
     assert (pathlib.Path(models_dir) / 's100_llm' / 'imports.json').is_file()
     stat = gguf.stat()
     # New bytes, same size and mtime: the cache answers (the file is not read again).
     gguf.write_bytes(b'GGUF' + b'\x01' * 100)
     os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert models.source_digest(str(gguf), models_dir) == first
+    assert digest() == first
     # Without the cache, or with a new mtime, the content counts.
-    assert models.source_digest(str(gguf)) != first
+    assert digest(str(tmp_path / 'other')) != first
     os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-    assert models.source_digest(str(gguf), models_dir) != first
+    assert digest() != first
