@@ -53,6 +53,8 @@ from .core.images import CompressedImage
 from .core.images import RawImage
 from .core.serving import ServingState
 from .core.sessions import SessionStore
+from .core.warmup import activate_messages
+from .core.warmup import Warmer
 from .qos import FEEDBACK_QOS
 from .qos import SERVICE_QOS
 
@@ -136,6 +138,7 @@ class ChatActionServer:
         self.sessions = SessionStore(self.settings.session_max_turns, self.settings.max_sessions)
         self.admission: Admission[ChatGoal] = Admission('queue', 1, 0)
         self.counters = ChatCounters()
+        self.warmer = Warmer()      # Ollama's prompt cache, warmed between turns
         self._goals: Dict[bytes, ChatGoal] = {}     # goal uuid -> goal, until its result
         self._cancels: List[ChatGoal] = []          # cancel requests not yet acted on
         self._lock = threading.Lock()
@@ -297,7 +300,7 @@ class ChatActionServer:
                       state.context_length, keep_alive=-1, publish=publish,
                       accepted_at=goal.accepted_at,
                       inline_think='thinking' in state.capabilities,
-                      image_max_side=self.vision.image_max_side)
+                      image_max_side=self.vision.image_max_side, warmer=self.warmer)
         with self._lock:
             goal.run = run
             stop = goal.stop
@@ -385,6 +388,7 @@ class ChatActionServer:
         NOT_SERVING, logged as a warning), or with the code given."""
         if code is None:
             code = ErrorCode.SERVER_FAILED if failure else ErrorCode.NOT_SERVING
+        self.warmer.cancel()
         for goal in self.admission.withdraw_all():
             _end_unrun(goal, code, reason)
         with self._lock:
@@ -393,6 +397,16 @@ class ChatActionServer:
             self._stop(goal, code, reason)
         if wait:
             self.wait_ended(reason)
+
+    def warm_at_activate(self) -> None:
+        """Warm the cache with what the first turn most likely starts with (core/warmup.py's
+        activate_messages), in the background: the first goal takes precedence."""
+        state = self.node.serving_state()
+        if state.engine is None:
+            return
+        session_id, messages = activate_messages(self.sessions)
+        self.warmer.start(state.engine, state.model, messages, keep_alive=-1,
+                          idle_timeout=self.settings.stream_timeout, session_id=session_id)
 
     def wait_ended(self, reason: str) -> None:
         """Wait (at most ABORT_WAIT) until every goal abort_all ended has its result."""

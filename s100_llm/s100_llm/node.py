@@ -233,6 +233,7 @@ class LlmNode(LifecycleNode):
             self.chat.configure(self.settings)
             self.embed.configure(self.settings)
             self.serving.activate()
+            self.chat.warm_at_activate()
             self.camera.start(self.settings.vision.camera_topic)
         result = self._transition('activate', activate, about_model=True)
         return super().on_activate(state) if result is SUCCESS else result

@@ -41,6 +41,7 @@ from ..images import prepare as prepare_image
 from ..sessions import context_budget
 from ..sessions import Prompt
 from ..sessions import SessionStore
+from ..warmup import Warmer
 
 
 class _Reply:
@@ -75,7 +76,8 @@ class ChatRun:
     def __init__(self, engine: OllamaEngine, model: str, request: ChatRequest,
                  settings: ChatSettings, sessions: SessionStore, context_length: int,
                  keep_alive: float, publish: FeedbackSink, accepted_at: float,
-                 inline_think: bool = False, image_max_side: int = 1024) -> None:
+                 inline_think: bool = False, image_max_side: int = 1024,
+                 warmer: Optional[Warmer] = None) -> None:
         self.engine = engine
         self.model = model
         self.request = request
@@ -87,6 +89,7 @@ class ChatRun:
         self.accepted_at = accepted_at
         self.inline_think = inline_think      # the model thinks: parse a leading <think> block
         self.image_max_side = image_max_side
+        self.warmer = warmer    # the cache's warm-ups (core/warmup.py); None: none
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
         self._cancel_code = ErrorCode.NONE
@@ -103,6 +106,8 @@ class ChatRun:
             stream = self._stream
         if stream is not None:
             stream.cancel()
+        if self.warmer is not None:     # a warm-up this goal waits for
+            self.warmer.stop_waiting()
 
     def run(self) -> ChatOutcome:
         request = self.request
@@ -126,6 +131,8 @@ class ChatRun:
         outcome = ChatOutcome(error_code=ErrorCode.NONE)
         reply = _Reply(self.inline_think,
                        FeedbackBatch(self.settings.feedback_min_interval, self.publish))
+        if self.warmer is not None:
+            self.warmer.yield_to(request.session_id, lambda: bool(self._cancel_reason))
         with self._lock:
             if self._cancel_reason:
                 return self._canceled(outcome, reply)
@@ -162,6 +169,8 @@ class ChatRun:
                 return outcome
         if request.session_id:
             outcome.session_turns = self._commit(sent, outcome, reply, final, len(images))
+            if self.warmer is not None:
+                self._warm(sent, budget)
         return outcome
 
     def _read(self, stream: ChatStream, reply: _Reply, outcome: ChatOutcome) -> ChatChunk:
@@ -201,6 +210,16 @@ class ChatRun:
             # Ollama's counts include the images' tokens, which the stored turn does not hold:
             # such a turn is estimated from its text.
             0 if images else final.prompt_eval_count, 0 if images else final.eval_count)
+
+    def _warm(self, sent: Prompt, budget: int) -> None:
+        """When the session's next turn would not find its history in the cache, trim the
+        session now and evaluate the kept history while the answer is spoken."""
+        session_id = self.request.session_id
+        messages = self.sessions.trim_ahead(session_id, sent, budget)
+        if messages:
+            assert self.warmer is not None
+            self.warmer.start(self.engine, self.model, messages, self.keep_alive,
+                              self.settings.stream_timeout, session_id)
 
     def _canceled(self, outcome: ChatOutcome, reply: _Reply) -> ChatOutcome:
         reply.end(outcome)
