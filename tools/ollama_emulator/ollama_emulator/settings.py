@@ -41,6 +41,8 @@ class Faults:
     server_crash_on_load: bool = False  # the server exits while loading a model
     ignore_sigterm: bool = False      # the server ignores SIGTERM and SIGINT
     token_rate: float = 0.0           # tokens/s of the scripted models (0: as fast as possible)
+    # prompt tokens/s the scripted models evaluate before their first token (0: at once)
+    prompt_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,7 @@ class Settings:
             server_crash_on_load=env.get('OLLAMA_EMULATOR_SERVER_CRASH_ON_LOAD', '') == '1',
             ignore_sigterm=env.get('OLLAMA_EMULATOR_IGNORE_SIGTERM', '') == '1',
             token_rate=number('OLLAMA_EMULATOR_TOKEN_RATE', 0),
+            prompt_rate=number('OLLAMA_EMULATOR_PROMPT_RATE', 0),
         )
         generation = env.get('OLLAMA_EMULATOR_RUNNER') or RUNNER_GENERATIONS[0]
         if generation not in RUNNER_GENERATIONS:
