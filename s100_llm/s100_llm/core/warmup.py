@@ -30,7 +30,7 @@ waits for it. `_lock` guards the warm-up in flight; nobody waits under it.
 """
 
 import threading
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .engine import ChatCanceled
 from .engine import ChatStream
@@ -72,12 +72,14 @@ class Warmer:
         self._waited: Optional[ChatStream] = None   # in flight, a goal waiting for it
 
     def start(self, engine: OllamaEngine, model: str, messages: List[Message],
-              keep_alive: float, idle_timeout: float, session_id: str = '') -> None:
-        """Evaluate messages in the background (for session_id: '' when none)."""
+              keep_alive: float, idle_timeout: float, session_id: str = '',
+              tools: Optional[List[Dict[str, Any]]] = None) -> None:
+        """Evaluate messages in the background (for session_id: '' when none). tools: those
+        the next goal most likely sends (the chat template renders them into the prompt)."""
         if not messages:
             return
         stream = engine.chat(model, messages, None, dict(WARM_OPTIONS), keep_alive,
-                             idle_timeout)
+                             idle_timeout, tools=tools)
         with self._lock:
             previous, self._stream = self._stream, stream
             self._session_id = session_id

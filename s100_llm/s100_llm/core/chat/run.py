@@ -219,7 +219,8 @@ class ChatRun:
         if messages:
             assert self.warmer is not None
             self.warmer.start(self.engine, self.model, messages, self.keep_alive,
-                              self.settings.stream_timeout, session_id)
+                              self.settings.stream_timeout, session_id,
+                              ollama_tools(self.request.tools))   # the next goal's, likely
 
     def _canceled(self, outcome: ChatOutcome, reply: _Reply) -> ChatOutcome:
         reply.end(outcome)
