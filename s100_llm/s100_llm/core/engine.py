@@ -113,10 +113,6 @@ class ChatStream:
         self._chunks: 'queue.SimpleQueue[Any]' = queue.SimpleQueue()
         self._idle_timeout = idle_timeout
         self._future = asyncio.run_coroutine_threadsafe(self._pump(client, request), loop)
-        # Canceled before the pump ran (a cancel right after the start), it put nothing: the
-        # reader would wait for the idle timeout. A second ChatCanceled is never read.
-        self._future.add_done_callback(
-            lambda future: self._chunks.put(ChatCanceled()) if future.cancelled() else None)
 
     async def _pump(self, client: ollama.AsyncClient, request: Dict[str, Any]) -> None:
         try:
