@@ -399,14 +399,12 @@ class ChatActionServer:
             self.wait_ended(reason)
 
     def warm_at_activate(self) -> None:
-        """Warm the cache with what the first turn most likely starts with (core/warmup.py's
-        activate_messages), in the background: the first goal takes precedence."""
+        """Warm the cache with the system prompt the first turn most likely starts with
+        (core/warmup.py's activate_messages), in the background."""
         state = self.node.serving_state()
-        if state.engine is None:
-            return
-        session_id, messages = activate_messages(self.sessions)
-        self.warmer.start(state.engine, state.model, messages, keep_alive=-1,
-                          idle_timeout=self.settings.stream_timeout, session_id=session_id)
+        if state.engine is not None:
+            self.warmer.start(state.engine, state.model, activate_messages(self.sessions),
+                              keep_alive=-1, idle_timeout=self.settings.stream_timeout)
 
     def wait_ended(self, reason: str) -> None:
         """Wait (at most ABORT_WAIT) until every goal abort_all ended has its result."""

@@ -17,12 +17,12 @@ would generate a whole answer; llama-server reads 0 as "evaluate only", so 1 is 
 that means the same on both generations, and one token costs one decode step.
 
 A goal takes precedence (yield_to, called before the goal sends its request): a warm-up for
-another conversation is canceled (closing its stream stops the evaluation; it is of no use to
-that goal), one for the goal's own session is waited for, because it evaluates the goal's own
-prefix: canceling it would throw away work the goal then does again (measured in
-docs/performance.md). A warm-up never fails a goal: its errors end it and nothing else, and
-it holds no admission slot (core/admission.py); the goals' requests it could delay are the
-ones it is canceled for.
+another conversation is canceled (closing its stream stops the evaluation at the end of
+llama.cpp's current batch; it is of no use to that goal), one for the goal's own session is
+waited for, because it evaluates the goal's own prefix: canceling it would throw away work the
+goal then does again (measured in docs/performance.md). The warm-up at activate is waited for
+by every goal: it is one system prompt, one batch. A warm-up never fails a goal: its errors
+end it and nothing else, and it holds no admission slot (core/admission.py).
 
 Threads: start, yield_to and cancel are called from the goals' threads and the node's
 transitions; the warm-up's stream is pumped by the engine's loop and read only by a goal that
@@ -30,7 +30,7 @@ waits for it. `_lock` guards the warm-up in flight; nobody waits under it.
 """
 
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from .engine import ChatCanceled
 from .engine import ChatStream
@@ -43,23 +43,18 @@ from .sessions import SessionStore
 WARM_OPTIONS = {'num_predict': 1}
 
 
-def activate_messages(sessions: SessionStore) -> Tuple[str, List[Message]]:
-    """What to evaluate at activate: (session id, messages).
+def activate_messages(sessions: SessionStore) -> List[Message]:
+    """What to evaluate at activate: the system prompt the first turn most likely starts with.
 
-    The node has no system prompt of its own (each goal or session brings one), so the first
-    turn most likely continues the conversation used last: the most recently used session (a
-    sessions file keeps it across restarts), its system prompt and kept turns, which its next
-    turn sends unchanged. Without a session, a system message alone, which evaluates a few
-    tokens: the cost of a first evaluation is mostly the model's first computation, not the
-    tokens (measured in docs/performance.md).
+    The node has no system prompt of its own (each goal or session brings one), so it takes
+    the one of the session used last (a sessions file keeps it across restarts); without
+    sessions a bare system message. Only the system prompt: it is short (one batch of
+    llama.cpp's, which a cancel could not cut short anyway), so every first goal waits for it,
+    and it starts most conversations of a robot. The first evaluation's cost is mostly the
+    model's first computation, not the tokens (measured in docs/performance.md).
     """
     known = sessions.snapshot()
-    if not known:
-        return '', [{'role': 'system', 'content': ''}]
-    session_id, session = known[-1]
-    system = [{'role': 'system', 'content': session.system_prompt}] if session.system_prompt \
-        else []
-    return session_id, system + [m for turn in session.turns for m in turn.messages]
+    return [{'role': 'system', 'content': known[-1][1].system_prompt if known else ''}]
 
 
 class Warmer:
@@ -68,14 +63,15 @@ class Warmer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stream: Optional[ChatStream] = None   # in flight, nobody waiting for it
-        self._session_id = ''
+        self._session_id: Optional[str] = None
         self._waited: Optional[ChatStream] = None   # in flight, a goal waiting for it
 
     def start(self, engine: OllamaEngine, model: str, messages: List[Message],
-              keep_alive: float, idle_timeout: float, session_id: str = '',
+              keep_alive: float, idle_timeout: float, session_id: Optional[str] = None,
               tools: Optional[List[Dict[str, Any]]] = None) -> None:
-        """Evaluate messages in the background (for session_id: '' when none). tools: those
-        the next goal most likely sends (the chat template renders them into the prompt)."""
+        """Evaluate messages in the background for session_id's next goal (None: for every
+        goal, which then waits for it). tools: those the next goal most likely sends (the
+        chat template renders them into the prompt)."""
         if not messages:
             return
         stream = engine.chat(model, messages, None, dict(WARM_OPTIONS), keep_alive,
@@ -88,14 +84,16 @@ class Warmer:
 
     def yield_to(self, session_id: str, canceled: Callable[[], bool]) -> None:
         """A goal (of session_id: '' for none) is about to send its request: cancel a warm-up
-        of another session, wait for one of this session to end. stop_waiting() ends the
+        for another session, wait for one for this session or for every goal to end.
+        stop_waiting() ends the
         wait; canceled() (the goal's own flag, set before it calls stop_waiting) is checked
         once the wait is registered, so that a cancel between the two is not missed."""
         with self._lock:
             stream, self._stream = self._stream, None
             if stream is None:
                 return
-            mine = bool(session_id) and self._session_id == session_id
+            mine = self._session_id is None or (bool(session_id)
+                                                and self._session_id == session_id)
             if mine:
                 self._waited = stream
         try:

@@ -139,18 +139,22 @@ def test_a_canceled_goal_waiting_for_a_warm_up_ends_at_once(active, tmp_path):
     assert all(goal[-1]['content'] != 'and now?' for goal in goals(log_path))   # never sent
 
 
-def test_activate_warms_the_cache_with_the_last_session(start_llm, tmp_path):
-    """Activate evaluates what the first turn most likely starts with: without any session a
-    bare system message; with a session (kept in the sessions file across a restart), the
-    most recently used session's system prompt and turns (a sessions file keeps them across
-    a restart; here the node keeps them from one activation to the next)."""
+def test_activate_warms_the_system_prompt_of_the_last_session(start_llm, tmp_path):
+    """Activate evaluates the system prompt the first turn most likely starts with: without
+    any session a bare system message; then the most recently used session's (a sessions file
+    keeps them across a restart; here the node keeps them from one activation to the next).
+    Every goal waits for it: none cancels it."""
     log_path = tmp_path / 'requests.jsonl'
     llm = start_llm(env={'OLLAMA_EMULATOR_REQUEST_LOG': str(log_path)})
     llm.activate()
     # (the ollama client leaves an empty content out)
     wait_for(lambda: warm_ups(log_path) == [[{'role': 'system'}]], 'the warm-up at activate')
-    talk(llm, 'older', ['one'])
-    talk(llm, 'newer', ['two', 'three'])
+    llm.client.chat('one', session_id='older', system_prompt='be kind')
+    llm.client.chat('two', session_id='newer', system_prompt='be brief')
+    llm.client.chat('three', session_id='older')
+    llm.client.chat('four', session_id='newer')
     assert llm.client.change_state('deactivate') and llm.client.change_state('activate')
-    wait_for(lambda: len(warm_ups(log_path)) == 2, 'the warm-up at the second activate')
-    assert warm_ups(log_path)[-1] == kept_history(llm, 'newer')
+    assert llm.client.chat('first', session_id='another').result.error_code == \
+        Chat.Result.NONE
+    assert warm_ups(log_path)[-1] == [{'role': 'system', 'content': 'be brief'}]
+    assert stats(llm)['disconnects'] == []
