@@ -85,9 +85,9 @@ class Warmer:
     def yield_to(self, session_id: str, canceled: Callable[[], bool]) -> None:
         """A goal (of session_id: '' for none) is about to send its request: cancel a warm-up
         for another session, wait for one for this session or for every goal to end.
-        stop_waiting() ends the
-        wait; canceled() (the goal's own flag, set before it calls stop_waiting) is checked
-        once the wait is registered, so that a cancel between the two is not missed."""
+        stop_waiting() ends the wait; canceled() (the goal's own flag, set before it calls
+        stop_waiting) is checked once the wait is registered, so that a cancel between the
+        two is not missed."""
         with self._lock:
             stream, self._stream = self._stream, None
             if stream is None:
