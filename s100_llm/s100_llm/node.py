@@ -40,7 +40,9 @@ Threads and locks:
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
   ErrorProcessing.
 - 'diagnostics' (DiagnosticsPublisher), chat executions and embed requests: no lock of the
-  node's or of Serving's; they read `serving_state()`.
+  node's or of Serving's; they read `serving_state()`. A chat execution may first wait for
+  its session's cache warm-up (core/warmup.py: no thread of its own, the engine's loop
+  streams it; activate starts one and does not wait).
 - 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
   stored turn; takes the session store's lock only to copy the sessions.
 - 'executor': spins the executor (main() starts it; Python runs signal handlers in the main
