@@ -37,6 +37,7 @@ count between the system prompt and the question by their estimates.
 
 import collections
 import dataclasses
+import math
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -273,7 +274,8 @@ class SessionStore:
         context budget, applied by prompt() to the next turn. The latter is predicted with
         prompt()'s own rule, the kept history plus the next turn's messages against the
         budget, taking for the next turn's messages the largest request among the kept turns
-        (a typical next prompt, counted high so that the next turn rarely trims after all),
+        (by the estimate, at most its turn's count; a typical next prompt, counted high so
+        that the next turn rarely trims after all),
         and budget_tokens as this turn's (the next goal usually asks for the same answer
         limit). When the next turn would trim, the turns it would leave out are dropped now.
         """
@@ -285,7 +287,9 @@ class SessionStore:
             base = session.base_tokens or _system_estimate(session.system_prompt)
             # The next goal's tool results answer this turn's calls: that turn stays.
             keep_newest = bool(session.pending_calls)
-            typical = max(estimate(turn.messages[:-1]) for turn in turns)
+            # A request's tokens are at most its turn's by the model's count (when known).
+            typical = max(min(estimate(turn.messages[:-1]), turn.tokens or math.inf)
+                          for turn in turns)
             before = len(turns)
             if budget_tokens and base + _turn_tokens(turns) + typical > budget_tokens:
                 while turns and base + _turn_tokens(turns) + typical > budget_tokens / 2:

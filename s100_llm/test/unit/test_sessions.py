@@ -298,3 +298,15 @@ def test_trim_ahead_keeps_the_turn_whose_calls_the_next_goal_answers():
 def test_trim_ahead_of_no_session_or_a_single_turn_goal_is_nothing():
     store = SessionStore(max_turns=5, max_sessions=5)
     assert store.trim_ahead('nobody', store.prompt('', '', 'hi', budget_tokens=10), 10) is None
+
+
+def test_trim_ahead_takes_the_models_count_of_a_request_over_the_estimate():
+    """A request the model counts as few tokens (a long word: the scripted models count
+    words) is not predicted by its characters: the session is not trimmed ahead when it fits
+    by the model's counts, as prompt() would not trim it either."""
+    store = SessionStore(max_turns=5, max_sessions=5)
+    sent_ = store.prompt('s', '', 'x' * 4000)
+    store.commit('s', '', sent_, 'ok', prompt_eval_count=4, eval_count=2)
+    assert store.trim_ahead('s', sent_, 100) is None
+    assert store.turn_count('s') == 1
+    assert store.prompt('s', '', 'more', budget_tokens=100).dropped == 0
