@@ -5,11 +5,16 @@ so the prompt's start changes on every turn once it is full).
 
 Both run in one node, one after the other (one Ollama slot, num_parallel 1), with the same
 questions, temperature 0 and an answer limit; then two node sessions alternate on that slot
-for INTERLEAVED_TURNS turns each, which shows what sharing one slot costs. Per turn:
+for INTERLEAVED_TURNS turns each, which shows what sharing one slot costs. Then the node
+session's conversation again with a PAUSE before each question, as a person talks (the node
+trims and warms the cache between turns: core/warmup.py), and ACTIVATIONS deactivate/activate
+cycles, each followed by a new session's first two turns (activate warms the cache). Per turn:
 time to first token (the node's, from goal acceptance to the first token) and the prompt
 tokens Ollama evaluated (prompt_eval_count: the tokens not reused from its cache).
-Writes bench/results/sessions.json, sessions.md and sessions.png (`make bench` runs it after
-run.py; `make bench-sessions` alone, about 3 minutes here). BENCH_QUICK=1: 4 turns of 8 tokens
+Writes bench/results/sessions.{json,md,png} and, for the pauses,
+bench/results/sessions_pauses.{json,md,png} (`make bench` runs it after run.py;
+`make bench-sessions` alone, about 6 minutes here; `python bench/sessions.py pauses` only the
+pauses). BENCH_QUICK=1: 4 turns of 8 tokens
 (bench/sizes.py).
 """
 
@@ -19,6 +24,7 @@ import pathlib
 import statistics
 import sys
 import tempfile
+import time
 from typing import Any, Dict, List, Tuple
 
 import ollama
@@ -60,6 +66,11 @@ QUESTIONS = [
     'Lock the front door.', 'How warm is the oven?', 'Tell me a joke.',
     'What should I remember for tomorrow?', 'Good night, robot.',
 ]
+# Seconds between an answer and the next question in the paused conversation: a person
+# listening to the answer and asking again (a 48-token answer takes about 10 s to speak, but
+# the robot starts speaking with the first tokens). BENCH_PAUSE sets another.
+PAUSE = float(os.environ.get('BENCH_PAUSE') or sized(3.0, 0.5))
+ACTIVATIONS = sized(5, 1)   # deactivate/activate cycles: first and second turn after each
 # Turn indices (0-based): 2-6 and 21-30 (quick: 2 and 4).
 EARLY, LATE = sized((range(1, 6), range(20, 30)), (range(1, 2), range(3, 4)))
 
@@ -102,6 +113,62 @@ def node_session(client: RosClient) -> List[Dict[str, float]]:
         print(f"node   turn {index + 1:2d}: {turns[-1]['ttft_s'] * 1000:7.0f} ms, "
               f"{turns[-1]['prompt_tokens']:4d} prompt tokens evaluated", flush=True)
     return turns
+
+
+def paused_session(client: RosClient) -> List[Dict[str, Any]]:
+    """The node session's conversation again (a new session), with a PAUSE before each
+    question, as a person talks: what the node does between turns (warm-ups) can hide there.
+    after_trim: the session was trimmed after the previous turn (its kept turns fell)."""
+    turns: List[Dict[str, Any]] = []
+    for index, question in enumerate(QUESTIONS[:TURNS]):
+        time.sleep(PAUSE)
+        result = ask(client, prompt=question, session_id='paused',
+                     system_prompt=SYSTEM if index == 0 else '')
+        after_trim = index >= 2 and turns[-1]['kept_turns'] <= turns[-2]['kept_turns']
+        turns.append({**figures(result), 'kept_turns': result.session_turns,
+                      'after_trim': after_trim})
+        print(f"paused turn {index + 1:2d}: {turns[-1]['ttft_s'] * 1000:7.0f} ms, "
+              f"{turns[-1]['prompt_tokens']:4d} prompt tokens evaluated"
+              f"{' (after a trim)' if after_trim else ''}", flush=True)
+    return turns
+
+
+def after_activate(client: RosClient) -> List[Dict[str, Dict[str, float]]]:
+    """ACTIVATIONS times: deactivate, activate (the model is unloaded and loaded again), a
+    PAUSE, the first turn of a new session, a PAUSE, its second turn. Each session asks
+    questions of its own: a first question asked before would be in the cache (activate warms
+    the session used last)."""
+    pairs = []
+    for cycle in range(ACTIVATIONS):
+        assert client.change_state('deactivate') and client.change_state('activate')
+        pair = {}
+        for name, question in (('first', QUESTIONS[2 * cycle]),
+                               ('second', QUESTIONS[2 * cycle + 1])):
+            time.sleep(PAUSE)
+            pair[name] = figures(ask(client, prompt=question, session_id=f'fresh-{cycle}',
+                                     system_prompt=SYSTEM if name == 'first' else ''))
+        pairs.append(pair)
+        print(f"activation {cycle + 1}: first turn {pair['first']['ttft_s'] * 1000:.0f} ms, "
+              f"second {pair['second']['ttft_s'] * 1000:.0f} ms", flush=True)
+    return pairs
+
+
+def pause_summary(turns: List[Dict[str, Any]], pairs: List[Dict[str, Dict[str, float]]]
+                  ) -> Dict[str, float]:
+    """Median TTFT of the turns right after a trim against the ordinary turns (not the first
+    two, not after a trim), and of the first turn after activate against the second."""
+    trimmed = [t['ttft_s'] for t in turns if t['after_trim']]
+    ordinary = [t['ttft_s'] for t in turns[2:] if not t['after_trim']]
+    first = statistics.median(p['first']['ttft_s'] for p in pairs)
+    second = statistics.median(p['second']['ttft_s'] for p in pairs)
+    after = statistics.median(trimmed) if trimmed else 0.0
+    return {'after_trim_ttft_ms': after * 1000, 'after_trim_turns': len(trimmed),
+            'ordinary_ttft_ms': statistics.median(ordinary) * 1000,
+            'after_trim_over_ordinary': after / statistics.median(ordinary),
+            'after_trim_prompt_tokens_median': statistics.median(
+                t['prompt_tokens'] for t in turns if t['after_trim']) if trimmed else 0,
+            'first_ttft_ms': first * 1000, 'second_ttft_ms': second * 1000,
+            'first_over_second': first / second}
 
 
 def sliding_client(client: RosClient) -> List[Dict[str, float]]:
@@ -224,26 +291,103 @@ def plot(results: Dict[str, Any], path: pathlib.Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def main() -> int:
-    out = results_dir()
-    with tempfile.TemporaryDirectory() as directory:
-        port = free_port()
-        node, client = start_node(pathlib.Path(directory), port)
-        try:
-            results: Dict[str, Any] = {'node': node_session(client)}
-            results['count_check'] = count_check(client, port)
-            results['client'] = sliding_client(client)
-            results['interleaved'] = interleaved(client)
-        finally:
-            client.close()
-            node.stop()
+def pauses_table(results: Dict[str, Any]) -> str:
+    paused = results['summary']
+    lines = ['| turn | TTFT (ms) | prompt tokens evaluated | turns kept | right after a trim |',
+             '| --- | --- | --- | --- | --- |']
+    for index, t in enumerate(results['paused']):
+        lines.append(f"| {index + 1} | {t['ttft_s'] * 1000:.0f} | {t['prompt_tokens']} | "
+                     f"{t['kept_turns']} | {'yes' if t['after_trim'] else ''} |")
+    lines.append('')
+    lines.append(f'- with a {PAUSE:g} s pause before each question: TTFT median of the '
+                 f"{paused['after_trim_turns']} turns right after a trim "
+                 f"{paused['after_trim_ttft_ms']:.0f} ms ("
+                 f"{paused['after_trim_prompt_tokens_median']:.0f} prompt tokens evaluated), "
+                 f"of the ordinary turns {paused['ordinary_ttft_ms']:.0f} ms "
+                 f"({paused['after_trim_over_ordinary']:.2f}x)")
+    lines.append(f'- after activate ({ACTIVATIONS} times, {PAUSE:g} s pauses): TTFT median of '
+                 f"the first turn {paused['first_ttft_ms']:.0f} ms, of the second "
+                 f"{paused['second_ttft_ms']:.0f} ms ({paused['first_over_second']:.2f}x)")
+    return '\n'.join(lines) + '\n'
+
+
+def pauses_plot(results: Dict[str, Any], path: pathlib.Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4),
+                                            gridspec_kw={'width_ratios': [3, 1]})
+    paused = results['paused']
+    numbers = list(range(1, len(paused) + 1))
+    left.plot(numbers, [t['ttft_s'] * 1000 for t in paused], marker='o',
+              label=f'node session, {PAUSE:g} s pause before each question')
+    trimmed = [n for n, t in zip(numbers, paused) if t['after_trim']]
+    left.scatter(trimmed, [paused[n - 1]['ttft_s'] * 1000 for n in trimmed], s=140,
+                 facecolors='none', edgecolors='red', zorder=3, label='right after a trim')
+    left.set_xlabel('turn')
+    left.set_ylabel('time to first token (ms)')
+    left.set_ylim(bottom=0)
+    left.legend(fontsize=8)
+    pairs = results['activations']
+    for name in ('first', 'second'):
+        right.plot(range(1, len(pairs) + 1), [p[name]['ttft_s'] * 1000 for p in pairs],
+                   marker='o', label=f'{name} turn after activate')
+    right.set_xlabel('activation')
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    figure.suptitle(f'SmolLM2-135M, {THREADS} llama.cpp thread, session_max_turns {WINDOW}, '
+                    f'answers of up to {MAX_TOKENS} tokens')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def conversation(client: RosClient, port: int, out: pathlib.Path) -> None:
+    """The node session against the client's window, and two sessions on one slot."""
+    results: Dict[str, Any] = {'node': node_session(client)}
+    results['count_check'] = count_check(client, port)
+    results['client'] = sliding_client(client)
+    results['interleaved'] = interleaved(client)
     results['summary'] = {name: summary(results[name]) for name in ('node', 'client')}
     (out / 'sessions.json').write_text(json.dumps(results, indent=1))
     (out / 'sessions.md').write_text(table(results))
     plot(results, out / 'sessions.png')
     print(table(results))
+
+
+def pauses(client: RosClient, port: int, out: pathlib.Path) -> None:
+    """A conversation with pauses, and the first turns after activate."""
+    results: Dict[str, Any] = {'paused': paused_session(client)}
+    results['activations'] = after_activate(client)
+    results['summary'] = pause_summary(results['paused'], results['activations'])
+    (out / 'sessions_pauses.json').write_text(json.dumps(results, indent=1))
+    (out / 'sessions_pauses.md').write_text(pauses_table(results))
+    pauses_plot(results, out / 'sessions_pauses.png')
+    print(pauses_table(results))
+
+
+PARTS = {'conversation': conversation, 'pauses': pauses}
+
+
+def main(argv: List[str]) -> int:
+    """argv: the parts to run (default: all), e.g. `python bench/sessions.py pauses`."""
+    parts = argv or list(PARTS)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        print(f"unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
+        return 2
+    out = results_dir()
+    with tempfile.TemporaryDirectory() as directory:
+        port = free_port()
+        node, client = start_node(pathlib.Path(directory), port)
+        try:
+            for part in parts:
+                PARTS[part](client, port, out)
+        finally:
+            client.close()
+            node.stop()
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

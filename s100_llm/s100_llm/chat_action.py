@@ -69,6 +69,8 @@ from .core.robot_tools import RobotCall
 from .core.robot_tools import RobotToolbox
 from .core.serving import ServingState
 from .core.sessions import SessionStore
+from .core.warmup import activate_messages
+from .core.warmup import Warmer
 from .interface_schema import fill_from_json
 from .interface_schema import InterfaceProblem
 from .interface_schema import looks_like_type_name
@@ -228,6 +230,7 @@ class ChatActionServer:
         self.toolbox: Optional[RobotToolbox] = None
         self.admission: Admission[ChatGoal] = Admission('queue', 1, 0)
         self.counters = ChatCounters()
+        self.warmer = Warmer()      # Ollama's prompt cache, warmed between turns
         self._goals: Dict[bytes, ChatGoal] = {}     # goal uuid -> goal, until its result
         self._cancels: List[ChatGoal] = []          # cancel requests not yet acted on
         self._lock = threading.Lock()
@@ -434,7 +437,7 @@ class ChatActionServer:
                       accepted_at=goal.accepted_at,
                       inline_think='thinking' in state.capabilities,
                       image_max_side=self.vision.image_max_side, toolbox=self.toolbox,
-                      log=self.node.get_logger().info)
+                      log=self.node.get_logger().info, warmer=self.warmer)
         with self._lock:
             goal.run = run
             stop = goal.stop
@@ -527,6 +530,7 @@ class ChatActionServer:
         NOT_SERVING, logged as a warning), or with the code given."""
         if code is None:
             code = ErrorCode.SERVER_FAILED if failure else ErrorCode.NOT_SERVING
+        self.warmer.cancel()
         for goal in self.admission.withdraw_all():
             _end_unrun(goal, code, reason)
         with self._lock:
@@ -535,6 +539,14 @@ class ChatActionServer:
             self._stop(goal, code, reason)
         if wait:
             self.wait_ended(reason)
+
+    def warm_at_activate(self) -> None:
+        """Warm the cache with the system prompt the first turn most likely starts with
+        (core/warmup.py's activate_messages), in the background."""
+        state = self.node.serving_state()
+        if state.engine is not None:
+            self.warmer.start(state.engine, state.model, activate_messages(self.sessions),
+                              keep_alive=-1, idle_timeout=self.settings.stream_timeout)
 
     def wait_ended(self, reason: str) -> None:
         """Wait (at most ABORT_WAIT) until every goal abort_all ended has its result."""

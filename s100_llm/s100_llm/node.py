@@ -44,7 +44,9 @@ Threads and locks:
   reload or a restart (never while waiting the backoff), and takes `_transitions` to enter
   ErrorProcessing.
 - 'diagnostics' (DiagnosticsPublisher), chat executions, embed requests and the model
-  services: no lock of the node's or of Serving's; they read `serving_state()`.
+  services: no lock of the node's or of Serving's; they read `serving_state()`. A chat
+  execution may first wait for its session's cache warm-up (core/warmup.py: no thread of its
+  own, the engine's loop streams it; activate starts one and does not wait).
 - 'sessions file' (core/session_file.py's SessionWriter): writes the sessions file after each
   stored turn; takes the session store's lock only to copy the sessions.
 - 'executor': spins the executor (main() starts it; Python runs signal handlers in the main
@@ -271,6 +273,7 @@ class LlmNode(LifecycleNode):
             self.chat.configure(self.settings)
             self.embed.configure(self.settings)
             self.serving.activate()
+            self.chat.warm_at_activate()
             self.camera.start(self.settings.vision.camera_topic)
         result = self._transition('activate', activate, about_model=True)
         return super().on_activate(state) if result is SUCCESS else result

@@ -37,6 +37,7 @@ count between the system prompt and the question by their estimates.
 
 import collections
 import dataclasses
+import math
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -261,6 +262,52 @@ class SessionStore:
             count = session.turn_count
         self._changed()
         return count
+
+    def trim_ahead(self, session_id: str, sent: Prompt, budget_tokens: int
+                   ) -> Optional[List[Message]]:
+        """After a turn is stored: make the session's next prompt start with a history the
+        model can have in its cache before that turn comes. Returns the messages to evaluate
+        now (system prompt and kept turns) when the next prompt will not start with the one
+        just evaluated (sent), else None.
+
+        Two trims change the history's start: the turn limit, applied by commit(), and the
+        context budget, applied by prompt() to the next turn. The latter is predicted with
+        prompt()'s own rule, the kept history plus the next turn's messages against the
+        budget, taking for the next turn's messages the largest request among the kept turns
+        (by the estimate, at most its turn's count; a typical next prompt, counted high so
+        that the next turn rarely trims after all),
+        and budget_tokens as this turn's (the next goal usually asks for the same answer
+        limit). When the next turn would trim, the turns it would leave out are dropped now.
+        """
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or not session.turns:
+                return None
+            turns = session.turns
+            base = session.base_tokens or _system_estimate(session.system_prompt)
+            # The next goal's tool results answer this turn's calls: that turn stays.
+            keep_newest = bool(session.pending_calls)
+            # A request's tokens are at most its turn's by the model's count (when known).
+            typical = max(min(estimate(turn.messages[:-1]), turn.tokens or math.inf)
+                          for turn in turns)
+            before = len(turns)
+            if budget_tokens and base + _turn_tokens(turns) + typical > budget_tokens:
+                while turns and base + _turn_tokens(turns) + typical > budget_tokens / 2:
+                    if keep_newest and len(turns) == 1:
+                        break
+                    _drop_oldest(turns, keep_newest)
+            trimmed = len(turns) < before
+            # The prompt just evaluated started with sent.first_kept (None: with this turn).
+            evaluated_first = sent.first_kept
+            moved = evaluated_first is not None and (not turns or turns[0] is not evaluated_first)
+            if not (trimmed or moved):
+                return None
+            system = ([{'role': 'system', 'content': session.system_prompt}]
+                      if session.system_prompt else [])
+            messages = system + [m for turn in turns for m in turn.messages]
+        if trimmed:
+            self._changed()
+        return messages
 
     def pending_calls(self, session_id: str) -> Dict[str, str]:
         """The tool calls of the session's last turn (id -> name); empty when none."""

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 
 import httpx
 import pytest
@@ -144,5 +145,20 @@ def test_read_with_a_wait_returns_none_while_the_model_is_quiet(start):
     assert first is not None and not first.done
     assert stream.read(wait=0.05) is None          # the next token is seconds away
     stream.cancel()
+    with pytest.raises(ChatCanceled):
+        stream.read()
+
+
+def test_a_cancel_before_the_stream_started_ends_the_read_at_once(running):
+    """A stream canceled before the engine's loop ran its request (a warm-up canceled right
+    after it was started) ends its reader with ChatCanceled, not after the idle timeout: the
+    pump still starts and sees the cancel (core/warmup.py relies on it)."""
+    _, engine = running
+    engine.pull('echo', lambda *_: None)
+    loop_free = threading.Event()
+    engine._loop.call_soon_threadsafe(loop_free.wait)   # the loop is busy until set
+    stream = engine.chat('echo', [{'role': 'user', 'content': 'hi'}], None, {}, -1, 10.0)
+    stream.cancel()
+    loop_free.set()
     with pytest.raises(ChatCanceled):
         stream.read()

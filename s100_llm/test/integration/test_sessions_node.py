@@ -167,12 +167,13 @@ def _temporary_open(node, directory):
 
 
 def chat_bodies(log_path):
-    """The messages array of each /api/chat request, as the bytes that reached the server."""
+    """The messages array of each goal's /api/chat request, as the bytes that reached the
+    server (the cache's warm-ups, num_predict 1, left out)."""
     bodies = []
     with open(log_path) as stream:
         for line in stream:
             body = json.loads(line)['body']
-            if '"messages"' not in body:
+            if '"messages"' not in body or json.loads(body)['options'].get('num_predict') == 1:
                 continue
             start = body.index('[', body.index('"messages"'))
             _, end = json.JSONDecoder().raw_decode(body[start:])

@@ -2,6 +2,7 @@ import json
 import math
 
 from s100_llm.core.sessions import context_budget
+from s100_llm.core.sessions import estimate
 from s100_llm.core.sessions import SessionStore
 
 
@@ -227,3 +228,85 @@ def test_sessions_loaded_beyond_the_bounds_are_trimmed():
     store.replace_all(source.snapshot())
     assert [session_id for session_id, _ in store.snapshot()] == ['b', 'c', 'd']
     assert store.turn_count('d') == 4
+
+
+def turn_ahead(store, session_id, prompt, answer, budget=0, **fields):
+    """One goal as ChatRun does it with warm-ups: prompt, commit, then trim_ahead; returns
+    (messages sent, what trim_ahead says to evaluate)."""
+    sent = store.prompt(session_id, fields.pop('system_prompt', ''), prompt,
+                        budget_tokens=budget, **fields)
+    store.commit(session_id, '', sent, answer)
+    return sent.messages, store.trim_ahead(session_id, sent, budget)
+
+
+def test_trim_ahead_trims_when_the_next_turn_would_and_then_no_turn_trims():
+    """Issue 28: with the budget rule predicted after each turn, the session is trimmed
+    right after the turn whose successor would have trimmed, every later prompt starts with
+    what the previous turn evaluated or with what trim_ahead said to evaluate, and a turn's
+    own prompt never trims (sent.dropped stays 0)."""
+    store = SessionStore(max_turns=1000, max_sessions=5)
+    budget = 400     # tokens; a turn takes about 2 x (100 / 4 + 4) = 58 by the estimate
+    cached, warmed = None, 0
+    for index in range(40):
+        prompt = f'q{index:03d}' + 'x' * 96
+        sent = store.prompt('s', 'be brief', prompt, budget_tokens=budget)
+        assert sent.dropped == 0
+        if cached is not None:
+            assert serialized(sent.messages).startswith(serialized(cached)[:-1])
+        store.commit('s', 'be brief', sent, f'a{index:03d}' + 'y' * 96)
+        warm = store.trim_ahead('s', sent, budget)
+        if warm is not None:
+            warmed += 1
+            assert warm[0] == {'role': 'system', 'content': 'be brief'}
+            assert estimate(warm) <= budget / 2 + 58
+            assert warm[-1]['content'] == f'a{index:03d}' + 'y' * 96   # the last answer stays
+            cached = warm
+        else:
+            cached = sent.messages + [store.get('s').turns[-1].messages[-1]]
+    assert 3 <= warmed <= 40 // 3
+
+
+def test_trim_ahead_does_not_trim_a_session_that_fits():
+    store = SessionStore(max_turns=1000, max_sessions=5)
+    for index in range(5):
+        assert turn_ahead(store, 's', f'question {index}', 'answer', budget=4000)[1] is None
+    assert store.turn_count('s') == 5
+    assert turn_ahead(store, 's', 'no budget', 'answer', budget=0)[1] is None
+
+
+def test_trim_ahead_warms_after_the_turn_limit_trimmed_at_commit():
+    """A trim by max_turns happens at commit: the next prompt starts elsewhere than the one
+    just evaluated, so trim_ahead says to evaluate the kept turns (and drops nothing more)."""
+    store = SessionStore(max_turns=4, max_sessions=5)
+    warms = [turn_ahead(store, 's', f'q{index}', f'a{index}')[1] for index in range(6)]
+    assert warms[:4] == [None] * 4 and warms[5] is None
+    assert [m['content'] for m in warms[4]] == ['q3', 'a3', 'q4', 'a4']
+    assert [m['content'] for m in sent(store, 's', '', 'next')][:4] == ['q3', 'a3', 'q4', 'a4']
+
+
+def test_trim_ahead_keeps_the_turn_whose_calls_the_next_goal_answers():
+    store = SessionStore(max_turns=5, max_sessions=5)
+    call = {'function': {'name': 'say', 'arguments': {}}}
+    turn(store, 's', 'x' * 400, 'first')
+    sent_ = store.prompt('s', '', 'y' * 400)
+    store.commit('s', '', sent_, '', [call], ['c1'])
+    warm = store.trim_ahead('s', sent_, 150)
+    assert [m['content'] for m in warm] == ['y' * 400, '']
+    assert store.pending_calls('s') == {'c1': 'say'}
+
+
+def test_trim_ahead_of_no_session_or_a_single_turn_goal_is_nothing():
+    store = SessionStore(max_turns=5, max_sessions=5)
+    assert store.trim_ahead('nobody', store.prompt('', '', 'hi', budget_tokens=10), 10) is None
+
+
+def test_trim_ahead_takes_the_models_count_of_a_request_over_the_estimate():
+    """A request the model counts as few tokens (a long word: the scripted models count
+    words) is not predicted by its characters: the session is not trimmed ahead when it fits
+    by the model's counts, as prompt() would not trim it either."""
+    store = SessionStore(max_turns=5, max_sessions=5)
+    sent_ = store.prompt('s', '', 'x' * 4000)
+    store.commit('s', '', sent_, 'ok', prompt_eval_count=4, eval_count=2)
+    assert store.trim_ahead('s', sent_, 100) is None
+    assert store.turn_count('s') == 1
+    assert store.prompt('s', '', 'more', budget_tokens=100).dropped == 0

@@ -147,11 +147,13 @@ def scripted_pieces(script: str, messages: List[Dict], think: bool,
 class ScriptedRunner:
     """Generates a scripted model's tokens as llama-server would stream them."""
 
-    def __init__(self, script: Dict, crash_after: int, token_rate: float) -> None:
+    def __init__(self, script: Dict, crash_after: int, token_rate: float,
+                 prompt_rate: float = 0.0) -> None:
         self.script = script['script']
         self.context_length = int(script['context_length'])
         self.crash_after = crash_after
         self.token_interval = 1.0 / token_rate if token_rate > 0 else 0.0
+        self.prompt_rate = prompt_rate
         self.generated = 0
 
     async def health(self, request: web.Request) -> web.Response:
@@ -184,6 +186,10 @@ class ScriptedRunner:
         if body.get('max_tokens'):
             limit = min(limit, int(body['max_tokens']))
         start = time.monotonic()
+        if self.prompt_rate > 0:
+            # Evaluating the prompt, as llama.cpp does before the first token; a client that
+            # disconnects meanwhile stops it (the handler is canceled).
+            await asyncio.sleep(prompt_tokens / self.prompt_rate)
         response = web.StreamResponse(headers={'Content-Type': 'text/event-stream'})
         await response.prepare(request)
         prompt_ms = (time.monotonic() - start) * 1000
@@ -275,7 +281,8 @@ def scripted_runner(script: Dict) -> ScriptedRunner:
     return ScriptedRunner(
         script,
         crash_after=int(os.environ.get('OLLAMA_EMULATOR_RUNNER_CRASH_AFTER') or 0),
-        token_rate=float(os.environ.get('OLLAMA_EMULATOR_TOKEN_RATE') or 0))
+        token_rate=float(os.environ.get('OLLAMA_EMULATOR_TOKEN_RATE') or 0),
+        prompt_rate=float(os.environ.get('OLLAMA_EMULATOR_PROMPT_RATE') or 0))
 
 
 def scripted_application(script: Dict) -> web.Application:

@@ -50,6 +50,8 @@ class Faults:
     # OLLAMA_EMULATOR_PULL_RATE: bytes/s a pull writes, like a slow network (0: as fast as
     # the disk); for tests that act while a pull runs (cancel, a second pull, cleanup).
     pull_rate: float = 0.0
+    # prompt tokens/s the scripted models evaluate before their first token (0: at once)
+    prompt_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Settings:
             if env.get('OLLAMA_EMULATOR_DISK_FREE') else None,
             offline=env.get('OLLAMA_EMULATOR_OFFLINE', '') == '1',
             pull_rate=number('OLLAMA_EMULATOR_PULL_RATE', 0),
+            prompt_rate=number('OLLAMA_EMULATOR_PROMPT_RATE', 0),
         )
         generation = env.get('OLLAMA_EMULATOR_RUNNER') or RUNNER_GENERATIONS[0]
         if generation not in RUNNER_GENERATIONS:

@@ -1,5 +1,7 @@
 """Disconnects, queueing, and the faults the node's reliability tests inject."""
 
+import json
+import socket
 import threading
 import time
 
@@ -94,3 +96,23 @@ def test_slow_load_blocks_the_preload_until_loaded(start_emulator):
     emulator.pull('echo')
     reply = emulator.client.generate('echo')
     assert reply.done_reason == 'load' and emulator.client.ps().models
+
+
+def test_a_prompt_rate_makes_evaluation_take_time_and_a_disconnect_stops_it(start_emulator):
+    """OLLAMA_EMULATOR_PROMPT_RATE: a scripted model evaluates its prompt at that rate before
+    its first token (prompt_eval_duration says so); a client that goes meanwhile stops it and
+    frees the slot."""
+    emulator = start_emulator(OLLAMA_EMULATOR_PROMPT_RATE='10')
+    emulator.pull('echo')
+    short = emulator.client.chat('echo', [{'role': 'user', 'content': 'hi'}])
+    assert short.prompt_eval_count == 4
+    assert short.prompt_eval_duration >= 0.4e9     # 4 tokens at 10 tokens/s
+    body = json.dumps({'model': 'echo', 'messages': [
+        {'role': 'user', 'content': 'word ' * 600}]}).encode()   # a minute of evaluation
+    client = socket.create_connection(('127.0.0.1', emulator.port))
+    client.sendall(b'POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+                   b'Content-Length: %d\r\n\r\n%s' % (len(body), body))
+    wait(lambda: emulator.stats()['generating'] == 1, 'the evaluation to start')
+    client.close()
+    wait(lambda: not emulator.stats()['generating'], 'the server to see the disconnect')
+    assert emulator.client.chat('echo', [{'role': 'user', 'content': 'next'}]).done

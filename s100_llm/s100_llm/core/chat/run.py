@@ -47,6 +47,7 @@ from ..robot_tools import RobotToolbox
 from ..sessions import context_budget
 from ..sessions import Prompt
 from ..sessions import SessionStore
+from ..warmup import Warmer
 
 
 class _Reply:
@@ -94,7 +95,8 @@ class ChatRun:
                  keep_alive: float, publish: FeedbackSink, accepted_at: float,
                  inline_think: bool = False, image_max_side: int = 1024,
                  toolbox: Optional[RobotToolbox] = None,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 log: Callable[[str], None] = lambda line: None,
+                 warmer: Optional[Warmer] = None) -> None:
         self.engine = engine
         self.model = model
         self.request = request
@@ -108,6 +110,7 @@ class ChatRun:
         self.image_max_side = image_max_side
         self.toolbox = toolbox      # the node's robot tools (None: it has none)
         self.log = log              # one line per robot call
+        self.warmer = warmer    # the cache's warm-ups (core/warmup.py); None: none
         self._stream: Optional[ChatStream] = None
         self._cancel_reason = ''
         self._cancel_code = ErrorCode.NONE
@@ -126,6 +129,8 @@ class ChatRun:
         self._canceled.set()
         if stream is not None:
             stream.cancel()
+        if self.warmer is not None:     # a warm-up this goal waits for
+            self.warmer.stop_waiting()
 
     def run(self) -> ChatOutcome:
         request = self.request
@@ -150,6 +155,8 @@ class ChatRun:
         robot = (RobotTools(self.toolbox, request.robot_tools, batch.send_calls, self.log,
                             self.settings.feedback_min_interval)
                  if request.robot_tools and self.toolbox is not None else None)
+        if self.warmer is not None:     # a warm-up of this session's history first
+            self.warmer.yield_to(request.session_id, lambda: bool(self._cancel_reason))
         ended = self._converse(messages, fmt, batch, robot, outcome)
         if ended is None:
             return outcome
@@ -184,6 +191,8 @@ class ChatRun:
         if request.session_id:
             outcome.session_turns = self._commit(sent, exchange, outcome, own_calls, final,
                                                  len(images))
+            if self.warmer is not None:
+                self._warm(sent, budget, robot)
         return outcome
 
     def _converse(self, messages: List[Message], fmt: Any, batch: FeedbackBatch,
@@ -304,6 +313,18 @@ class ChatRun:
             # include the images' tokens, which the stored turn does not hold: such a turn is
             # estimated from its text.
             0 if images else final.prompt_eval_count, 0 if images else final.eval_count)
+
+    def _warm(self, sent: Prompt, budget: int, robot: Optional[RobotTools]) -> None:
+        """When the session's next turn would not find its history in the cache, trim the
+        session now and evaluate the kept history while the answer is spoken."""
+        session_id = self.request.session_id
+        messages = self.sessions.trim_ahead(session_id, sent, budget)
+        if messages:
+            assert self.warmer is not None
+            # The template renders the tools into the prompt: this goal's, the next one's likely
+            tools = ollama_tools(self.request.tools) + (robot.offers() if robot else [])
+            self.warmer.start(self.engine, self.model, messages, self.keep_alive,
+                              self.settings.stream_timeout, session_id, tools)
 
     def _canceled_outcome(self, outcome: ChatOutcome) -> ChatOutcome:
         ended = ChatOutcome.unserved(self._cancel_code, self._cancel_reason)
