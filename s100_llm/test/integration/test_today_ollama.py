@@ -16,9 +16,11 @@ from harness import wait_for
 
 
 def chat_requests(path):
-    """The bodies of the /api/chat requests the emulator received (its request log)."""
+    """The bodies of the goals' /api/chat requests the emulator received (its request log;
+    the prompt cache's warm-ups, num_predict 1, left out)."""
     entries = [json.loads(line) for line in path.read_text().splitlines()]
-    return [json.loads(entry['body']) for entry in entries if entry['path'] == '/api/chat']
+    bodies = [json.loads(entry['body']) for entry in entries if entry['path'] == '/api/chat']
+    return [body for body in bodies if body.get('options', {}).get('num_predict') != 1]
 
 
 def test_a_level_reaches_ollama_as_its_think_string(active, tmp_path, domain_id):
